@@ -1,0 +1,199 @@
+"""Models for the benchmark, built with seeded, bit-reproducible initial weights.
+
+Decentralized SGD starts every node from the same weights, so `build_model` must give identical
+tensors for the same arguments in any process. It builds inside `torch.random.fork_rng` with the
+seed applied, so every initializer (PyTorch's defaults and the explicit ones below) draws from one
+seeded CPU stream and the caller's global RNG state is restored afterwards. Models are always built
+on the CPU; move them to a device afterwards.
+
+Model averaging and gossip communicate and average `parameters()` only. BatchNorm running statistics
+are buffers: each node keeps its own, estimated from its local data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data import check_seed
+from bench.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: `build(input_shape, num_classes)` returns a freshly initialized module."""
+
+    name: str
+    description: str  # one line for `swarmbench list`
+    build: Callable[[tuple[int, ...], int], nn.Module]
+
+
+def _shape_error(model: str, need: str, input_shape: tuple[int, ...], instead: str) -> UserError:
+    return UserError(f"model '{model}' needs {need} but the dataset gives inputs of shape {input_shape}; {instead}")
+
+
+# ----------------------------------------------------------------------------------------------------- MLP
+
+
+def _build_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    d = math.prod(input_shape)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- LeNet-5
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with ReLU and max-pooling; the classifier's input size follows the image size."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 6, kernel_size=5, padding=2),  # keeps H x W
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5),  # shrinks by 4
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        # 28x28 -> 16*5*5 = 400 (classic MNIST LeNet); 32x32 (CIFAR) -> 16*6*6 = 576.
+        flat = 16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _build_lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3 or input_shape[1] < 28 or input_shape[2] < 28:
+        instead = "use --model mlp or --model resnet20 instead" if len(input_shape) == 3 else "use --model mlp"
+        raise _shape_error("lenet5", "images (C, H, W) of at least 28x28", input_shape, instead)
+    c, h, w = input_shape
+    return LeNet5((c, h, w), num_classes)
+
+
+# ----------------------------------------------------------------------------------------------- ResNet-20
+
+
+class _PadShortcut(nn.Module):
+    """Option-A shortcut: subsample spatially and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        extra = out_channels - in_channels
+        self.pad = (extra // 2, extra - extra // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, *self.pad))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.shortcut: nn.Module = (
+            _PadShortcut(in_channels, out_channels, stride) if needs_projection else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 blocks, 16/32/64 channels, GAP, FC."""
+
+    def __init__(self, in_channels: int, num_classes: int, blocks_per_stage: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers: list[nn.Module] = []
+        channels = 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(blocks_per_stage):
+                layers.append(_BasicBlock(channels, width, stride if i == 0 else 1))
+                channels = width
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+        # He init as in the paper; this draws from the seeded stream build_model sets up.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def _build_resnet20(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3 or input_shape[1] < 8 or input_shape[2] < 8:
+        raise _shape_error("resnet20", "images (C, H, W) of at least 8x8", input_shape, "use --model mlp")
+    return ResNet20(input_shape[0], num_classes)
+
+
+# -------------------------------------------------------------------------------------------------- registry
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(
+        name="mlp",
+        description="2 hidden layers of 128 ReLU units on flattened inputs; any input shape",
+        build=_build_mlp,
+    ),
+    "lenet5": ModelSpec(
+        name="lenet5",
+        description="LeNet-5 (2 conv + 3 fc, ReLU, max-pool); images of at least 28x28",
+        build=_build_lenet5,
+    ),
+    "resnet20": ModelSpec(
+        name="resnet20",
+        description="CIFAR ResNet-20 (He et al. 2016), option-A shortcuts, BatchNorm; images of at least 8x8",
+        build=_build_resnet20,
+    ),
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """Build model `name` on the CPU with weights fixed by `seed`, leaving the global RNG untouched."""
+    spec = MODELS.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown model '{name}'; {hint}use --model with one of: {', '.join(sorted(MODELS))}")
+    check_seed(seed)
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or min(shape) < 1 or num_classes < 1:
+        raise ValueError(f"bad input shape {shape} or class count {num_classes}")  # a caller bug
+    # Models are built on the CPU, so only the CPU generator is forked and seeded: torch.manual_seed
+    # would also reseed every CUDA generator, which fork_rng(devices=[]) does not restore.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return spec.build(shape, num_classes)

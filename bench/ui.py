@@ -1,0 +1,66 @@
+"""Terminal output during a run: a rich progress bar on an interactive terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class RunUI:
+    """Receives launcher events (rank 0's progress) and workers' output lines."""
+
+    def __init__(self, algorithms: tuple[str, ...], interactive: bool | None = None) -> None:
+        from rich.console import Console
+
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        # Off a terminal (CI logs, mpirun output) rich would wrap tables at 80 columns: give them room.
+        self.console = Console(highlight=False, width=None if self.interactive else 180)
+        self.progress = None
+        self.tasks: dict[str, Any] = {}
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description:<10}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            for name in algorithms:
+                self.tasks[name] = self.progress.add_task(name, total=None, note="waiting")
+
+    def __enter__(self) -> RunUI:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind, algo = event.get("type"), event.get("algorithm")
+        if self.progress is not None and algo in self.tasks:
+            task = self.tasks[algo]
+            if kind == "progress":
+                note = f"epoch {event['epoch']} acc {event['test_acc']:.3f}" if "epoch" in event else "training"
+                self.progress.update(task, completed=event["step"], total=event["total"], note=note)
+            elif kind == "cell_done":
+                self.progress.update(task, note="done")
+        elif kind == "progress" and "epoch" in event:
+            print(
+                f"{algo}: epoch {event['epoch']} step {event['step']}/{event['total']} "
+                f"test_acc {event['test_acc']:.4f}",
+                flush=True,
+            )
+        elif kind == "cell_start":
+            print(f"{algo}: started", flush=True)
+
+    def worker_line(self, rank: int, line: str) -> None:
+        text = f"[rank {rank}] {line}"
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False)
+        else:
+            print(text, flush=True)
