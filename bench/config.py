@@ -276,4 +276,4 @@ def validate(cfg: RunConfig) -> None:
         try:
             algo_config(cfg, name)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"invalid options for {name}: {exc}") from None
+            raise UserError(f"invalid options for {name}: {exc} (fix --set {name}.KEY or the [{name}] table)") from None

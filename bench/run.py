@@ -51,22 +51,25 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
     with RunUI(cfg.algorithms, interactive) as ui:
         outcome = LAUNCHERS[cfg.launcher].launch(cfg, out_dir, run_id, ui)
     statuses, reasons = {}, {}
+    failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
+    who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
     for name in cfg.algorithms:
         if name in outcome.done:
             statuses[name] = "ok"
         elif name in outcome.started and outcome.failed:
             statuses[name] = "failed"
-            reasons[name] = f"rank {outcome.failed_rank}: {outcome.error}"
+            reasons[name] = f"{who}: {error}"
         else:
             statuses[name] = "skipped"
             reasons[name] = "an earlier algorithm failed" if outcome.failed else ""
     if outcome.failed and not outcome.started:
-        reasons = {name: f"workers failed before training: {outcome.error}" for name in cfg.algorithms}
+        reasons = {name: f"workers failed before training: {who}: {error}" for name in cfg.algorithms}
     summary = finalize(out_dir, cfg, meta, statuses, reasons, outcome.failed)
     ui.console.print(f"results: {out_dir}")
     print_tables(summary, ui.console)
     if outcome.failed:
-        who = "the run" if outcome.failed_rank == -1 else f"rank {outcome.failed_rank}"
-        ui.console.print(f"[bold red]failed:[/] {who}: {outcome.error}", highlight=False)
+        from rich.markup import escape
+
+        ui.console.print(f"[bold red]failed:[/] {escape(who)}: {escape(error)}", highlight=False)
         return 1
     return 0

@@ -153,7 +153,7 @@ def run_cell(
     clock: Clock,
     device: torch.device,
     emit: Emit,
-) -> None:
+) -> Node:
     """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
 
     `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
@@ -246,3 +246,4 @@ def run_cell(
     for key, value in algo.counters.items():
         record(f"algo_{key}", float(value), None, step)
     record("local_steps", float(algo.local_steps()), None, step)
+    return node

@@ -27,19 +27,32 @@ class LaunchUI(Protocol):
     def worker_line(self, rank: int, line: str) -> None: ...
 
 
+PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
+
+
 @dataclass
 class Outcome:
-    """What the launch saw: per-algorithm progress from rank 0, and the first failure if any."""
+    """What the launch saw: per-algorithm progress from rank 0, and every failure, in order of arrival."""
 
     started: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
-    failed_rank: int | None = None
-    error: str = ""
+    errors: dict[int, str] = field(default_factory=dict)  # rank -> its last error line (-1: the launcher)
+    signalled: list[int] = field(default_factory=list)  # ranks killed by a signal
     last_lines: dict[int, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
-        return self.failed_rank is not None
+        return bool(self.errors)
+
+    def root_cause(self) -> tuple[int, str]:
+        """The failure to report: a rank killed by a signal, else the first error that is not merely a
+        peer noticing that another rank went away, else the first error."""
+        for rank in self.signalled:
+            return rank, self.errors[rank]
+        for rank, msg in self.errors.items():
+            if not any(h in msg for h in PEER_LOSS_HINTS):
+                return rank, msg
+        return next(iter(self.errors.items()))
 
 
 def worker_env(nodes: int) -> tuple[dict[str, str], int]:
@@ -92,8 +105,7 @@ def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI) -> Outcome:
         try:
             _watch(procs, read_fd, ui, outcome)
         except KeyboardInterrupt:
-            outcome.failed_rank = -1
-            outcome.error = "interrupted by the user"
+            outcome.errors.setdefault(-1, "interrupted by the user")
             _stop(procs)
         finally:
             for t in readers:
@@ -114,6 +126,7 @@ def _pump(proc: subprocess.Popen, rank: int, ui: LaunchUI, outcome: Outcome) -> 
 
 def _watch(procs: list[subprocess.Popen], read_fd: int, ui: LaunchUI, outcome: Outcome) -> None:
     buf = b""
+    stopped = False
     while True:
         ready, _, _ = select.select([read_fd], [], [], 0.1)
         if ready:
@@ -124,14 +137,15 @@ def _watch(procs: list[subprocess.Popen], read_fd: int, ui: LaunchUI, outcome: O
                 _handle(json.loads(line), ui, outcome)
         codes = [p.poll() for p in procs]
         bad = [r for r, c in enumerate(codes) if c not in (None, 0)]
-        if bad and not outcome.failed:
-            rank = bad[0]
-            outcome.failed_rank = rank
-            if not outcome.error:
-                outcome.error = outcome.last_lines.get(rank, f"exited with status {codes[rank]}")
-            if codes[rank] is not None and codes[rank] < 0:
-                outcome.error = f"killed by signal {signal.Signals(-codes[rank]).name}"
+        if bad and not stopped:
+            # Only deaths seen before we stop the others are causes; the rest are our own SIGTERMs.
+            for rank in bad:
+                if codes[rank] < 0:
+                    outcome.signalled.append(rank)
+                    outcome.errors[rank] = f"killed by signal {signal.Signals(-codes[rank]).name}"
+                outcome.errors.setdefault(rank, outcome.last_lines.get(rank, f"exited with status {codes[rank]}"))
             _stop(procs)
+            stopped = True
         if all(c is not None for c in (p.poll() for p in procs)):
             # Drain what is left of the event pipe (all writers are gone now).
             while select.select([read_fd], [], [], 0)[0]:
@@ -151,9 +165,8 @@ def _handle(event: dict[str, Any], ui: LaunchUI, outcome: Outcome) -> None:
         outcome.started.append(event["algorithm"])
     elif kind == "cell_done":
         outcome.done.append(event["algorithm"])
-    elif kind == "error" and not outcome.failed:
-        outcome.failed_rank = int(event["rank"])
-        outcome.error = event["error"]
+    elif kind == "error":
+        outcome.errors.setdefault(int(event["rank"]), event["error"])
     ui.event(event)
 
 

@@ -1,0 +1,70 @@
+"""Spawn N gloo processes on loopback that meet through a FileStore in a test's tmp_path, with a hard timeout.
+
+`run_world(fn, world, tmp_path, *args)` runs `fn(rank, world, comm, *args)` in every process (fn must be a
+module-level function) and returns the per-rank results; a deadlock or a crash fails the test instead of
+hanging CI.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 90
+
+
+def _child(fn, rank: int, world: int, store: str, topology: str, queue, args: tuple) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from bench.comm import TorchComm
+        from bench.topology import build_topology
+
+        torch.set_num_threads(1)
+        dist.init_process_group(
+            "gloo", store=dist.FileStore(store, world), rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
+        comm = TorchComm(rank, world, build_topology(topology, world), timeout_s=60)
+        result = fn(rank, world, comm, *args)
+        comm.close()
+        dist.destroy_process_group()
+        queue.put((rank, "ok", result))
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def run_world(fn, world: int, tmp_path: Path, *args: Any, topology: str = "ring", timeout: float = DEFAULT_TIMEOUT_S):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    store = str(tmp_path / f"store-{world}-{os.getpid()}-{id(args)}")
+    procs = [ctx.Process(target=_child, args=(fn, r, world, store, topology, queue, args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: list[str] = []
+    try:
+        for _ in range(world):
+            rank, status, value = queue.get(timeout=timeout)
+            if status == "ok":
+                results[rank] = value
+            else:
+                errors.append(f"rank {rank}:\n{value}")
+                break
+    except Exception as exc:  # queue.Empty: a deadlock or a silent death
+        errors.append(f"timed out after {timeout}s waiting for ranks ({type(exc).__name__})")
+    finally:
+        for p in procs:
+            p.join(timeout=5 if not errors else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise AssertionError("distributed run failed: " + "\n".join(errors))
+    return [results[r] for r in range(world)]

@@ -1,0 +1,73 @@
+"""Tier 2/3: the communication module on real gloo processes (loopback, FileStore), at odd and even sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from distributed import run_world
+
+from bench.comm import HEADER_BYTES, ring_allreduce_bytes
+
+WORLDS = [2, 3, 4]
+
+
+def _collectives(rank, world, comm):
+    t = torch.full((10,), float(rank))
+    comm.allreduce_mean(t, "grad")
+    ex = comm.neighbor_exchange(torch.full((3,), float(rank)), "model")
+    comm.publish(torch.full((5,), 100.0 + rank))
+    comm.fence()  # everyone has published
+    peer = comm.neighbors()[0]
+    got = comm.read(peer, "model")
+    comm.fence()  # every read is answered before counters are read
+    return t.tolist(), {p: v.tolist() for p, v in ex.items()}, peer, got.tolist(), comm.stats.snapshot()
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_collectives_and_reads(tmp_path, world):
+    results = run_world(_collectives, world, tmp_path)
+    mean = sum(range(world)) / world
+    for rank, (t, ex, peer, got, stats) in enumerate(results):
+        assert t == pytest.approx([mean] * 10)
+        for p, v in ex.items():
+            assert v == [float(p)] * 3
+        assert got == [100.0 + peer] * 5
+        # Closed-form bytes: ring allreduce volume; exchange 12 bytes per neighbour; read = header + 20 bytes.
+        assert stats["grad"]["bytes_sent"] == ring_allreduce_bytes(40, world)
+        neighbours = len(ex)
+        readers = sum(1 for r in results if r[2] == rank)
+        assert stats["model"]["bytes_sent"] == 12 * neighbours + 20 * readers
+        assert stats["model"]["bytes_recv"] == 12 * neighbours + 20
+        assert stats["control"]["bytes_sent"] == HEADER_BYTES
+        assert stats["control"]["bytes_recv"] == HEADER_BYTES * readers
+
+
+def _pairwise(rank, world, comm, rounds, seed):
+    gen = torch.Generator().manual_seed(seed * 100 + rank)
+    live = torch.randn(1000, generator=gen, dtype=torch.float32)
+    initial = live.clone()
+    comm.expose(live)
+    comm.fence()
+    rng = random.Random(seed * 31 + rank)
+    for _ in range(rounds):
+        peer = rng.choice(comm.neighbors())
+        comm.average_with(peer, "model")
+    comm.fence()
+    total = live.clone().double()
+    comm.allreduce_sum(total, "eval")
+    init_total = initial.clone().double()
+    comm.allreduce_sum(init_total, "eval")
+    return total.tolist(), init_total.tolist(), live.tolist()
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_atomic_pairwise_average_conserves_sum_and_reaches_mean(tmp_path, world):
+    """Learning rate 0, random models: no lost update (sum conserved), no deadlock, consensus at the mean."""
+    results = run_world(_pairwise, world, tmp_path, 60, world, topology="complete")
+    total, init_total, _ = results[0]
+    assert torch.allclose(torch.tensor(total), torch.tensor(init_total), atol=1e-3)
+    mean = torch.tensor(init_total, dtype=torch.float64) / world
+    for _, _, live in results:
+        assert torch.allclose(torch.tensor(live).double(), mean, atol=1e-3)
