@@ -35,7 +35,7 @@ class RunConfig:
     dataset: str = "mnist"  # name in bench.data.DATASETS
     data_dir: str | None = None  # folder of on-disk datasets (unused by the embedded ones)
     model: str = "mlp"  # name in bench.models.MODELS
-    epochs: int = 4  # passes of every node over its own shard
+    epochs: int = 8  # passes of every node over its own shard
     batch_size: int = 32  # per node
     lr: float = 0.05  # SGD learning rate
     momentum: float = 0.9  # SGD momentum (optimizer state always stays local)

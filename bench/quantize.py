@@ -118,7 +118,7 @@ def suggest_eps(bits: int, radius: float) -> float:
 # --------------------------------------------------------------------------------------------------
 
 # On CPU the codec works through the model in bucket-aligned chunks of about this many coordinates
-# with a few reusable per-thread scratch buffers (about 13 MB per thread at this size). Fresh
+# with a few reusable per-thread scratch buffers (about 15 MB per thread at this size). Fresh
 # multi-megabyte allocations cost more than the arithmetic: glibc hands them back to the kernel on
 # free, so every temporary page-faults again (measured: 2-4x slower end to end). On CUDA the
 # caching allocator already recycles memory, so chunks there only bound the scratch size.
@@ -131,13 +131,14 @@ _TLS = threading.local()
 class _Scratch:
     """Named temporaries for one encode or decode call.
 
-    On CPU they come from a per-thread cache (so codecs may be used from several threads at once);
-    elsewhere they are plain allocations. Two live temporaries must use different names.
+    On CPU they are typed views of per-thread byte buffers (so codecs may be used from several
+    threads at once); elsewhere plain allocations. Two live temporaries must use different names;
+    one name may be reused under another dtype once its previous contents are dead.
     """
 
     def __init__(self, device: torch.device, *, cached: bool = True) -> None:
         self.device = device
-        self.cache: dict[tuple[str, torch.dtype], torch.Tensor] | None = None
+        self.cache: dict[str, torch.Tensor] | None = None
         if cached and device.type == "cpu":
             if not hasattr(_TLS, "buffers"):
                 _TLS.buffers = {}
@@ -146,11 +147,12 @@ class _Scratch:
     def get(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         if self.cache is None:
             return torch.empty(numel, dtype=dtype, device=self.device)
-        buf = self.cache.get((name, dtype))
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype, device=self.device)
-            self.cache[(name, dtype)] = buf
-        return buf[:numel]
+        nbytes = numel * dtype.itemsize
+        buf = self.cache.get(name)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            self.cache[name] = buf
+        return buf[:nbytes].view(dtype)
 
 
 def _chunk_len(bucket: int, device: torch.device) -> int:
@@ -331,7 +333,7 @@ def _bucket_checksums(q: torch.Tensor, bucket: int, scratch: _Scratch) -> torch.
     test checks against numpy) and ``sum(dtype=int32)`` accumulates wide, then keeps the low 32 bits.
     """
     w = _checksum_weights(bucket, q.device)
-    prod = scratch.get("prod", q.numel(), torch.int32)
+    prod = scratch.get("tmp", q.numel(), torch.int32)
     out = []
     for (view, _), (p, _) in zip(_bucket_parts(q, bucket), _bucket_parts(prod, bucket), strict=True):
         cols = view.shape[1]
@@ -374,16 +376,16 @@ def _dither24(start: int, count: int, keys: torch.Tensor, scratch: _Scratch) -> 
     (within a block by universality, across blocks by independent keys). Pairwise independence is
     all the variance of a sum of rounding errors depends on. Five int32 passes, versus ~20 for
     ``torch.rand`` on a CPU core. int32 products wrap modulo 2**32 (a test checks against numpy).
-    Returns a view of scratch buffer "dither_f".
+    Uses scratch "tmp" and returns a view of scratch "ints" (whose integer contents it overwrites).
     """
     r0, r1 = start // _DITHER_BLOCK, -(-(start + count) // _DITHER_BLOCK)
-    h = scratch.get("dither", (r1 - r0) * _DITHER_BLOCK, torch.int32)
+    h = scratch.get("tmp", (r1 - r0) * _DITHER_BLOCK, torch.int32)
     h2 = h.view(r1 - r0, _DITHER_BLOCK)
     torch.mul(keys[0, r0:r1, None], _dither_cols(keys.device), out=h2)
     h2.add_(keys[1, r0:r1, None])
     h.bitwise_right_shift_(8)  # arithmetic shift; the mask below makes it a logical one
     h.bitwise_and_(0xFFFFFF)
-    u = scratch.get("dither_f", count, torch.float32)
+    u = scratch.get("ints", count, torch.float32)
     off = start - r0 * _DITHER_BLOCK
     u.copy_(h[off : off + count])
     return u
@@ -536,7 +538,7 @@ class Codec:
         keys = None if generator is None else _dither_keys(x.numel(), x.device, generator)
         ranges = []
         for a, b in self._chunks(x.numel(), x.device):
-            kf = sc.get("f32", b - a, torch.float32)
+            kf = sc.get("floats", b - a, torch.float32)
             torch.mul(x[a:b], self._inv_eps, out=kf)
             if keys is None:
                 kf.round_()
@@ -544,7 +546,7 @@ class Codec:
                 kf.add_(_dither24(a, b - a, keys, sc), alpha=_DITHER_SCALE)
                 kf.floor_()
             ranges.append(torch.stack(torch.aminmax(kf)))
-            k = sc.get("i32", b - a, torch.int32)
+            k = sc.get("ints", b - a, torch.int32)
             k.copy_(kf)
             _pack(k, bits, body[packed_bytes(a, bits) : packed_bytes(b, bits)], sc)  # residues k mod 2**bits
             k.bitwise_right_shift_(bits)  # q = floor(k / 2**bits): what the checksums cover
@@ -575,7 +577,7 @@ class Codec:
             # Divide by the very step the receiver multiplies by; a constant bucket has step 0 and
             # sends all-zero codes.
             inv = torch.where(step > 0, 1.0 / step, torch.zeros_like(step))
-            y = sc.get("f32", b - a, torch.float32)
+            y = sc.get("floats", b - a, torch.float32)
             for (xv, sl), (yv, _) in zip(parts, _bucket_parts(y, bucket), strict=True):
                 torch.sub(xv, lo[sl, None], out=yv)
                 yv.mul_(inv[sl, None])
@@ -583,7 +585,7 @@ class Codec:
             y.floor_()
             # y >= 0 exactly (x >= lo); rounding in 1/step can push the top code one past the end.
             y.clamp_max_(levels)
-            k = sc.get("i32", b - a, torch.int32)
+            k = sc.get("ints", b - a, torch.int32)
             k.copy_(y)  # float -> int32 is fast; float -> uint8 is not vectorized in torch
             _pack(k, bits, body[packed_bytes(a, bits) : packed_bytes(b, bits)], sc)
         if not bool(torch.stack(finite).all()):
@@ -641,11 +643,11 @@ class Codec:
             _unpack(body[packed_bytes(a, bits) : packed_bytes(b, bits)], bits, b - a, c, sc)
             # s = round((c - ref/eps) / 2**bits) = -q_hat and k_hat = c - 2**bits * s. Every step is
             # exact in float32 (power-of-two scalings of integers < 2**24) except ref/eps itself.
-            s = sc.get("f32", b - a, torch.float32)
+            s = sc.get("floats", b - a, torch.float32)
             torch.sub(c, ref[a:b], alpha=self._inv_eps, out=s)
             s.mul_(1.0 / scale)
             s.round_()
-            si = sc.get("i32", b - a, torch.int32)
+            si = sc.get("ints", b - a, torch.int32)
             si.copy_(s)
             # The receiver hashed -q_hat, so a correct bucket has H(-q_hat) + H(q) == 0 mod 2**32.
             mine = _bucket_checksums(si, bucket, sc).to(torch.int64)
