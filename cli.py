@@ -55,6 +55,13 @@ RUN_OPTIONS = {
     "lr": "lr",
     "momentum": "momentum",
     "local_steps": "local_steps",
+    "local_steps_dist": "local_steps_dist",
+    "swarm_mode": "swarm_mode",
+    "bits": "bits",
+    "quantizer": "quantizer",
+    "eps": "eps",
+    "lattice_radius": "lattice_radius",
+    "transport": "transport",
     "partition": "partition",
     "alpha": "alpha",
     "seed": "seed",
@@ -99,6 +106,55 @@ D = _defaults()
     default=D.local_steps,
     show_envvar=True,
     help="H: local steps between averagings (local_sgd, swarm).",
+)
+@click.option(
+    "--local-steps-dist",
+    type=click.Choice(["fixed", "geometric"]),
+    default=D.local_steps_dist,
+    show_envvar=True,
+    help="swarm: exactly H local steps, or a geometric number with mean H.",
+)
+@click.option(
+    "--swarm-mode",
+    type=click.Choice(["nonblocking", "blocking"]),
+    default=D.swarm_mode,
+    show_envvar=True,
+    help="swarm: only the initiator averages (non-blocking) or both atomically (blocking).",
+)
+@click.option(
+    "--bits",
+    type=int,
+    default=D.bits,
+    show_envvar=True,
+    help="Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization).",
+)
+@click.option(
+    "--quantizer",
+    type=click.Choice(["lattice", "uniform"]),
+    default=D.quantizer,
+    show_envvar=True,
+    help="lattice: residues decoded against the receiver's own model; uniform: stochastic, unbiased.",
+)
+@click.option(
+    "--eps",
+    type=float,
+    default=None,
+    show_envvar=True,
+    help="Lattice spacing.  [default: lattice-radius / (2^(bits-1) - 1)]",
+)
+@click.option(
+    "--lattice-radius",
+    type=float,
+    default=D.lattice_radius,
+    show_envvar=True,
+    help="Max-norm distance between neighbours that the default eps decodes.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "p2p", "rma"]),
+    default=D.transport,
+    show_envvar=True,
+    help="One-sided exchange: auto (rma under MPI on one host, else p2p), p2p (gloo responder), rma (MPI windows).",
 )
 @click.option(
     "--partition",
@@ -178,6 +234,26 @@ def list_cmd() -> None:
         width = max(len(k) for k in items)
         for name, line in items.items():
             click.echo(f"  {name:<{width}}  {line}")
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, show_envvar=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_envvar=True,
+    help="Probe MPI passive-target progress with a 2-rank mpirun (a few seconds).",
+)
+def doctor_cmd(as_json: bool, probe: bool) -> int:
+    """Show what works on this machine (torch, CUDA, backends, launchers, MPI, Horovod) and why not. Exits 0."""
+    from bench.doctor import collect, render, to_json
+
+    items = collect(run_probe=probe)
+    if as_json:
+        click.echo(to_json(items))
+    else:
+        render(items)
+    return 0
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ class ADPSGD(Algorithm):
 
     name = "adpsgd"
     summary = "AD-PSGD: each step, atomic pairwise average with one random neighbour (asynchronous)"
+    quantizable = True
 
     def start(self) -> None:
         self.node.comm.expose(self.node.params)

@@ -15,6 +15,7 @@ class DPSGD(Algorithm):
 
     name = "dpsgd"
     summary = "D-PSGD: each step, mix models with topology neighbours (Metropolis-Hastings), then apply gradient"
+    quantizable = True
 
     def start(self) -> None:
         self.weights = self.node.comm.topology.mixing_weights(self.node.rank)

@@ -5,12 +5,15 @@ collectives (`allreduce_mean`, `neighbor_exchange`), the one-sided pair (`publis
 atomic pairwise average (`average_with`). `TorchComm` implements it on real processes; the simulated
 cluster implements the same interface with virtual time. Both count in the same way (`CommStats`).
 
-Byte accounting (per node, by kind; closed forms tested in tests/test_comm_volume.py):
+Byte accounting (per node, by kind; closed forms tested in tests/test_comm.py and tests/test_run.py).
+With m = the codec's message size for the model (`Codec.wire_bytes`: 4 bytes per parameter unquantized,
+packed codes plus 8 header bytes per bucket when quantized):
 - allreduce of b bytes over n nodes: the ring algorithm's volume, 2(n-1)/n * b sent and received per node
-  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference).
-- neighbor_exchange: b sent to and received from each neighbour.
-- read: a 32-byte request header (kind "control") to the peer, b bytes of model back.
-- average_with: header + b bytes of model to the peer, b bytes back; the peer counts the mirror image.
+  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference). Never
+  quantized.
+- neighbor_exchange: m sent to and received from each neighbour.
+- read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
+- average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.
 """
 
 from __future__ import annotations
@@ -25,10 +28,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.quantize import Codec, CodecConfig
+
 if TYPE_CHECKING:
     from bench.topology import Topology
 
-HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, numel, reserved)
+RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselves
+
+HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, message bytes, reserved)
+STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
 KINDS = ("grad", "model", "control", "eval")  # eval traffic is reported apart from training traffic
 
 
@@ -75,9 +83,11 @@ class CommStats:
 
 
 class Comm:
-    """What an algorithm may do on the network. Subclasses implement the `_` methods for one engine.
+    """What an algorithm may do on the network. Subclasses implement the `_` hooks for one engine.
 
-    All tensors are flat 1-D float32 tensors (a node's whole model or gradient in one buffer).
+    All model tensors are flat 1-D float32 tensors. Model messages (`publish`/`read`, `neighbor_exchange`,
+    `average_with`) go through the cell's codec (`bench.quantize`): engines only move the resulting bytes,
+    and the averaging arithmetic lives here, once, for every engine.
     """
 
     def __init__(self, rank: int, size: int, topology: Topology, now) -> None:
@@ -85,6 +95,11 @@ class Comm:
         self.size = size
         self.topology = topology
         self.stats = CommStats()
+        self.codec = RAW
+        self.decode_failures = 0
+        self._gen = torch.Generator().manual_seed(rank)
+        self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
+        self._live: torch.Tensor | None = None
         self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
 
     # ---- the interface algorithms use -------------------------------------------------------------
@@ -92,13 +107,10 @@ class Comm:
         return self.topology.neighbors(self.rank)
 
     def allreduce_mean(self, t: torch.Tensor, kind: str) -> None:
-        """In place: t <- mean over all nodes."""
-        with self._timed(kind):
-            if self.size > 1:
-                self._allreduce_sum(t)
-                t.div_(self.size)
-            vol = ring_allreduce_bytes(_nbytes(t), self.size)
-            self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
+        """In place: t <- mean over all nodes (never quantized)."""
+        self.allreduce_sum(t, kind)
+        if self.size > 1:
+            t.div_(self.size)
 
     def allreduce_sum(self, t: torch.Tensor, kind: str) -> None:
         """In place: t <- sum over all nodes (counters, evaluation results)."""
@@ -109,36 +121,81 @@ class Comm:
             self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
 
     def neighbor_exchange(self, t: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
-        """Synchronous: send `t` to every neighbour and receive each neighbour's tensor."""
+        """Synchronous: send `t` (encoded) to every neighbour; return each neighbour's decoded model."""
         peers = self.neighbors()
+        if not peers:
+            return {}
         with self._timed(kind):
-            out = self._neighbor_exchange(t, peers) if peers else {}
+            msg = self._encode(t)
+            got = self._neighbor_exchange(msg, peers)
             n = len(peers)
-            self.stats.add(kind, sent=n * _nbytes(t), recv=n * _nbytes(t), msgs_sent=n, msgs_recv=n)
-        return out
+            self.stats.add(kind, sent=n * msg.numel(), recv=n * msg.numel(), msgs_sent=n, msgs_recv=n)
+            return {p: self._decode(m, t) for p, m in got.items()}
 
-    def publish(self, t: torch.Tensor) -> None:
-        """Make a copy of `t` readable by peers' `read` from now on (until the next publish)."""
-        self._publish(t)
+    def publish(self, t: torch.Tensor, stamp: int = 0) -> None:
+        """Make (an encoded copy of) `t` readable by peers' `read` until the next publish.
 
-    def read(self, peer: int, kind: str) -> torch.Tensor:
-        """One-sided: the peer's last published tensor; the peer is not interrupted (may be one step stale)."""
+        `stamp` (e.g. the number of steps taken) travels with it so that readers can measure staleness.
+        """
+        stamp_bytes = torch.tensor([stamp], dtype=torch.int64).view(torch.uint8)
+        self._publish(torch.cat([stamp_bytes, self._encode(t)]))
+
+    def read(self, peer: int, kind: str, reference: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One-sided: (the peer's last published model, its stamp); the peer is not interrupted.
+
+        `reference` is this node's own model: it sizes the message and decodes the lattice quantizer.
+        """
         with self._timed(kind):
-            out = self._read(peer)
+            blob = self._read(peer, STAMP_BYTES + self.codec.wire_bytes(reference.numel()))
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
-            self.stats.add(kind, recv=_nbytes(out), msgs_recv=1)
-        return out
+            self.stats.add(kind, recv=blob.numel(), msgs_recv=1)
+            stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
+            return self._decode(blob[STAMP_BYTES:], reference), stamp
 
     def expose(self, live: torch.Tensor) -> None:
-        """Register the node's live model: peers' `average_with` will update it in place (under `exclusive`)."""
-        self._expose(live)
+        """Register the node's live model: peers' `average_with` update it in place (under `exclusive`)."""
+        with self._model_lock:
+            self._live = live
 
     def average_with(self, peer: int, kind: str) -> None:
-        """Atomic pairwise average of this node's exposed model with `peer`'s; the sum of models is conserved."""
+        """Atomic pairwise average of this node's exposed model with `peer`'s (both move to the average).
+
+        Each side moves by half the difference of the two *decoded* messages, so the sum of all models is
+        conserved exactly even with quantization (both sides decode the same bytes to the same values) and
+        even if a third node averaged with us meanwhile. No lock is held across nodes: no deadlock.
+        """
+        if self._live is None:
+            raise RuntimeError("average_with() before expose(): expose this node's live model first")
         with self._timed(kind):
-            nbytes = self._average_with(peer)
+            with self._model_lock:
+                snap = self._live.detach().to("cpu", copy=True)
+            msg = self._encode(snap)
+            mine = self._decode(msg, snap) if self.codec is not RAW else snap
+            reply = self._average_with(peer, msg)
+            theirs = self._decode(reply, snap)
+            with self._model_lock:
+                self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
-            self.stats.add(kind, sent=nbytes, recv=nbytes, msgs_sent=1, msgs_recv=1)
+            self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
+
+    def serve_average(self, msg: torch.Tensor, kind: str = "model") -> torch.Tensor:
+        """The passive side of `average_with` (called by the engine for a peer's request): returns the reply."""
+        if self._live is None:
+            raise RuntimeError(f"rank {self.rank} was asked to average before it exposed its model")
+        with self._model_lock:
+            old = self._live.detach().to("cpu", copy=True)
+            reply = self._encode(old)
+            mine = self._decode(reply, old) if self.codec is not RAW else old
+            theirs = self._decode(msg, old)
+            self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+        self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
+        self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
+        return reply
+
+    def serve_read(self, blob: torch.Tensor, kind: str = "model") -> None:
+        """Count what the passive side of a `read` sent (engines call it when they serve one)."""
+        self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
+        self.stats.add(kind, sent=blob.numel(), msgs_sent=1)
 
     def barrier(self) -> None:
         with self._timed("control"):
@@ -153,32 +210,49 @@ class Comm:
 
     def exclusive(self) -> contextlib.AbstractContextManager:
         """Held by the training loop while it computes on or updates the model (passive averages wait)."""
-        return contextlib.nullcontext()
+        return self._model_lock
 
-    def start_cell(self) -> None:
-        """Fresh counters and no exposed/published model: called between algorithms on the same processes."""
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        """Fresh counters, the cell's codec, no exposed/published model (between algorithms)."""
         self.stats.reset()
+        self.codec = codec or RAW
+        self.decode_failures = 0
+        self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
+        with self._model_lock:
+            self._live = None
 
     def close(self) -> None:
         """Release engine resources once all nodes stop issuing requests."""
 
-    # ---- engine hooks -------------------------------------------------------------------------------
+    # ---- codec ------------------------------------------------------------------------------------
+    def _encode(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if self.codec is RAW:
+            return t.to("cpu", copy=True).view(torch.uint8)
+        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=self._gen)
+
+    def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if self.codec is RAW:
+            return msg.clone().view(torch.float32).to(reference.device)
+        out, failures = self.codec.decode(msg, reference.numel(), reference.detach().to("cpu", torch.float32))
+        self.decode_failures += failures
+        return out.to(reference.device)
+
+    # ---- engine hooks: move bytes -----------------------------------------------------------------
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _neighbor_exchange(self, t: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
-    def _publish(self, t: torch.Tensor) -> None:
+    def _publish(self, blob: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _read(self, peer: int) -> torch.Tensor:
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def _expose(self, live: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _average_with(self, peer: int) -> int:
+    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        """Deliver `msg` to `peer`, have it run `serve_average`, return its reply."""
         raise NotImplementedError
 
     def _barrier(self) -> None:
@@ -202,12 +276,14 @@ _READ, _AVERAGE, _STOP = 1, 2, 3
 
 
 class TorchComm(Comm):
-    """`Comm` over torch.distributed on real processes.
+    """`Comm` over torch.distributed on real processes ("p2p" transport for one-sided operations).
 
     Collectives run on the default process group. One-sided operations are served by a responder thread
     per process on two extra gloo groups (requests in, replies out), so a peer's `read` is answered while
-    this node's training thread keeps computing. Gloo runs on CPU, so the served buffers live on the CPU.
+    this node's training thread keeps computing. Gloo runs on CPU, so messages live on the CPU.
     """
+
+    transport = "p2p"
 
     def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float) -> None:
         super().__init__(rank, size, topology, time.perf_counter)
@@ -217,9 +293,7 @@ class TorchComm(Comm):
         self._model_lock = threading.Lock()
         self._pub_lock = threading.Lock()
         self._published: torch.Tensor | None = None
-        self._live: torch.Tensor | None = None
         self._responder: threading.Thread | None = None
-        self.responder_error: BaseException | None = None
         if size > 1:
             timeout = timedelta(seconds=timeout_s)
             # Every rank creates both groups in the same order (a torch.distributed requirement).
@@ -228,23 +302,18 @@ class TorchComm(Comm):
             self._responder = threading.Thread(target=self._serve, name=f"responder-{rank}", daemon=True)
             self._responder.start()
 
-    def exclusive(self) -> contextlib.AbstractContextManager:
-        return self._model_lock
-
-    def start_cell(self) -> None:
-        super().start_cell()
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        super().start_cell(codec, seed)
         with self._pub_lock:
             self._published = None
-        with self._model_lock:
-            self._live = None
 
     # ---- collectives -------------------------------------------------------------------------------
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
 
-    def _neighbor_exchange(self, t: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
-        out = {p: torch.empty_like(t) for p in peers}
-        works = [self._dist.isend(t, dst=p) for p in peers]
+    def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        out = {p: torch.empty_like(msg) for p in peers}
+        works = [self._dist.isend(msg, dst=p) for p in peers]
         works += [self._dist.irecv(out[p], src=p) for p in peers]
         for w in works:
             w.wait()
@@ -254,44 +323,26 @@ class TorchComm(Comm):
         self._dist.barrier()
 
     # ---- one-sided, initiator side ---------------------------------------------------------------
-    def _publish(self, t: torch.Tensor) -> None:
+    def _publish(self, blob: torch.Tensor) -> None:
         with self._pub_lock:
-            if self._published is None or self._published.shape != t.shape:
-                self._published = torch.empty_like(t, device="cpu")
-            self._published.copy_(t)
+            self._published = blob
 
-    def _expose(self, live: torch.Tensor) -> None:
-        with self._model_lock:
-            self._live = live
-
-    def _request(self, op: int, peer: int, numel: int) -> None:
-        header = torch.tensor([op, self.rank, numel, 0], dtype=torch.int64)
+    def _request(self, op: int, peer: int, nbytes: int) -> None:
+        header = torch.tensor([op, self.rank, nbytes, 0], dtype=torch.int64)
         self._dist.send(header, dst=peer, group=self._req)
 
-    def _read(self, peer: int) -> torch.Tensor:
-        if self._published is None:
-            raise RuntimeError("read() before publish(): publish this node's model first (sizes are shared)")
-        out = torch.empty_like(self._published)
-        self._request(_READ, peer, out.numel())
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        self._request(_READ, peer, nbytes)
         self._dist.recv(out, src=peer, group=self._rep)
         return out
 
-    def _average_with(self, peer: int) -> int:
-        # Lock-free across nodes (so deadlock-free by construction): send a snapshot, the peer moves to the
-        # average under its own lock and returns its pre-average model, and we apply the mirror delta.
-        # Sum of the two models is conserved exactly even if a third node averaged with us meanwhile.
-        if self._live is None:
-            raise RuntimeError("average_with() before expose(): expose this node's live model first")
-        with self._model_lock:
-            snap = self._live.detach().to("cpu", copy=True)
-        self._request(_AVERAGE, peer, snap.numel())
-        self._dist.send(snap, dst=peer, group=self._req)
-        theirs = torch.empty_like(snap)
-        self._dist.recv(theirs, src=peer, group=self._rep)
-        delta = theirs.sub_(snap).mul_(0.5)
-        with self._model_lock:
-            self._live.add_(delta.to(self._live.device))
-        return _nbytes(snap)
+    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        self._request(_AVERAGE, peer, msg.numel())
+        self._dist.send(msg, dst=peer, group=self._req)
+        reply = torch.empty_like(msg)
+        self._dist.recv(reply, src=peer, group=self._rep)
+        return reply
 
     # ---- one-sided, responder side ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -300,31 +351,26 @@ class TorchComm(Comm):
         try:
             while True:
                 src = dist.recv(header, src=None, group=self._req)
-                op, requester, numel, _ = header.tolist()
-                self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
+                op, requester, nbytes, _ = header.tolist()
                 if op == _STOP:
                     return
                 if op == _READ:
                     with self._pub_lock:
-                        if self._published is None:
-                            raise RuntimeError(f"rank {requester} read rank {self.rank} before it published")
-                        payload = self._published.clone()
-                    dist.send(payload, dst=src, group=self._rep)
-                    self.stats.add("model", sent=_nbytes(payload), msgs_sent=1)
+                        blob = self._published
+                    if blob is None or blob.numel() != nbytes:
+                        raise RuntimeError(
+                            f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published "
+                            f"{None if blob is None else blob.numel()}"
+                        )
+                    dist.send(blob, dst=src, group=self._rep)
+                    self.serve_read(blob)
                 elif op == _AVERAGE:
-                    incoming = torch.empty(numel, dtype=torch.float32)
+                    incoming = torch.empty(nbytes, dtype=torch.uint8)
                     dist.recv(incoming, src=src, group=self._req)
-                    with self._model_lock:
-                        if self._live is None:
-                            raise RuntimeError(f"rank {requester} averaged with rank {self.rank} before it exposed")
-                        old = self._live.detach().to("cpu", copy=True)
-                        self._live.add_(incoming.to(self._live.device)).mul_(0.5)
-                    dist.send(old, dst=src, group=self._rep)
-                    self.stats.add("model", sent=_nbytes(old), recv=_nbytes(incoming), msgs_sent=1, msgs_recv=1)
+                    dist.send(self.serve_average(incoming), dst=src, group=self._rep)
                 else:
                     raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
         except BaseException as exc:  # reported by the worker, which then exits so no peer waits forever
-            self.responder_error = exc
             from bench.engine.worker import abort_from_thread
 
             abort_from_thread(exc, self.rank)

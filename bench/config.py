@@ -41,6 +41,14 @@ class RunConfig:
     momentum: float = 0.9  # SGD momentum (optimizer state always stays local)
     weight_decay: float = 0.0  # L2 penalty in the optimizer
     local_steps: int = 4  # H: local steps between averagings (local_sgd, swarm)
+    local_steps_dist: str = "fixed"  # swarm: fixed H, or geometric with mean H
+    swarm_mode: str = "nonblocking"  # swarm: nonblocking (initiator only) | blocking (both, atomically)
+    bits: int = 32  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
+    quantizer: str = "lattice"  # lattice (reference-point, Davies et al.) | uniform (stochastic, unbiased)
+    eps: float | None = None  # lattice spacing; None: sized so neighbours within lattice_radius decode
+    lattice_radius: float = 0.05  # max-norm distance between neighbours the default eps must decode
+    bucket: int = 1024  # coordinates per codec header entry
+    transport: str = "auto"  # one-sided exchange: auto | p2p (gloo responder thread) | rma (MPI windows)
     partition: str = "iid"  # how the training set is split over nodes: iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration for --partition dirichlet (smaller = more label skew)
     seed: int = 0  # one seed for data split, initial weights, shards and peer choices
@@ -268,6 +276,20 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"unknown launcher '{cfg.launcher}'{closest(cfg.launcher, LAUNCHERS)}: choose from {', '.join(LAUNCHERS)}"
         )
+    from bench.quantize import BITS, QUANTIZERS
+
+    if cfg.bits not in BITS:
+        raise UserError(f"--bits {cfg.bits} is not supported: use one of {', '.join(map(str, BITS))}")
+    if cfg.quantizer not in QUANTIZERS:
+        raise UserError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got '{cfg.quantizer}'")
+    if cfg.eps is not None and not cfg.eps > 0:
+        raise UserError(f"--eps must be positive, got {cfg.eps}")
+    if not cfg.lattice_radius > 0:
+        raise UserError(f"--lattice-radius must be positive, got {cfg.lattice_radius}")
+    if cfg.bucket < 1:
+        raise UserError(f"bucket must be at least 1, got {cfg.bucket}")
+    if cfg.transport not in ("auto", "p2p", "rma"):
+        raise UserError(f"--transport must be auto, p2p or rma, got '{cfg.transport}'")
     if cfg.device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device must be cpu, cuda or auto, got '{cfg.device}'")
     if cfg.backend not in ("auto", "gloo", "nccl"):

@@ -63,6 +63,7 @@ class Algorithm:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `swarmbench list`
     Config: ClassVar[type] = NoConfig
+    quantizable: ClassVar[bool] = False  # exchanges models through the codec (--bits applies)
 
     def __init__(self, node: Node, config: Any) -> None:
         self.node = node

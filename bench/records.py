@@ -53,6 +53,9 @@ SUMMARY_COLUMNS = [
     "bytes_control",
     "bytes_eval",
     "interactions_per_node",
+    "staleness_mean",
+    "decode_failures",
+    "quantizer",
     "dataset",
     "model",
     "batch_size",
@@ -190,6 +193,8 @@ def summarize(records, cfg, statuses: dict[str, str]):
     """One summary row per algorithm, derived from the tidy records only."""
     import pandas as pd
 
+    from bench.registry import ALGORITHMS
+
     rows = []
     for algo in cfg.algorithms:
         status = statuses.get(algo, "skipped")
@@ -199,7 +204,7 @@ def summarize(records, cfg, statuses: dict[str, str]):
             algorithm=algo,
             nodes=cfg.nodes,
             topology=cfg.topology,
-            bits=32,
+            bits=cfg.bits if ALGORITHMS[algo].quantizable else 32,
             seed=cfg.seed,
             status=status,
             epochs=cfg.epochs,
@@ -211,6 +216,7 @@ def summarize(records, cfg, statuses: dict[str, str]):
         )
         if len(r):
             row.update(_derive(r, cfg.nodes))
+        row["quantizer"] = cfg.quantizer if (row["bits"] or 32) < 32 else "none"
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -261,6 +267,15 @@ def _derive(r, nodes: int) -> dict[str, Any]:
     inter = final("algo_interactions")
     if inter is not None:
         out["interactions_per_node"] = float(inter["value"].sum()) / nodes
+    bits = final("bits")
+    if bits is not None:
+        out["bits"] = int(bits["value"].max())
+    fails = final("decode_failures")
+    if fails is not None:
+        out["decode_failures"] = int(fails["value"].sum())
+    stale, reads = final("algo_staleness_sum"), final("algo_reads")
+    if stale is not None and reads is not None and reads["value"].sum() > 0:
+        out["staleness_mean"] = float(stale["value"].sum() / reads["value"].sum())
     sent = r[r["metric"] == "comm_bytes_sent"]
     if not sent.empty:
         by_kind = sent.groupby("kind")["value"].sum()

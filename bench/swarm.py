@@ -1,47 +1,79 @@
-"""SwarmSGD: local steps, then a non-blocking average with one random neighbour."""
+"""SwarmSGD: local steps, then an average with one random neighbour, non-blocking by default."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bench.protocol import Algorithm
 
+LOCAL_STEPS_DISTS = ("fixed", "geometric")
+SWARM_MODES = ("nonblocking", "blocking")
+
 
 @dataclass(frozen=True)
 class SwarmConfig:
-    local_steps: int = 4  # H: local SGD steps between two interactions
+    local_steps: int = 4  # H: (mean) local SGD steps between two interactions
+    local_steps_dist: str = "fixed"  # fixed: exactly H; geometric: random with mean H (the paper's analysis)
+    swarm_mode: str = "nonblocking"  # nonblocking: only the initiator moves; blocking: both move atomically
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {self.local_steps}")
+        if self.local_steps_dist not in LOCAL_STEPS_DISTS:
+            raise ValueError(f"local_steps_dist must be one of {', '.join(LOCAL_STEPS_DISTS)}")
+        if self.swarm_mode not in SWARM_MODES:
+            raise ValueError(f"swarm_mode must be one of {', '.join(SWARM_MODES)}")
 
 
 class SwarmSGD(Algorithm):
     """SwarmSGD (Nadiradze, Sabour, Davies, Li, Alistarh, NeurIPS 2021, "Asynchronous Decentralized SGD with
     Quantized and Local Updates", arXiv 1910.12308).
 
-    Each node takes H local SGD steps, then picks a neighbour uniformly at random, reads the neighbour's most
-    recently published model without interrupting it (the neighbour keeps computing, so the copy may be one
-    step stale) and replaces its own model by the average of the two. Every node publishes its model after
-    each step. Optimizer state stays local.
+    Each node takes H local SGD steps (H fixed, or geometric with mean H), then picks a neighbour uniformly
+    at random and averages with it. Non-blocking (default): it reads the neighbour's most recently published
+    (possibly quantized) model without interrupting it — the neighbour keeps computing, so the copy may be
+    stale — and only the initiator moves to the average. Blocking: both move to the average atomically.
+    Every node publishes its model after each step. Optimizer state stays local.
     """
 
     name = "swarm"
-    summary = "SwarmSGD: H local steps, then non-blocking average with one random neighbour's published model"
+    summary = "SwarmSGD: H local steps, then average with one random neighbour's published model (non-blocking)"
     Config = SwarmConfig
+    quantizable = True
 
     def start(self) -> None:
-        self.since = 0
-        self.node.comm.publish(self.node.params)
+        self.steps_done = 0
+        self.until = self._draw()
+        if self.config.swarm_mode == "blocking":
+            self.node.comm.expose(self.node.params)
+        else:
+            self.node.comm.publish(self.node.params, stamp=0)
+
+    def _draw(self) -> int:
+        """Local steps before the next interaction."""
+        h = self.config.local_steps
+        if self.config.local_steps_dist == "fixed" or h == 1:
+            return h
+        # Geometric on {1, 2, ...} with mean h (success probability 1/h), from this node's own stream.
+        u = 1.0 - self.node.rng.random()
+        return 1 + int(math.log(u) / math.log(1.0 - 1.0 / h))
 
     def after_step(self, step: int) -> None:
         node = self.node
-        self.since += 1
-        if self.since >= self.config.local_steps:
-            self.since = 0
+        self.steps_done += 1
+        self.until -= 1
+        if self.until <= 0:
+            self.until = self._draw()
             peer = node.random_neighbor()
             if peer is not None:
-                theirs = node.comm.read(peer, "model")
-                node.params.add_(theirs).mul_(0.5)
+                if self.config.swarm_mode == "blocking":
+                    node.comm.average_with(peer, "model")
+                else:
+                    theirs, stamp = node.comm.read(peer, "model", node.params)
+                    node.params.add_(theirs).mul_(0.5)
+                    self.count("staleness_sum", self.steps_done - stamp)
+                    self.count("reads")
                 self.count("interactions")
-        node.comm.publish(node.params)
+        if self.config.swarm_mode == "nonblocking":
+            node.comm.publish(node.params, stamp=self.steps_done)

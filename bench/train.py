@@ -22,6 +22,7 @@ from bench.config import RunConfig, algo_config
 from bench.data import Dataset, partition
 from bench.models import build_model
 from bench.protocol import Clock, Node, flatten_model
+from bench.quantize import Codec, CodecConfig, suggest_eps
 from bench.registry import ALGORITHMS
 
 WARMUP_STEPS = 5  # excluded from the step-time median/spread (first steps pay allocation and cache misses)
@@ -74,6 +75,14 @@ class Sampler:
         sel = self.order[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return self.x[sel], self.y[sel]
+
+
+def make_codec(cfg: RunConfig) -> Codec | None:
+    """The wire codec for model exchanges, or None for raw float32 (--bits 32)."""
+    if cfg.bits == 32:
+        return None
+    eps = cfg.eps if cfg.eps is not None else suggest_eps(cfg.bits, cfg.lattice_radius)
+    return Codec(CodecConfig(bits=cfg.bits, quantizer=cfg.quantizer, eps=eps, bucket=cfg.bucket))
 
 
 def node_seed(seed: int, rank: int, stream: int) -> int:
@@ -158,10 +167,12 @@ def run_cell(
 
     `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
     """
-    comm.start_cell()
+    algo_cls = ALGORITHMS[algorithm]
+    codec = make_codec(cfg) if algo_cls.quantizable else None
+    comm.start_cell(codec, cfg.seed)
     node = make_node(cfg, dataset, rank, comm, clock, device)
     scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
-    algo = ALGORITHMS[algorithm](node, algo_config(cfg, algorithm))
+    algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
@@ -246,4 +257,6 @@ def run_cell(
     for key, value in algo.counters.items():
         record(f"algo_{key}", float(value), None, step)
     record("local_steps", float(algo.local_steps()), None, step)
+    record("bits", float(codec.cfg.bits if codec else 32), None, step)
+    record("decode_failures", float(comm.decode_failures), None, step)
     return node

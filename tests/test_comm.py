@@ -17,10 +17,11 @@ def _collectives(rank, world, comm):
     t = torch.full((10,), float(rank))
     comm.allreduce_mean(t, "grad")
     ex = comm.neighbor_exchange(torch.full((3,), float(rank)), "model")
-    comm.publish(torch.full((5,), 100.0 + rank))
+    comm.publish(torch.full((5,), 100.0 + rank), stamp=7 + rank)
     comm.fence()  # everyone has published
     peer = comm.neighbors()[0]
-    got = comm.read(peer, "model")
+    got, stamp = comm.read(peer, "model", torch.zeros(5))
+    assert stamp == 7 + peer
     comm.fence()  # every read is answered before counters are read
     return t.tolist(), {p: v.tolist() for p, v in ex.items()}, peer, got.tolist(), comm.stats.snapshot()
 
@@ -34,12 +35,12 @@ def test_collectives_and_reads(tmp_path, world):
         for p, v in ex.items():
             assert v == [float(p)] * 3
         assert got == [100.0 + peer] * 5
-        # Closed-form bytes: ring allreduce volume; exchange 12 bytes per neighbour; read = header + 20 bytes.
+        # Closed-form bytes: ring allreduce volume; exchange 12 bytes per neighbour; read = header, 8 + 20 back.
         assert stats["grad"]["bytes_sent"] == ring_allreduce_bytes(40, world)
         neighbours = len(ex)
         readers = sum(1 for r in results if r[2] == rank)
-        assert stats["model"]["bytes_sent"] == 12 * neighbours + 20 * readers
-        assert stats["model"]["bytes_recv"] == 12 * neighbours + 20
+        assert stats["model"]["bytes_sent"] == 12 * neighbours + 28 * readers
+        assert stats["model"]["bytes_recv"] == 12 * neighbours + 28
         assert stats["control"]["bytes_sent"] == HEADER_BYTES
         assert stats["control"]["bytes_recv"] == HEADER_BYTES * readers
 

@@ -135,7 +135,7 @@ def test_bytes_match_closed_form(finished_run):
     assert sent("adpsgd", "control") == interactions * HEADER_BYTES
     interactions = counted("swarm", "algo_interactions")
     assert interactions == world * (steps // H)
-    assert sent("swarm", "model") == interactions * b
+    assert sent("swarm", "model") == interactions * (b + 8)  # stamp + model
     assert sent("swarm", "control") == interactions * HEADER_BYTES
     for algo in ("dpsgd", "adpsgd", "swarm"):  # point to point: every byte sent is received
         assert sent(algo, "model") == recv(algo, "model")
