@@ -90,6 +90,8 @@ class Comm:
     and the averaging arithmetic lives here, once, for every engine.
     """
 
+    request_bytes = HEADER_BYTES  # control bytes an initiator sends per one-sided operation
+
     def __init__(self, rank: int, size: int, topology: Topology, now) -> None:
         self.rank = rank
         self.size = size
@@ -147,7 +149,7 @@ class Comm:
         """
         with self._timed(kind):
             blob = self._read(peer, STAMP_BYTES + self.codec.wire_bytes(reference.numel()))
-            self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
+            self.stats.add("control", sent=self.request_bytes, msgs_sent=1)
             self.stats.add(kind, recv=blob.numel(), msgs_recv=1)
             stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
             return self._decode(blob[STAMP_BYTES:], reference), stamp
@@ -221,6 +223,9 @@ class Comm:
         with self._model_lock:
             self._live = None
 
+    def finish_cell(self) -> None:
+        """After the end-of-cell fence: engines that learn late what they served count it here."""
+
     def close(self) -> None:
         """Release engine resources once all nodes stop issuing requests."""
 
@@ -285,7 +290,7 @@ class TorchComm(Comm):
 
     transport = "p2p"
 
-    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float) -> None:
+    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float, *, responder: bool = True) -> None:
         super().__init__(rank, size, topology, time.perf_counter)
         import torch.distributed as dist
 
@@ -294,7 +299,7 @@ class TorchComm(Comm):
         self._pub_lock = threading.Lock()
         self._published: torch.Tensor | None = None
         self._responder: threading.Thread | None = None
-        if size > 1:
+        if size > 1 and responder:
             timeout = timedelta(seconds=timeout_s)
             # Every rank creates both groups in the same order (a torch.distributed requirement).
             self._req = dist.new_group(backend="gloo", timeout=timeout)
@@ -383,3 +388,213 @@ class TorchComm(Comm):
         self._request(_STOP, (self.rank + 1) % self.size, 0)
         self._responder.join()
         self._responder = None
+
+
+class RmaComm(TorchComm):
+    """`Comm` whose one-sided operations use MPI RMA windows (mpi4py), passive target ("rma" transport).
+
+    Collectives still run on torch.distributed. Each node exposes one window laid out as
+    [reads served: int64 | averages received: int64 | stamp: int64 | model message] and, for atomic
+    averages, an inbox window of float32 deltas. A `read` is Lock(peer, shared) / Get / Unlock: the peer's
+    process is not involved at all (Open MPI progresses passive-target RMA on one host without the target
+    calling MPI). `average_with` takes an exclusive lock on the partner (as the SwarmSGD authors' code did),
+    Gets its current model, Accumulates the partner's half of the difference into the partner's inbox and
+    moves itself by the other half; the partner folds its inbox into its model when it next enters
+    `exclusive()` and republishes its model when it leaves it. Both halves are computed from the same decoded
+    values, so the sum of models is conserved exactly; no two locks are taken in different orders.
+
+    Byte accounting: a read costs the reader an 8-byte counter increment (control) and 24 + m bytes back
+    (counters, stamp, message); the owner learns from its counters how many reads and averages it served.
+    """
+
+    transport = "rma"
+    request_bytes = 8  # the reader's increment of the owner's served-reads counter
+
+    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float) -> None:
+        super().__init__(rank, size, topology, timeout_s, responder=False)
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._mpi = MPI.COMM_WORLD
+        if self._mpi.Get_rank() != rank or self._mpi.Get_size() != size:
+            raise RuntimeError(
+                f"MPI rank/size {self._mpi.Get_rank()}/{self._mpi.Get_size()} differ from {rank}/{size}: "
+                "the rma transport needs the job started by mpirun with one rank per node"
+            )
+        self._win = None  # the model window
+        self._inbox = None  # float32 deltas from peers' atomic averages
+        self._buf = None  # numpy views of our own windows
+        self._inbox_buf = None
+
+    _COUNTERS = 16  # reads served, averages received (int64 each), then the stamp and the message
+
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        self._free_windows()
+        super().start_cell(codec, seed)
+
+    def _free_windows(self) -> None:
+        # Collective: every rank calls it at the same point (start of a cell, close).
+        for win in (self._win, self._inbox):
+            if win is not None:
+                win.Free()
+        self._win = self._inbox = self._buf = self._inbox_buf = None
+
+    def _allocate(self, nbytes: int, numel_live: int | None) -> None:
+        import numpy as np
+
+        MPI = self._MPI
+        self._win = MPI.Win.Allocate(self._COUNTERS + nbytes, disp_unit=1, comm=self._mpi)
+        self._buf = np.frombuffer(self._win.tomemory(), dtype=np.uint8)
+        self._buf[:] = 0
+        if numel_live is not None:
+            self._inbox = MPI.Win.Allocate(4 * numel_live, disp_unit=4, comm=self._mpi)
+            self._inbox_buf = np.frombuffer(self._inbox.tomemory(), dtype=np.float32)
+            self._inbox_buf[:] = 0
+        self._mpi.Barrier()  # windows zeroed everywhere before anyone reads
+
+    # ---- owner side --------------------------------------------------------------------------------
+    def _publish(self, blob: torch.Tensor) -> None:
+        if self._win is None:  # first publish of the cell: every rank gets here in the same order
+            self._allocate(blob.numel(), None)
+        self._write_own(blob)
+
+    def _write_own(self, blob: torch.Tensor) -> None:
+        MPI = self._MPI
+        self._win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        self._buf[self._COUNTERS :] = blob.numpy()
+        self._win.Unlock(self.rank)
+
+    def expose(self, live: torch.Tensor) -> None:
+        super().expose(live)
+        nbytes = STAMP_BYTES + self.codec.wire_bytes(live.numel())
+        self._allocate(nbytes, live.numel())
+        self._republish()
+
+    def _republish(self) -> None:
+        stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
+        self._write_own(torch.cat([stamp, self._encode(self._live)]))
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._model_lock:
+            if self._inbox is not None and self._live is not None:
+                self._drain_inbox()
+            yield
+            if self._inbox is not None and self._live is not None:
+                self._republish()
+
+    def _drain_inbox(self) -> None:
+        MPI = self._MPI
+        self._inbox.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        delta = torch.from_numpy(self._inbox_buf.copy())
+        self._inbox_buf[:] = 0
+        self._inbox.Unlock(self.rank)
+        self._live.add_(delta.to(self._live.device))
+
+    def served(self) -> tuple[int, int]:
+        """(reads served, averages received) so far, from our own window's counters."""
+        import numpy as np
+
+        MPI = self._MPI
+        self._win.Lock(self.rank, MPI.LOCK_SHARED)
+        counts = np.frombuffer(self._buf[: self._COUNTERS].tobytes(), dtype=np.int64).copy()
+        self._win.Unlock(self.rank)
+        return int(counts[0]), int(counts[1])
+
+    # ---- initiator side ----------------------------------------------------------------------------
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        import numpy as np
+
+        MPI = self._MPI
+        out = np.empty(nbytes, dtype=np.uint8)
+        one = np.ones(1, dtype=np.int64)
+        self._win.Lock(peer, MPI.LOCK_SHARED)
+        self._win.Get(out, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
+        self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(0, 1, MPI.INT64_T), op=MPI.SUM)
+        self._win.Unlock(peer)
+        return torch.from_numpy(out)
+
+    def average_with(self, peer: int, kind: str) -> None:
+        import numpy as np
+
+        if self._live is None:
+            raise RuntimeError("average_with() before expose(): expose this node's live model first")
+        MPI = self._MPI
+        with self._timed(kind):
+            with self._model_lock:
+                self._drain_inbox()  # fold in what others already gave us, so our snapshot is current
+                snap = self._live.detach().to("cpu", copy=True)
+            msg = self._encode(snap)
+            mine = self._decode(msg, snap) if self.codec is not RAW else snap
+            nbytes = STAMP_BYTES + self.codec.wire_bytes(snap.numel())
+            blob = np.empty(nbytes, dtype=np.uint8)
+            one = np.ones(1, dtype=np.int64)
+            self._win.Lock(peer, MPI.LOCK_EXCLUSIVE)
+            self._win.Get(blob, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
+            theirs = self._decode(torch.from_numpy(blob[STAMP_BYTES:]), snap)
+            delta = theirs.sub_(mine).mul_(0.5)  # our move; the partner moves by its negation
+            give = (-delta).numpy()
+            self._inbox.Lock(peer, MPI.LOCK_EXCLUSIVE)
+            self._inbox.Accumulate(give, peer, op=MPI.SUM)
+            self._inbox.Unlock(peer)
+            self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(8, 1, MPI.INT64_T), op=MPI.SUM)
+            self._win.Unlock(peer)
+            with self._model_lock:
+                self._live.add_(delta.to(self._live.device))
+            self.stats.add("control", sent=8, msgs_sent=1)
+            self.stats.add(kind, sent=give.nbytes, recv=nbytes, msgs_sent=1, msgs_recv=1)
+
+    def finish_cell(self) -> None:
+        """Count what peers took from / gave to us through our windows (collective: after a fence)."""
+        if self._win is None:
+            return
+        reads, averages = self.served()
+        blob_bytes = self._buf.size - self._COUNTERS
+        if reads:
+            self.stats.add("control", recv=8 * reads, msgs_recv=reads)
+            self.stats.add("model", sent=blob_bytes * reads, msgs_sent=reads)
+        if averages:
+            self.stats.add("control", recv=8 * averages, msgs_recv=averages)
+            self.stats.add(
+                "model",
+                sent=blob_bytes * averages,
+                recv=self._inbox_buf.nbytes * averages,
+                msgs_sent=averages,
+                msgs_recv=averages,
+            )
+        if self._inbox is not None and self._live is not None:
+            with self._model_lock:
+                self._drain_inbox()
+
+    def close(self) -> None:
+        self._mpi.Barrier()
+        self._free_windows()
+
+
+def resolve_transport(requested: str, *, under_mpi: bool, single_host: bool) -> str:
+    """`auto` picks RMA under MPI on one host (true passive progress there), p2p otherwise."""
+    from bench.errors import UserError
+
+    if requested == "rma":
+        if not under_mpi:
+            raise UserError(
+                "--transport rma needs the workers started by MPI: use --launcher mpirun (or mpirun -np N "
+                "swarmbench run ...) with mpi4py installed, or --transport p2p"
+            )
+        return "rma"
+    if requested == "p2p":
+        return "p2p"
+    return "rma" if under_mpi and single_host and _mpi4py_available() else "p2p"
+
+
+def _mpi4py_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None
+
+
+def make_comm(transport: str, rank: int, size: int, topology: Topology, timeout_s: float) -> TorchComm:
+    """The communicator of a real worker for a resolved transport ("p2p" or "rma")."""
+    if transport == "rma":
+        return RmaComm(rank, size, topology, timeout_s)
+    return TorchComm(rank, size, topology, timeout_s)

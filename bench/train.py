@@ -244,6 +244,7 @@ def run_cell(
     # Nobody leaves (and stops serving reads) while a peer still needs it; after this barrier no request is
     # in flight, so the counters below include what our responder served to late readers.
     comm.fence()
+    comm.finish_cell()
     timed = step_times[WARMUP_STEPS:] or step_times
     qs = statistics.quantiles(timed, n=10) if len(timed) >= 2 else [timed[0]] * 9
     record("steps", float(step), None, step)

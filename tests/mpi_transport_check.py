@@ -1,0 +1,73 @@
+"""Run under mpirun by tests/test_transports.py: exercise one transport and print a JSON result per rank.
+
+usage: mpirun -np N python tests/mpi_transport_check.py STORE_PATH TRANSPORT SCENARIO
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from mpi4py import MPI
+
+from bench.comm import make_comm
+from bench.quantize import Codec, CodecConfig
+from bench.topology import build_topology
+
+
+def main() -> None:
+    store_path, transport, scenario = sys.argv[1:4]
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store_path, size), rank=rank, world_size=size, timeout=timedelta(seconds=60)
+    )
+    comm = make_comm(transport, rank, size, build_topology("complete", size), 60)
+    out: dict = {"rank": rank, "transport": comm.transport}
+    if scenario == "read":
+        # Deterministic schedule: publish rank-valued models, fence, everyone reads its successor.
+        comm.start_cell(None, 0)
+        comm.publish(torch.arange(10, dtype=torch.float32) + 100 * rank, stamp=rank + 1)
+        comm.fence()
+        peer = (rank + 1) % size
+        got, stamp = comm.read(peer, "model", torch.zeros(10))
+        comm.fence()
+        comm.finish_cell()
+        out.update(peer=peer, got=got.tolist(), stamp=stamp, stats=comm.stats.snapshot())
+    elif scenario == "average":
+        for bits in (32, 8):
+            codec = None if bits == 32 else Codec(CodecConfig(bits=8, eps=0.01))
+            comm.start_cell(codec, 0)
+            live = torch.randn(3000, generator=torch.Generator().manual_seed(rank)) * 0.1
+            initial = live.clone().double()
+            comm.expose(live)
+            comm.fence()
+            rng = random.Random(rank)
+            for _ in range(100):
+                with comm.exclusive():  # where a training step would run
+                    pass
+                comm.average_with(rng.choice(comm.neighbors()), "model")
+            comm.fence()
+            comm.finish_cell()
+            with comm.exclusive():
+                final = live.clone().double()
+            total, init_total = final.clone(), initial.clone()
+            comm.allreduce_sum(total, "eval")
+            comm.allreduce_sum(init_total, "eval")
+            spread = float((final - init_total / size).abs().max())
+            out[str(bits)] = {
+                "drift": float((total - init_total).abs().max()),
+                "spread": spread,
+                "failures": comm.decode_failures,
+            }
+    comm.close()
+    dist.destroy_process_group()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Both one-sided transports (gloo responder "p2p", MPI windows "rma") behind the same Comm interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.comm import resolve_transport
+from bench.errors import UserError
+
+HERE = Path(__file__).parent
+MPIRUN = shutil.which("mpirun")
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (MPIRUN and HAVE_MPI4PY), reason="needs Open MPI's mpirun and mpi4py")
+
+
+def _mpirun(tmp_path: Path, world: int, transport: str, scenario: str) -> list[dict]:
+    cmd = [MPIRUN, "--oversubscribe", "-np", str(world), "-x", "GLOO_SOCKET_IFNAME=lo", "-x", "PYTHONPATH"]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    cmd += [
+        sys.executable,
+        str(HERE / "mpi_transport_check.py"),
+        str(tmp_path / f"store-{transport}"),
+        transport,
+        scenario,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == world
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+@needs_mpi
+@pytest.mark.parametrize("world", [2, 3])
+def test_both_transports_give_the_same_reads(tmp_path, world):
+    """A deterministic schedule (publish, fence, read successor) reads the same models and stamps."""
+    p2p = _mpirun(tmp_path, world, "p2p", "read")
+    rma = _mpirun(tmp_path, world, "rma", "read")
+    for a, b in zip(p2p, rma, strict=True):
+        assert a["transport"] == "p2p" and b["transport"] == "rma"
+        assert a["got"] == b["got"] == [100.0 * ((a["rank"] + 1) % world) + i for i in range(10)]
+        assert a["stamp"] == b["stamp"] == (a["rank"] + 1) % world + 1
+        # Model bytes are the same on both; RMA's control message is an 8-byte counter increment.
+        assert a["stats"]["model"]["bytes_recv"] == b["stats"]["model"]["bytes_recv"] == 8 + 40
+        assert a["stats"]["model"]["bytes_sent"] == b["stats"]["model"]["bytes_sent"] == 8 + 40
+        assert a["stats"]["control"]["bytes_sent"] == 32 and b["stats"]["control"]["bytes_sent"] == 8
+
+
+@needs_mpi
+@pytest.mark.parametrize("transport", ["p2p", "rma"])
+def test_atomic_average_conserves_sum_on_each_transport(tmp_path, transport):
+    """Learning rate 0: sum of models conserved (raw and 8-bit lattice), raw models reach the mean."""
+    for row in _mpirun(tmp_path, 3, transport, "average"):
+        for bits in ("32", "8"):
+            assert row[bits]["drift"] < 1e-5, row
+            assert row[bits]["failures"] == 0
+        assert row["32"]["spread"] < 1e-3
+
+
+def test_resolve_transport():
+    assert resolve_transport("p2p", under_mpi=True, single_host=True) == "p2p"
+    assert resolve_transport("auto", under_mpi=False, single_host=True) == "p2p"
+    assert resolve_transport("auto", under_mpi=True, single_host=False) == "p2p"
+    if HAVE_MPI4PY:
+        assert resolve_transport("auto", under_mpi=True, single_host=True) == "rma"
+    with pytest.raises(UserError, match="--transport rma needs"):
+        resolve_transport("rma", under_mpi=False, single_host=True)
