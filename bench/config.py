@@ -34,6 +34,7 @@ class RunConfig:
     degree: int | None = None  # degree for random-regular topologies
     dataset: str = "mnist"  # name in bench.data.DATASETS
     data_dir: str | None = None  # folder of on-disk datasets (unused by the embedded ones)
+    download: bool = False  # let torchvision download an on-disk dataset into data_dir (needs a network)
     model: str = "mlp"  # name in bench.models.MODELS
     epochs: int = 8  # passes of every node over its own shard
     batch_size: int = 32  # per node
@@ -46,13 +47,15 @@ class RunConfig:
     bits: int = 32  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
     quantizer: str = "lattice"  # lattice (reference-point, Davies et al.) | uniform (stochastic, unbiased)
     eps: float | None = None  # lattice spacing; None: sized so neighbours within lattice_radius decode
-    lattice_radius: float = 0.05  # max-norm distance between neighbours the default eps must decode
+    lattice_radius: float = 0.25  # max-norm distance between neighbours the default eps must decode
     bucket: int = 1024  # coordinates per codec header entry
     transport: str = "auto"  # one-sided exchange: auto | p2p (gloo responder thread) | rma (MPI windows)
     partition: str = "iid"  # how the training set is split over nodes: iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration for --partition dirichlet (smaller = more label skew)
     seed: int = 0  # one seed for data split, initial weights, shards and peer choices
     launcher: str = "local"  # who starts the worker processes
+    master_addr: str | None = None  # rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR
+    master_port: int | None = None  # rendezvous port on that host; else MASTER_PORT
     device: str = "cpu"  # cpu | cuda | auto
     backend: str = "auto"  # torch.distributed backend: auto (gloo on CPU, nccl on CUDA) | gloo | nccl
     timeout_s: float = 300.0  # a blocked collective fails after this long instead of hanging
@@ -236,7 +239,7 @@ def algo_config(run: RunConfig, algorithm: str) -> Any:
 def validate(cfg: RunConfig) -> None:
     """Checks that need no data loading; each failure is one actionable line."""
     from bench.data import DATASETS
-    from bench.models import MODELS
+    from bench.models import model_spec
     from bench.topology import check_topology
 
     if not cfg.algorithms:
@@ -267,8 +270,11 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"unknown dataset '{cfg.dataset}'{closest(cfg.dataset, DATASETS)}: choose from {', '.join(DATASETS)}"
         )
-    if cfg.model not in MODELS:
-        raise UserError(f"unknown model '{cfg.model}'{closest(cfg.model, MODELS)}: choose from {', '.join(MODELS)}")
+    model_spec(cfg.model)  # unknown names (incl. torchvision:NAME) -> UserError with the closest match
+    if DATASETS[cfg.dataset].needs_data_dir and cfg.data_dir is None:
+        raise UserError(
+            f"dataset '{cfg.dataset}' is read from disk: pass --data-dir FOLDER (add --download to fetch it there)"
+        )
     check_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     from bench.engine.launch import LAUNCHERS
 
@@ -276,6 +282,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"unknown launcher '{cfg.launcher}'{closest(cfg.launcher, LAUNCHERS)}: choose from {', '.join(LAUNCHERS)}"
         )
+    if cfg.master_port is not None and not 0 < cfg.master_port < 65536:
+        raise UserError(f"--master-port must be a port number in 1..65535, got {cfg.master_port}")
     from bench.quantize import BITS, QUANTIZERS
 
     if cfg.bits not in BITS:

@@ -39,6 +39,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("nodes", "nodes", "d"),
         ("topology", "topology", "s"),
         ("bits", "bits", "d"),
+        ("quantizer", "quantizer", "s"),
         ("local_steps", "H", "d"),
         ("bytes_sent_total", "MB sent (all nodes)", ".3f:MB"),
         ("bytes_per_node_per_step", "KB/node/step", ".2f:KB"),
@@ -46,6 +47,8 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("bytes_model", "MB model", ".3f:MB"),
         ("bytes_control", "KB control", ".2f:KB"),
         ("interactions_per_node", "interactions/node", ".1f"),
+        ("staleness_mean", "staleness (steps)", ".2f"),
+        ("decode_failures", "decode failures", "d"),
         ("comm_fraction", "comm fraction", ".3f"),
     ],
 }

@@ -175,6 +175,7 @@ def run_cell(
     algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
     sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
 
     def record(metric: str, value: float, epoch: int | None, step: int | None, scope: str = "node", **extra) -> None:
@@ -203,6 +204,8 @@ def run_cell(
             t_step = clock.now()
             with clock.compute(), comm.exclusive():
                 xb, yb = sampler.next()
+                if dataset.augment is not None:
+                    xb = dataset.augment(xb, aug_gen)
                 node.optimizer.zero_grad(set_to_none=False)
                 loss = F.cross_entropy(node.model(xb), yb)
                 loss.backward()

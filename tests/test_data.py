@@ -14,6 +14,9 @@ EXPECTED = {
     "digits": ((1, 8, 8), 1438, 359),
     "synthetic": ((32,), 4000, 1000),
 }
+# Read from --data-dir through torchvision's loaders; tested with tiny real-format files in
+# tests/test_torchvision_data.py.
+ON_DISK = {"cifar10", "cifar100", "mnist-full", "fashion-mnist", "imagefolder", "imagefolder-64"}
 
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED))
@@ -22,11 +25,21 @@ def dataset(request: pytest.FixtureRequest) -> Dataset:
 
 
 def test_registry_matches_expected() -> None:
-    assert set(DATASETS) == set(EXPECTED)
-    assert DEFAULT_DATASET in DATASETS
+    assert set(DATASETS) == set(EXPECTED) | ON_DISK
+    assert DEFAULT_DATASET in EXPECTED
     for name, spec in DATASETS.items():
         assert spec.name == name
         assert spec.description and "\n" not in spec.description
+        assert spec.needs_data_dir == (name in ON_DISK)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_embedded_sets_ignore_data_dir_and_download(name: str, tmp_path) -> None:
+    a = load_dataset(name, seed=1, data_dir=str(tmp_path), download=True)
+    b = load_dataset(name, seed=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert a.augment is None
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing downloaded
 
 
 def test_shapes_dtypes_and_split(dataset: Dataset) -> None:
@@ -79,9 +92,12 @@ def test_deterministic_per_seed(name: str) -> None:
 def test_unknown_dataset_suggests_closest() -> None:
     with pytest.raises(UserError, match="did you mean 'mnist'") as info:
         load_dataset("mnsit")
-    assert "\n" not in str(info.value) and "digits, mnist, synthetic" in str(info.value)
-    with pytest.raises(UserError, match="one of: digits, mnist, synthetic"):
+    choices = "cifar10, cifar100, digits, fashion-mnist, imagefolder, imagefolder-64, mnist, mnist-full, synthetic"
+    assert "\n" not in str(info.value) and choices in str(info.value)
+    with pytest.raises(UserError, match="did you mean 'imagefolder'"):
         load_dataset("imagenet")
+    with pytest.raises(UserError, match="unknown dataset 'svhn'; use --dataset with one of: cifar10"):
+        load_dataset("svhn")
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])

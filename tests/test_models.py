@@ -8,21 +8,29 @@ import torch.nn.functional as F
 
 from bench.data import load_dataset
 from bench.errors import UserError
-from bench.models import MODELS, build_model
+from bench.models import MODELS, TORCHVISION_PREFIX, build_model, model_spec
 
 MNIST, DIGITS, SYNTHETIC, CIFAR = (1, 28, 28), (1, 8, 8), (32,), (3, 32, 32)
 COMPATIBLE = {
     "mlp": [MNIST, DIGITS, SYNTHETIC, CIFAR],
     "lenet5": [MNIST, CIFAR],
     "resnet20": [MNIST, DIGITS, CIFAR],
+    "resnet18": [MNIST, DIGITS, CIFAR],
+    "resnet50": [MNIST, CIFAR],  # 8x8 works too but is not worth a ResNet-50 forward pass here
+    # A small torchvision classifier through the generic scheme; 1-channel inputs are repeated to 3.
+    f"{TORCHVISION_PREFIX}mobilenet_v3_small": [MNIST, CIFAR],
 }
+NAMED = sorted(n for n in MODELS if not n.startswith(TORCHVISION_PREFIX))  # buildable registry keys
+BUILDABLE = sorted(COMPATIBLE)  # NAMED plus one torchvision:NAME model
 
 
 def test_registry() -> None:
-    assert set(MODELS) == set(COMPATIBLE)
+    assert set(MODELS) == set(NAMED) | {f"{TORCHVISION_PREFIX}NAME"}
+    assert set(NAMED) | {f"{TORCHVISION_PREFIX}mobilenet_v3_small"} == set(COMPATIBLE)
     for name, spec in MODELS.items():
         assert spec.name == name
         assert spec.description and "\n" not in spec.description
+    assert "torchvision:" in MODELS[f"{TORCHVISION_PREFIX}NAME"].description
 
 
 @pytest.mark.parametrize(("name", "shape"), [(n, s) for n, shapes in COMPATIBLE.items() for s in shapes])
@@ -30,8 +38,8 @@ def test_forward_shape(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, shape, num_classes=10, seed=0)
     model.eval()
     with torch.no_grad():
-        out = model(torch.randn(4, *shape))
-    assert out.shape == (4, 10)
+        out = model(torch.randn(2, *shape))
+    assert out.shape == (2, 10)
     assert torch.isfinite(out).all()
 
 
@@ -55,7 +63,61 @@ def test_resnet20_structure() -> None:
     assert sum(p.numel() for p in model.parameters()) == 269_722  # 267,696 conv + 1,376 BN + 650 fc
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("name", "params"), [("resnet18", 11_173_962), ("resnet50", 23_520_842)])
+def test_cifar_resnet_structure(name: str, params: int) -> None:
+    from torchvision.models import ResNet
+
+    model = build_model(name, CIFAR, 10, seed=0)
+    assert isinstance(model, ResNet)  # torchvision's class, so its state-dict keys
+    # CIFAR stem: 3x3 stride-1 conv and no max-pool, so stage 1 sees the full 32x32 image.
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.in_channels == 3
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == params  # the usual CIFAR ResNet counts
+    # 1-channel images: the stem takes one channel, 3x3x64 fewer weights, nothing else changes.
+    grey = build_model(name, MNIST, 10, seed=0)
+    assert grey.conv1.in_channels == 1
+    assert sum(p.numel() for p in grey.parameters()) == params - 2 * 9 * 64
+
+
+def test_cifar_resnet_trains_on_small_grey_images() -> None:
+    model = build_model("resnet18", MNIST, 10, seed=0)  # train mode, as the training loop uses it
+    x, y = torch.randn(2, *MNIST), torch.tensor([3, 7])
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.conv1.weight.grad is not None
+
+
+def test_torchvision_model_as_is() -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    name = f"{TORCHVISION_PREFIX}mobilenet_v3_small"
+    model = build_model(name, CIFAR, 7, seed=0)
+    reference = mobilenet_v3_small(weights=None, num_classes=7)
+    # Same architecture and parameter count as torchvision's own builder, in training mode.
+    assert type(model) is type(reference) and model.training
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [
+        (k, v.shape) for k, v in reference.state_dict().items()
+    ]
+    # 1-channel images are repeated to 3 in front of the unchanged network: no parameter added.
+    grey = build_model(name, MNIST, 7, seed=0)
+    assert sum(p.numel() for p in grey.parameters()) == sum(p.numel() for p in reference.parameters())
+    x = torch.randn(2, *MNIST)
+    grey.eval()
+    with torch.no_grad():
+        assert torch.equal(grey(x), grey[1](x.expand(-1, 3, -1, -1)))
+    # Same seed, same weights whatever the channel count: only the wrapper differs.
+    assert all(torch.equal(v, grey.state_dict()[f"1.{k}"]) for k, v in model.state_dict().items())
+
+
+def test_torchvision_googlenet_gives_plain_logits_in_training_mode() -> None:
+    # Built as is, GoogLeNet returns (logits, aux1, aux2) in training mode; the training loop wants logits.
+    model = build_model(f"{TORCHVISION_PREFIX}googlenet", CIFAR, 10, seed=0)
+    out = model(torch.randn(2, *CIFAR))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", BUILDABLE)
 def test_same_seed_same_weights_other_seed_differs(name: str) -> None:
     shape = CIFAR
     a = build_model(name, shape, 10, seed=7).state_dict()
@@ -70,22 +132,24 @@ def test_same_seed_same_weights_other_seed_differs(name: str) -> None:
             assert not torch.equal(a[key], c[key]), key
 
 
-def test_weights_identical_in_a_fresh_process(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_weights_identical_in_a_fresh_process(tmp_path, name: str) -> None:
     import subprocess
     import sys
 
     script = (
         "import sys, torch; from bench.models import build_model; "
-        "torch.save(build_model('resnet20', (3, 32, 32), 10, seed=11).state_dict(), sys.argv[1])"
+        f"torch.save(build_model('{name}', (3, 32, 32), 10, seed=11).state_dict(), sys.argv[1])"
     )
     path = tmp_path / "w.pt"
     subprocess.run([sys.executable, "-c", script, str(path)], check=True)
     other = torch.load(path)
-    here = build_model("resnet20", CIFAR, 10, seed=11).state_dict()
+    here = build_model(name, CIFAR, 10, seed=11).state_dict()
+    assert here.keys() == other.keys()
     assert all(torch.equal(here[k], other[k]) for k in here)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BUILDABLE)
 def test_global_rng_untouched(name: str) -> None:
     torch.manual_seed(123)
     expected = torch.rand(5)
@@ -101,6 +165,13 @@ def test_global_rng_untouched(name: str) -> None:
         ("lenet5", SYNTHETIC, r"lenet5.*\(32,\).*--model mlp"),
         ("resnet20", SYNTHETIC, r"resnet20.*\(32,\).*--model mlp"),
         ("resnet20", (3, 4, 4), r"resnet20.*at least 8x8.*--model mlp"),
+        ("resnet18", SYNTHETIC, r"resnet18.*\(32,\).*--model mlp"),
+        ("resnet50", (3, 4, 4), r"resnet50.*at least 8x8.*--model mlp"),
+        ("torchvision:resnet18", SYNTHETIC, r"torchvision:resnet18.*1- or 3-channel.*--model mlp"),
+        ("torchvision:resnet18", (2, 32, 32), r"torchvision:resnet18.*1- or 3-channel.*\(2, 32, 32\)"),
+        # Too small for these architectures: caught by the build-time forward pass, not on the first step.
+        ("torchvision:alexnet", CIFAR, r"'torchvision:alexnet' cannot process.*\(3, 32, 32\).*imagefolder-64"),
+        ("torchvision:vit_b_16", MNIST, r"'torchvision:vit_b_16' cannot process.*patch size"),
     ],
 )
 def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> None:
@@ -110,10 +181,24 @@ def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> No
 
 
 def test_unknown_model_suggests_closest() -> None:
-    with pytest.raises(UserError, match="did you mean 'lenet5'.*--model with one of: lenet5, mlp, resnet20"):
+    ours = "lenet5, mlp, resnet18, resnet20, resnet50, or torchvision:NAME"
+    with pytest.raises(UserError, match=f"did you mean 'lenet5'.*--model with one of: {ours}"):
         build_model("lenet", MNIST, 10, seed=0)
-    with pytest.raises(UserError, match="unknown model 'vgg16'"):
+    # A torchvision name without the prefix is pointed at the prefixed form.
+    with pytest.raises(UserError, match="unknown model 'vgg16'; did you mean 'torchvision:vgg16'"):
         build_model("vgg16", MNIST, 10, seed=0)
+    with pytest.raises(UserError, match="unknown torchvision model 'resnet19'; did you mean 'torchvision:resnet18'"):
+        build_model("torchvision:resnet19", MNIST, 10, seed=0)
+    with pytest.raises(UserError, match="unknown torchvision model 'NAME'"):
+        build_model("torchvision:NAME", MNIST, 10, seed=0)
+    with pytest.raises(UserError, match="unknown model 'zzz'; use --model") as info:
+        build_model("zzz", MNIST, 10, seed=0)
+    assert "\n" not in str(info.value)
+    # Validation without building, for launchers.
+    assert model_spec("torchvision:mobilenet_v3_small").name == "torchvision:mobilenet_v3_small"
+    assert model_spec("resnet18") is MODELS["resnet18"]
+    with pytest.raises(UserError, match="did you mean 'torchvision:resnet18'"):
+        model_spec("torchvision:resnet19")
 
 
 def test_bad_seed() -> None:
