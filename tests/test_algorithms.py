@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distributed import run_world
+from bench.engine.localworld import run_world
 
 from bench.config import RunConfig
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from distributed import run_world
+from bench.engine.localworld import run_world
 
 from bench.comm import HEADER_BYTES, ring_allreduce_bytes
 

@@ -1,8 +1,8 @@
-"""Spawn N gloo processes on loopback that meet through a FileStore in a test's tmp_path, with a hard timeout.
+"""Spawn N gloo processes on loopback that meet through a FileStore in a given folder, with a hard timeout.
 
-`run_world(fn, world, tmp_path, *args)` runs `fn(rank, world, comm, *args)` in every process (fn must be a
-module-level function) and returns the per-rank results; a deadlock or a crash fails the test instead of
-hanging CI.
+`run_world(fn, world, folder, *args)` runs `fn(rank, world, comm, *args)` in every process (fn must be a
+module-level function) and returns the per-rank results; a deadlock or a crash raises instead of hanging.
+Used by the tests and by `make stress`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def _child(fn, rank: int, world: int, store: str, topology: str, queue, args: tu
         queue.put((rank, "error", traceback.format_exc()))
 
 
+class WorldFailed(AssertionError):
+    """A rank raised, or the world did not finish before the timeout (a deadlock fails, never hangs)."""
+
+
 def run_world(fn, world: int, tmp_path: Path, *args: Any, topology: str = "ring", timeout: float = DEFAULT_TIMEOUT_S):
     tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
@@ -66,5 +70,5 @@ def run_world(fn, world: int, tmp_path: Path, *args: Any, topology: str = "ring"
                 p.kill()
                 p.join()
     if errors:
-        raise AssertionError("distributed run failed: " + "\n".join(errors))
+        raise WorldFailed("distributed run failed: " + "\n".join(errors))
     return [results[r] for r in range(world)]

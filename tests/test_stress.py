@@ -1,0 +1,8 @@
+"""A handful of the `make stress` worlds in CI: no deadlock, no lost update, consensus at the mean."""
+
+from bench import stress
+
+
+def test_stress_handful():
+    counts = stress.run(runs=4, seed=11, steps=40)
+    assert counts == {"ok": 4, "lost_update": 0, "no_consensus": 0, "failed_or_deadlocked": 0}
