@@ -72,3 +72,42 @@ def test_atomic_pairwise_average_conserves_sum_and_reaches_mean(tmp_path, world)
     mean = torch.tensor(init_total, dtype=torch.float64) / world
     for _, _, live in results:
         assert torch.allclose(torch.tensor(live).double(), mean, atol=1e-3)
+
+
+def _codec_volumes(rank, world, comm, numel):
+    from bench.quantize import BITS, QUANTIZERS, Codec, CodecConfig
+
+    out = []
+    model = torch.randn(numel, generator=torch.Generator().manual_seed(rank)) * 0.01
+    for bits in BITS:
+        for quantizer in QUANTIZERS:
+            codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=1e-3))
+            comm.start_cell(codec, 0)
+            live = model.clone()
+            comm.expose(live)
+            comm.publish(live, stamp=1)
+            comm.fence()
+            peer = comm.neighbors()[0]
+            comm.read(peer, "model", live)
+            comm.neighbor_exchange(live, "model")
+            if rank == 0:
+                comm.average_with(peer, "model")
+            comm.fence()
+            out.append((bits, quantizer, codec.wire_bytes(numel), comm.stats.snapshot()["model"]))
+    return out
+
+
+def test_bytes_per_exchange_match_closed_form_for_every_codec(tmp_path):
+    """read = 8 + m, neighbour exchange = m per neighbour, average = m each way; m = Codec.wire_bytes."""
+    numel = 5000
+    results = run_world(_codec_volumes, 2, tmp_path, numel)
+    for rank, rows in enumerate(results):
+        for bits, quantizer, m, model in rows:
+            averages = 1  # rank 0 initiates one average with rank 1, which serves it
+            assert model["bytes_recv"] == (8 + m) + m + averages * m, (bits, quantizer)
+            assert model["bytes_sent"] == (8 + m) + m + averages * m, (bits, quantizer)
+            if bits == 8:
+                assert 4 * numel / m >= 3.9
+            if bits == 4:
+                assert 4 * numel / m >= 7.5
+    assert {r[0] for r in results[0]} == {2, 4, 8, 16, 32}
