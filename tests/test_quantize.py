@@ -436,3 +436,25 @@ def test_cuda_matches_cpu(quantizer: str, bits: int) -> None:
         out_gpu, f_gpu = codec.decode(m_gpu, x.numel(), ref.cuda())
         assert f_cpu == f_gpu == 0
         assert torch.allclose(out_gpu.cpu(), out_cpu, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("bits", LOW_BITS)
+def test_chunking_does_not_change_bytes(quantizer: str, bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large models are processed in chunks; the message and the decode must not depend on that."""
+    import bench.quantize as q
+
+    codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=suggest_eps(bits, 0.05), bucket=1000))
+    n = 20_017  # chunks of 4000 split dither blocks of 512 and end on a short bucket
+    x = _model(n, 20)
+    ref = _within(x, 0.04, 21)
+    ref[12_345] += 1.0  # one failed lattice bucket
+    whole = codec.encode(x, generator=_gen(3))
+    out_whole, fails_whole = codec.decode(whole, n, ref)
+    monkeypatch.setattr(q, "_CPU_CHUNK", 4000)
+    assert len(codec._chunks(n, x.device)) == 6
+    chunked = codec.encode(x, generator=_gen(3))
+    out_chunked, fails_chunked = codec.decode(chunked, n, ref)
+    assert torch.equal(whole, chunked)
+    assert torch.equal(out_whole, out_chunked)
+    assert fails_whole == fails_chunked == (1 if quantizer == "lattice" else 0)
