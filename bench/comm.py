@@ -299,6 +299,11 @@ class TorchComm(Comm):
         self._pub_lock = threading.Lock()
         self._published: torch.Tensor | None = None
         self._responder: threading.Thread | None = None
+        # Under nccl the default group only takes CUDA tensors; CPU tensors (encoded messages, evaluation
+        # counters) go through a gloo group instead (host staging).
+        self._cpu_group = None
+        if size > 1 and dist.get_backend() != "gloo":
+            self._cpu_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         if size > 1 and responder:
             timeout = timedelta(seconds=timeout_s)
             # Every rank creates both groups in the same order (a torch.distributed requirement).
@@ -313,13 +318,17 @@ class TorchComm(Comm):
             self._published = None
 
     # ---- collectives -------------------------------------------------------------------------------
+    def _group_for(self, t: torch.Tensor):
+        return self._cpu_group if t.device.type == "cpu" else None
+
     def _allreduce_sum(self, t: torch.Tensor) -> None:
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         out = {p: torch.empty_like(msg) for p in peers}
-        works = [self._dist.isend(msg, dst=p) for p in peers]
-        works += [self._dist.irecv(out[p], src=p) for p in peers]
+        group = self._group_for(msg)
+        works = [self._dist.isend(msg, dst=p, group=group) for p in peers]
+        works += [self._dist.irecv(out[p], src=p, group=group) for p in peers]
         for w in works:
             w.wait()
         return out
