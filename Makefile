@@ -11,7 +11,7 @@ PIP     := $(BIN)/python -m pip
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := openmpi-bin libopenmpi-dev
 
-.PHONY: setup horovod run test lint format bench stress clean
+.PHONY: setup horovod run test lint format bench stress clean reference
 
 setup: $(STAMP) $(HVD_STAMP)
 
@@ -72,3 +72,14 @@ clean:
 # models, reach the mean and never deadlock. Prints counts; exit 1 unless every run is ok.
 stress: setup
 	$(BIN)/python -m bench.stress --runs 100
+
+# Regenerate the CI regression reference (results/reference/ci-smoke/) on purpose, after a change that is meant
+# to move the deterministic scaling curves; commit the folder. Needs the simulator (--engine sim). Written next to
+# the old one first, so a failed run leaves the old reference in place; logs and the report are left out.
+REF := results/reference/ci-smoke
+reference: setup
+	rm -rf $(REF).new
+	$(BIN)/swarmbench reproduce ci-smoke --out $(REF).new
+	rm -rf $(REF).new/logs $(REF).new/report
+	rm -rf $(REF) && mv $(REF).new $(REF)
+	@echo "reference regenerated: review and commit $(REF)"

@@ -49,6 +49,7 @@ RUN_OPTIONS = {
     "degree": "degree",
     "dataset": "dataset",
     "data_dir": "data_dir",
+    "download": "download",
     "model": "model",
     "epochs": "epochs",
     "batch_size": "batch_size",
@@ -62,11 +63,48 @@ RUN_OPTIONS = {
     "eps": "eps",
     "lattice_radius": "lattice_radius",
     "transport": "transport",
+    "device": "device",
+    "backend": "backend",
     "partition": "partition",
     "alpha": "alpha",
     "seed": "seed",
     "launcher": "launcher",
+    "master_addr": "master_addr",
+    "master_port": "master_port",
+    "engine": "engine",
+    "compute_profile": "compute_profile",
+    "step_time": "step_time",
+    "calibrate": "calibrate",
+    "shared_cores": "shared_cores",
+    "speed_sigma": "speed_sigma",
+    "straggler_p": "straggler_p",
+    "straggler_k": "straggler_k",
+    "network": "network",
+    "bandwidth": "bandwidth_gbps",
+    "latency": "latency_us",
+    "allreduce": "allreduce_algo",
+    "sim_shards": "sim_shards",
+    "eval_samples": "eval_samples",
+    "target_acc": "target_acc",
 }
+
+
+class NodeCount(click.ParamType):
+    """An integer, or (for --engine sim) a comma list of node counts: a scaling series."""
+
+    name = "N|N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip()
+        try:
+            counts = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            counts = ()
+        if not counts:
+            self.fail(f"'{value}' is not a node count: pass an integer, or with --engine sim a list like 8,16,32")
+        return counts if "," in text else counts[0]
 
 
 def _defaults():
@@ -78,6 +116,12 @@ def _defaults():
 D = _defaults()
 
 
+def _launcher_names() -> list[str]:
+    from bench.engine.launch import LAUNCHERS
+
+    return list(LAUNCHERS)
+
+
 @cli.command("run")
 @click.option(
     "--algo",
@@ -85,7 +129,13 @@ D = _defaults()
     show_envvar=True,
     help="Algorithm (repeatable) or 'all'; see `swarmbench list`.  [default: all]",
 )
-@click.option("--nodes", type=int, default=D.nodes, show_envvar=True, help="Number of nodes (worker processes).")
+@click.option(
+    "--nodes",
+    type=NodeCount(),
+    default=D.nodes,
+    show_envvar=True,
+    help="Number of nodes (worker processes); with --engine sim also a comma list 8,16,32 (a scaling series).",
+)
 @click.option(
     "--topology",
     default=D.topology,
@@ -95,6 +145,12 @@ D = _defaults()
 @click.option("--degree", type=int, default=None, show_envvar=True, help="Degree of a random-regular topology.")
 @click.option("--dataset", default=D.dataset, show_envvar=True, help="Dataset; the default ships inside a package.")
 @click.option("--data-dir", default=None, show_envvar=True, help="Folder holding on-disk datasets.")
+@click.option(
+    "--download/--no-download",
+    default=False,
+    show_envvar=True,
+    help="Let torchvision download an on-disk dataset into --data-dir (needs a network).",
+)
 @click.option("--model", default=D.model, show_envvar=True, help="Model: mlp, lenet5, resnet20.")
 @click.option("--epochs", type=int, default=D.epochs, show_envvar=True, help="Passes of every node over its shard.")
 @click.option("--batch-size", type=int, default=D.batch_size, show_envvar=True, help="Mini-batch size per node.")
@@ -150,6 +206,20 @@ D = _defaults()
     help="Max-norm distance between neighbours that the default eps decodes.",
 )
 @click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default=D.device,
+    show_envvar=True,
+    help="cpu, cuda (one GPU per local rank) or auto (cuda when torch sees a GPU).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "gloo", "nccl"]),
+    default=D.backend,
+    show_envvar=True,
+    help="torch.distributed backend: auto = nccl with one rank per GPU, else gloo.",
+)
+@click.option(
     "--transport",
     type=click.Choice(["auto", "p2p", "rma"]),
     default=D.transport,
@@ -177,7 +247,91 @@ D = _defaults()
     show_envvar=True,
     help="Seed for data split, weights, shards and peer choices.",
 )
-@click.option("--launcher", default=D.launcher, show_envvar=True, help="Who starts the workers: local.")
+@click.option(
+    "--launcher",
+    default=D.launcher,
+    show_envvar=True,
+    help=f"Who starts the workers: {', '.join(_launcher_names())} (detected when mpirun etc. started this).",
+)
+@click.option(
+    "--master-addr",
+    default=None,
+    show_envvar=True,
+    help="Rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR, else found via mpi4py.",
+)
+@click.option("--master-port", type=int, default=None, show_envvar=True, help="Rendezvous port; else MASTER_PORT.")
+@click.option(
+    "--engine",
+    type=click.Choice(["processes", "sim"]),
+    default=D.engine,
+    show_envvar=True,
+    help="processes: one OS process per node; sim: virtual nodes in this process with simulated time.",
+)
+@click.option(
+    "--profile",
+    "compute_profile",
+    default=D.compute_profile,
+    show_envvar=True,
+    help="sim: compute profile (per-step time per model); see `swarmbench list`.",
+)
+@click.option("--step-time", type=float, default=None, show_envvar=True, help="sim: seconds per SGD step.")
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=D.calibrate,
+    show_envvar=True,
+    help="sim: time real steps of the model on this machine (one thread) for the step time.",
+)
+@click.option(
+    "--shared-cores",
+    type=int,
+    default=D.shared_cores,
+    show_envvar=True,
+    help="sim: the nodes share this many cores (compute x max(1, N/cores)); 0 = each node has its own.",
+)
+@click.option(
+    "--speed-sigma",
+    type=float,
+    default=D.speed_sigma,
+    show_envvar=True,
+    help="sim: per-node speed factor ~ lognormal(0, sigma).",
+)
+@click.option(
+    "--straggler-p", type=float, default=D.straggler_p, show_envvar=True, help="sim: probability a step straggles."
+)
+@click.option(
+    "--straggler-k", type=float, default=D.straggler_k, show_envvar=True, help="sim: slowdown of a straggling step."
+)
+@click.option("--network", default=D.network, show_envvar=True, help="sim: link profile; see `swarmbench list`.")
+@click.option("--bandwidth", type=float, default=None, show_envvar=True, help="sim: per-node link Gb/s.")
+@click.option("--latency", type=float, default=None, show_envvar=True, help="sim: per-message latency in us.")
+@click.option(
+    "--allreduce",
+    type=click.Choice(["ring", "tree"]),
+    default=D.allreduce_algo,
+    show_envvar=True,
+    help="sim: allreduce cost formula.",
+)
+@click.option(
+    "--sim-shards",
+    type=click.Choice(["auto", "split", "sample"]),
+    default=D.sim_shards,
+    show_envvar=True,
+    help="sim: split = disjoint shards (as processes); sample = overlapping random shards; auto = split if it fits.",
+)
+@click.option(
+    "--eval-samples",
+    type=int,
+    default=None,
+    show_envvar=True,
+    help="sim: evaluate on the first this many test samples.  [default: all]",
+)
+@click.option(
+    "--target-acc",
+    type=float,
+    default=D.target_acc,
+    show_envvar=True,
+    help="sim series: the test accuracy whose time-to-reach scaling.csv reports.",
+)
 @click.option(
     "--out",
     default=None,
@@ -202,29 +356,45 @@ D = _defaults()
 def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
     """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
     from bench.config import resolve
-    from bench.run import execute
+    from bench.run import execute, nodes_from_launcher
 
     given = {}
     for name, value in opts.items():
         source = ctx.get_parameter_source(name)
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) and value != ():
             given[RUN_OPTIONS[name]] = list(value) if name == "algo" else value
+    if isinstance(given.get("nodes"), tuple):  # --nodes 8,16,32: a simulated scaling series
+        given["node_series"] = given["nodes"]
+        given["nodes"] = given["nodes"][0]
+    given = nodes_from_launcher(given, config_file, sets)  # under mpirun -np N etc., --nodes defaults to N
     cfg = resolve(given, config_file, sets)
     return execute(cfg, out, argv=sys.argv)
 
 
 @cli.command("list")
-def list_cmd() -> None:
-    """List algorithms, topologies, datasets, models and launchers, one line each."""
+@click.option("--nodes", type=int, default=D.nodes, show_envvar=True, help="Node count for topology facts.")
+@click.option("--degree", type=int, default=4, show_envvar=True, help="Degree for random-regular.")
+def list_cmd(nodes: int, degree: int) -> None:
+    """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
     from bench.data import DATASETS
     from bench.engine.launch import LAUNCHERS
+    from bench.errors import UserError
     from bench.models import MODELS
     from bench.registry import ALGORITHMS
-    from bench.topology import TOPOLOGIES
+    from bench.topology import TOPOLOGIES, build_topology
+
+    def topology_line(name: str, description: str) -> str:
+        try:
+            topo = build_topology(name, nodes, degree=degree if name == "random-regular" else None)
+        except UserError as exc:
+            return f"{description} [n={nodes}: not possible: {exc}]"
+        lo, hi = topo.degree()
+        deg = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        return f"{description} [n={nodes}: degree {deg}, spectral gap {topo.spectral_gap():.4g}]"
 
     sections = [
         ("algorithms", {k: v.summary for k, v in ALGORITHMS.items()}),
-        ("topologies", {k: v.description for k, v in TOPOLOGIES.items()}),
+        ("topologies", {k: topology_line(k, v.description) for k, v in TOPOLOGIES.items()}),
         ("datasets", {k: v.description for k, v in DATASETS.items()}),
         ("models", {k: v.description for k, v in MODELS.items()}),
         ("launchers", {k: v.description for k, v in LAUNCHERS.items()}),
@@ -237,7 +407,14 @@ def list_cmd() -> None:
 
 
 @cli.command("doctor")
-@click.option("--json", "as_json", is_flag=True, show_envvar=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="SWARMBENCH_DOCTOR_JSON",
+    show_envvar=True,
+    help="Print one JSON object instead of a table.",
+)
 @click.option(
     "--probe/--no-probe",
     default=True,
@@ -254,6 +431,18 @@ def doctor_cmd(as_json: bool, probe: bool) -> int:
     else:
         render(items)
     return 0
+
+
+# Sweeps, reports, regression comparison and paper-suite reproduction: each command lives in its own module.
+from bench.compare import compare_cmd  # noqa: E402
+from bench.reporting import report_cmd  # noqa: E402
+from bench.reproduce import reproduce_cmd  # noqa: E402
+from bench.sweep import sweep_cmd  # noqa: E402
+
+cli.add_command(sweep_cmd)
+cli.add_command(report_cmd)
+cli.add_command(compare_cmd)
+cli.add_command(reproduce_cmd)
 
 
 def main() -> None:

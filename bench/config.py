@@ -60,6 +60,22 @@ class RunConfig:
     backend: str = "auto"  # torch.distributed backend: auto (gloo on CPU, nccl on CUDA) | gloo | nccl
     timeout_s: float = 300.0  # a blocked collective fails after this long instead of hanging
     eval_every: int = 1  # evaluate every this many epochs (always after the last)
+    engine: str = "processes"  # processes (one OS process per node) | sim (virtual nodes, simulated time)
+    node_series: tuple[int, ...] = ()  # sim: a scaling series (--nodes 8,16,32); () = the single run of `nodes`
+    compute_profile: str = "vm-core"  # sim: named per-step compute profile (bench/engine/costmodel.py)
+    step_time: float | None = None  # sim: seconds per SGD step instead of the profile
+    calibrate: bool = False  # sim: time real steps of the model on this machine instead of the profile
+    shared_cores: int = 0  # sim: the nodes share this many cores of one host (0: every node has its own)
+    speed_sigma: float = 0.0  # sim: per-node speed factor ~ lognormal(0, sigma) (heterogeneity)
+    straggler_p: float = 0.0  # sim: probability that a step is straggler_k times slower
+    straggler_k: float = 5.0  # sim: slowdown of a straggling step
+    network: str = "10gbe"  # sim: named link profile (bandwidth, latency)
+    bandwidth_gbps: float | None = None  # sim: per-node link bandwidth in Gb/s instead of the profile's
+    latency_us: float | None = None  # sim: per-message latency in microseconds instead of the profile's
+    allreduce_algo: str = "ring"  # sim: allreduce cost formula: ring | tree
+    sim_shards: str = "auto"  # sim: split (disjoint, as processes) | sample (overlapping) | auto (split if possible)
+    eval_samples: int | None = None  # sim: evaluate on the first this many test samples (None: all)
+    target_acc: float = 0.9  # sim series: the test accuracy whose time-to-reach the scaling table reports
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
@@ -69,6 +85,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["algorithms"] = list(self.algorithms)
+        out["node_series"] = list(self.node_series)
         out["algo_options"] = {name: dict(opts) for name, opts in self.algo_options}
         return out
 
@@ -76,6 +93,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = dict(data)
         data["algorithms"] = tuple(data.get("algorithms", cls.algorithms))
+        data["node_series"] = tuple(data.get("node_series", ()))
         data["algo_options"] = tuple(
             (name, tuple(sorted(opts.items()))) for name, opts in sorted(data.get("algo_options", {}).items())
         )
@@ -275,7 +293,9 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"dataset '{cfg.dataset}' is read from disk: pass --data-dir FOLDER (add --download to fetch it there)"
         )
-    check_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
+    for n in cfg.node_series or (cfg.nodes,):
+        check_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed)
+    check_engine(cfg)
     from bench.engine.launch import LAUNCHERS
 
     if cfg.launcher not in LAUNCHERS:
@@ -302,8 +322,47 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--device must be cpu, cuda or auto, got '{cfg.device}'")
     if cfg.backend not in ("auto", "gloo", "nccl"):
         raise UserError(f"--backend must be auto, gloo or nccl, got '{cfg.backend}'")
+    from bench.devices import check_device_request
+
+    check_device_request(cfg.device, cfg.backend)
     for name in cfg.algorithms:
         try:
             algo_config(cfg, name)
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid options for {name}: {exc} (fix --set {name}.KEY or the [{name}] table)") from None
+
+
+ENGINES = ("processes", "sim")
+SIM_ONLY = (
+    "node_series",
+    "compute_profile",
+    "step_time",
+    "calibrate",
+    "shared_cores",
+    "speed_sigma",
+    "straggler_p",
+    "straggler_k",
+    "network",
+    "bandwidth_gbps",
+    "latency_us",
+    "allreduce_algo",
+    "sim_shards",
+    "eval_samples",
+    "target_acc",
+)
+
+
+def check_engine(cfg: RunConfig) -> None:
+    """The engine name, and options that only one engine understands."""
+    if cfg.engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got '{cfg.engine}'")
+    if cfg.engine == "sim":
+        from bench.engine.sim import check_config
+
+        check_config(cfg)
+        return
+    defaults = RunConfig()
+    for name in SIM_ONLY:
+        if getattr(cfg, name) != getattr(defaults, name):
+            what = "a comma list of node counts" if name == "node_series" else f"'{name}'"
+            raise UserError(f"{what} applies to the simulated cluster only: add --engine sim or drop it")

@@ -323,3 +323,133 @@ def finalize(
     if (out_dir / STAGING).exists():
         shutil.rmtree(out_dir / STAGING)
     return summary
+
+
+# ---- reading results folders back (report, compare, sweep --resume) ----------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Binary twin of atomic_write_text (PNG, SVG, Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A results folder's meta.json, or a UserError saying why the folder is not one."""
+    from bench.errors import UserError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"'{folder}' is not a folder: pass a results folder written by swarmbench")
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise UserError(f"'{folder}' is not a results folder (no meta.json): pass a folder written by swarmbench")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"'{path}' is not valid JSON ({exc}): the results folder is damaged") from None
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        raise UserError(f"'{path}' has no schema_version: '{folder}' is not a swarmbench results folder")
+    return meta
+
+
+def read_records(folder: Path):
+    """records.jsonl as a DataFrame with the tidy columns (empty frame when the file is absent)."""
+    import pandas as pd
+
+    path = Path(folder) / "records.jsonl"
+    rows = []
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frame = pd.DataFrame(rows)
+    for col in ("run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"):
+        if col not in frame.columns:
+            frame[col] = None
+    return frame
+
+
+SCALING_COLUMNS = [
+    "algorithm",
+    "nodes",
+    "status",
+    "samples_per_s",
+    "speedup_vs_one_node",
+    "scaling_efficiency",
+    "speedup_vs_smallest",
+    "comm_fraction",
+    "time_to_target_s",
+    "epochs_to_target",
+    "test_acc",
+    "train_seconds",
+    "steps_per_node",
+    "bytes_per_node_per_step",
+]
+
+
+def time_to_target(records, algorithm: str, target: float) -> tuple[float | None, int | None]:
+    """(training seconds, epoch) when the averaged model's test accuracy first reached `target`, else (None, None).
+
+    The seconds are the slowest node's cumulative training time at the end of that epoch (evaluation excluded).
+    """
+    if records is None or not len(records):
+        return None, None
+    r = records[records["algorithm"] == algorithm]
+    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
+    hit = acc[acc["value"] >= target]
+    if hit.empty:
+        return None, None
+    epoch = int(hit["epoch"].iloc[0])
+    secs = r[(r["metric"] == "train_seconds") & (r["epoch"] == epoch)]["value"]
+    return (float(secs.max()) if len(secs) else None), epoch
+
+
+def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_node_samples_per_s: float):
+    """One row per (algorithm, node count) of a simulated series, from the per-count summaries and records.
+
+    speedup_vs_one_node = samples/s / one nominal node's samples/s (batch / its modelled step time: no
+    communication, no peers); scaling_efficiency = that speedup / nodes (1 = linear); speedup_vs_smallest =
+    samples/s over the same algorithm's at the series' smallest node count.
+    """
+    import pandas as pd
+
+    rows = []
+    for row in summary.to_dict("records"):
+        algo, n = row["algorithm"], int(row["nodes"])
+        sps = row.get("samples_per_s")
+        ok = sps is not None and not pd.isna(sps)
+        base = summary[(summary["algorithm"] == algo) & summary["samples_per_s"].notna()]
+        base = base.sort_values("nodes")
+        first = float(base["samples_per_s"].iloc[0]) if len(base) else None
+        seconds, epoch = time_to_target(records_by_nodes.get(n), algo, target)
+        speedup = sps / one_node_samples_per_s if ok and one_node_samples_per_s > 0 else None
+        rows.append(
+            {
+                "algorithm": algo,
+                "nodes": n,
+                "status": row["status"],
+                "samples_per_s": sps if ok else None,
+                "speedup_vs_one_node": speedup,
+                "scaling_efficiency": speedup / n if speedup is not None else None,
+                "speedup_vs_smallest": sps / first if ok and first else None,
+                "comm_fraction": row.get("comm_fraction"),
+                "time_to_target_s": seconds,
+                "epochs_to_target": epoch,
+                "test_acc": row.get("test_acc"),
+                "train_seconds": row.get("train_seconds"),
+                "steps_per_node": row.get("steps_per_node"),
+                "bytes_per_node_per_step": row.get("bytes_per_node_per_step"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=SCALING_COLUMNS)
+    order = {name: i for i, name in enumerate(dict.fromkeys(summary["algorithm"]))}
+    frame["_o"] = frame["algorithm"].map(order)
+    return frame.sort_values(["_o", "nodes"], kind="stable").drop(columns="_o").reset_index(drop=True)

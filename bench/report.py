@@ -112,3 +112,70 @@ def print_tables(summary, console=None) -> None:
         for r in rows:
             table.add_row(*r)
         console.print(table)
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(c, r"\textbackslash{}" if c == "\\" else c) for c in str(text))
+    return out.replace("±", r"$\pm$").replace("÷", r"$\div$")
+
+
+def latex(headers: list[str], rows: list[list[str]], caption: str = "", label: str = "") -> str:
+    """A booktabs table (\\toprule, \\midrule, \\bottomrule): first column left-aligned, the rest right."""
+    spec = "l" + "r" * (len(headers) - 1)
+    lines = [r"\begin{table}[ht]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines.append(" & ".join(latex_escape(h) for h in headers) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+SCALING: list[tuple[str, str, str]] = [
+    ("algorithm", "algorithm", "s"),
+    ("nodes", "nodes", "d"),
+    ("status", "status", "s"),
+    ("samples_per_s", "samples/s", ",.0f"),
+    ("speedup_vs_one_node", "speedup vs 1 node", ".1f"),
+    ("scaling_efficiency", "efficiency", ".3f"),
+    ("speedup_vs_smallest", "vs smallest", ".2f"),
+    ("comm_fraction", "comm fraction", ".3f"),
+    ("time_to_target_s", "time to target s", ".3f"),
+    ("epochs_to_target", "epochs to target", "d"),
+    ("test_acc", "final test acc", ".4f"),
+    ("train_seconds", "train s", ".3f"),
+    ("bytes_per_node_per_step", "KB/node/step", ".2f:KB"),
+]
+
+
+def _scaling_formatted(frame, target: float) -> tuple[list[str], list[list[str]]]:
+    headers = [h.replace("target", f"acc {target:g}") for _, h, _ in SCALING]
+    rows = [[_fmt(row[c], f) for c, _, f in SCALING] for row in frame.to_dict("records")]
+    return headers, rows
+
+
+def write_scaling(out_dir: Path, frame, target: float) -> None:
+    """scaling.csv (raw numbers) and scaling.md (the formatted table) of a simulated series."""
+    atomic_write_frame(out_dir / "scaling.csv", frame)
+    atomic_write_text(out_dir / "scaling.md", markdown(*_scaling_formatted(frame, target)))
+
+
+def print_scaling(frame, target: float, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    headers, rows = _scaling_formatted(frame, target)
+    table = Table(title="scaling (simulated seconds)", title_justify="left")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)

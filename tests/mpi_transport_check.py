@@ -66,7 +66,9 @@ def main() -> None:
             }
     comm.close()
     dist.destroy_process_group()
-    print(json.dumps(out), flush=True)
+    # One file per rank: mpirun forwards stdout in chunks, so lines of different ranks can interleave.
+    with open(f"{store_path}.rank{rank}.json", "w", encoding="utf-8") as f:
+        json.dump(out, f)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench.engine.localworld import run_world
 
 from bench.config import RunConfig
+from bench.engine.localworld import run_world
 
 
 def _train(rank, world, comm, cfg_dict, algorithms):

@@ -6,9 +6,9 @@ import random
 
 import pytest
 import torch
-from bench.engine.localworld import run_world
 
 from bench.comm import HEADER_BYTES, ring_allreduce_bytes
+from bench.engine.localworld import run_world
 
 WORLDS = [2, 3, 4]
 
@@ -101,7 +101,7 @@ def test_bytes_per_exchange_match_closed_form_for_every_codec(tmp_path):
     """read = 8 + m, neighbour exchange = m per neighbour, average = m each way; m = Codec.wire_bytes."""
     numel = 5000
     results = run_world(_codec_volumes, 2, tmp_path, numel)
-    for rank, rows in enumerate(results):
+    for _rank, rows in enumerate(results):
         for bits, quantizer, m, model in rows:
             averages = 1  # rank 0 initiates one average with rank 1, which serves it
             assert model["bytes_recv"] == (8 + m) + m + averages * m, (bits, quantizer)

@@ -1,0 +1,131 @@
+"""`swarmbench reproduce`: shipped suites, their paper-style tables, and bad suite input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.config import tomllib
+from bench.reproduce import load_suite, shipped, sim_available, suite_spec
+from bench.sweep import expand, normalize
+from cli import cli
+
+SIM = pytest.mark.skipif(
+    importlib.util.find_spec("bench.engine.sim") is None or not sim_available(),
+    reason="needs the simulator engine (bench.engine.sim, --engine sim): ci-smoke is deterministic only there",
+)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_list_shows_the_shipped_suites():
+    result = invoke("reproduce", "--list")
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert names == ["ci-smoke", "swarmsgd-neurips21"]
+    assert "[sim]" in result.output
+
+
+def test_suites_ship_as_package_data():
+    assert set(shipped()) == {"ci-smoke", "swarmsgd-neurips21"}
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "bench.suites" in setuptools["packages"]
+    assert setuptools["package-data"]["bench.suites"] == ["*.toml", "README.md"]
+
+
+def test_neurips_suite_layout():
+    suite = load_suite("swarmsgd-neurips21")
+    assert [p.name for p in suite.parts] == ["scaling", "quantization", "local_steps"]
+    cells = expand(normalize(suite_spec(suite, "sim", (), (), ())))
+    # 4 node counts + 3 more bit widths + 3 more H values, x 3 seeds: shared cells run once
+    assert len(cells) == (4 + 3 + 3) * 3
+    shared = next(c for c in cells if c.params == {"nodes": 8, "seed": 0, "bits": 32, "local_steps": 4})
+    assert shared.algorithms == ["swarm", "allreduce", "local_sgd", "dpsgd", "adpsgd"]
+    assert {t.columns for t in suite.tables} == {"nodes", "bits", "local_steps"}
+    assert any(t.metric == "sync_share" for t in suite.tables)
+
+
+def test_unknown_suite_exits_2():
+    result = invoke("reproduce", "ci-smok")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, swarmsgd-neurips21 "
+        "(swarmbench reproduce --list) or pass a suite .toml file\n"
+    )
+    assert invoke("reproduce").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[suite]\nname = "x"\n[[parts]]\nname = "p"\n[parts.grid]\nnodes = [2,\n', "line 6 (key 'nodes')"),
+        ('[suite]\nname = "x"\ncolour = "red"\n', "line 3 (key 'colour')"),
+        ('[suite]\nname = "x"\n', "has no [[parts]]"),
+        (
+            '[suite]\nname = "x"\n[[parts]]\nname = "p"\n[parts.grid]\nnodes = [2]\n'
+            '[[tables]]\nname = "t"\npart = "q"\nmetric = "test_acc"\ncolumns = "nodes"\n',
+            "line 9 (key 'part')",
+        ),
+        ('[suite]\nname = "x"\nengine = "gpu"\n[[parts]]\nname = "p"\n[parts.grid]\nnodes = [2]\n', "'sim' or"),
+    ],
+)
+def test_bad_suite_files(tmp_path, text, message):
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    result = invoke("reproduce", str(path), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1
+    assert not out.exists()
+
+
+def test_sim_suite_without_simulator_is_refused(monkeypatch, tmp_path):
+    import bench.reproduce
+
+    monkeypatch.setattr(bench.reproduce, "sim_available", lambda: False)
+    result = invoke("reproduce", "ci-smoke", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "--engine processes" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@SIM
+def test_ci_smoke(tmp_path):
+    """The CI suite: every algorithm at 2, 4, 8 simulated nodes, paper-style tables and plots (seconds)."""
+    out = tmp_path / "ci-smoke"
+    result = invoke("reproduce", "ci-smoke", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["suite"] == "ci-smoke" and meta["status"] == "ok" and len(meta["cells"]) == 3
+    tables = out / "report" / "tables"
+    md = (tables / "paper_throughput.md").read_text()
+    assert "| algorithm | 2 nodes | 4 nodes | 8 nodes |" in md
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm"]  # rows = methods, suite order
+    tex = (tables / "paper_bytes_per_sample.tex").read_text()
+    assert "\\toprule" in tex and "2 nodes & 4 nodes & 8 nodes" in tex
+    assert (out / "report" / "plots" / "throughput_scaling.png").stat().st_size > 10_000
+    # Deterministic: a second run compares equal, metric by metric.
+    again = tmp_path / "again"
+    assert invoke("reproduce", "ci-smoke", "--out", str(again)).exit_code == 0
+    result = invoke("compare", str(out), str(again))
+    assert result.exit_code == 0, result.output
+
+
+@SIM
+def test_scaled_down_neurips_suite(tmp_path):
+    out = tmp_path / "neurips"
+    args = ["--nodes", "4", "--seed", "0", "--set", "epochs=1", "--set", "dataset=digits", "--out", str(out)]
+    result = invoke("reproduce", "swarmsgd-neurips21", *args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report" / "report.md").read_text()
+    assert "| algorithm | bits=32 | bits=16 | bits=8 | bits=4 |" in report
+    assert "| algorithm | H=1 | H=2 | H=4 | H=8 |" in report
+    assert "Synchronization cost as a share of batch compute" in report and "%" in report
+    assert "(H=4, nodes=4)" in report  # the settings the part actually ran at, after --nodes

@@ -1,0 +1,328 @@
+"""The simulated cluster (`--engine sim`): event-order invariants, determinism, bytes equal to the real engine's,
+calibration, scaling series and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.engine import costmodel, sim
+from bench.engine.costmodel import CostModel
+from bench.records import SCALING_COLUMNS, SUMMARY_COLUMNS
+from bench.topology import build_topology
+from cli import cli
+
+BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
+SMALL = ["--dataset", "digits", "--epochs", "1"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+def _cost(**kw) -> CostModel:
+    base = dict(
+        compute="step-time",
+        fb_seconds=1e-3,
+        update_seconds=1e-4,
+        network="test",
+        bandwidth_gbps=10.0,
+        latency_us=20.0,
+        allreduce="ring",
+    )
+    return CostModel(**{**base, **kw})
+
+
+def _cluster(n: int, topology: str = "complete", **kw) -> sim.Cluster:
+    return sim.Cluster(n, build_topology(topology, n), _cost(**kw), seed=0)
+
+
+# ---- event order: the simulator's own invariants --------------------------------------------------------------
+
+
+def test_pairwise_averages_conserve_the_sum_and_reach_the_mean():
+    """Learning rate 0 (no gradient), random models, random partners, uneven compute: averaging only moves mass."""
+    n, dim = 6, 50
+    cluster = _cluster(n, speed_sigma=0.5, straggler_p=0.2, straggler_k=4.0)
+    start = [torch.randn(dim, generator=torch.Generator().manual_seed(r)) for r in range(n)]
+    live = [x.clone() for x in start]
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        comm.expose(live[rank])
+        comm.fence()
+        rng = random.Random(rank)
+        for _ in range(60):
+            with clock.compute():
+                pass
+            with clock.compute():
+                pass
+            comm.average_with(rng.choice(comm.neighbors()), "model")
+        comm.fence()
+
+    cluster.run(body)
+    total0, total = torch.stack(start).sum(0), torch.stack(live).sum(0)
+    assert torch.allclose(total, total0, atol=1e-5)
+    for x in live:
+        assert torch.allclose(x, total0 / n, atol=1e-3)
+    served = sum(c.stats.snapshot()["model"]["msgs_recv"] for c in cluster.comms)
+    assert served == 2 * n * 60  # every average: one message in each direction
+
+
+def test_one_sided_read_sees_exactly_what_was_published_by_the_readers_instant():
+    """Never the future, never staler than necessary: the stamp read is the peer's last publish at or before t."""
+    n = 7
+    cluster = _cluster(n, topology="ring", speed_sigma=0.7, straggler_p=0.3, straggler_k=6.0)
+    published: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    reads = []
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        x = torch.zeros(1000)
+        comm.publish(x, stamp=0)
+        published[rank].append((clock.now(), 0))
+        comm.fence()
+        rng = random.Random(rank)
+        for step in range(1, 80):
+            with clock.compute():
+                pass
+            with clock.compute():
+                pass
+            comm.publish(x, stamp=step)
+            published[rank].append((clock.now(), step))
+            if rng.random() < 0.5:
+                peer = rng.choice(comm.neighbors())
+                t = clock.now()
+                _, stamp = comm.read(peer, "model", x)
+                reads.append((peer, t, stamp, clock.now()))
+        comm.fence()
+
+    cluster.run(body)
+    assert len(reads) > 100
+    for peer, t, stamp, done in reads:
+        at_or_before = [s for when, s in published[peer] if when <= t]
+        before = [s for when, s in published[peer] if when < t]
+        assert stamp <= at_or_before[-1], "a read saw the future"
+        assert stamp >= (before[-1] if before else 0), "a read missed a publish that had happened"
+        assert done > t  # a read takes time (latency and bytes on the links)
+
+
+def test_collective_completes_at_last_arrival_plus_the_ring_formula():
+    n, numel = 5, 10_000
+    cluster = _cluster(n, speed_sigma=0.8)
+    tensors = [torch.full((numel,), float(r)) for r in range(n)]
+    arrivals, leaves = {}, {}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        with clock.compute():
+            pass
+        arrivals[rank] = clock.now()
+        comm.allreduce_mean(tensors[rank], "grad")
+        leaves[rank] = clock.now()
+
+    cluster.run(body)
+    expected = max(arrivals.values()) + cluster.cost.allreduce_seconds(4 * numel, n)
+    assert len(set(arrivals.values())) == n  # heterogeneous speeds: everyone arrived at a different time
+    assert all(t == pytest.approx(expected, rel=1e-12) for t in leaves.values())
+    assert all(torch.equal(t, torch.full((numel,), 2.0)) for t in tensors)
+    ring = 2 * (n - 1) * 20e-6 + 2 * (n - 1) / n * 4 * numel / (10e9 / 8)
+    assert cluster.cost.allreduce_seconds(4 * numel, n) == pytest.approx(ring)
+
+
+def test_transfers_on_one_link_are_serialized():
+    cluster = _cluster(3)
+    wire = cluster.cost.wire_seconds(1_000_000)
+    first = cluster.p2p(1, 0, 1_000_000, 0.0)
+    second = cluster.p2p(2, 0, 1_000_000, 0.0)  # same receiver: waits for the first
+    assert first == pytest.approx(wire + 20e-6)
+    assert second == pytest.approx(2 * wire + 20e-6)
+
+
+# ---- end to end through the CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("a") / "out"
+    r = _invoke("--engine", "sim", "--nodes", 4, *SMALL, "--speed-sigma", 0.3, "--straggler-p", 0.1, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_results_contract_and_cost_model_in_meta(sim_run):
+    names = {p.name for p in sim_run.iterdir()}
+    assert {"meta.json", "records.jsonl", "summary.csv", "throughput.md", "accuracy.md", "comm.md"} <= names
+    assert not any(n.startswith(".") for n in names)
+    meta = json.loads((sim_run / "meta.json").read_text())
+    assert meta["engine"] == "sim" and meta["status"] == "ok"
+    cost = meta["cost_model"]
+    assert cost["compute"] == "vm-core" and cost["network"] == "10gbe" and cost["speed_sigma"] == 0.3
+    assert cost["fb_seconds"] > 0 and "allreduce" in cost["formulas"]
+    assert meta["sim"]["shards"] == "split"
+    summary = pd.read_csv(sim_run / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert (summary["status"] == "ok").all() and (summary["samples_per_s"] > 0).all()
+    assert ((summary["comm_fraction"] > 0) & (summary["comm_fraction"] < 1)).all()
+
+
+def test_same_seed_same_bytes(sim_run, tmp_path):
+    """Determinism: a second run with the same options writes byte-identical results (folder name aside)."""
+    out = tmp_path / "out"
+    r = _invoke("--engine", "sim", "--nodes", 4, *SMALL, "--speed-sigma", 0.3, "--straggler-p", 0.1, "--out", out)
+    assert r.exit_code == 0, r.output
+    for name in ("summary.csv", "records.jsonl", "throughput.md", "accuracy.md", "comm.md"):
+        assert (out / name).read_bytes() == (sim_run / name).read_bytes(), name
+
+
+def test_sim_bytes_equal_real_bytes_and_calibrated_comparison(tmp_path):
+    """The same small run on real processes and in the simulator moves exactly the same bytes, by kind; with
+    --calibrate the comparison table (simulated vs measured throughput) is built from the two summaries."""
+    from bench.benchmarks import compare_engines
+
+    real, simulated = tmp_path / "real", tmp_path / "sim"
+    r = _invoke("--nodes", 3, *SMALL, "--out", real)
+    assert r.exit_code == 0, r.output
+    r = _invoke("--engine", "sim", "--nodes", 3, *SMALL, "--calibrate", "--shared-cores", 2, "--out", simulated)
+    assert r.exit_code == 0, r.output
+    a, b = pd.read_csv(real / "summary.csv"), pd.read_csv(simulated / "summary.csv")
+    assert a[["algorithm", *BYTE_COLUMNS]].equals(b[["algorithm", *BYTE_COLUMNS]])
+    assert (b["bytes_sent_total"] > 0).all()
+    meta = json.loads((simulated / "meta.json").read_text())
+    assert meta["cost_model"]["compute"] == "calibrated" and meta["cost_model"]["shared_cores"] == 2
+    rows = compare_engines(a, b)
+    assert [row["algorithm"] for row in rows] == list(a["algorithm"])
+    assert all(row["sim/real"] > 0 and row["real samples/s"] > 0 for row in rows)
+
+
+def test_calibration_measures_sane_step_times():
+    """--calibrate times the real training loop on one node: positive, plausible, threads restored."""
+    from bench.config import resolve
+    from bench.data import load_dataset
+
+    cfg = resolve({"engine": "sim", "dataset": "digits", "batch_size": 16, "calibrate": True})
+    threads = torch.get_num_threads()
+    fb, update = costmodel.calibrate(cfg, load_dataset("digits", 0), threads=1)
+    assert 0 < fb < 0.5 and 0 < update < 0.5
+    assert torch.get_num_threads() == threads
+    cost = costmodel.resolve(cfg, load_dataset("digits", 0), nodes=4)
+    assert cost.compute == "calibrated" and cost.fb_seconds > 0 and cost.calibration_threads == 1
+
+
+def test_scaling_series(tmp_path):
+    out = tmp_path / "out"
+    r = _invoke(
+        "--engine", "sim", "--nodes", "2,4", "--algo", "swarm", "--algo", "allreduce", *SMALL,
+        "--network", "1gbe", "--target-acc", 0.5, "--out", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "scaling" in r.output
+    for n in (2, 4):
+        meta = json.loads((out / f"n{n}" / "meta.json").read_text())
+        assert meta["config"]["nodes"] == n and meta["engine"] == "sim"
+        assert (out / f"n{n}" / "summary.csv").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["node_series"] == [2, 4] and meta["cost_model"]["network"] == "1gbe"
+    scaling = pd.read_csv(out / "scaling.csv")
+    assert list(scaling.columns) == SCALING_COLUMNS
+    assert list(zip(scaling["algorithm"], scaling["nodes"], strict=True)) == [
+        ("swarm", 2), ("swarm", 4), ("allreduce", 2), ("allreduce", 4),
+    ]  # fmt: skip
+    assert (scaling["samples_per_s"] > 0).all()
+    assert (scaling["scaling_efficiency"] == scaling["speedup_vs_one_node"] / scaling["nodes"]).all()
+    assert scaling["time_to_target_s"].notna().all()  # digits reaches 0.5 within the epoch
+    assert "time to acc 0.5 s" in (out / "scaling.md").read_text()
+    assert len(pd.read_csv(out / "summary.csv")) == 4
+
+
+def test_many_nodes_sample_overlapping_shards(tmp_path):
+    """256 nodes over 1,437 digits: auto falls back to sampled (overlapping) shards, one step per epoch."""
+    out = tmp_path / "out"
+    r = _invoke("--engine", "sim", "--nodes", 256, *SMALL, "--algo", "swarm", "--eval-samples", 50, "--out", out)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sim"]["shards"] == "sample" and meta["sim"]["steps_per_epoch"] == 1
+    assert meta["sim"]["eval_samples"] == 50
+    summary = pd.read_csv(out / "summary.csv")
+    assert int(summary.loc[0, "samples"]) == 256 * 32
+
+
+BAD_SIM_INPUTS = [
+    (["--engine", "sim", "--nodes", "5000"], "4096"),
+    (["--engine", "sim", "--bandwidth", "0"], "--bandwidth"),
+    (["--engine", "sim", "--bandwidth", "-10"], "--bandwidth"),
+    (["--engine", "sim", "--latency", "0"], "--latency"),
+    (["--engine", "sim", "--step-time", "0"], "--step-time"),
+    (["--engine", "sim", "--step-time", "-1"], "--step-time"),
+    (["--engine", "sim", "--profile", "vm-cor"], "did you mean 'vm-core'"),
+    (["--engine", "sim", "--network", "10gb"], "did you mean '10gbe'"),
+    (["--engine", "sim", "--straggler-p", "1.5"], "--straggler-p"),
+    (["--engine", "sim", "--straggler-k", "0.5"], "--straggler-k"),
+    (["--engine", "sim", "--speed-sigma", "-1"], "--speed-sigma"),
+    (["--engine", "sim", "--step-time", "0.01", "--calibrate"], "only one"),
+    (["--engine", "sim", "--nodes", "4,8,4"], "twice"),
+    (["--engine", "sim", "--nodes", "8,x"], "node count"),
+    (["--engine", "sim", "--nodes", "256", "--sim-shards", "split"], "--batch-size"),
+    (["--engine", "sim", "--nodes", "256", "--partition", "dirichlet"], "--batch-size"),
+    (["--engine", "sim", "--sim-shards", "sample", "--partition", "dirichlet"], "--partition iid"),
+    (["--engine", "sim", "--eval-samples", "5000"], "--eval-samples"),
+    (["--engine", "sim", "--target-acc", "1.5"], "--target-acc"),
+    (["--engine", "sim", "--launcher", "mpirun"], "--launcher"),
+    (["--engine", "sim", "--model", "resnet20", "--dataset", "digits"], "--calibrate"),
+    (["--nodes", "8,16"], "--engine sim"),
+    (["--step-time", "0.1"], "--engine sim"),
+    (["--network", "1gbe"], "--engine sim"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_SIM_INPUTS)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "out"
+    r = _invoke(*args, "--out", out)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_memory_estimate_above_available_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim, "available_bytes", lambda: 2**30)
+    out = tmp_path / "out"
+    r = _invoke("--engine", "sim", "--nodes", 1024, "--model", "lenet5", "--out", out)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "GiB" in lines[0] and "1024 simulated nodes" in lines[0], r.output
+    assert not out.exists()
+    assert sim.estimate_bytes(61_706, 1024) < 8 * 2**30  # 1,024 LeNet-5 nodes fit a 24 GB laptop comfortably
+
+
+def test_average_with_a_peer_inside_a_compute_section_waits_for_its_end():
+    """The real engine's model lock: a passive average lands between two of the peer's compute sections."""
+    cluster = _cluster(2)
+    cluster.clocks[1]._costs = (1.0, 0.0)  # rank 1: one long forward/backward
+    done = {}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        comm.expose(torch.zeros(10))
+        comm.fence()
+        with clock.compute():
+            pass
+        if rank == 0:
+            comm.average_with(1, "model")
+        done[rank] = clock.now()
+        comm.fence()
+
+    cluster.run(body)
+    assert done[0] > 1.0  # waited for rank 1's section (1 s) instead of averaging at ~1 ms
+    assert done[1] == pytest.approx(1.0, abs=1e-3)
