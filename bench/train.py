@@ -63,7 +63,7 @@ class Sampler:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, batch: int, seed: int) -> None:
         self.x, self.y, self.index, self.batch = x, y, index, batch
         self.gen = torch.Generator().manual_seed(seed)
-        self.order = torch.empty(0, dtype=torch.long)
+        self.order = torch.empty(0, dtype=torch.long, device=index.device)
         self.pos = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
