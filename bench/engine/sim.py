@@ -41,7 +41,7 @@ SHARD_POLICIES = ("auto", "split", "sample")
 # exchanged message, the evaluation scratch model and its gradient buffer, the evaluation's snapshot, average and
 # decoded copies, allocator slack) plus a fixed overhead. Fitted to the peak RSS of SwarmSGD (the hungriest
 # algorithm) with the MLP and LeNet-5 at 512-1,024 nodes (`python -m bench.benchmarks sim-memory`), rounded up.
-MODEL_COPIES = 11
+MODEL_COPIES = 12
 NODE_OVERHEAD_BYTES = 100_000
 
 
