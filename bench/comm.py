@@ -376,8 +376,8 @@ class TorchComm(Comm):
                             f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published "
                             f"{None if blob is None else blob.numel()}"
                         )
+                    self.serve_read(blob)  # count first: the reader may read our counters once it has the reply
                     dist.send(blob, dst=src, group=self._rep)
-                    self.serve_read(blob)
                 elif op == _AVERAGE:
                     incoming = torch.empty(nbytes, dtype=torch.uint8)
                     dist.recv(incoming, src=src, group=self._req)

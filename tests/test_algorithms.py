@@ -71,7 +71,7 @@ def _naive_dpsgd(rank, world, comm, cfg_dict):
     return params.clone()
 
 
-@pytest.mark.parametrize("world", [3, 4])
+@pytest.mark.parametrize("world", [3])
 def test_dpsgd_matches_naive_reference(tmp_path, world):
     cfg = _cfg(world, topology="ring")
     ours = run_world(_train, world, tmp_path / "a", cfg, ["dpsgd"])
