@@ -63,6 +63,7 @@ RUN_OPTIONS = {
     "eps": "eps",
     "lattice_radius": "lattice_radius",
     "transport": "transport",
+    "allreduce_impl": "allreduce_impl",
     "device": "device",
     "backend": "backend",
     "partition": "partition",
@@ -220,6 +221,13 @@ def _launcher_names() -> list[str]:
     help="torch.distributed backend: auto = nccl with one rank per GPU, else gloo.",
 )
 @click.option(
+    "--allreduce-impl",
+    type=click.Choice(["torch", "horovod"]),
+    default=D.allreduce_impl,
+    show_envvar=True,
+    help="Allreduce engine for allreduce and local_sgd: torch.distributed or Horovod (horovodrun/mpirun).",
+)
+@click.option(
     "--transport",
     type=click.Choice(["auto", "p2p", "rma"]),
     default=D.transport,
@@ -286,7 +294,8 @@ def _launcher_names() -> list[str]:
     type=int,
     default=D.shared_cores,
     show_envvar=True,
-    help="sim: the nodes share this many cores (compute x max(1, N/cores)); 0 = each node has its own.",
+    help="sim: the nodes are processes on one host of this many cores (max(1, C/N) threads each, compute x "
+    "max(1, N/C)), as the local launcher runs them; 0 = each node has its own hardware.",
 )
 @click.option(
     "--speed-sigma",
@@ -377,6 +386,7 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
 def list_cmd(nodes: int, degree: int) -> None:
     """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
     from bench.data import DATASETS
+    from bench.engine.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
     from bench.engine.launch import LAUNCHERS
     from bench.errors import UserError
     from bench.models import MODELS
@@ -398,6 +408,14 @@ def list_cmd(nodes: int, degree: int) -> None:
         ("datasets", {k: v.description for k, v in DATASETS.items()}),
         ("models", {k: v.description for k, v in MODELS.items()}),
         ("launchers", {k: v.description for k, v in LAUNCHERS.items()}),
+        ("compute profiles (--engine sim --profile)", {k: v.description for k, v in COMPUTE_PROFILES.items()}),
+        (
+            "networks (--engine sim --network)",
+            {
+                k: f"{v.description}: {v.bandwidth_gbps:g} Gb/s, {v.latency_us:g} us"
+                for k, v in NETWORK_PROFILES.items()
+            },
+        ),
     ]
     for title, items in sections:
         click.echo(f"{title}:")

@@ -295,6 +295,7 @@ class TorchComm(Comm):
         import torch.distributed as dist
 
         self._dist = dist
+        self._hvd = None  # horovod.torch when --allreduce-impl horovod
         self._model_lock = threading.Lock()
         self._pub_lock = threading.Lock()
         self._published: torch.Tensor | None = None
@@ -318,10 +319,29 @@ class TorchComm(Comm):
             self._published = None
 
     # ---- collectives -------------------------------------------------------------------------------
+    def use_horovod_allreduce(self) -> None:
+        """Run allreduces through Horovod (`--allreduce-impl horovod`); bytes are counted with the same ring
+        formula (Horovod's ring allreduce moves 2(n-1)/n of the message per node)."""
+        import horovod.torch as hvd
+
+        hvd.init()
+        if (hvd.rank(), hvd.size()) != (self.rank, self.size):
+            raise RuntimeError(
+                f"Horovod sees rank {hvd.rank()} of {hvd.size()}, torch.distributed {self.rank} of {self.size}: "
+                "start the workers with horovodrun or mpirun for --allreduce-impl horovod"
+            )
+        self._hvd = hvd
+        self._hvd_calls = 0
+
     def _group_for(self, t: torch.Tensor):
         return self._cpu_group if t.device.type == "cpu" else None
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
+        if self._hvd is not None:
+            # Every rank issues the same sequence of allreduces, so a running counter names them alike.
+            self._hvd_calls += 1
+            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{self._hvd_calls}")
+            return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -602,8 +622,13 @@ def _mpi4py_available() -> bool:
     return importlib.util.find_spec("mpi4py") is not None
 
 
-def make_comm(transport: str, rank: int, size: int, topology: Topology, timeout_s: float) -> TorchComm:
-    """The communicator of a real worker for a resolved transport ("p2p" or "rma")."""
-    if transport == "rma":
-        return RmaComm(rank, size, topology, timeout_s)
-    return TorchComm(rank, size, topology, timeout_s)
+def make_comm(
+    transport: str, rank: int, size: int, topology: Topology, timeout_s: float, allreduce_impl: str = "torch"
+) -> TorchComm:
+    """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine."""
+    comm = (
+        RmaComm(rank, size, topology, timeout_s) if transport == "rma" else TorchComm(rank, size, topology, timeout_s)
+    )
+    if allreduce_impl == "horovod":
+        comm.use_horovod_allreduce()
+    return comm

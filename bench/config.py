@@ -49,6 +49,7 @@ class RunConfig:
     eps: float | None = None  # lattice spacing; None: sized so neighbours within lattice_radius decode
     lattice_radius: float = 0.25  # max-norm distance between neighbours the default eps must decode
     bucket: int = 1024  # coordinates per codec header entry
+    allreduce_impl: str = "torch"  # allreduce engine: torch (torch.distributed) | horovod (hvd.allreduce)
     transport: str = "auto"  # one-sided exchange: auto | p2p (gloo responder thread) | rma (MPI windows)
     partition: str = "iid"  # how the training set is split over nodes: iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration for --partition dirichlet (smaller = more label skew)
@@ -316,6 +317,10 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--lattice-radius must be positive, got {cfg.lattice_radius}")
     if cfg.bucket < 1:
         raise UserError(f"bucket must be at least 1, got {cfg.bucket}")
+    if cfg.allreduce_impl not in ("torch", "horovod"):
+        raise UserError(f"--allreduce-impl must be torch or horovod, got '{cfg.allreduce_impl}'")
+    if cfg.allreduce_impl == "horovod":
+        _check_horovod(cfg)
     if cfg.transport not in ("auto", "p2p", "rma"):
         raise UserError(f"--transport must be auto, p2p or rma, got '{cfg.transport}'")
     if cfg.device not in ("cpu", "cuda", "auto"):
@@ -366,3 +371,20 @@ def check_engine(cfg: RunConfig) -> None:
         if getattr(cfg, name) != getattr(defaults, name):
             what = "a comma list of node counts" if name == "node_series" else f"'{name}'"
             raise UserError(f"{what} applies to the simulated cluster only: add --engine sim or drop it")
+
+
+def _check_horovod(cfg: RunConfig) -> None:
+    """--allreduce-impl horovod needs Horovod built for this torch and a launcher that Horovod can join."""
+    import importlib.util
+
+    from bench.engine.env import detect
+
+    if importlib.util.find_spec("horovod") is None:
+        raise UserError("--allreduce-impl horovod needs Horovod: build it with `make horovod` (or use torch)")
+    env = detect()
+    launcher = env.launcher if env is not None else cfg.launcher
+    if launcher not in ("horovodrun", "mpirun"):
+        raise UserError(
+            f"--allreduce-impl horovod needs workers that Horovod can join: use --launcher horovodrun or mpirun "
+            f"(not {launcher})"
+        )

@@ -265,7 +265,7 @@ def _join_launched(cfg, env: LaunchEnv, session: Session, timeout: timedelta, sc
             where = gather(None)[0]
             store = dist.TCPStore(where[0], where[1], world, is_master=False, timeout=timeout)
         how = f"TCPStore at {where[0]}:{where[1]}, address shared with {name}"
-    if name == "Horovod":
+    if name == "Horovod" and cfg.allreduce_impl != "horovod":
         import horovod.torch as hvd
 
         hvd.shutdown()  # only needed to meet: its background thread would compete with training for the cores
@@ -363,7 +363,7 @@ def train_all(
     torch.set_num_threads(threads)
     device = torch.device(session.device)
     topology = build_topology(cfg.topology, world, degree=cfg.degree, seed=cfg.seed)
-    comm = make_comm(transport, rank, world, topology, cfg.timeout_s)
+    comm = make_comm(transport, rank, world, topology, cfg.timeout_s, cfg.allreduce_impl)
     clock: Clock = WallClock()
     dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
     shards = make_shards(cfg, dataset)
