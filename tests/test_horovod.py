@@ -15,8 +15,6 @@ from cli import cli
 
 HOROVOD = importlib.util.find_spec("horovod") is not None
 HOROVODRUN = shutil.which("horovodrun", path=str(Path(sys.executable).parent)) or shutil.which("horovodrun")
-    "horovodrun", path=str(__import__("pathlib").Path(sys.executable).parent)
-)
 
 
 def test_horovod_impl_needs_a_launcher_horovod_can_join(tmp_path):
