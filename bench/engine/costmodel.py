@@ -8,9 +8,9 @@ forward/backward pass, then the optimizer update. A node charges
 
 where the base times come from a named profile (`COMPUTE_PROFILES`: per model and input shape, fb measured at
 batches 8, 32 and 128 and interpolated piecewise-linearly in the batch, extrapolated along the nearest segment), from
-`--step-time T` (T on forward/backward, 0 on the update) or from `--calibrate` (the medians of real steps of the
-chosen model timed on this machine with the node's torch threads: one, or with `--shared-cores C` what the local
-launcher gives each of N processes, max(1, C // N)). `speed_r ~ lognormal(0, speed_sigma)` is node r's fixed
+`--step-time T` (T on forward/backward, 0 on the update) or from `--calibrate` (the real training loop timed on
+this machine for one node with the node's torch threads: one, or with `--shared-cores C` what the local launcher
+gives each of N processes, max(1, C // N)). `speed_r ~ lognormal(0, speed_sigma)` is node r's fixed
 speed factor (median 1; heterogeneity), `straggle` is `straggler_k` with probability `straggler_p` per step and
 1 otherwise, and `share = max(1, N / shared_cores)` when the N nodes share `shared_cores` cores of one host
 (what N local worker processes do; 1 when every node has its own hardware, the default).
@@ -26,7 +26,8 @@ Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latenc
 A one-sided read is a 32-byte request then the (8 + m)-byte reply; an atomic pairwise average is a
 (32 + m)-byte request then an m-byte reply.
 
-Nothing here reads a wall clock except `calibrate`/`measure_step`, which exist to time real steps.
+Nothing here reads a wall clock except `calibrate` and `measure_step` (the profile benchmark), which exist to time
+real steps. The module imports no torch at import time: the CLI lists its profiles.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.errors import UserError
-
-HEADER_BYTES = 32  # = bench.comm.HEADER_BYTES (kept import-light: the CLI reads these tables for --help)
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ class CostModel:
     compute: str  # profile name, "step-time" or "calibrated"
     fb_seconds: float  # forward/backward of one step, one node at speed 1 (batch included)
     update_seconds: float  # optimizer update of one step, one node at speed 1
-    network: str  # profile name or "custom"
+    network: str  # profile name, "+custom" when --bandwidth/--latency override it
     bandwidth_gbps: float
     latency_us: float
     allreduce: str  # ring | tree

@@ -623,17 +623,21 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         (started if event["type"] == "cell_start" else done).append(event["algorithm"])
         ui.event(event)
 
-    failure = None
+    failure, interrupted = None, None
     try:
         with _Threads():
             run_world(cfg, dataset, shards, cost, emit, on_event)
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))
+    except BaseException as exc:  # Ctrl-C: keep what was recorded, marked failed, then stop
+        failure, interrupted = ("simulator", f"interrupted ({type(exc).__name__})"), exc
     finally:
         writer.close()
     statuses, reasons = statuses_for(cfg, started, done, failure)
     summary = finalize(out_dir, cfg, meta, statuses, reasons, failure is not None)
+    if interrupted is not None:
+        raise interrupted
     if failure:
         from rich.markup import escape
 
