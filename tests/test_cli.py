@@ -35,6 +35,15 @@ BAD_INPUTS = [
     (["--partition", "random"], "iid"),
     (["--nodes", "four"], "four"),
     (["--launcher", "slurmm"], "launcher"),
+    (["--bits", "3"], "--bits"),
+    (["--transport", "rma"], "--transport rma needs"),
+    (["--topology", "file:no-such-edges.txt"], "no-such-edges.txt"),
+    (
+        ["--device", "cuda"]
+        if not __import__("torch").cuda.is_available()
+        else ["--backend", "nccl", "--device", "cpu"],
+        "cuda",
+    ),
 ]
 
 
