@@ -200,6 +200,11 @@ def load_toml(path: str) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file '{path}' is not valid TOML ({exc}): fix the file") from None
+    return flatten_settings(data)
+
+
+def flatten_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys stay, [ALGO] tables become ALGO.key, a [run] table is merged (as in --config files)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict) and key == "run":

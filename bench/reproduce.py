@@ -104,7 +104,8 @@ def load_suite(name: str) -> Suite:
 
 
 def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
-    from bench.sweep import flatten_settings, key_line
+    from bench.config import flatten_settings
+    from bench.sweep import key_line
 
     def bad(key: str, problem: str) -> UserError:
         return UserError(f"{source}{key_line(text, key)} (key '{key}'): {problem}")

@@ -33,6 +33,7 @@ from typing import Any
 
 import click
 
+from bench.config import flatten_settings
 from bench.errors import UserError
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
@@ -152,20 +153,6 @@ def spec_from_toml(path: str) -> tuple[SweepSpec, str]:
         else:
             axes[key] = values if isinstance(values, list) else [values]
     return SweepSpec(fixed=fixed, grids=[Grid(axes=axes)], source=str(p)), text
-
-
-def flatten_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """Top-level keys stay, [ALGO] tables become ALGO.key, a [run] table is merged (as in --config files)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key == "run":
-            flat.update(value)
-        elif isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat
 
 
 def build_spec(
