@@ -329,10 +329,12 @@ def _watch(
     error_deadline: float | None = None
     while True:
         try:
-            _dispatch(items.get(timeout=0.1), ui, outcome, name, log)
-            _drain(items, ui, outcome, name, log)
+            item = items.get(timeout=0.1)
         except queue.Empty:
-            pass
+            item = None  # nothing this tick: go on and check on the children
+        if item is not None:
+            _dispatch(item, ui, outcome, name, log)
+            _drain(items, ui, outcome, name, log)
         codes = [c.proc.poll() for c in children]
         if not stopped:
             bad = [(c, code) for c, code in zip(children, codes, strict=True) if code not in (None, 0)]
