@@ -183,17 +183,7 @@ def throughput_scaling(results, **_: Any):
     colors = _colors(list(agg["algorithm"].unique()))
     for algo, g in _by_algorithm(agg):
         color, marker = colors[algo]
-        y = g["samples_per_s_mean"].astype(float)
-        err = ((g["samples_per_s_ci_hi"] - g["samples_per_s_ci_lo"]) / 2).astype(float)
-        ax.errorbar(
-            g["nodes"].astype(float),
-            y,
-            yerr=err.where(err.notna(), 0),
-            marker=marker,
-            color=color,
-            label=algo,
-            capsize=3,
-        )
+        _errorbar_ci(ax, g, "samples_per_s", color, marker, algo)
     ref_algo = "allreduce" if "allreduce" in set(agg["algorithm"]) else agg["algorithm"].iloc[0]
     ref = agg[agg["algorithm"] == ref_algo].sort_values("nodes").iloc[0]
     nodes = sorted(float(n) for n in agg["nodes"].unique())
@@ -288,16 +278,7 @@ def time_to_target(results, target_acc: float | None = None, **_: Any):
         if g.empty:
             continue
         color, marker = colors[algo]
-        err = ((g["time_to_target_s_ci_hi"] - g["time_to_target_s_ci_lo"]) / 2).astype(float)
-        ax.errorbar(
-            g["nodes"].astype(float),
-            g["time_to_target_s_mean"].astype(float),
-            yerr=err.where(err.notna(), 0),
-            marker=marker,
-            color=color,
-            label=algo,
-            capsize=3,
-        )
+        _errorbar_ci(ax, g, "time_to_target_s", color, marker, algo)
     nodes = sorted(float(n) for n in agg["nodes"].unique())
     if len(nodes) > 1:
         ax.set_xscale("log", base=2)
@@ -349,3 +330,17 @@ PLOTS: dict[str, Plot] = {
     "time_to_target": Plot("Training time to the target test accuracy vs node count", time_to_target),
     "consensus": Plot("Consensus distance vs training time", consensus),
 }
+
+
+def _errorbar_ci(ax, g, metric: str, color, marker, label: str) -> None:
+    """Mean of `metric` against nodes, with the half-width of its 95 % interval as error bars."""
+    err = ((g[f"{metric}_ci_hi"] - g[f"{metric}_ci_lo"]) / 2).astype(float)
+    ax.errorbar(
+        g["nodes"].astype(float),
+        g[f"{metric}_mean"].astype(float),
+        yerr=err.where(err.notna(), 0),
+        marker=marker,
+        color=color,
+        label=label,
+        capsize=3,
+    )
