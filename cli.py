@@ -284,10 +284,14 @@ def _launcher_names() -> list[str]:
 )
 @click.option("--step-time", type=float, default=None, show_envvar=True, help="sim: seconds per SGD step.")
 @click.option(
-    "--calibrate/--no-calibrate",
+    "--calibrate",
+    type=click.Choice(["none", "node", "host"]),
+    is_flag=False,
+    flag_value="node",
     default=D.calibrate,
     show_envvar=True,
-    help="sim: time real steps of the model on this machine (one thread) for the step time.",
+    help="sim: node (alone: `--calibrate`) times one node's real steps here for the step time; host starts N "
+    "real local processes and measures compute and every comm operation as they run together (N <= 16).",
 )
 @click.option(
     "--shared-cores",

@@ -460,11 +460,10 @@ def compare_engines(real, simulated) -> list[Row]:
 def bench_sim_validate(ctx: BenchContext) -> list[Row]:
     """The simulator against the real engine on this machine, N = 2 and 4 local processes.
 
-    First the loopback link is measured (`sim-network`: latency a, bandwidth B). Real: `swarmbench run --nodes N
-    --epochs 2` (every algorithm, the default dataset and model). Simulated: the same plus `--engine sim
-    --calibrate --shared-cores CORES --latency a --bandwidth B`, i.e. the compute time timed here, N nodes
-    sharing this host's cores as the local launcher's processes do, and the measured link. Nothing is fitted to
-    the throughputs being compared. The target is |sim/real - 1| <= 0.25 for every algorithm.
+    Real: `swarmbench run --nodes N --epochs E` (every algorithm, the default dataset and model). Simulated: the
+    same plus `--engine sim --calibrate host`, whose probe times compute and each comm operation on N real
+    processes of this host (`bench.engine.hostcal`) but never runs an algorithm. Nothing is fitted to the
+    throughputs being compared. The target is |sim/real - 1| <= 0.25 for every algorithm.
     """
     import contextlib
     import io
@@ -473,24 +472,14 @@ def bench_sim_validate(ctx: BenchContext) -> list[Row]:
     import pandas as pd
 
     from bench.config import resolve
-    from bench.engine.launch import usable_cores
     from bench.run import execute
 
-    cores = usable_cores()
-    latency, bandwidth, rows = measure_loopback(ctx.repeats * 4)
-    sim_opts = {
-        "engine": "sim",
-        "calibrate": True,
-        "shared_cores": cores,
-        "network": "loopback",
-        "latency_us": latency * 1e6,
-        "bandwidth_gbps": bandwidth,
-    }
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in VALIDATE_NODES:
             base = {"nodes": nodes, "epochs": VALIDATE_EPOCHS}
             frames = []
-            for label, opts in (("real", base), ("sim", {**base, **sim_opts})):
+            for label, opts in (("real", base), ("sim", {**base, "engine": "sim", "calibrate": "host"})):
                 out = f"{tmp}/{label}{nodes}"
                 with contextlib.redirect_stdout(io.StringIO()):
                     code = execute(resolve(opts), out, argv=["bench.benchmarks", "sim-validate"], interactive=False)

@@ -65,7 +65,7 @@ class RunConfig:
     node_series: tuple[int, ...] = ()  # sim: a scaling series (--nodes 8,16,32); () = the single run of `nodes`
     compute_profile: str = "vm-core"  # sim: named per-step compute profile (bench/engine/costmodel.py)
     step_time: float | None = None  # sim: seconds per SGD step instead of the profile
-    calibrate: bool = False  # sim: time real steps of the model on this machine instead of the profile
+    calibrate: str = "none"  # sim: none (the profile) | node (time one node here) | host (N local processes here)
     shared_cores: int = 0  # sim: the nodes share this many cores of one host (0: every node has its own)
     speed_sigma: float = 0.0  # sim: per-node speed factor ~ lognormal(0, sigma) (heterogeneity)
     straggler_p: float = 0.0  # sim: probability that a step is straggler_k times slower

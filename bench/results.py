@@ -126,7 +126,8 @@ def _run_rows(folder: Path, meta: dict[str, Any], cell: str):
     frame.insert(0, "cell", cell)
     frame["engine"] = meta.get("engine")
     # Simulated time is deterministic unless the simulator timed real steps on this machine (calibrate).
-    frame["deterministic"] = meta.get("engine") == "sim" and not (meta.get("config") or {}).get("calibrate", False)
+    calibrate = (meta.get("config") or {}).get("calibrate", "none")
+    frame["deterministic"] = meta.get("engine") == "sim" and calibrate in ("none", False)
     algos = meta.get("algorithms") or {}
     frame["reason"] = [str((algos.get(a) or {}).get("reason") or "") for a in frame["algorithm"]]
     return frame

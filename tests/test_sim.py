@@ -147,6 +147,80 @@ def test_transfers_on_one_link_are_serialized():
     assert second == pytest.approx(2 * wire + 20e-6)
 
 
+def test_measured_operations_replace_the_formulas():
+    """Host calibration's measured lines (alpha + beta * bytes) are what the simulator charges, in the cluster."""
+    measured = (("allreduce", 2e-3, 1e-9), ("average", 3e-3, 4e-9), ("exchange", 5e-4, 2e-9), ("read", 1e-3, 1e-9))
+    cost = _cost(measured=measured, calibration="host", shared_cores=2)
+    assert cost.allreduce_seconds(1000, 4) == pytest.approx(2e-3 + 1e-6)
+    assert cost.barrier_seconds(4) == pytest.approx(2e-3)
+    assert cost.exchange_seconds(1000) == pytest.approx((2e-6, 5e-4))
+    assert cost.share(1) == cost.share(2) == 1.0 and cost.share(8) == 4.0  # processor sharing of 2 cores
+    assert set(cost.to_dict()["measured"]) == {"allreduce", "average", "exchange", "read"}
+
+    n, numel = 3, 1000
+    cluster = sim.Cluster(n, build_topology("ring", n), cost, seed=0)
+    leaves: dict[str, dict[int, float]] = {"allreduce": {}, "exchange": {}, "read": {}, "average": {}}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        t = torch.zeros(numel)
+        comm.allreduce_sum(t, "grad")
+        leaves["allreduce"][rank] = clock.now()
+        comm.neighbor_exchange(t, "model")
+        leaves["exchange"][rank] = clock.now()
+        comm.publish(t)
+        comm.expose(t)
+        comm.fence()
+        if rank == 0:
+            start = clock.now()
+            comm.read(1, "model", t)
+            leaves["read"][rank] = clock.now() - start
+            start = clock.now()
+            comm.average_with(1, "model")
+            leaves["average"][rank] = clock.now() - start
+        comm.fence()
+
+    cluster.run(body)
+    ar = 2e-3 + 1e-9 * 4 * numel
+    assert all(v == pytest.approx(ar) for v in leaves["allreduce"].values())
+    ex = ar + 5e-4 + 2e-9 * 2 * 4 * numel  # degree 2 on a ring of 3
+    assert all(v == pytest.approx(ex) for v in leaves["exchange"].values())
+    assert leaves["read"][0] == pytest.approx(1e-3 + 1e-9 * 4 * numel)  # the round trip, as measured
+    assert leaves["average"][0] == pytest.approx(3e-3 + 4e-9 * 4 * numel)
+
+
+def test_measured_jitter_keeps_the_mean_and_is_deterministic():
+    """Host calibration's step-time jitter: quantiles of the measured steps scaled to mean 1; each node draws from
+    its own seeded stream, so a rerun charges the same times and the mean step is the calibrated one."""
+    steps = [1.0] * 70 + [3.0] * 30  # a time-shared core: most steps fast, some descheduled
+    table = costmodel.jitter_table(steps)
+    assert len(table) == costmodel.JITTER_QUANTILES
+    assert sum(table) / len(table) == pytest.approx(1.0, abs=1e-5)
+    assert max(table) / min(table) == pytest.approx(3.0)
+    cost = _cost(fb_seconds=1e-3, update_seconds=0.0, jitter=table, calibration="host")
+
+    def run() -> dict[int, float]:
+        cluster = sim.Cluster(2, build_topology("complete", 2), cost, seed=0)
+        ends: dict[int, float] = {}
+
+        def body(rank: int) -> None:
+            for _ in range(2000):
+                with cluster.clocks[rank].compute():
+                    pass
+                with cluster.clocks[rank].compute():
+                    pass
+            ends[rank] = cluster.clocks[rank].now()
+
+        cluster.run(body)
+        return ends
+
+    first = run()
+    assert first == run()
+    assert first[0] != first[1]  # each node its own draws
+    assert all(t / 2000 == pytest.approx(1e-3, rel=0.05) for t in first.values())
+
+
 # ---- end to end through the CLI ---------------------------------------------------------------------------------
 
 
@@ -208,7 +282,7 @@ def test_calibration_measures_sane_step_times():
     from bench.config import resolve
     from bench.data import load_dataset
 
-    cfg = resolve({"engine": "sim", "dataset": "digits", "batch_size": 16, "calibrate": True})
+    cfg = resolve({"engine": "sim", "dataset": "digits", "batch_size": 16, "calibrate": "node"})
     threads = torch.get_num_threads()
     fb, update = costmodel.calibrate(cfg, load_dataset("digits", 0), threads=1)
     assert 0 < fb < 0.5 and 0 < update < 0.5
@@ -268,6 +342,10 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--straggler-k", "0.5"], "--straggler-k"),
     (["--engine", "sim", "--speed-sigma", "-1"], "--speed-sigma"),
     (["--engine", "sim", "--step-time", "0.01", "--calibrate"], "only one"),
+    (["--engine", "sim", "--calibrate", "host", "--nodes", "32"], "at most 16"),
+    (["--engine", "sim", "--calibrate", "host", "--shared-cores", "2"], "drop --shared-cores"),
+    (["--engine", "sim", "--calibrate", "host", "--latency", "5"], "drop --latency"),
+    (["--engine", "sim", "--calibrate", "hots"], "--calibrate"),
     (["--engine", "sim", "--nodes", "4,8,4"], "twice"),
     (["--engine", "sim", "--nodes", "8,x"], "node count"),
     (["--engine", "sim", "--nodes", "256", "--sim-shards", "split"], "--batch-size"),

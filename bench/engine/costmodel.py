@@ -10,10 +10,12 @@ where the base times come from a named profile (`COMPUTE_PROFILES`: per model an
 batches 8, 32 and 128 and interpolated piecewise-linearly in the batch, extrapolated along the nearest segment), from
 `--step-time T` (T on forward/backward, 0 on the update) or from `--calibrate` (the real training loop timed on
 this machine for one node with the node's torch threads: one, or with `--shared-cores C` what the local launcher
-gives each of N processes, max(1, C // N)). `speed_r ~ lognormal(0, speed_sigma)` is node r's fixed
-speed factor (median 1; heterogeneity), `straggle` is `straggler_k` with probability `straggler_p` per step and
-1 otherwise, and `share = max(1, N / shared_cores)` when the N nodes share `shared_cores` cores of one host
-(what N local worker processes do; 1 when every node has its own hardware, the default).
+gives each of N processes, max(1, C // N); `--calibrate host`: see `bench.engine.hostcal`). `speed_r ~
+lognormal(0, speed_sigma)` is node r's fixed speed factor (median 1; heterogeneity), `straggle` is `straggler_k`
+with probability `straggler_p` per step and 1 otherwise, and `share = max(1, k / shared_cores)` when the nodes
+share `shared_cores` cores of one host (what N local worker processes do; 1 when every node has its own
+hardware, the default): k is the number of nodes inside a compute section at the instant this one starts, itself
+included — processor sharing, so a node computes faster while others wait on the network.
 
 Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latency a (s) per message:
 
@@ -182,6 +184,19 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
 }
 
 ALLREDUCE_ALGOS = ("ring", "tree")
+JITTER_QUANTILES = 100
+
+
+def jitter_table(durations: list[float]) -> tuple[float, ...]:
+    """JITTER_QUANTILES quantiles of the durations (at (i + 0.5) / Q), scaled to mean exactly 1."""
+    ordered = sorted(durations)
+    n = len(ordered)
+    q = [ordered[min(n - 1, int((i + 0.5) / JITTER_QUANTILES * n))] for i in range(JITTER_QUANTILES)]
+    mean = sum(q) / len(q)
+    return tuple(round(x / mean, 6) for x in q)
+
+
+CALIBRATIONS = ("none", "node", "host")
 
 
 @dataclass(frozen=True)
@@ -200,6 +215,14 @@ class CostModel:
     straggler_k: float = 1.0
     shared_cores: int = 0
     calibration_threads: int | None = None  # torch threads the calibrated steps were timed with
+    calibration: str = "none"  # none | node (one node timed alone) | host (N local processes, `hostcal`)
+    # Host calibration: (operation, alpha seconds, beta seconds per byte) measured in the training loop;
+    # "allreduce" replaces the ring/tree formula (and gives the barrier, alpha), "exchange" the neighbour exchange,
+    # "read" and "average" the one-sided round trips (half of each on the request, half on the reply).
+    measured: tuple[tuple[str, float, float], ...] = ()
+    # Host calibration: the measured step durations as JITTER_QUANTILES quantiles divided by their mean; every
+    # step of a node is multiplied by one of them, drawn uniformly from the node's own stream (mean 1).
+    jitter: tuple[float, ...] = ()
 
     @property
     def bandwidth(self) -> float:
@@ -211,19 +234,48 @@ class CostModel:
         """Seconds per message."""
         return self.latency_us * 1e-6
 
-    def share(self, nodes: int) -> float:
-        return max(1.0, nodes / self.shared_cores) if self.shared_cores else 1.0
+    def share(self, computing: int) -> float:
+        """Slowdown of a compute section that starts while `computing` nodes (itself included) are inside one:
+        processor sharing of the host's `shared_cores` cores, fixed for the section when it starts."""
+        return max(1.0, computing / self.shared_cores) if self.shared_cores else 1.0
+
+    def fit(self, op: str) -> tuple[float, float] | None:
+        """(alpha seconds, beta seconds per byte) of a measured operation, or None."""
+        return next(((a, b) for name, a, b in self.measured if name == op), None)
 
     def allreduce_seconds(self, nbytes: int, nodes: int) -> float:
         if nodes <= 1:
             return 0.0
+        fit = self.fit("allreduce")
+        if fit is not None:
+            return fit[0] + fit[1] * nbytes
         a, bw = self.latency, self.bandwidth
         if self.allreduce == "tree":
             return 2 * math.ceil(math.log2(nodes)) * (a + nbytes / bw)
         return 2 * (nodes - 1) * a + 2 * (nodes - 1) / nodes * nbytes / bw
 
     def barrier_seconds(self, nodes: int) -> float:
-        return math.ceil(math.log2(nodes)) * self.latency if nodes > 1 else 0.0
+        if nodes <= 1:
+            return 0.0
+        fit = self.fit("allreduce")
+        return fit[0] if fit is not None else math.ceil(math.log2(nodes)) * self.latency
+
+    def one_sided_legs(self, op: str, message: int) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Measured `read`/`average` of an m-byte message: ((wire, latency) of the request, of the reply)."""
+        fit = self.fit(op)
+        if fit is None:
+            return None
+        alpha, beta = fit
+        if op == "read":  # the request carries no message
+            return (0.0, alpha / 2), (beta * message, alpha / 2)
+        return (beta * message / 2, alpha / 2), (beta * message / 2, alpha / 2)
+
+    def exchange_seconds(self, nbytes: int) -> tuple[float, float]:
+        """(link occupancy, latency) of a node's neighbour exchange that sends `nbytes` in all."""
+        fit = self.fit("exchange")
+        if fit is not None:
+            return fit[1] * nbytes, fit[0]
+        return self.wire_seconds(nbytes), self.latency
 
     def wire_seconds(self, nbytes: int) -> float:
         """Time `nbytes` occupy a link (the latency comes on top, once per message)."""
@@ -247,21 +299,37 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["measured"] = {op: {"alpha_s": a, "beta_s_per_byte": b} for op, a, b in self.measured}
+        ar, ex = self.fit("allreduce"), self.fit("exchange")
         out["formulas"] = {
-            "forward_backward": "fb_seconds * speed_r * straggle * max(1, N / shared_cores)",
-            "update": "update_seconds * speed_r * straggle * max(1, N / shared_cores)",
+            "forward_backward": f"fb_seconds * speed_r * straggle{self._share_formula()}",
+            "update": f"update_seconds * speed_r * straggle{self._share_formula()}",
             "speed_r": "lognormal(0, speed_sigma), fixed per rank",
-            "straggle": "straggler_k with probability straggler_p per step, else 1",
+            "straggle": "straggler_k with probability straggler_p per step, else 1"
+            + (" (times a measured jitter factor, mean 1)" if self.jitter else ""),
             "point_to_point": "latency + bytes / bandwidth, serialized per link direction",
             "allreduce": (
-                "2 ceil(log2 N) (latency + bytes / bandwidth)"
+                f"{ar[0]:.6g} + {ar[1]:.6g} * bytes (measured)"
+                if ar
+                else "2 ceil(log2 N) (latency + bytes / bandwidth)"
                 if self.allreduce == "tree"
                 else "2 (N - 1) latency + 2 (N - 1) / N * bytes / bandwidth"
             ),
-            "neighbor_exchange": "latency + degree * message bytes / bandwidth",
-            "barrier": "ceil(log2 N) latency",
+            "neighbor_exchange": (
+                f"{ex[0]:.6g} + {ex[1]:.6g} * degree * message bytes (measured)"
+                if ex
+                else "latency + degree * message bytes / bandwidth"
+            ),
+            "barrier": f"{ar[0]:.6g} (measured allreduce alpha)" if ar else "ceil(log2 N) latency",
         }
+        for op in ("read", "average"):
+            fit = self.fit(op)
+            if fit:
+                out["formulas"][op] = f"{fit[0]:.6g} + {fit[1]:.6g} * message bytes round trip (measured)"
         return out
+
+    def _share_formula(self) -> str:
+        return " * max(1, k / shared_cores), k = nodes computing when the section starts" if self.shared_cores else ""
 
 
 def _seed(seed: int, rank: int, stream: int) -> int:
@@ -280,9 +348,36 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
     """The cost model of a sim run at `nodes` nodes; UserError for an unknown profile or a model the profile does
     not cover."""
     threads = None
+    net = NETWORK_PROFILES[cfg.network]
+    if cfg.calibrate == "host":
+        from bench.engine import hostcal
+        from bench.models import build_model
+
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+        host = hostcal.calibrate_host(cfg, nodes, sum(p.numel() for p in model.parameters()))
+        bandwidth = host["bandwidth_Bps"] * 8 / 1e9 if host["bandwidth_Bps"] else net.bandwidth_gbps
+        latency = host["latency_s"] * 1e6 if host["latency_s"] else net.latency_us
+        contention = max(1.0, nodes / host["cores"])  # measured with all N computing: per core, uncontended
+        return CostModel(
+            compute="calibrated-host",
+            fb_seconds=host["fb"] / contention,
+            update_seconds=host["update"] / contention,
+            network="measured",
+            bandwidth_gbps=bandwidth,
+            latency_us=latency,
+            allreduce="measured",
+            speed_sigma=cfg.speed_sigma,
+            straggler_p=cfg.straggler_p,
+            straggler_k=cfg.straggler_k,
+            shared_cores=host["cores"],
+            calibration_threads=host["threads"],
+            calibration="host",
+            measured=host["measured"],
+            jitter=host["jitter"],
+        )
     if cfg.step_time is not None:
         compute, fb, update = "step-time", float(cfg.step_time), 0.0
-    elif cfg.calibrate:
+    elif cfg.calibrate == "node":
         threads = node_threads(cfg, nodes)
         fb, update = calibrate(cfg, dataset, threads)
         compute = "calibrated"
@@ -297,7 +392,6 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
             )
         fb, update = profile.steps[key].seconds(cfg.batch_size)
         compute = profile.name
-    net = NETWORK_PROFILES[cfg.network]
     custom = cfg.bandwidth_gbps is not None or cfg.latency_us is not None
     return CostModel(
         compute=compute,
@@ -312,6 +406,7 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
         straggler_k=cfg.straggler_k,
         shared_cores=cfg.shared_cores,
         calibration_threads=threads,
+        calibration=cfg.calibrate,
     )
 
 
@@ -379,6 +474,7 @@ class _SectionTimer:
 
         self.now = time.perf_counter
         self.sections: tuple[list[float], list[float]] = ([], [])
+        self.starts: list[float] = []  # when each step's first section began
         self._phase = 0
         self._t0 = 0.0
 
@@ -387,6 +483,8 @@ class _SectionTimer:
 
     def __enter__(self) -> _SectionTimer:
         self._t0 = self.now()
+        if self._phase == 0:
+            self.starts.append(self._t0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -455,8 +553,12 @@ def check(cfg) -> None:
         raise UserError(f"--allreduce must be one of {', '.join(ALLREDUCE_ALGOS)}, got '{cfg.allreduce_algo}'")
     if cfg.step_time is not None and not (cfg.step_time > 0 and math.isfinite(cfg.step_time)):
         raise UserError(f"--step-time must be a positive number of seconds, got {cfg.step_time}")
-    if cfg.step_time is not None and cfg.calibrate:
+    if cfg.calibrate not in CALIBRATIONS:
+        raise UserError(f"--calibrate must be one of {', '.join(CALIBRATIONS)}, got '{cfg.calibrate}'")
+    if cfg.step_time is not None and cfg.calibrate != "none":
         raise UserError("--step-time and --calibrate both set the compute time: pass only one of them")
+    if cfg.calibrate == "host":
+        _check_host(cfg)
     if cfg.bandwidth_gbps is not None and not (cfg.bandwidth_gbps > 0 and math.isfinite(cfg.bandwidth_gbps)):
         raise UserError(f"--bandwidth must be a positive number of Gb/s, got {cfg.bandwidth_gbps}")
     if cfg.latency_us is not None and not (cfg.latency_us > 0 and math.isfinite(cfg.latency_us)):
@@ -469,3 +571,22 @@ def check(cfg) -> None:
         raise UserError(f"--straggler-k must be a slowdown factor >= 1, got {cfg.straggler_k}")
     if cfg.shared_cores < 0:
         raise UserError(f"--shared-cores must be >= 0 (0 = every node has its own hardware), got {cfg.shared_cores}")
+
+
+def _check_host(cfg) -> None:
+    """`--calibrate host` measures N local processes of this machine: compute and links both come from it."""
+    from bench.engine.hostcal import MAX_HOST_NODES
+
+    for flag, given in (
+        ("--shared-cores", cfg.shared_cores),
+        ("--bandwidth", cfg.bandwidth_gbps is not None),
+        ("--latency", cfg.latency_us is not None),
+    ):
+        if given:
+            raise UserError(f"--calibrate host measures this machine's cores and links itself: drop {flag}")
+    largest = max(cfg.node_series or (cfg.nodes,))
+    if largest > MAX_HOST_NODES:
+        raise UserError(
+            f"--calibrate host starts one real process per node, at most {MAX_HOST_NODES} (got {largest}): "
+            "use fewer nodes, or --calibrate node to time one node and model the rest"
+        )

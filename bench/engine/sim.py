@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from bench.comm import HEADER_BYTES, Comm
+from bench.comm import HEADER_BYTES, STAMP_BYTES, Comm
 from bench.engine.costmodel import CostModel
 from bench.errors import UserError
 
@@ -83,17 +83,17 @@ class Cluster:
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
         speeds = cost.speed_factors(seed, nodes)
-        share = cost.share(nodes)
         self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
         self.clocks = [
             SimClock(
                 self,
                 r,
-                cost.fb_seconds * speeds[r] * share,
-                cost.update_seconds * speeds[r] * share,
+                cost.fb_seconds * speeds[r],
+                cost.update_seconds * speeds[r],
                 cost.straggler_stream(seed, r),
                 cost.straggler_p,
                 cost.straggler_k,
+                cost.jitter,
             )
             for r in range(nodes)
         ]
@@ -147,10 +147,14 @@ class Cluster:
     # ---- links ----
     def p2p(self, src: int, dst: int, nbytes: int, t: float) -> float:
         """Send nbytes from src to dst at t; returns the arrival time (queued behind earlier transfers)."""
+        return self.leg(src, dst, (self.cost.wire_seconds(nbytes), self.cost.latency), t)
+
+    def leg(self, src: int, dst: int, cost: tuple[float, float], t: float) -> float:
+        """One message that occupies both links for cost[0] seconds, then arrives cost[1] seconds later."""
         start = max(t, self.out_free[src], self.in_free[dst])
-        done = start + self.cost.wire_seconds(nbytes)
+        done = start + cost[0]
         self.out_free[src] = self.in_free[dst] = done
-        return done + self.cost.latency
+        return done + cost[1]
 
     # ---- operations ----
     def collective(self, rank: int, op: str, payload: Any, seconds: float) -> None:
@@ -218,10 +222,11 @@ class Cluster:
             box[2] -= 1
             if box[2] == 0:
                 del self._mail[(p, k)]
-        busy = start + self.cost.wire_seconds(nbytes)
+        wire, latency = self.cost.exchange_seconds(nbytes)
+        busy = start + wire
         self.out_free[r] = self.in_free[r] = busy
         self._xresult[r] = got
-        end = busy + self.cost.latency
+        end = busy + latency
         if r == current:
             self.clock[r] = end
         else:
@@ -236,8 +241,12 @@ class Cluster:
                 f"{None if blob is None else blob.numel()}"
             )
         self.comms[peer].serve_read(blob)
-        t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank])
-        t = self.p2p(peer, rank, blob.numel(), t)
+        legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
+        if legs is None:
+            t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank])
+            t = self.p2p(peer, rank, blob.numel(), t)
+        else:
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]))
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return blob  # published blobs are never written again: no copy needed (the reader decodes a clone)
@@ -245,9 +254,14 @@ class Cluster:
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
         reply = self.comms[peer].serve_average(msg)
         t0 = time.perf_counter()
-        t = self.p2p(rank, peer, HEADER_BYTES + msg.numel(), self.clock[rank])
-        t = max(t, self.busy_until[peer])  # the partner's model lock: not inside one of its compute sections
-        t = self.p2p(peer, rank, reply.numel(), t)
+        legs = self.cost.one_sided_legs("average", msg.numel())
+        t = self.clock[rank]
+        if legs is None:
+            t = self.p2p(rank, peer, HEADER_BYTES + msg.numel(), t)
+            t = max(t, self.busy_until[peer])  # the partner's model lock: not inside one of its compute sections
+            t = self.p2p(peer, rank, reply.numel(), t)
+        else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t))
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return reply
@@ -288,10 +302,13 @@ class SimClock:
     """A node's virtual clock. The training loop runs each SGD step as two `compute()` sections (forward/backward,
     then the optimizer update); each is charged its modelled time when it exits."""
 
-    def __init__(self, cluster: Cluster, rank: int, fb: float, update: float, stream, p: float, k: float) -> None:
+    def __init__(
+        self, cluster: Cluster, rank: int, fb: float, update: float, stream, p: float, k: float, jitter=()
+    ) -> None:
         self._c, self._rank = cluster, rank
         self._costs = (fb, update)
         self._stream, self._p, self._k = stream, p, k
+        self._jitter = jitter
         self._phase = 0
         self._straggle = 1.0
         self._end = 0.0
@@ -303,11 +320,17 @@ class SimClock:
         return self
 
     def __enter__(self) -> SimClock:
-        if self._phase == 0 and self._p > 0:
-            self._straggle = self._k if self._stream.random() < self._p else 1.0
-        self._end = self._c.clock[self._rank] + self._costs[self._phase] * self._straggle
+        if self._phase == 0 and (self._p > 0 or self._jitter):
+            self._straggle = self._k if self._p > 0 and self._stream.random() < self._p else 1.0
+            if self._jitter:
+                self._straggle *= self._jitter[int(self._stream.random() * len(self._jitter))]
+        c, now = self._c, self._c.clock[self._rank]
+        share = 1.0
+        if c.cost.shared_cores:  # processor sharing: the nodes inside a compute section right now, this one too
+            share = c.cost.share(1 + sum(1 for r, end in enumerate(c.busy_until) if end > now and r != self._rank))
+        self._end = now + self._costs[self._phase] * self._straggle * share
         self._phase ^= 1
-        self._c.busy_until[self._rank] = self._end
+        c.busy_until[self._rank] = self._end
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -504,7 +527,10 @@ def prepare(cfg):
     by_threads: dict[int, CostModel] = {}
     with _Threads():
         for n in series:
-            threads = costmodel.node_threads(cfg, n) if cfg.calibrate else 1
+            if cfg.calibrate == "host":  # measured on n real processes: per node count
+                costs[n] = costmodel.resolve(cfg, dataset, n)
+                continue
+            threads = costmodel.node_threads(cfg, n) if cfg.calibrate == "node" else 1
             if threads not in by_threads:  # calibration depends on the node's threads only
                 by_threads[threads] = costmodel.resolve(cfg, dataset, n)
             costs[n] = by_threads[threads]
@@ -577,7 +603,7 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
         str(n): build_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed).describe() for n in series
     }
     meta["cost_model"] = cost.to_dict()
-    if any(c != cost for c in costs.values()):  # calibrated per node count (threads per node differ)
+    if any(c != cost for c in costs.values()):  # calibrated per node count (threads or processes differ)
         meta["cost_model_by_nodes"] = {str(n): c.to_dict() for n, c in costs.items()}
     meta["sim"] = facts
     meta["series"] = {str(n): f"n{n}" for n in series[: len(summaries)]}
