@@ -298,8 +298,9 @@ def _launcher_names() -> list[str]:
     type=int,
     default=D.shared_cores,
     show_envvar=True,
-    help="sim: the nodes are processes on one host of this many cores (max(1, C/N) threads each, compute x "
-    "max(1, N/C)), as the local launcher runs them; 0 = each node has its own hardware.",
+    help="sim: the nodes are processes on one host of this many cores (max(1, C/N) threads each; a compute "
+    "section takes max(1, k/C) times longer while k nodes compute), as the local launcher runs them; 0 = each "
+    "node has its own hardware.",
 )
 @click.option(
     "--speed-sigma",

@@ -14,8 +14,9 @@ gives each of N processes, max(1, C // N); `--calibrate host`: see `bench.engine
 lognormal(0, speed_sigma)` is node r's fixed speed factor (median 1; heterogeneity), `straggle` is `straggler_k`
 with probability `straggler_p` per step and 1 otherwise, and `share = max(1, k / shared_cores)` when the nodes
 share `shared_cores` cores of one host (what N local worker processes do; 1 when every node has its own
-hardware, the default): k is the number of nodes inside a compute section at the instant this one starts, itself
-included — processor sharing, so a node computes faster while others wait on the network.
+hardware, the default): k is the number of nodes inside a compute section or a one-sided operation at the
+instant this one starts, itself included — processor sharing, so a node computes faster while others sleep in a
+collective waiting for a late peer.
 
 Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latency a (s) per message:
 
@@ -329,7 +330,9 @@ class CostModel:
         return out
 
     def _share_formula(self) -> str:
-        return " * max(1, k / shared_cores), k = nodes computing when the section starts" if self.shared_cores else ""
+        if not self.shared_cores:
+            return ""
+        return " * max(1, k / shared_cores), k = nodes computing or in a one-sided operation when it starts"
 
 
 def _seed(seed: int, rank: int, stream: int) -> int:

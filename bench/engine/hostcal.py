@@ -5,26 +5,29 @@ processes of one host are not such a cluster — they time-share its cores, and 
 host's TCP stack, gloo's helper threads and (for one-sided operations) the partner's responder thread, all
 competing with the ranks' training threads for the same cores. A link fitted to a ping-pong on an idle host
 predicts a fraction of what an allreduce costs inside the training loop (measured on a 2-core host: 473 KB,
-two ranks, 0.44 ms from the ping-pong fit, 1.6-2.0 ms in the loop).
+two ranks, 0.44 ms from the ping-pong fit, about 3 ms added to a training step).
 
 So host calibration measures every cost *in situ*: it starts N real processes the way the local launcher does
 (gloo on loopback, this host's cores split over them, the real `TorchComm`) and, with all N running at once:
 
-- compute: each rank runs the real training loop (`costmodel.calibrate`) at the same time as the others, so the
-  forward/backward and update sections are timed while the cores are shared; the cost model takes their means
-  (throughput follows the mean step, not the median) and charges no further sharing factor;
+- compute: the real training loop (`bench.train.run_cell`) on each rank's real comm, for a cell that sends
+  nothing while it trains (local SGD that never averages), timed exactly as a real run is timed (the slowest
+  rank's training seconds / steps) with its epochs and evaluation fences. The cost model takes fb and update as
+  these means over max(1, N / cores) — the simulator's processor sharing multiplies that back whenever more
+  nodes than cores compute at once — and the distribution of the step times as its jitter table;
 - operations: every rank runs the loop "one SGD step (the model lock held over each compute section, as in
-  `bench.train.run_cell`), then one operation of the comm layer" `REPS` times, for each operation the run's
-  algorithms use (allreduce, neighbour exchange, one-sided read, pairwise average) at two message sizes (a small
-  one and the run's own), and the same loop without an operation before and after them. An operation costs the
-  difference of the two mean iteration times: what it adds to a training step with N processes running
-  together, scheduling delays, waits for a partner's lock and the partner's responder competing for its cores
-  included. Each operation is then a straight line through the cost at the run's size and towards the one at
-  the small size, alpha + beta * bytes (`CostModel.measured`), which the simulator charges instead of its
-  formulas (one-sided: half on the request, half on the reply, `CostModel.one_sided_legs`, and no separate
-  wait for the partner's compute section: the measurement holds it). meta.json also shows the read's line as a
-  link: latency a = (alpha - 40 beta) / 2 and bandwidth B = 1 / beta (a read is a 32-byte request and an
-  (8 + m)-byte reply).
+  `run_cell`), then one operation of the comm layer" `REPS` times, for each operation the run's algorithms use
+  (allreduce, neighbour exchange, one-sided read, pairwise average) at two message sizes (a small one and the
+  run's own), each right after the same loop without the operation. An operation costs the difference of the
+  two mean iteration times: what it adds to a training step with N processes running together, scheduling
+  delays, the TCP stack's and gloo's threads, the partner's responder competing for its cores and waits for the
+  partner's model lock included. A rank done with a one-sided loop goes on until every rank is done, so the
+  load stays that of N ranks throughout. Each operation is then a straight line through the cost at the run's
+  size and towards the one at the small size, alpha + beta * bytes (`CostModel.measured`), which the simulator
+  charges instead of its formulas (one-sided: half on the request, half on the reply,
+  `CostModel.one_sided_legs`, and no separate wait for the partner's compute section: the measurement holds it).
+  meta.json also shows the read's line as a link: latency a = (alpha - 40 beta) / 2 and bandwidth B = 1 / beta
+  (a read is a 32-byte request and an (8 + m)-byte reply).
 
 Nothing measured here is a throughput of an algorithm: the validation (`python -m bench.benchmarks sim-validate`)
 compares the simulator's predictions with real runs that the calibration never saw.
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_HOST_NODES = 16  # N real processes are started: beyond this the probe costs more than it tells
-REPS = 150  # measured repetitions of each operation and size (after WARM ones); costs have heavy tails
+REPS = 250  # measured repetitions of each operation and size (after WARM ones); costs have heavy tails
 COMPUTE_EPOCHS = 4  # epochs of the compute-only training cell
 WARM = 8
 SMALL_BYTES = 256
@@ -132,7 +135,6 @@ def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
         return mean
 
     out: dict[str, Any] = {"ops": {}, **_compute_cell(cfg, dataset, rank, comm)}
-    base = [loop("base-0", None, None)]
     for op, sizes in spec["sizes"].items():
         for nbytes in sizes:
             t = torch.zeros(max(1, nbytes // 4))
@@ -140,9 +142,9 @@ def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
                 comm.publish(t)
             elif op == "average":
                 comm.expose(t)
-            out["ops"][f"{op}:{nbytes}"] = loop(f"{op}-{nbytes}", op, t)
-    base.append(loop("base-1", None, None))  # before and after: drift of the machine's speed cancels
-    out["base"] = statistics.fmean(base)
+            # The loop without the operation right before it: a drift of the machine's speed cancels.
+            base = loop(f"base-{op}-{nbytes}", None, None)
+            out["ops"][f"{op}:{nbytes}"] = loop(f"{op}-{nbytes}", op, t) - base
     return out
 
 
@@ -187,7 +189,7 @@ def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
 
 def _op_cost(results: list[dict[str, Any]], key: str) -> float:
     """What one operation adds to an iteration of the loop, averaged over ranks (never negative)."""
-    return max(0.0, statistics.fmean(r["ops"][key] - r["base"] for r in results))
+    return max(0.0, statistics.fmean(r["ops"][key] for r in results))
 
 
 def calibrate_host(cfg, nodes: int, n_params: int, work_dir: Path | None = None) -> dict[str, Any]:

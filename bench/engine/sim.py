@@ -12,7 +12,8 @@ nothing after. Consequences:
 - a one-sided `read` at t returns the partner's last model published at or before t (never a later one);
 - `average_with` runs the partner's `serve_average` at the initiator's instant t. A compute section is charged
   on exit, so a partner inside one at t (its model lock held, in the real engine) has its update already in
-  memory: the average then lands at the end of that section, and the initiator waits for it;
+  memory: the average then lands at the end of that section, and the initiator waits for it (with
+  `--calibrate host` the measured round trip already holds that wait, `bench.engine.hostcal`);
 - a synchronous collective completes when its last participant arrives: everyone leaves at
   max(arrivals, link availability) + the collective's modelled time (`bench.engine.costmodel`).
 
@@ -67,6 +68,7 @@ class Cluster:
         self.cost = cost
         self.clock = [0.0] * nodes  # each node's virtual time
         self.busy_until = [0.0] * nodes  # end of the node's current compute section (its model lock)
+        self.cpu_until = [0.0] * nodes  # end of the node's current one-sided operation (busy cores, see SimClock)
         self.out_free = [0.0] * nodes  # when the node's out-link / in-link is next free
         self.in_free = [0.0] * nodes
         self.published: list[torch.Tensor | None] = [None] * nodes
@@ -247,6 +249,7 @@ class Cluster:
             t = self.p2p(peer, rank, blob.numel(), t)
         else:
             t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]))
+        self.cpu_until[rank] = t
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return blob  # published blobs are never written again: no copy needed (the reader decodes a clone)
@@ -262,6 +265,7 @@ class Cluster:
             t = self.p2p(peer, rank, reply.numel(), t)
         else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
             t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t))
+        self.cpu_until[rank] = t
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return reply
@@ -326,8 +330,12 @@ class SimClock:
                 self._straggle *= self._jitter[int(self._stream.random() * len(self._jitter))]
         c, now = self._c, self._c.clock[self._rank]
         share = 1.0
-        if c.cost.shared_cores:  # processor sharing: the nodes inside a compute section right now, this one too
-            share = c.cost.share(1 + sum(1 for r, end in enumerate(c.busy_until) if end > now and r != self._rank))
+        if c.cost.shared_cores:
+            # Processor sharing: the nodes inside a compute section or a one-sided operation right now (on one
+            # host a transfer is the kernel copying through loopback and the partner's responder working), this
+            # one included. A node waiting in a collective for a late peer does not count: it sleeps.
+            busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
+            share = c.cost.share(1 + sum(1 for _ in busy))
         self._end = now + self._costs[self._phase] * self._straggle * share
         self._phase ^= 1
         c.busy_until[self._rank] = self._end
