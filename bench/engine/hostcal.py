@@ -231,7 +231,7 @@ def calibrate_host(cfg, nodes: int, n_params: int, work_dir: Path | None = None)
         points = [(b, _op_cost(results, f"{op}:{b}")) for b in op_sizes]
         measured[op] = _fit(points)
         if op == "exchange":  # the simulator charges a node's exchange by the bytes it sends: degree * message
-            degree = len(topology.neighbors(0))
+            degree = statistics.fmean(len(topology.neighbors(r)) for r in range(nodes))
             measured[op] = (measured[op][0], measured[op][1] / degree)
     step = max(r["train_seconds"] for r in results) / results[0]["steps"]  # as the results contract: slowest rank
     update = statistics.fmean(r["update"] for r in results)
