@@ -14,9 +14,9 @@ gives each of N processes, max(1, C // N); `--calibrate host`: see `bench.engine
 lognormal(0, speed_sigma)` is node r's fixed speed factor (median 1; heterogeneity), `straggle` is `straggler_k`
 with probability `straggler_p` per step and 1 otherwise, and `share = max(1, k / shared_cores)` when the nodes
 share `shared_cores` cores of one host (what N local worker processes do; 1 when every node has its own
-hardware, the default): k is the number of nodes inside a compute section or a one-sided operation at the
-instant this one starts, itself included — processor sharing, so a node computes faster while others sleep in a
-collective waiting for a late peer.
+hardware, the default): k is the number of nodes inside a compute section or a one-sided read at the instant
+this one starts, itself included — processor sharing, so a node computes faster while others sleep in a
+collective waiting for a late peer or in an average waiting for the partner's model lock.
 
 Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latency a (s) per message:
 
@@ -262,14 +262,16 @@ class CostModel:
         return fit[0] if fit is not None else math.ceil(math.log2(nodes)) * self.latency
 
     def one_sided_legs(self, op: str, message: int) -> tuple[tuple[float, float], tuple[float, float]] | None:
-        """Measured `read`/`average` of an m-byte message: ((wire, latency) of the request, of the reply)."""
+        """Measured `read`/`average` of an m-byte message: ((wire, latency) of the request, of the reply). The whole
+        measured time is latency, occupying no link: it was measured with every node doing the same at once, so
+        it already holds what concurrent transfers cost each other (serializing them again would count it twice)."""
         fit = self.fit(op)
         if fit is None:
             return None
         alpha, beta = fit
         if op == "read":  # the request carries no message
-            return (0.0, alpha / 2), (beta * message, alpha / 2)
-        return (beta * message / 2, alpha / 2), (beta * message / 2, alpha / 2)
+            return (0.0, alpha / 2), (0.0, alpha / 2 + beta * message)
+        return (0.0, alpha / 2 + beta * message / 2), (0.0, alpha / 2 + beta * message / 2)
 
     def exchange_seconds(self, nbytes: int) -> tuple[float, float]:
         """(link occupancy, latency) of a node's neighbour exchange that sends `nbytes` in all."""
@@ -332,7 +334,7 @@ class CostModel:
     def _share_formula(self) -> str:
         if not self.shared_cores:
             return ""
-        return " * max(1, k / shared_cores), k = nodes computing or in a one-sided operation when it starts"
+        return " * max(1, k / shared_cores), k = nodes computing or in a one-sided read when it starts"
 
 
 def _seed(seed: int, rank: int, stream: int) -> int:

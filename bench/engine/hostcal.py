@@ -24,8 +24,9 @@ So host calibration measures every cost *in situ*: it starts N real processes th
   partner's model lock included. A rank done with a one-sided loop goes on until every rank is done, so the
   load stays that of N ranks throughout. Each operation is then a straight line through the cost at the run's
   size and towards the one at the small size, alpha + beta * bytes (`CostModel.measured`), which the simulator
-  charges instead of its formulas (one-sided: half on the request, half on the reply,
-  `CostModel.one_sided_legs`, and no separate wait for the partner's compute section: the measurement holds it).
+  charges instead of its formulas (one-sided: half on the request, half on the reply, as latency that occupies
+  no link, and no separate wait for the partner's compute section — the measurement, taken with every rank
+  doing the same at once, holds both; `CostModel.one_sided_legs`).
   meta.json also shows the read's line as a link: latency a = (alpha - 40 beta) / 2 and bandwidth B = 1 / beta
   (a read is a 32-byte request and an (8 + m)-byte reply).
 

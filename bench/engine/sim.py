@@ -68,7 +68,7 @@ class Cluster:
         self.cost = cost
         self.clock = [0.0] * nodes  # each node's virtual time
         self.busy_until = [0.0] * nodes  # end of the node's current compute section (its model lock)
-        self.cpu_until = [0.0] * nodes  # end of the node's current one-sided operation (busy cores, see SimClock)
+        self.cpu_until = [0.0] * nodes  # end of the node's current one-sided read (busy cores, see SimClock)
         self.out_free = [0.0] * nodes  # when the node's out-link / in-link is next free
         self.in_free = [0.0] * nodes
         self.published: list[torch.Tensor | None] = [None] * nodes
@@ -265,7 +265,6 @@ class Cluster:
             t = self.p2p(peer, rank, reply.numel(), t)
         else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
             t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t))
-        self.cpu_until[rank] = t
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return reply
@@ -331,9 +330,10 @@ class SimClock:
         c, now = self._c, self._c.clock[self._rank]
         share = 1.0
         if c.cost.shared_cores:
-            # Processor sharing: the nodes inside a compute section or a one-sided operation right now (on one
-            # host a transfer is the kernel copying through loopback and the partner's responder working), this
-            # one included. A node waiting in a collective for a late peer does not count: it sleeps.
+            # Processor sharing: the nodes inside a compute section or a one-sided read right now (on one host a
+            # read is the kernel copying through loopback and the partner's responder working), this one
+            # included. A node waiting in a collective for a late peer, or in an average mostly for the
+            # partner's model lock, does not count: it sleeps.
             busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
             share = c.cost.share(1 + sum(1 for _ in busy))
         self._end = now + self._costs[self._phase] * self._straggle * share
