@@ -58,6 +58,15 @@ def _colors(algorithms: list[str]) -> dict[str, Any]:
     return {a: (cmap(i % 10), markers[i % len(markers)]) for i, a in enumerate(order)}
 
 
+def _epoch_lines(ax, data) -> None:
+    """One line per algorithm: the value against training seconds, each epoch averaged over seeds."""
+    colors = _colors(list(data["algorithm"].unique()))
+    for algo, g in _by_algorithm(data):
+        m = g.groupby("epoch", as_index=False)[["seconds", "value"]].mean()
+        color, marker = colors[algo]
+        ax.plot(m["seconds"], m["value"], marker=marker, color=color, label=algo)
+
+
 def _by_algorithm(frame):
     """(algorithm, rows) in registry order, so every plot lists the algorithms alike."""
     order = list(_colors(list(frame["algorithm"].unique())))
@@ -156,11 +165,7 @@ def accuracy_vs_time(results, **_: Any):
     data = with_keys(results, data)
     data, pinned = _pin(results, data, free=[])
     fig, ax = _figure("Test accuracy vs training time", _join(pinned, _seeds_note(data)))
-    colors = _colors(list(data["algorithm"].unique()))
-    for algo, g in _by_algorithm(data):
-        m = g.groupby("epoch", as_index=False)[["seconds", "value"]].mean()
-        color, marker = colors[algo]
-        ax.plot(m["seconds"], m["value"], marker=marker, color=color, label=algo)
+    _epoch_lines(ax, data)
     ax.set_xlim(left=0)
     ax.set_xlabel(_time_label(results))
     ax.set_ylabel("test accuracy of the averaged model")
@@ -308,11 +313,7 @@ def consensus(results, **_: Any):
     fig, ax = _figure(
         "Consensus distance vs training time (algorithms whose node models differ)", _join(pinned, _seeds_note(data))
     )
-    colors = _colors(list(data["algorithm"].unique()))
-    for algo, g in _by_algorithm(data):
-        m = g.groupby("epoch", as_index=False)[["seconds", "value"]].mean()
-        color, marker = colors[algo]
-        ax.plot(m["seconds"], m["value"], marker=marker, color=color, label=algo)
+    _epoch_lines(ax, data)
     ax.set_xlim(left=0)
     values = data["value"].astype(float)
     if (values > 0).all() and values.max() / values.min() > 30:
