@@ -63,7 +63,7 @@ format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: setup
-	$(BIN)/python -m bench.benchmarks
+	$(BIN)/python -m bench.diagnostics.benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
@@ -71,7 +71,7 @@ clean:
 # 100 seeded worlds of 2-8 processes: AD-PSGD and blocking SwarmSGD with lr 0 must conserve the sum of
 # models, reach the mean and never deadlock. Prints counts; exit 1 unless every run is ok.
 stress: setup
-	$(BIN)/python -m bench.stress --runs 100
+	$(BIN)/python -m bench.diagnostics.stress --runs 100
 
 # Regenerate the CI regression reference (results/reference/ci-smoke/) on purpose, after a change that is meant
 # to move the deterministic scaling curves; commit the folder. Needs the simulator (--engine sim). Written next to

@@ -17,7 +17,7 @@ class SwarmGroup(click.Group):
     """Every user-fixable error is one line on stderr and exit status 2, never a traceback."""
 
     def main(self, *args, **kwargs):  # type: ignore[override]
-        from bench.errors import UserError
+        from bench.base.errors import UserError
 
         kwargs["standalone_mode"] = False
         kwargs.setdefault("auto_envvar_prefix", ENV_PREFIX)
@@ -109,7 +109,7 @@ class NodeCount(click.ParamType):
 
 
 def _defaults():
-    from bench.config import RunConfig
+    from bench.core.config import RunConfig
 
     return RunConfig()
 
@@ -118,7 +118,7 @@ D = _defaults()
 
 
 def _launcher_names() -> list[str]:
-    from bench.engine.launch import LAUNCHERS
+    from bench.engine.processes.launchers import LAUNCHERS
 
     return list(LAUNCHERS)
 
@@ -369,8 +369,8 @@ def _launcher_names() -> list[str]:
 @click.pass_context
 def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
     """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
-    from bench.config import resolve
-    from bench.run import execute, nodes_from_launcher
+    from bench.core.config import resolve
+    from bench.run.orchestrate import execute, nodes_from_launcher
 
     given = {}
     for name, value in opts.items():
@@ -390,13 +390,13 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
 @click.option("--degree", type=int, default=4, show_envvar=True, help="Degree for random-regular.")
 def list_cmd(nodes: int, degree: int) -> None:
     """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
-    from bench.data import DATASETS
-    from bench.engine.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
-    from bench.engine.launch import LAUNCHERS
-    from bench.errors import UserError
-    from bench.models import MODELS
-    from bench.registry import ALGORITHMS
-    from bench.topology import TOPOLOGIES, build_topology
+    from bench.core.data import DATASETS
+    from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
+    from bench.engine.processes.launchers import LAUNCHERS
+    from bench.base.errors import UserError
+    from bench.core.models import MODELS
+    from bench.core.registry import ALGORITHMS
+    from bench.core.topology import TOPOLOGIES, build_topology
 
     def topology_line(name: str, description: str) -> str:
         try:
@@ -446,7 +446,7 @@ def list_cmd(nodes: int, degree: int) -> None:
 )
 def doctor_cmd(as_json: bool, probe: bool) -> int:
     """Show what works on this machine (torch, CUDA, backends, launchers, MPI, Horovod) and why not. Exits 0."""
-    from bench.doctor import collect, render, to_json
+    from bench.diagnostics.doctor import collect, render, to_json
 
     items = collect(run_probe=probe)
     if as_json:
@@ -457,10 +457,10 @@ def doctor_cmd(as_json: bool, probe: bool) -> int:
 
 
 # Sweeps, reports, regression comparison and paper-suite reproduction: each command lives in its own module.
-from bench.compare import compare_cmd  # noqa: E402
-from bench.reporting import report_cmd  # noqa: E402
-from bench.reproduce import reproduce_cmd  # noqa: E402
-from bench.sweep import sweep_cmd  # noqa: E402
+from bench.analysis.compare import compare_cmd  # noqa: E402
+from bench.analysis.report import report_cmd  # noqa: E402
+from bench.experiments.reproduce import reproduce_cmd  # noqa: E402
+from bench.experiments.sweep import sweep_cmd  # noqa: E402
 
 cli.add_command(sweep_cmd)
 cli.add_command(report_cmd)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.protocol import Algorithm
+from bench.core.protocol import Algorithm
 
 
 class AllReduceSGD(Algorithm):

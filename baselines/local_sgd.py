@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.protocol import Algorithm
+from bench.core.protocol import Algorithm
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.protocol import Algorithm
+from bench.core.protocol import Algorithm
 
 LOCAL_STEPS_DISTS = ("fixed", "geometric")
 SWARM_MODES = ("nonblocking", "blocking")

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from bench.comm import make_comm
-from bench.quantize import Codec, CodecConfig
-from bench.topology import build_topology
+from bench.core.comm import make_comm
+from bench.core.codec import Codec, CodecConfig
+from bench.core.topology import build_topology
 
 
 def main() -> None:

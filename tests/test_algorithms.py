@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import RunConfig
-from bench.engine.localworld import run_world
+from bench.core.config import RunConfig
+from bench.engine.processes.localworld import run_world
 
 
 def _train(rank, world, comm, cfg_dict, algorithms):
-    from bench.data import load_dataset
-    from bench.engine.worker import WallClock
-    from bench.train import make_shards, run_cell
+    from bench.core.data import load_dataset
+    from bench.engine.processes.worker import WallClock
+    from bench.core.train import make_shards, run_cell
 
     cfg = RunConfig.from_dict(cfg_dict)
     data = load_dataset(cfg.dataset, cfg.seed)
@@ -46,11 +46,11 @@ def _naive_dpsgd(rank, world, comm, cfg_dict):
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from bench.data import load_dataset
-    from bench.models import build_model
-    from bench.protocol import flatten_model
-    from bench.topology import build_topology
-    from bench.train import Sampler, make_shards, node_seed
+    from bench.core.data import load_dataset
+    from bench.core.models import build_model
+    from bench.core.protocol import flatten_model
+    from bench.core.topology import build_topology
+    from bench.core.train import Sampler, make_shards, node_seed
 
     cfg = RunConfig.from_dict(cfg_dict)
     data = load_dataset(cfg.dataset, cfg.seed)

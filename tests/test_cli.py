@@ -134,7 +134,7 @@ def _worker_pids(rank: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"bench.engine.worker" in argv and argv[-2:-1] == [str(rank).encode()]:
+        if b"bench.engine.processes.worker" in argv and argv[-2:-1] == [str(rank).encode()]:
             pids.append(int(entry.name))
     return pids
 

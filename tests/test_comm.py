@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from bench.comm import HEADER_BYTES, ring_allreduce_bytes
-from bench.engine.localworld import run_world
+from bench.core.comm import HEADER_BYTES, ring_allreduce_bytes
+from bench.engine.processes.localworld import run_world
 
 WORLDS = [2, 3, 4]
 
@@ -75,7 +75,7 @@ def test_atomic_pairwise_average_conserves_sum_and_reaches_mean(tmp_path, world)
 
 
 def _codec_volumes(rank, world, comm, numel):
-    from bench.quantize import BITS, QUANTIZERS, Codec, CodecConfig
+    from bench.core.codec import BITS, QUANTIZERS, Codec, CodecConfig
 
     out = []
     model = torch.randn(numel, generator=torch.Generator().manual_seed(rank)) * 0.01

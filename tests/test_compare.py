@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.compare import Rule, judge
+from bench.analysis.compare import Rule, judge
 from cli import cli
 
-pytest.importorskip("bench.engine.sim", reason="the compare fixtures are simulator sweeps (--engine sim)")
+pytest.importorskip("bench.engine.sim.cluster", reason="the compare fixtures are simulator sweeps (--engine sim)")
 
 
 def invoke(*args):

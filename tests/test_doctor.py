@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.doctor import (
+from bench.diagnostics.doctor import (
     PROBE_BUSY_S,
     PROBE_TIMEOUT_S,
     STATUSES,
@@ -123,7 +123,7 @@ def test_plain_output_is_one_line_per_item_and_exits_0():
 
 
 def test_a_crashing_check_fails_its_items_and_the_report_goes_on(monkeypatch):
-    import bench.doctor as doctor
+    import bench.diagnostics.doctor as doctor
 
     def broken(*args, **kwargs):
         raise RuntimeError("libtorch_cpu.so: cannot open shared object file")

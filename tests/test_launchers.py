@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.engine.env import LaunchEnv, detect, expand_hostlist, expand_tasks_per_node
-from bench.engine.launch import (
+from bench.engine.processes.env import LaunchEnv, detect, expand_hostlist, expand_tasks_per_node
+from bench.engine.processes.launchers import (
     BRACKET_TAG,
     LAUNCHERS,
     SRUN_TAG,
@@ -31,9 +31,9 @@ from bench.engine.launch import (
     torchrun_argv,
     worker_command,
 )
-from bench.engine.processes import LauncherLog, Outcome, StreamParser, split_event
-from bench.engine.worker import EVENT_MARKER
-from bench.errors import UserError
+from bench.engine.processes.spawn import LauncherLog, Outcome, StreamParser, split_event
+from bench.engine.processes.worker import EVENT_MARKER
+from bench.base.errors import UserError
 from cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_expand_tasks_per_node():
 # ---- command lines ------------------------------------------------------------------------------------------------
 
 
-WORKER = ["/venv/bin/python", "-m", "bench.engine.worker", "/tmp/x/spec.json"]
+WORKER = ["/venv/bin/python", "-m", "bench.engine.processes.worker", "/tmp/x/spec.json"]
 
 
 def test_mpirun_argv():
@@ -229,7 +229,7 @@ def test_mpirun_argv():
 
 def test_torchrun_argv():
     argv = torchrun_argv("torchrun", 3, WORKER, log_dir="/tmp/x/logs")
-    assert argv[0] == "torchrun" and argv[-3:] == ["-m", "bench.engine.worker", "/tmp/x/spec.json"]
+    assert argv[0] == "torchrun" and argv[-3:] == ["-m", "bench.engine.processes.worker", "/tmp/x/spec.json"]
     joined = " ".join(argv)
     for piece in ("--standalone", "--nnodes 1", "--nproc-per-node 3", "--tee 3", "--log-dir /tmp/x/logs"):
         assert piece in joined
@@ -260,7 +260,7 @@ def test_horovodrun_and_srun_argv():
 
 
 def test_worker_command_is_this_python():
-    assert worker_command("/s.json") == [sys.executable, "-m", "bench.engine.worker", "/s.json"]
+    assert worker_command("/s.json") == [sys.executable, "-m", "bench.engine.processes.worker", "/s.json"]
 
 
 def test_missing_binary_names_it_and_the_fix():
@@ -430,7 +430,7 @@ def _rank_pids(rank: int) -> list[int]:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"bench.engine.worker" in argv and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+        if b"bench.engine.processes.worker" in argv and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
             pids.append(int(entry.name))
     return pids
 

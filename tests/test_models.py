@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.data import load_dataset
-from bench.errors import UserError
-from bench.models import MODELS, TORCHVISION_PREFIX, build_model, model_spec
+from bench.core.data import load_dataset
+from bench.base.errors import UserError
+from bench.core.models import MODELS, TORCHVISION_PREFIX, build_model, model_spec
 
 MNIST, DIGITS, SYNTHETIC, CIFAR = (1, 28, 28), (1, 8, 8), (32,), (3, 32, 32)
 COMPATIBLE = {
@@ -138,7 +138,7 @@ def test_weights_identical_in_a_fresh_process(tmp_path, name: str) -> None:
     import sys
 
     script = (
-        "import sys, torch; from bench.models import build_model; "
+        "import sys, torch; from bench.core.models import build_model; "
         f"torch.save(build_model('{name}', (3, 32, 32), 10, seed=11).state_dict(), sys.argv[1])"
     )
     path = tmp_path / "w.pt"

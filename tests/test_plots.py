@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.plots import PLOTS
+from bench.analysis.plots import PLOTS
 from cli import cli
 
-pytest.importorskip("bench.engine.sim", reason="the report fixtures are simulator sweeps (--engine sim)")
+pytest.importorskip("bench.engine.sim.cluster", reason="the report fixtures are simulator sweeps (--engine sim)")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

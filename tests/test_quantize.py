@@ -1,4 +1,4 @@
-"""Tests for bench.quantize: bit packing, wire sizes, lattice decoding and failure detection
+"""Tests for bench.core.codec: bit packing, wire sizes, lattice decoding and failure detection
 (Davies et al. 2021), unbiased uniform quantization, determinism and error reporting."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import UserError
-from bench.quantize import (
+from bench.base.errors import UserError
+from bench.core.codec import (
     BITS,
     HEADER_BYTES_PER_BUCKET,
     QUANTIZERS,
@@ -208,7 +208,7 @@ def test_lattice_whole_model_far_away_fails_everywhere() -> None:
 
 def test_lattice_header_matches_numpy_reference() -> None:
     """The checksum is sum_i w_i * floor(k_i / 2**bits) mod 2**32, recomputed here in numpy."""
-    from bench.quantize import _checksum_weights
+    from bench.core.codec import _checksum_weights
 
     bits, eps, bucket, n = 4, 1e-3, 64, 200
     codec = Codec(CodecConfig(bits=bits, eps=eps, bucket=bucket))
@@ -336,7 +336,7 @@ def test_default_generator_follows_manual_seed() -> None:
 
 def test_dither_hash_wraps_like_uint32() -> None:
     """int32 tensor arithmetic must wrap modulo 2**32 exactly as the dither definition says."""
-    from bench.quantize import _DITHER_BLOCK, _dither24, _dither_keys, _Scratch
+    from bench.core.codec import _DITHER_BLOCK, _dither24, _dither_keys, _Scratch
 
     n = 3 * _DITHER_BLOCK + 17
     keys = _dither_keys(n, torch.device("cpu"), _gen(0))
@@ -442,7 +442,7 @@ def test_cuda_matches_cpu(quantizer: str, bits: int) -> None:
 @pytest.mark.parametrize("bits", LOW_BITS)
 def test_chunking_does_not_change_bytes(quantizer: str, bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large models are processed in chunks; the message and the decode must not depend on that."""
-    import bench.quantize as q
+    import bench.core.codec as q
 
     codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=suggest_eps(bits, 0.05), bucket=1000))
     n = 20_017  # chunks of 4000 split dither blocks of 512 and end on a short bucket

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.config import tomllib
-from bench.reproduce import load_suite, shipped, sim_available, suite_spec
-from bench.sweep import expand, normalize
+from bench.core.config import tomllib
+from bench.experiments.reproduce import load_suite, shipped, sim_available, suite_spec
+from bench.experiments.sweep import expand, normalize
 from cli import cli
 
 SIM = pytest.mark.skipif(
-    importlib.util.find_spec("bench.engine.sim") is None or not sim_available(),
-    reason="needs the simulator engine (bench.engine.sim, --engine sim): ci-smoke is deterministic only there",
+    importlib.util.find_spec("bench.engine.sim.cluster") is None or not sim_available(),
+    reason="needs the simulator engine (bench.engine.sim.cluster, --engine sim): ci-smoke is deterministic only there",
 )
 
 
@@ -36,8 +36,8 @@ def test_suites_ship_as_package_data():
     assert set(shipped()) == {"ci-smoke", "swarmsgd-neurips21"}
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     setuptools = pyproject["tool"]["setuptools"]
-    assert "bench.suites" in setuptools["packages"]
-    assert setuptools["package-data"]["bench.suites"] == ["*.toml", "README.md"]
+    assert "bench.experiments.suites" in setuptools["packages"]
+    assert setuptools["package-data"]["bench.experiments.suites"] == ["*.toml", "README.md"]
 
 
 def test_neurips_suite_layout():
@@ -87,9 +87,9 @@ def test_bad_suite_files(tmp_path, text, message):
 
 
 def test_sim_suite_without_simulator_is_refused(monkeypatch, tmp_path):
-    import bench.reproduce
+    import bench.experiments.reproduce
 
-    monkeypatch.setattr(bench.reproduce, "sim_available", lambda: False)
+    monkeypatch.setattr(bench.experiments.reproduce, "sim_available", lambda: False)
     result = invoke("reproduce", "ci-smoke", "--out", str(tmp_path / "out"))
     assert result.exit_code == 2 and "--engine processes" in result.output
     assert not (tmp_path / "out").exists()

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.comm import HEADER_BYTES, ring_allreduce_bytes
-from bench.models import build_model
-from bench.records import SUMMARY_COLUMNS
-from bench.topology import build_topology
+from bench.core.comm import HEADER_BYTES, ring_allreduce_bytes
+from bench.core.models import build_model
+from bench.records.write import SUMMARY_COLUMNS
+from bench.core.topology import build_topology
 from cli import cli
 
 EPOCHS, BATCH, H = 2, 16, 3

@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.engine import costmodel, sim
-from bench.engine.costmodel import CostModel
-from bench.records import SCALING_COLUMNS, SUMMARY_COLUMNS
-from bench.registry import ALGORITHMS
-from bench.topology import build_topology
+from bench.engine.sim import cluster as sim, costmodel
+from bench.engine.sim.costmodel import CostModel
+from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
+from bench.core.registry import ALGORITHMS
+from bench.core.topology import build_topology
 from cli import cli
 
 BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
@@ -261,7 +261,7 @@ def test_same_seed_same_bytes(sim_run, tmp_path):
 def test_sim_bytes_equal_real_bytes_and_calibrated_comparison(tmp_path):
     """The same small run on real processes and in the simulator moves exactly the same bytes, by kind; with
     --calibrate the comparison table (simulated vs measured throughput) is built from the two summaries."""
-    from bench.benchmarks import compare_engines
+    from bench.diagnostics.benchmarks import compare_engines
 
     real, simulated = tmp_path / "real", tmp_path / "sim"
     r = _invoke("--nodes", 3, *SMALL, "--out", real)
@@ -303,7 +303,7 @@ def test_calibrated_simulation_predicts_real_throughput_within_25_percent():
     every algorithm is within 25 % of what the real engine measures (`validate_sim`: real and simulated runs
     alternate; the median of up to 3 pairs, stopping once every algorithm is within). The probe never runs an
     algorithm, so nothing here is fitted to what is compared."""
-    from bench.benchmarks import validate_sim
+    from bench.diagnostics.benchmarks import validate_sim
 
     rows = validate_sim(pairs=3, stop_when_within=True)
     assert {(r["algorithm"], r["nodes"]) for r in rows} == {(a, n) for a in ALGORITHMS for n in (2, 4)}
@@ -313,8 +313,8 @@ def test_calibrated_simulation_predicts_real_throughput_within_25_percent():
 
 def test_calibration_measures_sane_step_times():
     """--calibrate times the real training loop on one node: positive, plausible, threads restored."""
-    from bench.config import resolve
-    from bench.data import load_dataset
+    from bench.core.config import resolve
+    from bench.core.data import load_dataset
 
     cfg = resolve({"engine": "sim", "dataset": "digits", "batch_size": 16, "calibrate": "node"})
     threads = torch.get_num_threads()

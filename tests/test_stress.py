@@ -1,6 +1,6 @@
 """A handful of the `make stress` worlds in CI: no deadlock, no lost update, consensus at the mean."""
 
-from bench import stress
+from bench.diagnostics import stress
 
 
 def test_stress_handful():

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import t as student_t
 
-from bench.sweep import Grid, SweepSpec, cell_id, expand, normalize
+from bench.experiments.sweep import Grid, SweepSpec, cell_id, expand, normalize
 from cli import cli
 
 REAL = ["--set", "dataset=digits", "--set", "epochs=1", "--set", "batch_size=32"]
@@ -109,17 +109,17 @@ def test_report_of_a_real_sweep(real_sweep, tmp_path):
 
 def test_failed_cell_at_runtime_goes_on(tmp_path, monkeypatch):
     """A cell whose run raises is recorded with its reason and the other cells still run (simulator: fast)."""
-    pytest.importorskip("bench.engine.sim")
-    import bench.run
+    pytest.importorskip("bench.engine.sim.cluster")
+    import bench.run.orchestrate
 
-    real = bench.run.execute
+    real = bench.run.orchestrate.execute
 
     def flaky(cfg, out, argv, interactive=None):
         if cfg.seed == 1:
             raise RuntimeError("boom in this cell")
         return real(cfg, out, argv, interactive)
 
-    monkeypatch.setattr(bench.run, "execute", flaky)
+    monkeypatch.setattr(bench.run.orchestrate, "execute", flaky)
     out = tmp_path / "out"
     result = sweep(
         "--algo", "allreduce", "--nodes", "2", "--seed", "0,1,2", "--set", "engine=sim", *REAL, "--out", str(out)
@@ -132,7 +132,7 @@ def test_failed_cell_at_runtime_goes_on(tmp_path, monkeypatch):
 
 
 def test_grid_from_toml_file(tmp_path):
-    pytest.importorskip("bench.engine.sim")
+    pytest.importorskip("bench.engine.sim.cluster")
     spec = tmp_path / "grid.toml"
     spec.write_text(
         'engine = "sim"\ndataset = "digits"\nepochs = 1\n[swarm]\nlocal_steps_dist = "fixed"\n'

@@ -1,4 +1,4 @@
-"""Tests for bench.topology: known small graphs, mixing-matrix invariants, spectra, files, errors."""
+"""Tests for bench.core.topology: known small graphs, mixing-matrix invariants, spectra, files, errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.errors import UserError
-from bench.topology import TOPOLOGIES, Topology, build_topology, check_topology
+from bench.base.errors import UserError
+from bench.core.topology import TOPOLOGIES, Topology, build_topology, check_topology
 
 NAMED = ["complete", "ring", "torus", "hypercube", "exponential"]
 TORUS_OK = {1, 4, 6, 8, 9, 10, 12}

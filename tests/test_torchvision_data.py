@@ -8,7 +8,7 @@ torchvision checks every CIFAR file against the md5 sum of the official release,
 cannot match. The CIFAR tests therefore replace the *expected* sums in the class's file table
 (`train_list`, `test_list`, `meta`) with the sums of the tiny files: torchvision's integrity code
 (`check_integrity` -> `calculate_md5`) still runs for real and still rejects a file that changes
-afterwards (see test_cifar_corrupted_file); nothing in bench/data.py is patched, and one test shows
+afterwards (see test_cifar_corrupted_file); nothing in bench/core/data.py is patched, and one test shows
 that the official table rejects tiny files in production.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import DATASETS, IMAGEFOLDER_SIZES, load_dataset, random_crop_flip
-from bench.errors import UserError
+from bench.core.data import DATASETS, IMAGEFOLDER_SIZES, load_dataset, random_crop_flip
+from bench.base.errors import UserError
 
 ON_DISK = sorted(name for name, spec in DATASETS.items() if spec.needs_data_dir)
 

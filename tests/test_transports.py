@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.comm import resolve_transport
-from bench.errors import UserError
+from bench.core.comm import resolve_transport
+from bench.base.errors import UserError
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun")

@@ -1,0 +1,447 @@
+"""`swarmbench compare BASELINE CURRENT`: match the cells of two results folders and judge every metric.
+
+Rows are matched on the identity columns (algorithm, nodes, topology, bits, local_steps, seed, every grid key)
+and the settings (dataset, model, epochs, batch size, lr, partition). How a metric is judged depends on what it
+is, never on absolute numbers measured on two machines:
+
+- deterministic metrics (bytes, samples, steps; and with the simulator also simulated time, throughput and
+  accuracy) must match within a tiny tolerance; any change is a regression (`changed`): if it is intended,
+  regenerate the baseline;
+- noisy metrics of real runs (throughput) are judged as ratios to a reference measured in the same run
+  (each algorithm's samples/s divided by allreduce's in the same cell) with a tolerance band; only a change in
+  the bad direction is a regression (`regressed`), one in the good direction is reported as `improved`.
+
+Exit 0: nothing regressed; 1: a regression (also a cell missing or failed in CURRENT); 2: unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+
+from bench.base.errors import UserError
+
+REGRESSIONS = {"changed", "regressed", "missing", "failed"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one metric is judged for one engine."""
+
+    metric: str
+    tolerance: float
+    absolute: bool = False  # tolerance in the metric's units, else relative to the baseline
+    better: str = ""  # "higher" / "lower": noisy, only the bad direction regresses; "": deterministic, any change
+    ratio: bool = False  # divide by the reference algorithm's value in the same cell first
+    atol: float = 1e-12  # differences this small are equal whatever the tolerance (values at float zero)
+    needs: tuple[str, ...] = ()  # summary columns it is computed from (for the missing-column check)
+
+    def describe(self) -> str:
+        kind = "absolute" if self.absolute else "relative"
+        basis = f" of the ratio to {REFERENCE} in the same cell" if self.ratio else ""
+        judged = "any change regresses" if not self.better else f"{self.better} is better"
+        return f"{kind} tolerance {self.tolerance:g}{basis}; {judged}"
+
+
+REFERENCE = "allreduce"
+EXACT = 1e-9  # relative: deterministic counts survive a CSV round trip bit for bit, this only absorbs float printing
+SIM = 1e-6  # relative: simulated time and throughput are arithmetic on a cost model
+_BYTES = ("bytes_sent_total", "bytes_per_node_per_step", "bytes_per_sample", "bytes_grad", "bytes_model")
+DETERMINISTIC = [
+    Rule(m, EXACT, needs=(m,) if m != "bytes_per_sample" else ("bytes_sent_total", "samples")) for m in _BYTES
+]
+DETERMINISTIC += [Rule("bytes_control", EXACT, needs=("bytes_control",)), Rule("samples", EXACT, needs=("samples",))]
+DETERMINISTIC += [Rule("steps_per_node", EXACT, needs=("steps_per_node",))]
+
+# engine -> the default rules (besides the deterministic byte counts, which hold for every engine)
+RULES: dict[str, list[Rule]] = {
+    "sim": [
+        *DETERMINISTIC,
+        Rule("train_seconds", SIM, needs=("train_seconds",)),
+        Rule("samples_per_s", SIM, needs=("samples_per_s",)),
+        Rule("comm_fraction", SIM, needs=("comm_fraction",)),
+        # Accuracy and losses come out of float reductions whose last bits may differ between CPU instruction
+        # sets: 0.001 accuracy is one test image in a thousand.
+        Rule("test_acc", 1e-3, absolute=True, needs=("test_acc",)),
+        Rule("final_loss", 1e-3, needs=("final_loss",)),
+        # allreduce's models agree up to rounding: 3e-13 on one CPU may be 5e-13 on another.
+        Rule("consensus_distance", 1e-3, atol=1e-9, needs=("consensus_distance",)),
+    ],
+    "processes": [
+        *DETERMINISTIC,
+        Rule("samples_per_s", 0.3, better="higher", ratio=True, needs=("samples_per_s",)),
+        Rule("test_acc", 0.05, absolute=True, better="higher", needs=("test_acc",)),
+    ],
+}
+# Metrics a user may ask for with --metric that are not judged by default on real runs.
+EXTRA_REAL = [
+    Rule("train_seconds", 0.3, better="lower", ratio=True, needs=("train_seconds",)),
+    Rule("final_loss", 0.2, better="lower", needs=("final_loss",)),
+    Rule("consensus_distance", 0.5, better="lower", needs=("consensus_distance",)),
+    Rule("comm_fraction", 0.1, absolute=True, better="lower", needs=("comm_fraction",)),
+    Rule("node_acc_mean", 0.05, absolute=True, better="higher", needs=("node_acc_mean",)),
+]
+
+
+def rules_for(engine: str, wanted: list[str] | None) -> list[Rule]:
+    base = RULES.get(engine, RULES["processes"])  # an unknown engine is treated as real processes (noisy)
+    if not wanted:
+        return base
+    everything = {r.metric: r for r in [*EXTRA_REAL, *base]} if engine != "sim" else {r.metric: r for r in base}
+    return [everything[m] for m in wanted if m in everything]
+
+
+def known_metrics() -> list[str]:
+    names: list[str] = []
+    for r in [*RULES["sim"], *RULES["processes"], *EXTRA_REAL]:
+        if r.metric not in names:
+            names.append(r.metric)
+    return names
+
+
+def parse_tolerances(items: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
+    """`--tolerance 0.1` (every metric) and `--tolerance samples_per_s=0.3` (one metric)."""
+    from bench.core.config import closest
+
+    glob: float | None = None
+    per: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        try:
+            tol = float(value)
+        except ValueError:
+            raise UserError(f"--tolerance '{item}' is not a number or METRIC=NUMBER: write e.g. 0.05") from None
+        if not tol >= 0:
+            raise UserError(f"--tolerance '{item}' must be >= 0")
+        if not sep:
+            glob = tol
+            continue
+        if key not in known_metrics():
+            raise UserError(
+                f"--tolerance: unknown metric '{key}'{closest(key, known_metrics())}: "
+                f"choose from {', '.join(known_metrics())}"
+            )
+        per[key] = tol
+    return glob, per
+
+
+@dataclass
+class Check:
+    cell: str
+    keys: dict[str, Any]
+    metric: str
+    baseline: float | None
+    current: float | None
+    change: float | None
+    verdict: str
+    rule: str = ""
+    note: str = ""
+
+
+def _norm(value: Any) -> str:
+    from bench.analysis.report import fmt_key
+
+    try:
+        f = float(value)
+        return fmt_key(f) if not math.isnan(f) else "-"
+    except (TypeError, ValueError):
+        return "-" if value is None else str(value)
+
+
+def _match_keys(base, cur) -> list[str]:
+    from bench.analysis.load import SETTINGS
+
+    keys = ["algorithm"]
+    for k in [*base.keys, *cur.keys, *SETTINGS]:
+        if k not in keys and k in base.summary.columns and k in cur.summary.columns:
+            keys.append(k)
+    return keys
+
+
+def _index(results, keys: list[str], label: str) -> dict[tuple, dict[str, Any]]:
+    out: dict[tuple, dict[str, Any]] = {}
+    for row in results.summary.to_dict("records"):
+        k = tuple(_norm(row[c]) for c in keys)
+        if k in out:
+            shown = ", ".join(f"{c}={v}" for c, v in zip(keys, k, strict=True))
+            raise UserError(
+                f"{label} '{results.folder}' has two rows for the same cell ({shown}): compare cannot match them"
+            )
+        out[k] = row
+    return out
+
+
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    try:
+        v = float(row.get(metric))
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def judge(rule: Rule, b: float | None, c: float | None) -> tuple[float | None, str]:
+    """(change, verdict): change is relative (or absolute for absolute rules) from b to c."""
+    if b is None and c is None:
+        return None, "skipped"
+    if b is None:
+        return None, "new"
+    if c is None:
+        return None, "missing"
+    if abs(c - b) <= rule.atol:
+        return (c - b if rule.absolute else 0.0), "ok"
+    if rule.absolute:
+        change = c - b
+    elif b == 0:
+        change = 0.0 if c == 0 else math.copysign(math.inf, c)
+    else:
+        change = (c - b) / abs(b)
+    if abs(change) <= rule.tolerance * (1 + 1e-12) + 1e-15:
+        return change, "ok"
+    if not rule.better:
+        return change, "changed"
+    good = change > 0 if rule.better == "higher" else change < 0
+    return change, "improved" if good else "regressed"
+
+
+def compare(
+    baseline: str,
+    current: str,
+    metrics: tuple[str, ...] = (),
+    tolerances: tuple[str, ...] = (),
+) -> tuple[list[Check], dict[str, Any]]:
+    """Every check, and the facts of the comparison; UserError (exit 2) when the input is unusable."""
+    from bench.core.config import closest
+    from bench.analysis.load import load_results
+
+    glob, per = parse_tolerances(tolerances)
+    for m in metrics:
+        if m not in known_metrics():
+            raise UserError(
+                f"--metric: unknown metric '{m}'{closest(m, known_metrics())}: choose from {', '.join(known_metrics())}"
+            )
+    base, cur = load_results(baseline), load_results(current)
+    if base.schema_version != cur.schema_version:
+        raise UserError(
+            f"results schema versions differ: baseline {base.schema_version}, current {cur.schema_version}: "
+            "regenerate the baseline with this swarmbench (e.g. make reference)"
+        )
+    engines = base.engines | cur.engines
+    if base.engines and cur.engines and base.engines != cur.engines:
+        raise UserError(
+            f"engines differ: baseline {', '.join(sorted(base.engines))}, current {', '.join(sorted(cur.engines))}: "
+            "compare results of the same engine"
+        )
+    wanted = list(metrics)
+    kinds = {"sim" if _yes(d) else "processes" for d in [*base.summary["deterministic"], *cur.summary["deterministic"]]}
+    for label, res in (("baseline", base), ("current", cur)):
+        for engine in kinds:
+            for rule in rules_for(engine, wanted):
+                missing = [c for c in rule.needs if c not in res.present]
+                other = cur if res is base else base
+                if missing and (wanted or all(c in other.present for c in rule.needs)):
+                    raise UserError(
+                        f"{label} '{res.folder}' lacks the column(s) {', '.join(missing)} "
+                        f"(needed for {rule.metric}): compare folders written by the same swarmbench"
+                    )
+    keys = _match_keys(base, cur)
+    bi, ci = _index(base, keys, "baseline"), _index(cur, keys, "current")
+    common = [k for k in bi if k in ci]
+    if not common:
+        raise UserError(f"no common cells between '{baseline}' and '{current}'{_why_disjoint(base, cur, keys)}")
+    shown = [k for k in keys if k in ("algorithm", "nodes") or k in base.varying(keys) or k in cur.varying(keys)]
+    checks: list[Check] = []
+    for k, brow in bi.items():
+        kd = dict(zip(keys, k, strict=True))
+        label = " ".join([kd["algorithm"], *(f"{c}={kd[c]}" for c in shown if c != "algorithm")])
+        crow = ci.get(k)
+        if crow is None:
+            checks.append(Check(label, kd, "-", None, None, None, "missing", note="cell absent from current"))
+            continue
+        if brow["status"] != "ok":
+            note = f"baseline status {brow['status']}: not judged"
+            checks.append(Check(label, kd, "status", None, None, None, "skipped", note=note))
+            continue
+        if crow["status"] != "ok":
+            note = f"current status {crow['status']}: {crow.get('reason') or 'no reason recorded'}"
+            checks.append(Check(label, kd, "status", None, None, None, "failed", note=note))
+            continue
+        engine = "sim" if _yes(crow.get("deterministic")) and _yes(brow.get("deterministic")) else "processes"
+        for rule in rules_for(engine, wanted):
+            if rule.metric not in base.summary.columns or rule.metric not in cur.summary.columns:
+                continue
+            tol = per.get(rule.metric, glob if glob is not None else rule.tolerance)
+            rule = replace(rule, tolerance=tol)
+            b, c = _value(brow, rule.metric), _value(crow, rule.metric)
+            note = ""
+            if rule.ratio:
+                if kd["algorithm"] == REFERENCE:
+                    continue  # its own reference: always 1
+                rb, rc = _reference(bi, k, keys, rule.metric), _reference(ci, k, keys, rule.metric)
+                if rb is None or rc is None:
+                    checks.append(
+                        Check(
+                            label,
+                            kd,
+                            rule.metric,
+                            None,
+                            None,
+                            None,
+                            "skipped",
+                            rule.describe(),
+                            f"no {REFERENCE} in this cell to normalize against",
+                        )
+                    )
+                    continue
+                b = b / rb if b is not None and rb else None
+                c = c / rc if c is not None and rc else None
+                note = f"÷ {REFERENCE} in the same cell"
+            change, verdict = judge(rule, b, c)
+            if verdict == "skipped":
+                continue
+            checks.append(Check(label, kd, rule.metric, b, c, change, verdict, rule.describe(), note))
+    for k in ci:
+        if k not in bi:
+            kd = dict(zip(keys, k, strict=True))
+            label = " ".join([kd["algorithm"], *(f"{c}={kd[c]}" for c in shown if c != "algorithm")])
+            checks.append(Check(label, kd, "-", None, None, None, "new", note="cell absent from baseline"))
+    info = {
+        "baseline": str(baseline),
+        "current": str(current),
+        "engines": sorted(engines),
+        "match_keys": keys,
+        "common_cells": len(common),
+    }
+    return checks, info
+
+
+def _yes(value: Any) -> bool:
+    """True for a real boolean true (also numpy's), never for None/NaN."""
+    return isinstance(value, bool | int) and not isinstance(value, float) and bool(value) or str(value) == "True"
+
+
+def _reference(index: dict[tuple, dict[str, Any]], key: tuple, keys: list[str], metric: str) -> float | None:
+    """The reference algorithm's value in the same cell: same keys but algorithm (and its own H and bits)."""
+    ignore = {"algorithm", "local_steps", "bits"}
+    want = {c: v for c, v in zip(keys, key, strict=True) if c not in ignore}
+    for k, row in index.items():
+        kd = dict(zip(keys, k, strict=True))
+        if kd["algorithm"] == REFERENCE and all(kd[c] == v for c, v in want.items()):
+            if "cell" in row and row["cell"] != index[key].get("cell"):
+                continue
+            return _value(row, metric)
+    return None
+
+
+def _why_disjoint(base, cur, keys: list[str]) -> str:
+    """Name the key columns whose values do not overlap at all."""
+    reasons = []
+    for k in keys:
+        bv = {_norm(v) for v in base.summary[k]}
+        cv = {_norm(v) for v in cur.summary[k]}
+        if not bv & cv:
+            reasons.append(f"{k}: baseline {', '.join(sorted(bv)[:4])} vs current {', '.join(sorted(cv)[:4])}")
+    return (": they differ in " + "; ".join(reasons)) if reasons else ": no row agrees on every key column"
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1e4:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def _fmt_change(check: Check) -> str:
+    if check.change is None:
+        return "-"
+    if "absolute" in check.rule:
+        return f"{check.change:+.4g}"
+    if math.isinf(check.change):
+        return "+inf" if check.change > 0 else "-inf"
+    return f"{check.change * 100:+.2f} %"
+
+
+def markdown_report(checks: list[Check], info: dict[str, Any], code: int, show_all: bool = False) -> str:
+    from bench.records.tables import markdown
+
+    rows = []
+    for c in checks:
+        if c.verdict == "ok" and not show_all:
+            continue
+        metric = c.metric + (
+            f" ({c.note})" if c.note and c.verdict in ("ok", "changed", "regressed", "improved") else ""
+        )
+        verdict = c.verdict + (
+            f": {c.note}" if c.note and c.verdict not in ("ok", "changed", "regressed", "improved") else ""
+        )
+        verdict = verdict.replace("|", "\\|")  # a failure reason may hold one: keep the table intact
+        rows.append([c.cell, metric, _fmt(c.baseline), _fmt(c.current), _fmt_change(c), verdict])
+    counts = _counts(checks)
+    head = (
+        f"compare: baseline `{info['baseline']}` vs current `{info['current']}` "
+        f"({info['common_cells']} common cells; matched on {', '.join(info['match_keys'])})\n\n"
+    )
+    tail = "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" -> exit {code}\n"
+    if not show_all and counts.get("ok"):
+        tail += f"({counts['ok']} ok checks not listed: --all lists them)\n"
+    if any(c.verdict == "changed" for c in checks):
+        tail += "A deterministic metric changed: if that is intended, regenerate the baseline (make reference).\n"
+    if not rows:
+        return head + "Every check is within its tolerance.\n" + tail
+    return head + markdown(["cell", "metric", "baseline", "current", "change", "verdict"], rows) + tail
+
+
+def _counts(checks: list[Check]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in checks:
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    return counts
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.verdict in REGRESSIONS for c in checks) else 0
+
+
+@click.command("compare")
+@click.argument("baseline", metavar="BASELINE")
+@click.argument("current", metavar="CURRENT")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    show_envvar=True,
+    help="Tolerance for every metric (0.05) or one metric (samples_per_s=0.3); repeatable.  "
+    "[default: per metric, see the README]",
+)
+@click.option("--metric", "metrics", multiple=True, show_envvar=True, help="Judge only this metric (repeatable).")
+@click.option("--all", "show_all", is_flag=True, show_envvar=True, help="List the checks that passed too.")
+@click.option("--json", "as_json", is_flag=True, show_envvar=True, help="Print one JSON object (every check).")
+def compare_cmd(
+    baseline: str, current: str, tolerances: tuple[str, ...], metrics: tuple[str, ...], show_all: bool, as_json: bool
+):
+    """Match the cells of two results folders and judge each metric; exit 1 on a regression."""
+    checks, info = compare(baseline, current, metrics, tolerances)
+    code = exit_code(checks)
+    if as_json:
+        rows = [
+            {
+                "cell": c.cell,
+                "keys": c.keys,
+                "metric": c.metric,
+                "baseline": c.baseline,
+                "current": c.current,
+                "change": None if c.change is None or math.isinf(c.change) else c.change,
+                "verdict": c.verdict,
+                "rule": c.rule,
+                "note": c.note,
+            }
+            for c in checks
+        ]
+        click.echo(json.dumps({**info, "exit": code, "counts": _counts(checks), "checks": rows}, indent=2))
+    else:
+        click.echo(markdown_report(checks, info, code, show_all), nl=False)
+    return code

@@ -1,0 +1,634 @@
+"""Communication: the one module that talks to torch.distributed, and counts every byte it moves.
+
+`Comm` is the engine-neutral interface every algorithm sees (see docs in README, "Architecture"):
+collectives (`allreduce_mean`, `neighbor_exchange`), the one-sided pair (`publish` / `read`) and the
+atomic pairwise average (`average_with`). `TorchComm` implements it on real processes; the simulated
+cluster implements the same interface with virtual time. Both count in the same way (`CommStats`).
+
+Byte accounting (per node, by kind; closed forms tested in tests/test_comm.py and tests/test_run.py).
+With m = the codec's message size for the model (`Codec.wire_bytes`: 4 bytes per parameter unquantized,
+packed codes plus 8 header bytes per bucket when quantized):
+- allreduce of b bytes over n nodes: the ring algorithm's volume, 2(n-1)/n * b sent and received per node
+  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference). Never
+  quantized.
+- neighbor_exchange: m sent to and received from each neighbour.
+- read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
+- average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import torch
+
+from bench.core.codec import Codec, CodecConfig
+
+if TYPE_CHECKING:
+    from bench.core.topology import Topology
+
+RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselves
+
+HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, message bytes, reserved)
+STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
+KINDS = ("grad", "model", "control", "eval")  # eval traffic is reported apart from training traffic
+
+
+def ring_allreduce_bytes(nbytes: int, n: int) -> int:
+    """Bytes one node sends (and receives) in a ring allreduce of `nbytes` over `n` nodes."""
+    return (2 * (n - 1) * nbytes) // n
+
+
+@dataclass
+class KindStats:
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    msgs_sent: int = 0
+    msgs_recv: int = 0
+    seconds: float = 0.0  # time this node's training thread spent blocked in calls of this kind
+
+
+class CommStats:
+    """Per-node counters by kind; thread-safe because a responder thread counts what it serves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.kinds: dict[str, KindStats] = defaultdict(KindStats)
+
+    def add(self, kind: str, *, sent: int = 0, recv: int = 0, msgs_sent: int = 0, msgs_recv: int = 0) -> None:
+        with self._lock:
+            k = self.kinds[kind]
+            k.bytes_sent += sent
+            k.bytes_recv += recv
+            k.msgs_sent += msgs_sent
+            k.msgs_recv += msgs_recv
+
+    def add_time(self, kind: str, seconds: float) -> None:
+        with self._lock:
+            self.kinds[kind].seconds += seconds
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {kind: dict(vars(s)) for kind, s in sorted(self.kinds.items())}
+
+    def reset(self) -> None:
+        with self._lock:
+            self.kinds.clear()
+
+
+class Comm:
+    """What an algorithm may do on the network. Subclasses implement the `_` hooks for one engine.
+
+    All model tensors are flat 1-D float32 tensors. Model messages (`publish`/`read`, `neighbor_exchange`,
+    `average_with`) go through the cell's codec (`bench.core.codec`): engines only move the resulting bytes,
+    and the averaging arithmetic lives here, once, for every engine.
+    """
+
+    request_bytes = HEADER_BYTES  # control bytes an initiator sends per one-sided operation
+
+    def __init__(self, rank: int, size: int, topology: Topology, now) -> None:
+        self.rank = rank
+        self.size = size
+        self.topology = topology
+        self.stats = CommStats()
+        self.codec = RAW
+        self.decode_failures = 0
+        self._gen = torch.Generator().manual_seed(rank)
+        self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
+        self._live: torch.Tensor | None = None
+        self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
+
+    # ---- the interface algorithms use -------------------------------------------------------------
+    def neighbors(self) -> tuple[int, ...]:
+        return self.topology.neighbors(self.rank)
+
+    def allreduce_mean(self, t: torch.Tensor, kind: str) -> None:
+        """In place: t <- mean over all nodes (never quantized)."""
+        self.allreduce_sum(t, kind)
+        if self.size > 1:
+            t.div_(self.size)
+
+    def allreduce_sum(self, t: torch.Tensor, kind: str) -> None:
+        """In place: t <- sum over all nodes (counters, evaluation results)."""
+        with self._timed(kind):
+            if self.size > 1:
+                self._allreduce_sum(t)
+            vol = ring_allreduce_bytes(_nbytes(t), self.size)
+            self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
+
+    def neighbor_exchange(self, t: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
+        """Synchronous: send `t` (encoded) to every neighbour; return each neighbour's decoded model."""
+        peers = self.neighbors()
+        if not peers:
+            return {}
+        with self._timed(kind):
+            msg = self._encode(t)
+            got = self._neighbor_exchange(msg, peers)
+            n = len(peers)
+            self.stats.add(kind, sent=n * msg.numel(), recv=n * msg.numel(), msgs_sent=n, msgs_recv=n)
+            return {p: self._decode(m, t) for p, m in got.items()}
+
+    def publish(self, t: torch.Tensor, stamp: int = 0) -> None:
+        """Make (an encoded copy of) `t` readable by peers' `read` until the next publish.
+
+        `stamp` (e.g. the number of steps taken) travels with it so that readers can measure staleness.
+        """
+        stamp_bytes = torch.tensor([stamp], dtype=torch.int64).view(torch.uint8)
+        self._publish(torch.cat([stamp_bytes, self._encode(t)]))
+
+    def read(self, peer: int, kind: str, reference: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One-sided: (the peer's last published model, its stamp); the peer is not interrupted.
+
+        `reference` is this node's own model: it sizes the message and decodes the lattice quantizer.
+        """
+        with self._timed(kind):
+            blob = self._read(peer, STAMP_BYTES + self.codec.wire_bytes(reference.numel()))
+            self.stats.add("control", sent=self.request_bytes, msgs_sent=1)
+            self.stats.add(kind, recv=blob.numel(), msgs_recv=1)
+            stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
+            return self._decode(blob[STAMP_BYTES:], reference), stamp
+
+    def expose(self, live: torch.Tensor) -> None:
+        """Register the node's live model: peers' `average_with` update it in place (under `exclusive`)."""
+        with self._model_lock:
+            self._live = live
+
+    def average_with(self, peer: int, kind: str) -> None:
+        """Atomic pairwise average of this node's exposed model with `peer`'s (both move to the average).
+
+        Each side moves by half the difference of the two *decoded* messages, so the sum of all models is
+        conserved exactly even with quantization (both sides decode the same bytes to the same values) and
+        even if a third node averaged with us meanwhile. No lock is held across nodes: no deadlock.
+        """
+        if self._live is None:
+            raise RuntimeError("average_with() before expose(): expose this node's live model first")
+        with self._timed(kind):
+            with self._model_lock:
+                snap = self._live.detach().to("cpu", copy=True)
+            msg = self._encode(snap)
+            mine = self._decode(msg, snap) if self.codec is not RAW else snap
+            reply = self._average_with(peer, msg)
+            theirs = self._decode(reply, snap)
+            with self._model_lock:
+                self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+            self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
+            self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
+
+    def serve_average(self, msg: torch.Tensor, kind: str = "model") -> torch.Tensor:
+        """The passive side of `average_with` (called by the engine for a peer's request): returns the reply."""
+        if self._live is None:
+            raise RuntimeError(f"rank {self.rank} was asked to average before it exposed its model")
+        with self._model_lock:
+            old = self._live.detach().to("cpu", copy=True)
+            reply = self._encode(old)
+            mine = self._decode(reply, old) if self.codec is not RAW else old
+            theirs = self._decode(msg, old)
+            self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+        self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
+        self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
+        return reply
+
+    def serve_read(self, blob: torch.Tensor, kind: str = "model") -> None:
+        """Count what the passive side of a `read` sent (engines call it when they serve one)."""
+        self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
+        self.stats.add(kind, sent=blob.numel(), msgs_sent=1)
+
+    def barrier(self) -> None:
+        with self._timed("control"):
+            if self.size > 1:
+                self._barrier()
+            self.stats.add("control", msgs_sent=int(self.size > 1))
+
+    def fence(self) -> None:
+        """The training loop's own synchronization (start and end of a cell): not counted as traffic."""
+        if self.size > 1:
+            self._barrier()
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        """Held by the training loop while it computes on or updates the model (passive averages wait)."""
+        return self._model_lock
+
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        """Fresh counters, the cell's codec, no exposed/published model (between algorithms)."""
+        self.stats.reset()
+        self.codec = codec or RAW
+        self.decode_failures = 0
+        self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
+        with self._model_lock:
+            self._live = None
+
+    def finish_cell(self) -> None:
+        """After the end-of-cell fence: engines that learn late what they served count it here."""
+
+    def close(self) -> None:
+        """Release engine resources once all nodes stop issuing requests."""
+
+    # ---- codec ------------------------------------------------------------------------------------
+    def _encode(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if self.codec is RAW:
+            return t.to("cpu", copy=True).view(torch.uint8)
+        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=self._gen)
+
+    def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if self.codec is RAW:
+            return msg.clone().view(torch.float32).to(reference.device)
+        out, failures = self.codec.decode(msg, reference.numel(), reference.detach().to("cpu", torch.float32))
+        self.decode_failures += failures
+        return out.to(reference.device)
+
+    # ---- engine hooks: move bytes -----------------------------------------------------------------
+    def _allreduce_sum(self, t: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+    def _publish(self, blob: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        """Deliver `msg` to `peer`, have it run `serve_average`, return its reply."""
+        raise NotImplementedError
+
+    def _barrier(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str):
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.stats.add_time(kind, self._now() - start)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+# Request opcodes served by the responder thread.
+_READ, _AVERAGE, _STOP = 1, 2, 3
+
+
+class TorchComm(Comm):
+    """`Comm` over torch.distributed on real processes ("p2p" transport for one-sided operations).
+
+    Collectives run on the default process group. One-sided operations are served by a responder thread
+    per process on two extra gloo groups (requests in, replies out), so a peer's `read` is answered while
+    this node's training thread keeps computing. Gloo runs on CPU, so messages live on the CPU.
+    """
+
+    transport = "p2p"
+
+    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float, *, responder: bool = True) -> None:
+        super().__init__(rank, size, topology, time.perf_counter)
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._hvd = None  # horovod.torch when --allreduce-impl horovod
+        self._model_lock = threading.Lock()
+        self._pub_lock = threading.Lock()
+        self._published: torch.Tensor | None = None
+        self._responder: threading.Thread | None = None
+        # Under nccl the default group only takes CUDA tensors; CPU tensors (encoded messages, evaluation
+        # counters) go through a gloo group instead (host staging).
+        self._cpu_group = None
+        if size > 1 and dist.get_backend() != "gloo":
+            self._cpu_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        if size > 1 and responder:
+            timeout = timedelta(seconds=timeout_s)
+            # Every rank creates both groups in the same order (a torch.distributed requirement).
+            self._req = dist.new_group(backend="gloo", timeout=timeout)
+            self._rep = dist.new_group(backend="gloo", timeout=timeout)
+            self._responder = threading.Thread(target=self._serve, name=f"responder-{rank}", daemon=True)
+            self._responder.start()
+
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        super().start_cell(codec, seed)
+        with self._pub_lock:
+            self._published = None
+
+    # ---- collectives -------------------------------------------------------------------------------
+    def use_horovod_allreduce(self) -> None:
+        """Run allreduces through Horovod (`--allreduce-impl horovod`); bytes are counted with the same ring
+        formula (Horovod's ring allreduce moves 2(n-1)/n of the message per node)."""
+        import horovod.torch as hvd
+
+        hvd.init()
+        if (hvd.rank(), hvd.size()) != (self.rank, self.size):
+            raise RuntimeError(
+                f"Horovod sees rank {hvd.rank()} of {hvd.size()}, torch.distributed {self.rank} of {self.size}: "
+                "start the workers with horovodrun or mpirun for --allreduce-impl horovod"
+            )
+        self._hvd = hvd
+        self._hvd_calls = 0
+
+    def _group_for(self, t: torch.Tensor):
+        return self._cpu_group if t.device.type == "cpu" else None
+
+    def _allreduce_sum(self, t: torch.Tensor) -> None:
+        if self._hvd is not None:
+            # Every rank issues the same sequence of allreduces, so a running counter names them alike.
+            self._hvd_calls += 1
+            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{self._hvd_calls}")
+            return
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
+
+    def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        out = {p: torch.empty_like(msg) for p in peers}
+        group = self._group_for(msg)
+        works = [self._dist.isend(msg, dst=p, group=group) for p in peers]
+        works += [self._dist.irecv(out[p], src=p, group=group) for p in peers]
+        for w in works:
+            w.wait()
+        return out
+
+    def _barrier(self) -> None:
+        self._dist.barrier()
+
+    # ---- one-sided, initiator side ---------------------------------------------------------------
+    def _publish(self, blob: torch.Tensor) -> None:
+        with self._pub_lock:
+            self._published = blob
+
+    def _request(self, op: int, peer: int, nbytes: int) -> None:
+        header = torch.tensor([op, self.rank, nbytes, 0], dtype=torch.int64)
+        self._dist.send(header, dst=peer, group=self._req)
+
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        self._request(_READ, peer, nbytes)
+        self._dist.recv(out, src=peer, group=self._rep)
+        return out
+
+    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        self._request(_AVERAGE, peer, msg.numel())
+        self._dist.send(msg, dst=peer, group=self._req)
+        reply = torch.empty_like(msg)
+        self._dist.recv(reply, src=peer, group=self._rep)
+        return reply
+
+    # ---- one-sided, responder side ---------------------------------------------------------------
+    def _serve(self) -> None:
+        dist = self._dist
+        header = torch.empty(4, dtype=torch.int64)
+        try:
+            while True:
+                src = dist.recv(header, src=None, group=self._req)
+                op, requester, nbytes, _ = header.tolist()
+                if op == _STOP:
+                    return
+                if op == _READ:
+                    with self._pub_lock:
+                        blob = self._published
+                    if blob is None or blob.numel() != nbytes:
+                        raise RuntimeError(
+                            f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published "
+                            f"{None if blob is None else blob.numel()}"
+                        )
+                    self.serve_read(blob)  # count first: the reader may read our counters once it has the reply
+                    dist.send(blob, dst=src, group=self._rep)
+                elif op == _AVERAGE:
+                    incoming = torch.empty(nbytes, dtype=torch.uint8)
+                    dist.recv(incoming, src=src, group=self._req)
+                    dist.send(self.serve_average(incoming), dst=src, group=self._rep)
+                else:
+                    raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
+        except BaseException as exc:  # reported by the worker, which then exits so no peer waits forever
+            from bench.engine.processes.worker import abort_from_thread
+
+            abort_from_thread(exc, self.rank)
+
+    def close(self) -> None:
+        """After a barrier (no request is in flight any more) stop our successor's responder, join ours."""
+        if self._responder is None:
+            return
+        self._barrier()
+        self._request(_STOP, (self.rank + 1) % self.size, 0)
+        self._responder.join()
+        self._responder = None
+
+
+class RmaComm(TorchComm):
+    """`Comm` whose one-sided operations use MPI RMA windows (mpi4py), passive target ("rma" transport).
+
+    Collectives still run on torch.distributed. Each node exposes one window laid out as
+    [reads served: int64 | averages received: int64 | stamp: int64 | model message] and, for atomic
+    averages, an inbox window of float32 deltas. A `read` is Lock(peer, shared) / Get / Unlock: the peer's
+    process is not involved at all (Open MPI progresses passive-target RMA on one host without the target
+    calling MPI). `average_with` takes an exclusive lock on the partner (as the SwarmSGD authors' code did),
+    Gets its current model, Accumulates the partner's half of the difference into the partner's inbox and
+    moves itself by the other half; the partner folds its inbox into its model when it next enters
+    `exclusive()` and republishes its model when it leaves it. Both halves are computed from the same decoded
+    values, so the sum of models is conserved exactly; no two locks are taken in different orders.
+
+    Byte accounting: a read costs the reader an 8-byte counter increment (control) and 24 + m bytes back
+    (counters, stamp, message); the owner learns from its counters how many reads and averages it served.
+    """
+
+    transport = "rma"
+    request_bytes = 8  # the reader's increment of the owner's served-reads counter
+
+    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float) -> None:
+        super().__init__(rank, size, topology, timeout_s, responder=False)
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._mpi = MPI.COMM_WORLD
+        if self._mpi.Get_rank() != rank or self._mpi.Get_size() != size:
+            raise RuntimeError(
+                f"MPI rank/size {self._mpi.Get_rank()}/{self._mpi.Get_size()} differ from {rank}/{size}: "
+                "the rma transport needs the job started by mpirun with one rank per node"
+            )
+        self._win = None  # the model window
+        self._inbox = None  # float32 deltas from peers' atomic averages
+        self._buf = None  # numpy views of our own windows
+        self._inbox_buf = None
+
+    _COUNTERS = 16  # reads served, averages received (int64 each), then the stamp and the message
+
+    def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
+        self._free_windows()
+        super().start_cell(codec, seed)
+
+    def _free_windows(self) -> None:
+        # Collective: every rank calls it at the same point (start of a cell, close).
+        for win in (self._win, self._inbox):
+            if win is not None:
+                win.Free()
+        self._win = self._inbox = self._buf = self._inbox_buf = None
+
+    def _allocate(self, nbytes: int, numel_live: int | None) -> None:
+        import numpy as np
+
+        MPI = self._MPI
+        self._win = MPI.Win.Allocate(self._COUNTERS + nbytes, disp_unit=1, comm=self._mpi)
+        self._buf = np.frombuffer(self._win.tomemory(), dtype=np.uint8)
+        self._buf[:] = 0
+        if numel_live is not None:
+            self._inbox = MPI.Win.Allocate(4 * numel_live, disp_unit=4, comm=self._mpi)
+            self._inbox_buf = np.frombuffer(self._inbox.tomemory(), dtype=np.float32)
+            self._inbox_buf[:] = 0
+        self._mpi.Barrier()  # windows zeroed everywhere before anyone reads
+
+    # ---- owner side --------------------------------------------------------------------------------
+    def _publish(self, blob: torch.Tensor) -> None:
+        if self._win is None:  # first publish of the cell: every rank gets here in the same order
+            self._allocate(blob.numel(), None)
+        self._write_own(blob)
+
+    def _write_own(self, blob: torch.Tensor) -> None:
+        MPI = self._MPI
+        self._win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        self._buf[self._COUNTERS :] = blob.numpy()
+        self._win.Unlock(self.rank)
+
+    def expose(self, live: torch.Tensor) -> None:
+        super().expose(live)
+        nbytes = STAMP_BYTES + self.codec.wire_bytes(live.numel())
+        self._allocate(nbytes, live.numel())
+        self._republish()
+
+    def _republish(self) -> None:
+        stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
+        self._write_own(torch.cat([stamp, self._encode(self._live)]))
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._model_lock:
+            if self._inbox is not None and self._live is not None:
+                self._drain_inbox()
+            yield
+            if self._inbox is not None and self._live is not None:
+                self._republish()
+
+    def _drain_inbox(self) -> None:
+        MPI = self._MPI
+        self._inbox.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        delta = torch.from_numpy(self._inbox_buf.copy())
+        self._inbox_buf[:] = 0
+        self._inbox.Unlock(self.rank)
+        self._live.add_(delta.to(self._live.device))
+
+    def served(self) -> tuple[int, int]:
+        """(reads served, averages received) so far, from our own window's counters."""
+        import numpy as np
+
+        MPI = self._MPI
+        self._win.Lock(self.rank, MPI.LOCK_SHARED)
+        counts = np.frombuffer(self._buf[: self._COUNTERS].tobytes(), dtype=np.int64).copy()
+        self._win.Unlock(self.rank)
+        return int(counts[0]), int(counts[1])
+
+    # ---- initiator side ----------------------------------------------------------------------------
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        import numpy as np
+
+        MPI = self._MPI
+        out = np.empty(nbytes, dtype=np.uint8)
+        one = np.ones(1, dtype=np.int64)
+        self._win.Lock(peer, MPI.LOCK_SHARED)
+        self._win.Get(out, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
+        self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(0, 1, MPI.INT64_T), op=MPI.SUM)
+        self._win.Unlock(peer)
+        return torch.from_numpy(out)
+
+    def average_with(self, peer: int, kind: str) -> None:
+        import numpy as np
+
+        if self._live is None:
+            raise RuntimeError("average_with() before expose(): expose this node's live model first")
+        MPI = self._MPI
+        with self._timed(kind):
+            with self._model_lock:
+                self._drain_inbox()  # fold in what others already gave us, so our snapshot is current
+                snap = self._live.detach().to("cpu", copy=True)
+            msg = self._encode(snap)
+            mine = self._decode(msg, snap) if self.codec is not RAW else snap
+            nbytes = STAMP_BYTES + self.codec.wire_bytes(snap.numel())
+            blob = np.empty(nbytes, dtype=np.uint8)
+            one = np.ones(1, dtype=np.int64)
+            self._win.Lock(peer, MPI.LOCK_EXCLUSIVE)
+            self._win.Get(blob, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
+            theirs = self._decode(torch.from_numpy(blob[STAMP_BYTES:]), snap)
+            delta = theirs.sub_(mine).mul_(0.5)  # our move; the partner moves by its negation
+            give = (-delta).numpy()
+            self._inbox.Lock(peer, MPI.LOCK_EXCLUSIVE)
+            self._inbox.Accumulate(give, peer, op=MPI.SUM)
+            self._inbox.Unlock(peer)
+            self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(8, 1, MPI.INT64_T), op=MPI.SUM)
+            self._win.Unlock(peer)
+            with self._model_lock:
+                self._live.add_(delta.to(self._live.device))
+            self.stats.add("control", sent=8, msgs_sent=1)
+            self.stats.add(kind, sent=give.nbytes, recv=nbytes, msgs_sent=1, msgs_recv=1)
+
+    def finish_cell(self) -> None:
+        """Count what peers took from / gave to us through our windows (collective: after a fence)."""
+        if self._win is None:
+            return
+        reads, averages = self.served()
+        blob_bytes = self._buf.size - self._COUNTERS
+        if reads:
+            self.stats.add("control", recv=8 * reads, msgs_recv=reads)
+            self.stats.add("model", sent=blob_bytes * reads, msgs_sent=reads)
+        if averages:
+            self.stats.add("control", recv=8 * averages, msgs_recv=averages)
+            self.stats.add(
+                "model",
+                sent=blob_bytes * averages,
+                recv=self._inbox_buf.nbytes * averages,
+                msgs_sent=averages,
+                msgs_recv=averages,
+            )
+        if self._inbox is not None and self._live is not None:
+            with self._model_lock:
+                self._drain_inbox()
+
+    def close(self) -> None:
+        self._mpi.Barrier()
+        self._free_windows()
+
+
+def resolve_transport(requested: str, *, under_mpi: bool, single_host: bool) -> str:
+    """`auto` picks RMA under MPI on one host (true passive progress there), p2p otherwise."""
+    from bench.base.errors import UserError
+
+    if requested == "rma":
+        if not under_mpi:
+            raise UserError(
+                "--transport rma needs the workers started by MPI: use --launcher mpirun (or mpirun -np N "
+                "swarmbench run ...) with mpi4py installed, or --transport p2p"
+            )
+        return "rma"
+    if requested == "p2p":
+        return "p2p"
+    return "rma" if under_mpi and single_host and _mpi4py_available() else "p2p"
+
+
+def _mpi4py_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None
+
+
+def make_comm(
+    transport: str, rank: int, size: int, topology: Topology, timeout_s: float, allreduce_impl: str = "torch"
+) -> TorchComm:
+    """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine."""
+    comm = (
+        RmaComm(rank, size, topology, timeout_s) if transport == "rma" else TorchComm(rank, size, topology, timeout_s)
+    )
+    if allreduce_impl == "horovod":
+        comm.use_horovod_allreduce()
+    return comm

@@ -1,0 +1,108 @@
+"""The one protocol every algorithm implements, and the per-node handle it is given.
+
+An algorithm is written once against `Node` (its rank, its communicator, its clock, its own model and
+optimizer) and a few hooks that the shared training loop (`bench.core.train`) calls around each SGD step.
+It never imports torch.distributed, MPI, Horovod or `time`: engines provide `Node.comm` and `Node.clock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from bench.core.comm import Comm
+
+
+class Clock(Protocol):
+    """Where time goes. Real engine: wall clock. Simulated engine: the node's virtual clock."""
+
+    def now(self) -> float: ...
+
+    def compute(self) -> contextlib.AbstractContextManager:
+        """Wraps one local computation (forward/backward or optimizer step); the simulator charges its cost."""
+        ...
+
+
+@dataclass
+class Node:
+    """Everything one node owns. `params` and `grads` are flat buffers; the model's tensors are views of them."""
+
+    rank: int
+    size: int
+    comm: Comm
+    clock: Clock
+    rng: random.Random  # this node's own stream (peer choices); seeded from (seed, rank)
+    model: nn.Module
+    params: torch.Tensor
+    grads: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+    def random_neighbor(self) -> int | None:
+        peers = self.comm.neighbors()
+        return peers[self.rng.randrange(len(peers))] if peers else None
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For algorithms without options of their own."""
+
+
+class Algorithm:
+    """Base class: hooks are no-ops; an algorithm overrides the ones it needs.
+
+    Order per step: forward/backward -> `after_backward` -> optimizer step -> `after_step`.
+    `counters` are what the algorithm itself did (interactions, averagings); the comm layer counts bytes.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `swarmbench list`
+    Config: ClassVar[type] = NoConfig
+    quantizable: ClassVar[bool] = False  # exchanges models through the codec (--bits applies)
+
+    def __init__(self, node: Node, config: Any) -> None:
+        self.node = node
+        self.config = config
+        self.counters: dict[str, float] = {}
+
+    def count(self, key: str, n: float = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def start(self) -> None:
+        """Before the first step (all nodes hold identical initial weights here)."""
+
+    def after_backward(self, step: int) -> None:
+        """Gradients of this step are in `node.grads`; the optimizer has not stepped yet."""
+
+    def after_step(self, step: int) -> None:
+        """The optimizer has applied this step's update to `node.params`."""
+
+    def finish(self) -> None:
+        """After the last step, before the final evaluation."""
+
+    def local_steps(self) -> int:
+        """H as reported in result tables (1 for algorithms that communicate every step)."""
+        return int(getattr(self.config, "local_steps", 1))
+
+
+def flatten_model(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move all parameters (and their gradients) into two flat buffers and make the model use views of them.
+
+    One buffer means one message per exchange and one allreduce per step, and lets the comm layer treat
+    every model as a plain vector. Autograd accumulates into existing `.grad` views in place.
+    """
+    ps = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in ps]) if ps else torch.zeros(0)
+    grads = torch.zeros_like(flat)
+    offset = 0
+    for p in ps:
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        p.grad = grads[offset : offset + n].view_as(p)
+        offset += n
+    return flat, grads

@@ -1,0 +1,266 @@
+"""The shared training loop: one node, one algorithm, one run cell. Engine-neutral.
+
+Both engines call `run_cell` for every node; the only engine-specific things it touches are `node.comm`
+and `node.clock`. Timing uses the node's clock, so the same loop yields wall seconds on real processes and
+virtual seconds in the simulator. Evaluation (and its traffic, kind "eval") is kept out of training time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.core.comm import Comm
+from bench.core.config import RunConfig, algo_config
+from bench.core.data import Dataset, partition
+from bench.core.models import build_model
+from bench.core.protocol import Clock, Node, flatten_model
+from bench.core.codec import Codec, CodecConfig, suggest_eps
+from bench.core.registry import ALGORITHMS
+
+WARMUP_STEPS = 5  # excluded from the step-time median/spread (first steps pay allocation and cache misses)
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The identical data layout every algorithm of one invocation gets."""
+
+    indices: list[torch.Tensor]  # per node, into the training set
+    steps_per_epoch: int  # the same for every node (synchronous algorithms need equal step counts)
+
+
+def make_shards(cfg: RunConfig, dataset: Dataset) -> Shards:
+    """Split the training set; every node then takes floor(n_train / (nodes * batch)) steps per epoch.
+
+    With iid shards that is one pass over each node's shard per epoch; with Dirichlet shards (unequal sizes)
+    every node still takes the same number of steps, cycling through its own shard, so that the synchronous
+    baselines stay in lockstep and every algorithm gets the same sample budget.
+    """
+    from bench.base.errors import UserError
+
+    idx = partition(dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    smallest = min(len(i) for i in idx)
+    if cfg.batch_size > smallest:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is larger than the smallest shard ({smallest} samples over "
+            f"{cfg.nodes} nodes): use --batch-size {max(1, smallest)} or fewer nodes"
+        )
+    steps = len(dataset.y_train) // (cfg.nodes * cfg.batch_size)
+    return Shards(indices=idx, steps_per_epoch=max(1, steps))
+
+
+class Sampler:
+    """Seeded reshuffling mini-batches from one node's shard."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, batch: int, seed: int) -> None:
+        self.x, self.y, self.index, self.batch = x, y, index, batch
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long, device=index.device)
+        self.pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.batch > len(self.order):
+            # Fresh permutation appended to the leftover, so every sample is seen once per pass over the shard.
+            perm = self.index[torch.randperm(len(self.index), generator=self.gen)]
+            self.order = torch.cat([self.order[self.pos :], perm])
+            self.pos = 0
+        sel = self.order[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return self.x[sel], self.y[sel]
+
+
+def make_codec(cfg: RunConfig) -> Codec | None:
+    """The wire codec for model exchanges, or None for raw float32 (--bits 32)."""
+    if cfg.bits == 32:
+        return None
+    eps = cfg.eps if cfg.eps is not None else suggest_eps(cfg.bits, cfg.lattice_radius)
+    return Codec(CodecConfig(bits=cfg.bits, quantizer=cfg.quantizer, eps=eps, bucket=cfg.bucket))
+
+
+def node_seed(seed: int, rank: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, rank, purpose)."""
+    return (seed * 1_000_003 + rank * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def make_node(cfg: RunConfig, dataset: Dataset, rank: int, comm: Comm, clock: Clock, device: torch.device) -> Node:
+    # Same seed on every node and for every algorithm: identical initial weights.
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    params, grads = flatten_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    rng = random.Random(node_seed(cfg.seed, rank, 1))
+    return Node(rank, cfg.nodes, comm, clock, rng, model, params, grads, opt)
+
+
+def _evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, int]:
+    """(sum of losses, number correct) of `model` on (x, y)."""
+    loss_sum, correct = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            out = model(x[i : i + batch])
+            loss_sum += F.cross_entropy(out, y[i : i + batch], reduction="sum").item()
+            correct += int((out.argmax(1) == y[i : i + batch]).sum())
+    model.train()
+    return loss_sum, correct
+
+
+def evaluate(node: Node, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Own model on the whole test set; the average of all models on this node's slice; consensus distance.
+
+    Collective: every node must call it at the same point. Traffic is counted as kind "eval".
+    """
+    comm, n, r = node.comm, node.size, node.rank
+    with comm.exclusive():
+        own_loss, own_correct = _evaluate_model(node.model, x, y)
+        mine = node.params.detach().clone()
+        buffers = [b for b in node.model.buffers() if b.is_floating_point()]
+        flat_buf = torch.cat([b.reshape(-1) for b in buffers]) if buffers else torch.zeros(0, device=mine.device)
+    avg = mine.clone()
+    comm.allreduce_mean(avg, "eval")
+    if flat_buf.numel():
+        comm.allreduce_mean(flat_buf, "eval")  # BatchNorm statistics of the averaged model
+    sp, _ = flatten_model(scratch)
+    sp.copy_(avg)
+    offset = 0
+    for b in (b for b in scratch.buffers() if b.is_floating_point()):
+        b.copy_(flat_buf[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+    xs, ys = x[r::n], y[r::n]
+    avg_loss, avg_correct = _evaluate_model(scratch, xs, ys)
+    # One small allreduce gathers every node's own accuracy and the slices of the averaged model's score.
+    vec = torch.zeros(n + 4, dtype=torch.float64)
+    vec[r] = own_correct / len(y)
+    vec[n] = float((mine - avg).pow(2).sum())
+    vec[n + 1], vec[n + 2], vec[n + 3] = avg_correct, len(ys), avg_loss
+    comm.allreduce_sum(vec, "eval")
+    node_accs = vec[:n].tolist()
+    return {
+        "node_acc": own_correct / len(y),
+        "node_loss": own_loss / len(y),
+        "node_accs": node_accs,
+        "consensus_distance": float(vec[n]) / n,
+        "test_acc": float(vec[n + 1] / vec[n + 2]),
+        "test_loss": float(vec[n + 3] / vec[n + 2]),
+    }
+
+
+def run_cell(
+    cfg: RunConfig,
+    algorithm: str,
+    dataset: Dataset,
+    shards: Shards,
+    rank: int,
+    comm: Comm,
+    clock: Clock,
+    device: torch.device,
+    emit: Emit,
+) -> Node:
+    """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
+
+    `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
+    """
+    algo_cls = ALGORITHMS[algorithm]
+    codec = make_codec(cfg) if algo_cls.quantizable else None
+    comm.start_cell(codec, cfg.seed)
+    node = make_node(cfg, dataset, rank, comm, clock, device)
+    scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    algo = algo_cls(node, algo_config(cfg, algorithm))
+    x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
+    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
+    sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
+
+    def record(metric: str, value: float, epoch: int | None, step: int | None, scope: str = "node", **extra) -> None:
+        emit(
+            {
+                "type": "record",
+                "algorithm": algorithm,
+                "rank": rank if scope == "node" else None,
+                "epoch": epoch,
+                "step": step,
+                "metric": metric,
+                "value": value,
+                **extra,
+            }
+        )
+
+    algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
+    comm.fence()  # every node starts the clock together
+    step, train_seconds = 0, 0.0
+    step_times: list[float] = []
+    total_steps = cfg.epochs * shards.steps_per_epoch
+    for epoch in range(1, cfg.epochs + 1):
+        loss_sum = torch.zeros((), device=device)
+        t_epoch = clock.now()
+        for _ in range(shards.steps_per_epoch):
+            t_step = clock.now()
+            with clock.compute(), comm.exclusive():
+                xb, yb = sampler.next()
+                if dataset.augment is not None:
+                    xb = dataset.augment(xb, aug_gen)
+                node.optimizer.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(node.model(xb), yb)
+                loss.backward()
+            algo.after_backward(step)
+            with clock.compute(), comm.exclusive():
+                node.optimizer.step()
+            algo.after_step(step)
+            loss_sum += loss.detach()
+            step += 1
+            step_times.append(clock.now() - t_step)
+            if rank == 0 and (step % 10 == 0 or step == total_steps):
+                emit({"type": "progress", "algorithm": algorithm, "step": step, "total": total_steps})
+        train_seconds += clock.now() - t_epoch
+        if epoch == cfg.epochs:
+            algo.finish()
+        record("train_loss", float(loss_sum) / shards.steps_per_epoch, epoch, step)
+        record("train_seconds", train_seconds, epoch, step)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            t_eval = clock.now()
+            ev = evaluate(node, scratch, x_test, y_test)
+            record("node_acc", ev["node_acc"], epoch, step)
+            record("node_loss", ev["node_loss"], epoch, step)
+            record("eval_seconds", clock.now() - t_eval, epoch, step)
+            if rank == 0:
+                for key in ("test_acc", "test_loss", "consensus_distance"):
+                    record(key, ev[key], epoch, step, scope="global")
+                emit(
+                    {
+                        "type": "progress",
+                        "algorithm": algorithm,
+                        "step": step,
+                        "total": total_steps,
+                        "epoch": epoch,
+                        "test_acc": ev["test_acc"],
+                    }
+                )
+    if not math.isfinite(float(loss_sum)):
+        record("diverged", 1.0, cfg.epochs, step)
+    # Nobody leaves (and stops serving reads) while a peer still needs it; after this barrier no request is
+    # in flight, so the counters below include what our responder served to late readers.
+    comm.fence()
+    comm.finish_cell()
+    timed = step_times[WARMUP_STEPS:] or step_times
+    qs = statistics.quantiles(timed, n=10) if len(timed) >= 2 else [timed[0]] * 9
+    record("steps", float(step), None, step)
+    record("samples", float(step * cfg.batch_size), None, step)
+    record("step_seconds_median", statistics.median(timed), None, step)
+    record("step_seconds_p10", qs[0], None, step)
+    record("step_seconds_p90", qs[-1], None, step)
+    for kind, s in comm.stats.snapshot().items():
+        for key in ("bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "seconds"):
+            record(f"comm_{key}", float(s[key]), None, step, kind=kind)
+    for key, value in algo.counters.items():
+        record(f"algo_{key}", float(value), None, step)
+    record("local_steps", float(algo.local_steps()), None, step)
+    record("bits", float(codec.cfg.bits if codec else 32), None, step)
+    record("decode_failures", float(comm.decode_failures), None, step)
+    return node

@@ -1,0 +1,99 @@
+"""Spawn N gloo processes on loopback that meet through a FileStore in a given folder, with a hard timeout.
+
+`run_world(fn, world, folder, *args)` runs `fn(rank, world, comm, *args)` in every process (fn must be a
+module-level function) and returns the per-rank results; a deadlock or a crash raises instead of hanging.
+Used by the tests and by `make stress`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 90
+
+
+def _child(fn, rank: int, world: int, store: str, topology: tuple, threads: int, queue, args: tuple) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch starts its thread pool, as the launcher does
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from bench.core.comm import TorchComm
+        from bench.core.topology import build_topology
+
+        torch.set_num_threads(threads)
+        dist.init_process_group(
+            "gloo", store=dist.FileStore(store, world), rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
+        name, degree, seed = topology
+        comm = TorchComm(rank, world, build_topology(name, world, degree=degree, seed=seed), timeout_s=60)
+        result = fn(rank, world, comm, *args)
+        comm.close()
+        dist.destroy_process_group()
+        queue.put((rank, "ok", result))
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+class WorldFailed(AssertionError):
+    """A rank raised, or the world did not finish before the timeout (a deadlock fails, never hangs)."""
+
+
+def run_world(
+    fn,
+    world: int,
+    tmp_path: Path,
+    *args: Any,
+    topology: str = "ring",
+    degree: int | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    timeout: float = DEFAULT_TIMEOUT_S,
+):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    store = str(tmp_path / f"store-{world}-{os.getpid()}-{id(args)}")
+    procs = [
+        ctx.Process(target=_child, args=(fn, r, world, store, (topology, degree, seed), threads, queue, args))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) < world and not errors:
+            try:
+                rank, status, value = queue.get(timeout=0.5)
+            except queue_mod.Empty:
+                # A rank that died without reporting (killed, or failed before it could) fails the world now.
+                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in results]
+                if dead and queue.empty():
+                    codes = ", ".join(f"rank {r} exit {procs[r].exitcode}" for r in dead)
+                    errors.append(f"ranks ended without a result ({codes})")
+                elif time.monotonic() > deadline:
+                    errors.append(f"timed out after {timeout}s waiting for ranks (a deadlock or a hang)")
+                continue
+            if status == "ok":
+                results[rank] = value
+            else:
+                errors.append(f"rank {rank}:\n{value}")
+    finally:
+        for p in procs:
+            p.join(timeout=5 if not errors else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise WorldFailed("distributed run failed: " + "\n".join(errors))
+    return [results[r] for r in range(world)]

@@ -1,0 +1,685 @@
+"""The simulated cluster: N virtual nodes in one process, real models and data, simulated (virtual) time.
+
+Every node runs the shared training loop `bench.core.train.run_cell` unchanged, in its own greenlet, with a `SimComm`
+(a `bench.core.comm.Comm`, so bytes are counted exactly as on real processes) and a `SimClock`. Nothing here knows an
+algorithm by name.
+
+Scheduling (discrete events). Each node has a virtual clock. Every `comm`/`clock` call that advances a node's
+clock is a switch point: the node goes back to the scheduler unless it is still the earliest node, and the
+scheduler always resumes the node with the smallest (virtual time, rank). So everything any node does happens in
+global (time, rank) order: when a node acts at instant t, every other node has done all it does before t and
+nothing after. Consequences:
+- a one-sided `read` at t returns the partner's last model published at or before t (never a later one);
+- `average_with` runs the partner's `serve_average` at the initiator's instant t. A compute section is charged
+  on exit, so a partner inside one at t (its model lock held, in the real engine) has its update already in
+  memory: the average then lands at the end of that section, and the initiator waits for it (with
+  `--calibrate host` the measured round trip already holds that wait, `bench.engine.sim.hostcal`);
+- a synchronous collective completes when its last participant arrives: everyone leaves at
+  max(arrivals, link availability) + the collective's modelled time (`bench.engine.sim.costmodel`).
+
+Time is only ever simulated: wall time is read for nothing but the benchmark's engine-overhead counters, which
+never reach the results folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm
+from bench.engine.sim.costmodel import CostModel
+from bench.base.errors import UserError
+
+MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
+SHARD_POLICIES = ("auto", "split", "sample")
+# Per-node memory estimate: this many float32 copies of the model (params, grads, momentum, the published or
+# exchanged message, the evaluation scratch model and its gradient buffer, the evaluation's snapshot, average and
+# decoded copies, allocator slack) plus a fixed overhead. Fitted to the peak RSS of SwarmSGD (the hungriest
+# algorithm) with the MLP and LeNet-5 at 512-1,024 nodes (`python -m bench.diagnostics.benchmarks sim-memory`), rounded up.
+MODEL_COPIES = 12
+NODE_OVERHEAD_BYTES = 100_000
+
+
+# ---- the cluster: clocks, links, scheduler ----------------------------------------------------------------------
+
+
+class _Collective:
+    __slots__ = ("op", "arrivals", "payloads")
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.arrivals: dict[int, float] = {}
+        self.payloads: dict[int, Any] = {}
+
+
+class Cluster:
+    """One run cell (one algorithm at one node count): clocks, links, published models and the scheduler."""
+
+    def __init__(self, nodes: int, topology, cost: CostModel, seed: int) -> None:
+        from greenlet import getcurrent
+
+        self.n = nodes
+        self.cost = cost
+        self.clock = [0.0] * nodes  # each node's virtual time
+        self.busy_until = [0.0] * nodes  # end of the node's current compute section (its model lock)
+        self.cpu_until = [0.0] * nodes  # end of the node's current one-sided read (busy cores, see SimClock)
+        self.out_free = [0.0] * nodes  # when the node's out-link / in-link is next free
+        self.in_free = [0.0] * nodes
+        self.published: list[torch.Tensor | None] = [None] * nodes
+        self._heap: list[tuple[float, int]] = []
+        self._greenlets: list[Any] = []
+        self._hub = getcurrent()
+        self._blocked: dict[int, str] = {}
+        self._coll: _Collective | None = None
+        self._xcount = [0] * nodes  # neighbour exchanges entered, per node
+        self._mail: dict[tuple[int, int], list] = {}  # (rank, k) -> [message, arrival, readers left]
+        self._xwait: dict[int, tuple[int, tuple[int, ...], float]] = {}
+        self._xresult: dict[int, dict[int, torch.Tensor]] = {}
+        self.switches = 0
+        self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
+        self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
+        speeds = cost.speed_factors(seed, nodes)
+        self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
+        self.clocks = [
+            SimClock(
+                self,
+                r,
+                cost.fb_seconds * speeds[r],
+                cost.update_seconds * speeds[r],
+                cost.straggler_stream(seed, r),
+                cost.straggler_p,
+                cost.straggler_k,
+                cost.jitter,
+            )
+            for r in range(nodes)
+        ]
+
+    # ---- scheduler ----
+    def run(self, body) -> None:
+        """Run `body(rank)` for every node to completion in virtual-time order; a node's exception propagates."""
+        from greenlet import greenlet
+
+        hub = self._hub
+        self._greenlets = [greenlet(lambda r=r: body(r), parent=hub) for r in range(self.n)]
+        self._heap = [(0.0, r) for r in range(self.n)]
+        heapq.heapify(self._heap)
+        t_hub = time.perf_counter()
+        try:
+            while self._heap:
+                _, rank = heapq.heappop(self._heap)
+                g = self._greenlets[rank]
+                self.overhead_s += time.perf_counter() - t_hub
+                self.switches += 1
+                g.switch()
+                t_hub = time.perf_counter()
+            stuck = [r for r, g in enumerate(self._greenlets) if not g.dead]
+            if stuck:
+                what = ", ".join(f"rank {r} in {self._blocked.get(r, '?')}" for r in stuck[:4])
+                raise RuntimeError(f"simulated deadlock: {len(stuck)} nodes wait forever ({what})")
+        finally:
+            for g in self._greenlets:
+                if not g.dead:
+                    g.throw()  # GreenletExit: unwinds the node's stack (its finally blocks run)
+            self._greenlets = []
+
+    def pause(self, rank: int, t: float) -> None:
+        """Advance `rank`'s clock to t; let every node with an earlier event run first."""
+        self.clock[rank] = t
+        heap = self._heap
+        if heap and heap[0] < (t, rank):
+            heapq.heappush(heap, (t, rank))
+            self._hub.switch()
+
+    def block(self, rank: int, what: str) -> None:
+        """Suspend `rank` until another node `wake`s it (a collective it joined completes)."""
+        self._blocked[rank] = what
+        self._hub.switch()
+
+    def wake(self, rank: int, t: float) -> None:
+        del self._blocked[rank]
+        self.clock[rank] = t
+        heapq.heappush(self._heap, (t, rank))
+
+    # ---- links ----
+    def p2p(self, src: int, dst: int, nbytes: int, t: float) -> float:
+        """Send nbytes from src to dst at t; returns the arrival time (queued behind earlier transfers)."""
+        return self.leg(src, dst, (self.cost.wire_seconds(nbytes), self.cost.latency), t)
+
+    def leg(self, src: int, dst: int, cost: tuple[float, float], t: float) -> float:
+        """One message that occupies both links for cost[0] seconds, then arrives cost[1] seconds later."""
+        start = max(t, self.out_free[src], self.in_free[dst])
+        done = start + cost[0]
+        self.out_free[src] = self.in_free[dst] = done
+        return done + cost[1]
+
+    # ---- operations ----
+    def collective(self, rank: int, op: str, payload: Any, seconds: float) -> None:
+        """Join the current global collective; the last arrival completes it for everyone."""
+        t0 = time.perf_counter()
+        c = self._coll
+        if c is None:
+            c = self._coll = _Collective(op)
+        elif c.op != op:
+            raise RuntimeError(f"rank {rank} entered {op} while others are in {c.op}: nodes diverged")
+        c.arrivals[rank] = self.clock[rank]
+        c.payloads[rank] = payload
+        if len(c.arrivals) < self.n:
+            self.overhead_s += time.perf_counter() - t0
+            self.block(rank, op)
+            return
+        self._coll = None
+        start = max(max(c.arrivals.values()), max(self.out_free), max(self.in_free))
+        end = start + seconds
+        self.out_free = [end] * self.n
+        self.in_free = [end] * self.n
+        for r in c.arrivals:
+            if r != rank:
+                self.wake(r, end)
+        self.overhead_s += time.perf_counter() - t0
+        if op == "allreduce":
+            t1 = time.perf_counter()
+            tensors = [c.payloads[r] for r in range(self.n)]  # rank order: a deterministic sum
+            total = tensors[0].clone()
+            for x in tensors[1:]:
+                total.add_(x)
+            for x in tensors:
+                x.copy_(total)
+            self.payload_s += time.perf_counter() - t1
+        self.pause(rank, end)
+
+    def exchange(self, rank: int, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """Synchronous neighbour exchange: a node completes once each of its neighbours entered the same round."""
+        t0 = time.perf_counter()
+        k = self._xcount[rank]
+        self._xcount[rank] += 1
+        self._mail[(rank, k)] = [msg, self.clock[rank], len(peers)]
+        self._xwait[rank] = (k, peers, self.clock[rank])
+        for r in (rank, *peers):
+            w = self._xwait.get(r)
+            if w is not None and all((p, w[0]) in self._mail for p in w[1]):
+                self._complete_exchange(r, rank)
+        self.overhead_s += time.perf_counter() - t0
+        if rank in self._xwait:
+            self.block(rank, "neighbor_exchange")
+        else:
+            self.pause(rank, self.clock[rank])
+        return self._xresult.pop(rank)
+
+    def _complete_exchange(self, r: int, current: int) -> None:
+        k, peers, arrival = self._xwait.pop(r)
+        got: dict[int, torch.Tensor] = {}
+        start = max(arrival, self.out_free[r], self.in_free[r])
+        nbytes = 0
+        for p in peers:
+            box = self._mail[(p, k)]
+            got[p] = box[0]
+            start = max(start, box[1])
+            nbytes += box[0].numel()
+            box[2] -= 1
+            if box[2] == 0:
+                del self._mail[(p, k)]
+        wire, latency = self.cost.exchange_seconds(nbytes)
+        busy = start + wire
+        self.out_free[r] = self.in_free[r] = busy
+        self._xresult[r] = got
+        end = busy + latency
+        if r == current:
+            self.clock[r] = end
+        else:
+            self.wake(r, end)
+
+    def read(self, rank: int, peer: int, nbytes: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        blob = self.published[peer]  # as of this instant: every earlier event has run, no later one has
+        if blob is None or blob.numel() != nbytes:
+            raise RuntimeError(
+                f"rank {rank} read {nbytes} bytes from rank {peer}, which published "
+                f"{None if blob is None else blob.numel()}"
+            )
+        self.comms[peer].serve_read(blob)
+        legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
+        if legs is None:
+            t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank])
+            t = self.p2p(peer, rank, blob.numel(), t)
+        else:
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]))
+        self.cpu_until[rank] = t
+        self.overhead_s += time.perf_counter() - t0
+        self.pause(rank, t)
+        return blob  # published blobs are never written again: no copy needed (the reader decodes a clone)
+
+    def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        reply = self.comms[peer].serve_average(msg)
+        t0 = time.perf_counter()
+        legs = self.cost.one_sided_legs("average", msg.numel())
+        t = self.clock[rank]
+        if legs is None:
+            t = self.p2p(rank, peer, HEADER_BYTES + msg.numel(), t)
+            t = max(t, self.busy_until[peer])  # the partner's model lock: not inside one of its compute sections
+            t = self.p2p(peer, rank, reply.numel(), t)
+        else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t))
+        self.overhead_s += time.perf_counter() - t0
+        self.pause(rank, t)
+        return reply
+
+
+class SimComm(Comm):
+    """`Comm` of one virtual node: the base class counts bytes; the cluster moves them and charges time."""
+
+    transport = "sim"
+
+    def __init__(self, cluster: Cluster, rank: int, size: int, topology) -> None:
+        clock = cluster.clock
+        super().__init__(rank, size, topology, lambda: clock[rank])
+        self._cluster = cluster
+
+    def _allreduce_sum(self, t: torch.Tensor) -> None:
+        c = self._cluster
+        c.collective(self.rank, "allreduce", t, c.cost.allreduce_seconds(t.numel() * t.element_size(), c.n))
+
+    def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        return self._cluster.exchange(self.rank, msg, peers)
+
+    def _publish(self, blob: torch.Tensor) -> None:
+        self._cluster.published[self.rank] = blob
+
+    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+        return self._cluster.read(self.rank, peer, nbytes)
+
+    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+        return self._cluster.average(self.rank, peer, msg)
+
+    def _barrier(self) -> None:
+        c = self._cluster
+        c.collective(self.rank, "barrier", None, c.cost.barrier_seconds(c.n))
+
+
+class SimClock:
+    """A node's virtual clock. The training loop runs each SGD step as two `compute()` sections (forward/backward,
+    then the optimizer update); each is charged its modelled time when it exits."""
+
+    def __init__(
+        self, cluster: Cluster, rank: int, fb: float, update: float, stream, p: float, k: float, jitter=()
+    ) -> None:
+        self._c, self._rank = cluster, rank
+        self._costs = (fb, update)
+        self._stream, self._p, self._k = stream, p, k
+        self._jitter = jitter
+        self._phase = 0
+        self._straggle = 1.0
+        self._end = 0.0
+
+    def now(self) -> float:
+        return self._c.clock[self._rank]
+
+    def compute(self) -> SimClock:
+        return self
+
+    def __enter__(self) -> SimClock:
+        if self._phase == 0 and (self._p > 0 or self._jitter):
+            self._straggle = self._k if self._p > 0 and self._stream.random() < self._p else 1.0
+            if self._jitter:
+                self._straggle *= self._jitter[int(self._stream.random() * len(self._jitter))]
+        c, now = self._c, self._c.clock[self._rank]
+        share = 1.0
+        if c.cost.shared_cores:
+            # Processor sharing: the nodes inside a compute section or a one-sided read right now (on one host a
+            # read is the kernel copying through loopback and the partner's responder working), this one
+            # included. A node waiting in a collective for a late peer, or in an average mostly for the
+            # partner's model lock, does not count: it sleeps.
+            busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
+            share = c.cost.share(1 + sum(1 for _ in busy))
+        self._end = now + self._costs[self._phase] * self._straggle * share
+        self._phase ^= 1
+        c.busy_until[self._rank] = self._end
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._c.pause(self._rank, self._end)
+        return False
+
+
+# ---- data policy and memory -------------------------------------------------------------------------------------
+
+
+def resolve_shards(cfg, dataset, series: tuple[int, ...]) -> str:
+    """`split` (the real engine's disjoint shards) when it works for every node count, else `sample`."""
+    from bench.core.train import make_shards
+
+    n_train = len(dataset.y_train)
+    if cfg.batch_size > n_train:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} samples): "
+            f"use --batch-size {n_train} or less"
+        )
+    policy = cfg.sim_shards
+    if policy in ("auto", "split"):
+        for n in series:
+            try:
+                make_shards(dataclasses.replace(cfg, nodes=n, node_series=()), dataset)
+            except UserError as exc:
+                if policy == "split" or cfg.partition != "iid":
+                    fix = " (or --sim-shards sample with --partition iid)" if policy == "split" else ""
+                    raise UserError(f"{exc}{fix}") from None
+                return "sample"
+        return "split"
+    if cfg.partition != "iid":
+        raise UserError(
+            f"--sim-shards sample draws every node's shard from the whole training set, which has no label skew: "
+            f"use --partition iid, or --sim-shards split with --partition {cfg.partition}"
+        )
+    return "sample"
+
+
+def make_sim_shards(cfg, dataset, policy: str):
+    """Shards for one node count. `sample`: node r's shard is max(batch, n_train // N) samples drawn without
+    replacement from the whole training set with its own seed, so shards of different nodes overlap; every node
+    takes max(1, n_train // (N * batch)) steps per epoch (the real engine's budget, but at least one step)."""
+    from bench.core.train import Shards, make_shards, node_seed
+
+    if policy == "split":
+        return make_shards(cfg, dataset)
+    n_train = len(dataset.y_train)
+    size = max(cfg.batch_size, n_train // cfg.nodes)
+    indices = []
+    for r in range(cfg.nodes):
+        gen = torch.Generator().manual_seed(node_seed(cfg.seed, r, 5))
+        indices.append(torch.randperm(n_train, generator=gen)[:size].sort().values)
+    return Shards(indices=indices, steps_per_epoch=max(1, n_train // (cfg.nodes * cfg.batch_size)))
+
+
+def eval_subset(cfg, dataset):
+    """The dataset with its test set cut to the first `eval_samples` (already a seeded shuffle)."""
+    if cfg.eval_samples is None:
+        return dataset
+    n_test = len(dataset.y_test)
+    if cfg.eval_samples > n_test:
+        raise UserError(f"--eval-samples {cfg.eval_samples} exceeds the {n_test} test samples: use {n_test} or less")
+    k = cfg.eval_samples
+    return dataclasses.replace(dataset, x_test=dataset.x_test[:k], y_test=dataset.y_test[:k])
+
+
+def estimate_bytes(n_params: int, nodes: int) -> int:
+    """Memory the simulator needs for `nodes` nodes of an n_params model (see MODEL_COPIES)."""
+    return nodes * (MODEL_COPIES * 4 * n_params + NODE_OVERHEAD_BYTES)
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(n_params: int, nodes: int) -> int:
+    need = estimate_bytes(n_params, nodes)
+    have = available_bytes()
+    if have is not None and need > have:
+        raise UserError(
+            f"{nodes} simulated nodes of a {n_params:,}-parameter model need about {need / 2**30:.1f} GiB, "
+            f"more than the {have / 2**30:.1f} GiB available: use fewer nodes or a smaller model"
+        )
+    return need
+
+
+def check_config(cfg) -> None:
+    """Sim-only validation (no data loading)."""
+    from bench.engine.sim import costmodel
+
+    series = cfg.node_series or (cfg.nodes,)
+    for n in series:
+        if n < 1 or n > MAX_NODES:
+            raise UserError(f"--engine sim runs 1 to {MAX_NODES} nodes, got {n}: use a node count in that range")
+    if len(set(series)) != len(series):
+        raise UserError(f"--nodes lists a node count twice ({','.join(map(str, series))}): list each once")
+    if cfg.sim_shards not in SHARD_POLICIES:
+        raise UserError(f"--sim-shards must be one of {', '.join(SHARD_POLICIES)}, got '{cfg.sim_shards}'")
+    if cfg.eval_samples is not None and cfg.eval_samples < 1:
+        raise UserError(f"--eval-samples must be at least 1, got {cfg.eval_samples}")
+    if not 0 < cfg.target_acc <= 1:
+        raise UserError(f"--target-acc must be in (0, 1], got {cfg.target_acc}")
+    if cfg.launcher != "local":
+        raise UserError(f"--engine sim runs every node in this process: drop --launcher {cfg.launcher}")
+    if cfg.device != "cpu":
+        raise UserError(f"--engine sim runs on the CPU: drop --device {cfg.device}")
+    costmodel.check(cfg)
+
+
+# ---- running ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CellStats:
+    """Wall-clock facts of one simulated cell, for the benchmark (never written to results)."""
+
+    nodes: int
+    algorithm: str
+    wall_s: float
+    overhead_s: float
+    payload_s: float
+    switches: int
+    node_steps: int
+
+
+def run_world(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
+    """Every algorithm of `cfg` on cfg.nodes virtual nodes; records go to `emit`. Raises what a node raises."""
+    from bench.core.topology import build_topology
+    from bench.core.train import run_cell
+
+    topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
+    device = torch.device("cpu")
+    stats = []
+    for name in cfg.algorithms:
+        if on_event:
+            on_event({"type": "cell_start", "algorithm": name})
+        cluster = Cluster(cfg.nodes, topology, cost, cfg.seed)
+        start = time.perf_counter()
+
+        def body(rank: int, cluster: Cluster = cluster, name: str = name) -> None:
+            run_cell(cfg, name, dataset, shards, rank, cluster.comms[rank], cluster.clocks[rank], device, emit)
+
+        cluster.run(body)
+        stats.append(
+            CellStats(
+                cfg.nodes,
+                name,
+                time.perf_counter() - start,
+                cluster.overhead_s,
+                cluster.payload_s,
+                cluster.switches,
+                cfg.nodes * cfg.epochs * shards.steps_per_epoch,
+            )
+        )
+        if on_event:
+            on_event({"type": "cell_done", "algorithm": name})
+    return stats
+
+
+class _Threads:
+    """One torch thread while simulating: results must not depend on the machine's core count."""
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.saved)
+
+
+def prepare(cfg):
+    """Everything checked and resolved before anything is written: (dataset, shard policy, the cost model of
+    every node count, number of model parameters)."""
+    from bench.core.data import load_dataset
+    from bench.engine.sim import costmodel
+    from bench.core.models import build_model
+
+    series = cfg.node_series or (cfg.nodes,)
+    dataset = eval_subset(cfg, load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, cfg.download))
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    check_memory(n_params, max(series))
+    policy = resolve_shards(cfg, dataset, series)
+    costs: dict[int, CostModel] = {}
+    by_threads: dict[int, CostModel] = {}
+    with _Threads():
+        for n in series:
+            if cfg.calibrate == "host":  # measured on n real processes: per node count
+                costs[n] = costmodel.resolve(cfg, dataset, n)
+                continue
+            threads = costmodel.node_threads(cfg, n) if cfg.calibrate == "node" else 1
+            if threads not in by_threads:  # calibration depends on the node's threads only
+                by_threads[threads] = costmodel.resolve(cfg, dataset, n)
+            costs[n] = by_threads[threads]
+    return dataset, policy, costs, n_params
+
+
+def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
+    """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`)."""
+    from bench.engine.processes.env import detect
+    from bench.records.tables import print_scaling, print_tables
+    from bench.run.orchestrate import check_out_dir
+    from bench.base.console import RunUI
+
+    if detect() is not None:
+        raise UserError("--engine sim runs every node in this one process: start it without mpirun/torchrun/srun")
+    out_dir = check_out_dir(out)
+    dataset, policy, costs, n_params = prepare(cfg)
+    series = tuple(sorted(cfg.node_series))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    facts = {
+        "shards": policy,
+        "memory_estimate_bytes": estimate_bytes(n_params, max(series or (cfg.nodes,))),
+        "model_parameters": n_params,
+        "eval_samples": len(dataset.y_test),
+        "torch_threads": 1,
+        "time": "simulated seconds (virtual clocks); no wall-clock time in the results",
+    }
+    summaries, records, failed = [], {}, False
+    with RunUI(cfg.algorithms, interactive) as ui:
+        console = ui.console
+        for n in series or (cfg.nodes,):
+            cfg_n = dataclasses.replace(cfg, nodes=n, node_series=())
+            world_dir = out_dir / f"n{n}" if series else out_dir
+            if series:
+                console.print(f"{n} nodes -> {world_dir}")
+            summary, ok = _run_one(cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui)
+            summaries.append(summary)
+            if series:
+                records[n] = _read_records(world_dir)
+            if not ok:
+                failed = True
+                break
+    if not series:
+        console.print(f"results: {out_dir}")
+        print_tables(summaries[0], console)
+        return 1 if failed else 0
+    scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, failed)
+    console.print(f"results: {out_dir}")
+    print_scaling(scaling, cfg.target_acc, console)
+    return 1 if failed else 0
+
+
+def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int, CostModel], facts, failed: bool):
+    """The series folder's own files: summary.csv (every node count), scaling.csv/.md and meta.json."""
+    import pandas as pd
+
+    from bench.records.write import atomic_write_frame, atomic_write_json, build_meta, now_iso, scaling_frame
+    from bench.records.tables import write_scaling
+    from bench.core.topology import build_topology
+
+    series = tuple(sorted(cfg.node_series))
+    cost = costs[series[0]]
+    combined = pd.concat(summaries, ignore_index=True)
+    atomic_write_frame(out_dir / "summary.csv", combined)
+    scaling = scaling_frame(combined, records, cfg.target_acc, cost.one_node_samples_per_s(cfg.batch_size))
+    write_scaling(out_dir, scaling, cfg.target_acc)
+    first = dataclasses.replace(cfg, nodes=series[0])
+    meta = build_meta(first, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
+    meta["topology"] = {
+        str(n): build_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed).describe() for n in series
+    }
+    meta["cost_model"] = cost.to_dict()
+    if any(c != cost for c in costs.values()):  # calibrated per node count (threads or processes differ)
+        meta["cost_model_by_nodes"] = {str(n): c.to_dict() for n, c in costs.items()}
+    meta["sim"] = facts
+    meta["series"] = {str(n): f"n{n}" for n in series[: len(summaries)]}
+    meta["ended_at"] = now_iso()
+    meta["status"] = "failed" if failed else "ok"
+    meta["algorithms"] = {name: {"status": _worst(combined, name), "reason": ""} for name in cfg.algorithms}
+    atomic_write_json(out_dir / "meta.json", meta)
+    return scaling
+
+
+def _worst(summary, algorithm: str) -> str:
+    statuses = set(summary.loc[summary["algorithm"] == algorithm, "status"])
+    for s in ("failed", "skipped"):
+        if s in statuses:
+            return s
+    return "ok" if statuses else "skipped"
+
+
+def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, facts, ui):
+    """One node count: the full results contract in `out_dir`. Returns (summary, ok)."""
+    import traceback
+
+    from bench.engine.processes.worker import last_line
+    from bench.records.write import StagingWriter, atomic_write_json, build_meta, finalize
+    from bench.run.orchestrate import statuses_for
+
+    shards = make_sim_shards(cfg, dataset, policy)
+    meta = build_meta(cfg, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
+    meta["cost_model"] = cost.to_dict()
+    meta["sim"] = {**facts, "steps_per_epoch": shards.steps_per_epoch}
+    atomic_write_json(out_dir / "meta.json", meta)
+    writer = StagingWriter(out_dir, "-all", out_dir.name, cfg.nodes)  # one file, rows in event order
+    started: list[str] = []
+    done: list[str] = []
+
+    def emit(event: dict[str, Any]) -> None:
+        if event["type"] == "record":
+            writer.write(event)
+        else:
+            ui.event(event)
+
+    def on_event(event: dict[str, Any]) -> None:
+        (started if event["type"] == "cell_start" else done).append(event["algorithm"])
+        ui.event(event)
+
+    failure, interrupted = None, None
+    try:
+        with _Threads():
+            run_world(cfg, dataset, shards, cost, emit, on_event)
+    except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
+        traceback.print_exc(file=sys.stderr)
+        failure = ("simulator", last_line(exc))
+    except BaseException as exc:  # Ctrl-C: keep what was recorded, marked failed, then stop
+        failure, interrupted = ("simulator", f"interrupted ({type(exc).__name__})"), exc
+    finally:
+        writer.close()
+    statuses, reasons = statuses_for(cfg, started, done, failure)
+    summary = finalize(out_dir, cfg, meta, statuses, reasons, failure is not None)
+    if interrupted is not None:
+        raise interrupted
+    if failure:
+        from rich.markup import escape
+
+        ui.console.print(f"[bold red]failed:[/] {escape(failure[1])}", highlight=False)
+    return summary, failure is None
+
+
+def _read_records(out_dir: Path):
+    import pandas as pd
+
+    return pd.read_json(out_dir / "records.jsonl", lines=True, dtype=False)

@@ -1,0 +1,597 @@
+"""The simulated cluster's cost model: how long a node's compute takes and how long its messages take.
+
+Compute. One SGD step of a node is two sections of the shared training loop (`bench.core.train.run_cell`): the
+forward/backward pass, then the optimizer update. A node charges
+
+    forward/backward = fb(batch)      * speed_r * straggle * share
+    update           = update_seconds * speed_r * straggle * share
+
+where the base times come from a named profile (`COMPUTE_PROFILES`: per model and input shape, fb measured at
+batches 8, 32 and 128 and interpolated piecewise-linearly in the batch, extrapolated along the nearest segment), from
+`--step-time T` (T on forward/backward, 0 on the update) or from `--calibrate` (the real training loop timed on
+this machine for one node with the node's torch threads: one, or with `--shared-cores C` what the local launcher
+gives each of N processes, max(1, C // N); `--calibrate host`: see `bench.engine.sim.hostcal`). `speed_r ~
+lognormal(0, speed_sigma)` is node r's fixed speed factor (median 1; heterogeneity), `straggle` is `straggler_k`
+with probability `straggler_p` per step and 1 otherwise, and `share = max(1, k / shared_cores)` when the nodes
+share `shared_cores` cores of one host (what N local worker processes do; 1 when every node has its own
+hardware, the default): k is the number of nodes inside a compute section or a one-sided read at the instant
+this one starts, itself included — processor sharing, so a node computes faster while others sleep in a
+collective waiting for a late peer or in an average waiting for the partner's model lock.
+
+Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latency a (s) per message:
+
+    point-to-point of b bytes        a + b / B, serialized on the sender's out-link and the receiver's in-link
+    ring allreduce of b bytes        2 (N - 1) a + 2 (N - 1) / N * b / B
+    tree allreduce of b bytes        2 ceil(log2 N) (a + b / B)     (binomial reduce, then broadcast)
+    neighbour exchange (degree d)    a + d * m / B                  (its d messages share its link)
+    barrier                          ceil(log2 N) a                 (dissemination)
+
+A one-sided read is a 32-byte request then the (8 + m)-byte reply; an atomic pairwise average is a
+(32 + m)-byte request then an m-byte reply.
+
+Nothing here reads a wall clock except `calibrate` and `measure_step` (the profile benchmark), which exist to time
+real steps. The module imports no torch at import time: the CLI lists its profiles.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.base.errors import UserError
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One (model, input shape) entry of a compute profile, for one node at speed 1."""
+
+    fb_points: tuple[tuple[int, float], ...]  # (batch, seconds of one forward/backward pass), batches increasing
+    update: float  # seconds of the optimizer update (SGD with momentum over all parameters)
+
+    def seconds(self, batch: int) -> tuple[float, float]:
+        pts = self.fb_points
+        i = next((k for k in range(1, len(pts) - 1) if batch <= pts[k][0]), len(pts) - 1)
+        (b0, t0), (b1, t1) = pts[i - 1], pts[i]
+        fb = t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
+        return max(fb, MIN_STEP_SECONDS), self.update
+
+
+MIN_STEP_SECONDS = 1e-5  # floor for extrapolation below the smallest measured batch
+
+
+@dataclass(frozen=True)
+class ComputeProfile:
+    name: str
+    description: str  # one line for --help and the README
+    source: str  # where the numbers come from
+    steps: dict[tuple[str, str], StepCost]  # (model, input shape "1x28x28") -> cost
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    name: str
+    description: str
+    bandwidth_gbps: float  # per-node link, Gb/s (1e9 bits per second)
+    latency_us: float  # per message, microseconds
+    source: str
+
+
+def shape_key(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _steps(rows: str) -> dict[tuple[str, str], StepCost]:
+    """'model shape fb@8 fb@32 fb@128 update' per line, in milliseconds (as `sim-profile` prints them)."""
+    out = {}
+    for line in rows.strip().splitlines():
+        model, shape, b8, b32, b128, update = line.split()
+        points = tuple((b, float(ms) / 1e3) for b, ms in zip((8, 32, 128), (b8, b32, b128), strict=True))
+        out[(model, shape)] = StepCost(points, float(update) / 1e3)
+    return out
+
+
+# `python -m bench.diagnostics.benchmarks sim-profile --repeats 20`: per point the smallest of the medians of two runs (each
+# the smallest of 3 medians of 20 steps after 5 warm-up steps), one torch thread, torch 2.14.1, 2026-11-26.
+_VM_CORE = _steps(
+    """
+    mlp      1x28x28  0.319  0.447  0.984  0.126
+    mlp      1x8x8    0.244  0.289  0.474  0.0965
+    mlp      32       0.237  0.279  0.445  0.0951
+    mlp      3x32x32  0.625  1.02   2.87   0.208
+    lenet5   1x28x28  1.43   3.44   16.7   0.160
+    lenet5   3x32x32  1.95   5.84   21.0   0.180
+    resnet20 1x28x28  25.2   84.1   407    0.880
+    resnet20 3x32x32  33.1   121    576    0.929
+    """
+)
+
+# `python -m bench.diagnostics.benchmarks sim-profile --device cuda --repeats 20` on the project's lent NVIDIA H200, torch
+# 2.11.0+cu130, 2026-11-26, one run. At these batch sizes the models are kernel-launch bound: the time hardly grows
+# with the batch (and wobbles by ~20 % between batch sizes).
+_H200 = _steps(
+    """
+    mlp      1x28x28  0.664  0.882  0.605  0.125
+    mlp      1x8x8    0.706  0.668  0.645  0.137
+    mlp      32       0.594  0.690  0.649  0.127
+    mlp      3x32x32  0.695  0.702  0.902  0.134
+    lenet5   1x28x28  1.47   1.57   1.59   0.176
+    lenet5   3x32x32  1.48   1.42   1.18   0.170
+    resnet20 1x28x28  5.14   4.96   6.31   0.314
+    resnet20 3x32x32  5.11   5.31   7.26   0.319
+    """
+)
+
+COMPUTE_PROFILES: dict[str, ComputeProfile] = {
+    "vm-core": ComputeProfile(
+        name="vm-core",
+        description="one core of a 2-core AMD EPYC (Zen 4) KVM guest, the dev machine; PyTorch CPU, one thread",
+        source="measured with `python -m bench.diagnostics.benchmarks sim-profile` on that machine, torch 2.14.1",
+        steps=_VM_CORE,
+    ),
+    "h200": ComputeProfile(
+        name="h200",
+        description="one NVIDIA H200 per node, PyTorch eager (CUDA 13), fp32",
+        source="measured with `python -m bench.diagnostics.benchmarks sim-profile --device cuda` on an H200, torch 2.11.0+cu130",
+        steps=_H200,
+    ),
+}
+
+NETWORK_PROFILES: dict[str, NetworkProfile] = {
+    "loopback": NetworkProfile(
+        "loopback",
+        "gloo over TCP loopback between processes of one 2-core VM",
+        25.0,
+        95.0,
+        "measured with `python -m bench.diagnostics.benchmarks sim-network` (2-process gloo ping-pong) on the dev VM",
+    ),
+    "1gbe": NetworkProfile(
+        "1gbe",
+        "1 Gb/s Ethernet, TCP",
+        1.0,
+        50.0,
+        "nominal line rate; typical kernel-TCP small-message latency on commodity switches",
+    ),
+    "10gbe": NetworkProfile(
+        "10gbe",
+        "10 Gb/s Ethernet, TCP",
+        10.0,
+        25.0,
+        "nominal line rate; typical kernel-TCP small-message latency in one rack",
+    ),
+    "25gbe": NetworkProfile(
+        "25gbe",
+        "25 Gb/s Ethernet, RoCE",
+        25.0,
+        5.0,
+        "nominal line rate; RDMA over Converged Ethernet latencies of a few microseconds",
+    ),
+    "ib-edr": NetworkProfile(
+        "ib-edr",
+        "100 Gb/s InfiniBand EDR",
+        100.0,
+        1.5,
+        "nominal EDR 4x data rate; MPI small-message latency of ~1-2 us",
+    ),
+    "ib-hdr": NetworkProfile(
+        "ib-hdr",
+        "200 Gb/s InfiniBand HDR",
+        200.0,
+        1.5,
+        "nominal HDR 4x data rate; MPI small-message latency of ~1-2 us",
+    ),
+}
+
+ALLREDUCE_ALGOS = ("ring", "tree")
+JITTER_QUANTILES = 100
+
+
+def jitter_table(durations: list[float]) -> tuple[float, ...]:
+    """JITTER_QUANTILES quantiles of the durations (at (i + 0.5) / Q), scaled to mean exactly 1."""
+    ordered = sorted(durations)
+    n = len(ordered)
+    q = [ordered[min(n - 1, int((i + 0.5) / JITTER_QUANTILES * n))] for i in range(JITTER_QUANTILES)]
+    mean = sum(q) / len(q)
+    return tuple(round(x / mean, 6) for x in q)
+
+
+CALIBRATIONS = ("none", "node", "host")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Everything the simulator charges; recorded whole in meta.json (`to_dict`)."""
+
+    compute: str  # profile name, "step-time" or "calibrated"
+    fb_seconds: float  # forward/backward of one step, one node at speed 1 (batch included)
+    update_seconds: float  # optimizer update of one step, one node at speed 1
+    network: str  # profile name, "+custom" when --bandwidth/--latency override it
+    bandwidth_gbps: float
+    latency_us: float
+    allreduce: str  # ring | tree
+    speed_sigma: float = 0.0
+    straggler_p: float = 0.0
+    straggler_k: float = 1.0
+    shared_cores: int = 0
+    calibration_threads: int | None = None  # torch threads the calibrated steps were timed with
+    calibration: str = "none"  # none | node (one node timed alone) | host (N local processes, `hostcal`)
+    # Host calibration: (operation, alpha seconds, beta seconds per byte) measured in the training loop;
+    # "allreduce" replaces the ring/tree formula (and gives the barrier, alpha), "exchange" the neighbour exchange,
+    # "read" and "average" the one-sided round trips (half of each on the request, half on the reply).
+    measured: tuple[tuple[str, float, float], ...] = ()
+    # Host calibration: the measured step durations as JITTER_QUANTILES quantiles divided by their mean; every
+    # step of a node is multiplied by one of them, drawn uniformly from the node's own stream (mean 1).
+    jitter: tuple[float, ...] = ()
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes per second."""
+        return self.bandwidth_gbps * 1e9 / 8
+
+    @property
+    def latency(self) -> float:
+        """Seconds per message."""
+        return self.latency_us * 1e-6
+
+    def share(self, computing: int) -> float:
+        """Slowdown of a compute section that starts while `computing` nodes (itself included) are inside one:
+        processor sharing of the host's `shared_cores` cores, fixed for the section when it starts."""
+        return max(1.0, computing / self.shared_cores) if self.shared_cores else 1.0
+
+    def fit(self, op: str) -> tuple[float, float] | None:
+        """(alpha seconds, beta seconds per byte) of a measured operation, or None."""
+        return next(((a, b) for name, a, b in self.measured if name == op), None)
+
+    def allreduce_seconds(self, nbytes: int, nodes: int) -> float:
+        if nodes <= 1:
+            return 0.0
+        fit = self.fit("allreduce")
+        if fit is not None:
+            return fit[0] + fit[1] * nbytes
+        a, bw = self.latency, self.bandwidth
+        if self.allreduce == "tree":
+            return 2 * math.ceil(math.log2(nodes)) * (a + nbytes / bw)
+        return 2 * (nodes - 1) * a + 2 * (nodes - 1) / nodes * nbytes / bw
+
+    def barrier_seconds(self, nodes: int) -> float:
+        if nodes <= 1:
+            return 0.0
+        fit = self.fit("allreduce")
+        return fit[0] if fit is not None else math.ceil(math.log2(nodes)) * self.latency
+
+    def one_sided_legs(self, op: str, message: int) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Measured `read`/`average` of an m-byte message: ((wire, latency) of the request, of the reply). The whole
+        measured time is latency, occupying no link: it was measured with every node doing the same at once, so
+        it already holds what concurrent transfers cost each other (serializing them again would count it twice)."""
+        fit = self.fit(op)
+        if fit is None:
+            return None
+        alpha, beta = fit
+        if op == "read":  # the request carries no message
+            return (0.0, alpha / 2), (0.0, alpha / 2 + beta * message)
+        return (0.0, alpha / 2 + beta * message / 2), (0.0, alpha / 2 + beta * message / 2)
+
+    def exchange_seconds(self, nbytes: int) -> tuple[float, float]:
+        """(link occupancy, latency) of a node's neighbour exchange that sends `nbytes` in all."""
+        fit = self.fit("exchange")
+        if fit is not None:
+            return fit[1] * nbytes, fit[0]
+        return self.wire_seconds(nbytes), self.latency
+
+    def wire_seconds(self, nbytes: int) -> float:
+        """Time `nbytes` occupy a link (the latency comes on top, once per message)."""
+        return nbytes / self.bandwidth
+
+    def speed_factors(self, seed: int, nodes: int) -> list[float]:
+        """Node r's fixed speed factor (multiplies its compute time); drawn from (seed, r) so that rank r has
+        the same factor at every node count of a series and for every algorithm."""
+        if self.speed_sigma == 0:
+            return [1.0] * nodes
+        return [random.Random(_seed(seed, r, 12)).lognormvariate(0.0, self.speed_sigma) for r in range(nodes)]
+
+    def straggler_stream(self, seed: int, rank: int) -> random.Random:
+        """Per-node stream of straggler draws, restarted for every algorithm (identical launches)."""
+        return random.Random(_seed(seed, rank, 11))
+
+    def one_node_samples_per_s(self, batch: int) -> float:
+        """Throughput of one nominal node alone (speed 1, expected straggler slowdown, no sharing)."""
+        step = (self.fb_seconds + self.update_seconds) * (1 + self.straggler_p * (self.straggler_k - 1))
+        return batch / step if step > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["measured"] = {op: {"alpha_s": a, "beta_s_per_byte": b} for op, a, b in self.measured}
+        ar, ex = self.fit("allreduce"), self.fit("exchange")
+        out["formulas"] = {
+            "forward_backward": f"fb_seconds * speed_r * straggle{self._share_formula()}",
+            "update": f"update_seconds * speed_r * straggle{self._share_formula()}",
+            "speed_r": "lognormal(0, speed_sigma), fixed per rank",
+            "straggle": "straggler_k with probability straggler_p per step, else 1"
+            + (" (times a measured jitter factor, mean 1)" if self.jitter else ""),
+            "point_to_point": "latency + bytes / bandwidth, serialized per link direction",
+            "allreduce": (
+                f"{ar[0]:.6g} + {ar[1]:.6g} * bytes (measured)"
+                if ar
+                else "2 ceil(log2 N) (latency + bytes / bandwidth)"
+                if self.allreduce == "tree"
+                else "2 (N - 1) latency + 2 (N - 1) / N * bytes / bandwidth"
+            ),
+            "neighbor_exchange": (
+                f"{ex[0]:.6g} + {ex[1]:.6g} * degree * message bytes (measured)"
+                if ex
+                else "latency + degree * message bytes / bandwidth"
+            ),
+            "barrier": f"{ar[0]:.6g} (measured allreduce alpha)" if ar else "ceil(log2 N) latency",
+        }
+        for op in ("read", "average"):
+            fit = self.fit(op)
+            if fit:
+                out["formulas"][op] = f"{fit[0]:.6g} + {fit[1]:.6g} * message bytes round trip (measured)"
+        return out
+
+    def _share_formula(self) -> str:
+        if not self.shared_cores:
+            return ""
+        return " * max(1, k / shared_cores), k = nodes computing or in a one-sided read when it starts"
+
+
+def _seed(seed: int, rank: int, stream: int) -> int:
+    from bench.core.train import node_seed
+
+    return node_seed(seed, rank, stream)
+
+
+def node_threads(cfg, nodes: int) -> int:
+    """Torch threads of one node: with --shared-cores C, what the local launcher gives each of N processes
+    (max(1, C // N)); otherwise one (a node is one core)."""
+    return max(1, cfg.shared_cores // nodes) if cfg.shared_cores else 1
+
+
+def resolve(cfg, dataset, nodes: int) -> CostModel:
+    """The cost model of a sim run at `nodes` nodes; UserError for an unknown profile or a model the profile does
+    not cover."""
+    threads = None
+    net = NETWORK_PROFILES[cfg.network]
+    if cfg.calibrate == "host":
+        from bench.engine.sim import hostcal
+        from bench.core.models import build_model
+
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+        host = hostcal.calibrate_host(cfg, nodes, sum(p.numel() for p in model.parameters()))
+        bandwidth = host["bandwidth_Bps"] * 8 / 1e9 if host["bandwidth_Bps"] else net.bandwidth_gbps
+        latency = host["latency_s"] * 1e6 if host["latency_s"] else net.latency_us
+        contention = max(1.0, nodes / host["cores"])  # measured with all N computing: per core, uncontended
+        return CostModel(
+            compute="calibrated-host",
+            fb_seconds=host["fb"] / contention,
+            update_seconds=host["update"] / contention,
+            network="measured",
+            bandwidth_gbps=bandwidth,
+            latency_us=latency,
+            allreduce="measured",
+            speed_sigma=cfg.speed_sigma,
+            straggler_p=cfg.straggler_p,
+            straggler_k=cfg.straggler_k,
+            shared_cores=host["cores"],
+            calibration_threads=host["threads"],
+            calibration="host",
+            measured=host["measured"],
+            jitter=host["jitter"],
+        )
+    if cfg.step_time is not None:
+        compute, fb, update = "step-time", float(cfg.step_time), 0.0
+    elif cfg.calibrate == "node":
+        threads = node_threads(cfg, nodes)
+        fb, update = calibrate(cfg, dataset, threads)
+        compute = "calibrated"
+    else:
+        profile = COMPUTE_PROFILES[cfg.compute_profile]
+        key = (cfg.model, shape_key(dataset.input_shape))
+        if key not in profile.steps:
+            covered = ", ".join(f"{m} on {s}" for m, s in sorted(profile.steps))
+            raise UserError(
+                f"compute profile '{profile.name}' has no entry for {cfg.model} on {key[1]} inputs "
+                f"(it covers {covered}): pass --calibrate or --step-time SECONDS"
+            )
+        fb, update = profile.steps[key].seconds(cfg.batch_size)
+        compute = profile.name
+    custom = cfg.bandwidth_gbps is not None or cfg.latency_us is not None
+    return CostModel(
+        compute=compute,
+        fb_seconds=fb,
+        update_seconds=update,
+        network=f"{net.name}+custom" if custom else net.name,
+        bandwidth_gbps=float(cfg.bandwidth_gbps if cfg.bandwidth_gbps is not None else net.bandwidth_gbps),
+        latency_us=float(cfg.latency_us if cfg.latency_us is not None else net.latency_us),
+        allreduce=cfg.allreduce_algo,
+        speed_sigma=cfg.speed_sigma,
+        straggler_p=cfg.straggler_p,
+        straggler_k=cfg.straggler_k,
+        shared_cores=cfg.shared_cores,
+        calibration_threads=threads,
+        calibration=cfg.calibrate,
+    )
+
+
+def measure_step(
+    model_name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    batch: int,
+    *,
+    seed: int = 0,
+    warmup: int = 5,
+    repeats: int = 20,
+    device: str = "cpu",
+) -> tuple[float, float]:
+    """Median seconds of (forward/backward, optimizer update) of real SGD steps, as the training loop runs them.
+
+    Runs on the caller's torch thread setting; random inputs of the right shape (cost does not depend on values).
+    """
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from bench.core.models import build_model
+    from bench.core.protocol import flatten_model
+
+    dev = torch.device(device)
+    model = build_model(model_name, input_shape, num_classes, seed).to(dev)
+    flatten_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, *input_shape), generator=gen).to(dev)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    fb_times, up_times = [], []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        sync()
+        t1 = time.perf_counter()
+        opt.step()
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fb_times.append(t1 - t0)
+            up_times.append(t2 - t1)
+    return statistics.median(fb_times), statistics.median(up_times)
+
+
+CALIBRATION_STEPS = 60  # timed steps of the real training loop (the first WARMUP_STEPS of them are not used)
+
+
+class _SectionTimer:
+    """A wall clock for the training loop that also records how long each of its two compute sections took."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.perf_counter
+        self.sections: tuple[list[float], list[float]] = ([], [])
+        self.starts: list[float] = []  # when each step's first section began
+        self._phase = 0
+        self._t0 = 0.0
+
+    def compute(self) -> _SectionTimer:
+        return self
+
+    def __enter__(self) -> _SectionTimer:
+        self._t0 = self.now()
+        if self._phase == 0:
+            self.starts.append(self._t0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sections[self._phase].append(self.now() - self._t0)
+        self._phase ^= 1
+
+
+def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
+    """`--calibrate`: (forward/backward, update) seconds per step, timed here with `threads` torch threads by running
+    the real training loop (`bench.core.train.run_cell`, the run's first algorithm) for one node on its own.
+
+    update = the median optimizer-update section; forward/backward = the median step minus that, i.e. the
+    forward/backward section plus the loop's own per-step work (sampling the batch, bookkeeping, the algorithm's
+    local hooks), which the real engine pays as well. No communication happens on a single node.
+    """
+    import dataclasses
+    import statistics
+
+    import torch
+
+    from bench.engine.sim.cluster import Cluster
+    from bench.core.topology import build_topology
+    from bench.core.train import WARMUP_STEPS, Shards, run_cell
+
+    one = dataclasses.replace(cfg, nodes=1, node_series=(), epochs=1, topology="complete", degree=None)
+    steps = max(WARMUP_STEPS + 5, min(CALIBRATION_STEPS, len(dataset.y_train) // cfg.batch_size))
+    shards = Shards(indices=[torch.arange(len(dataset.y_train))], steps_per_epoch=steps)
+    few = dataclasses.replace(dataset, x_test=dataset.x_test[:100], y_test=dataset.y_test[:100])
+    idle = CostModel("calibration", 0.0, 0.0, "none", 1.0, 1.0, "ring")
+    cluster = Cluster(1, build_topology("complete", 1), idle, cfg.seed)  # a one-node comm: nothing to send
+    timer = _SectionTimer()
+    rows: dict[str, float] = {}
+
+    def emit(event: dict[str, Any]) -> None:
+        if event["type"] == "record" and event["metric"] == "step_seconds_median":
+            rows["step"] = event["value"]
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_cell(one, cfg.algorithms[0], few, shards, 0, cluster.comms[0], timer, torch.device("cpu"), emit)
+    finally:
+        torch.set_num_threads(saved)
+    update = statistics.median(timer.sections[1][WARMUP_STEPS:])
+    fb = rows["step"] - update
+    if not (fb > 0 and update >= 0 and math.isfinite(fb + update)):  # a broken timer, never a user error
+        raise RuntimeError(f"calibration measured a non-positive step time ({fb}, {update})")
+    return fb, update
+
+
+def check(cfg) -> None:
+    """Validation of the cost-model options (no data, no torch): each failure is one actionable line."""
+    from bench.core.config import closest
+
+    if cfg.compute_profile not in COMPUTE_PROFILES:
+        raise UserError(
+            f"unknown compute profile '{cfg.compute_profile}'{closest(cfg.compute_profile, COMPUTE_PROFILES)}: "
+            f"choose from {', '.join(COMPUTE_PROFILES)}, or pass --step-time SECONDS or --calibrate"
+        )
+    if cfg.network not in NETWORK_PROFILES:
+        raise UserError(
+            f"unknown network profile '{cfg.network}'{closest(cfg.network, NETWORK_PROFILES)}: "
+            f"choose from {', '.join(NETWORK_PROFILES)} (or set --bandwidth and --latency)"
+        )
+    if cfg.allreduce_algo not in ALLREDUCE_ALGOS:
+        raise UserError(f"--allreduce must be one of {', '.join(ALLREDUCE_ALGOS)}, got '{cfg.allreduce_algo}'")
+    if cfg.step_time is not None and not (cfg.step_time > 0 and math.isfinite(cfg.step_time)):
+        raise UserError(f"--step-time must be a positive number of seconds, got {cfg.step_time}")
+    if cfg.calibrate not in CALIBRATIONS:
+        raise UserError(f"--calibrate must be one of {', '.join(CALIBRATIONS)}, got '{cfg.calibrate}'")
+    if cfg.step_time is not None and cfg.calibrate != "none":
+        raise UserError("--step-time and --calibrate both set the compute time: pass only one of them")
+    if cfg.calibrate == "host":
+        _check_host(cfg)
+    if cfg.bandwidth_gbps is not None and not (cfg.bandwidth_gbps > 0 and math.isfinite(cfg.bandwidth_gbps)):
+        raise UserError(f"--bandwidth must be a positive number of Gb/s, got {cfg.bandwidth_gbps}")
+    if cfg.latency_us is not None and not (cfg.latency_us > 0 and math.isfinite(cfg.latency_us)):
+        raise UserError(f"--latency must be a positive number of microseconds, got {cfg.latency_us}")
+    if not (cfg.speed_sigma >= 0 and math.isfinite(cfg.speed_sigma)):
+        raise UserError(f"--speed-sigma must be >= 0, got {cfg.speed_sigma}")
+    if not 0 <= cfg.straggler_p <= 1:
+        raise UserError(f"--straggler-p must be a probability in [0, 1], got {cfg.straggler_p}")
+    if not (cfg.straggler_k >= 1 and math.isfinite(cfg.straggler_k)):
+        raise UserError(f"--straggler-k must be a slowdown factor >= 1, got {cfg.straggler_k}")
+    if cfg.shared_cores < 0:
+        raise UserError(f"--shared-cores must be >= 0 (0 = every node has its own hardware), got {cfg.shared_cores}")
+
+
+def _check_host(cfg) -> None:
+    """`--calibrate host` measures N local processes of this machine: compute and links both come from it."""
+    from bench.engine.sim.hostcal import MAX_HOST_NODES
+
+    for flag, given in (
+        ("--shared-cores", cfg.shared_cores),
+        ("--bandwidth", cfg.bandwidth_gbps is not None),
+        ("--latency", cfg.latency_us is not None),
+    ):
+        if given:
+            raise UserError(f"--calibrate host measures this machine's cores and links itself: drop {flag}")
+    largest = max(cfg.node_series or (cfg.nodes,))
+    if largest > MAX_HOST_NODES:
+        raise UserError(
+            f"--calibrate host starts one real process per node, at most {MAX_HOST_NODES} (got {largest}): "
+            "use fewer nodes, or --calibrate node to time one node and model the rest"
+        )

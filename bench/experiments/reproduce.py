@@ -1,0 +1,321 @@
+"""`swarmbench reproduce SUITE`: run a suite shipped as a TOML file (bench/experiments/suites/) and lay its tables out like
+the paper's (rows = methods, columns = node counts or settings), in Markdown and LaTeX, with the plots.
+
+A suite is a sweep with several parts (each a grid over shared settings; identical cells of different parts run
+once) plus table definitions. It runs into `results/<suite>/` (or `--out`) as an ordinary sweep folder whose
+meta.json also carries the suite, so `swarmbench report` and `swarmbench compare` work on it as on any other.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench.base.errors import UserError
+
+SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
+PART_KEYS = {"name", "title", "grid", "settings"}
+TABLE_KEYS = {"name", "title", "part", "metric", "columns", "format", "scale", "algorithms", "note", "descending"}
+
+
+@dataclass
+class Part:
+    name: str
+    title: str
+    grid: dict[str, list[Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SuiteTable:
+    name: str
+    title: str
+    part: str
+    metric: str
+    columns: str  # the grid key laid out as columns (nodes, bits, local_steps, ...)
+    format: str = ".4g"
+    scale: float = 1.0
+    algorithms: list[str] = field(default_factory=list)  # rows, in this order; empty: every algorithm of the part
+    note: str = ""
+    descending: bool = False  # columns from the largest value (32, 16, 8, 4 bits)
+
+
+@dataclass
+class Suite:
+    name: str
+    title: str
+    description: str
+    engine: str  # "sim" or "processes": what the suite is meant to run on
+    settings: dict[str, Any]
+    parts: list[Part]
+    tables: list[SuiteTable]
+    target_acc: float | None = None
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "engine": self.engine,
+            "target_acc": self.target_acc,
+            "parts": [p.__dict__ for p in self.parts],
+            "tables": [t.__dict__ for t in self.tables],
+        }
+
+
+def suites_dir():
+    return importlib.resources.files("bench.experiments") / "suites"
+
+
+def shipped() -> dict[str, Any]:
+    """Suite name -> its TOML resource, for every suite shipped in the package."""
+    return {
+        p.name[: -len(".toml")]: p
+        for p in sorted(suites_dir().iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".toml")
+    }
+
+
+def load_suite(name: str) -> Suite:
+    """A shipped suite by name, or a suite TOML file by path; UserError names the line and key of a mistake."""
+    from bench.core.config import closest
+    from bench.experiments.sweep import load_toml_text
+
+    available = shipped()
+    if name in available:
+        with importlib.resources.as_file(available[name]) as path:
+            data, text = load_toml_text(Path(path))
+        source = f"suite '{name}'"
+    elif name.endswith(".toml"):
+        data, text = load_toml_text(Path(name))
+        source = name
+    else:
+        raise UserError(
+            f"unknown suite '{name}'{closest(name, available)}: choose from {', '.join(available)} "
+            "(swarmbench reproduce --list) or pass a suite .toml file"
+        )
+    return parse_suite(data, text, source)
+
+
+def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
+    from bench.core.config import flatten_settings
+    from bench.experiments.sweep import key_line
+
+    def bad(key: str, problem: str) -> UserError:
+        return UserError(f"{source}{key_line(text, key)} (key '{key}'): {problem}")
+
+    def check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise bad(key, f"unknown key in {where}: valid keys are {', '.join(sorted(allowed))}")
+
+    head = data.get("suite")
+    if not isinstance(head, dict) or "name" not in head:
+        raise UserError(f'{source}: needs a [suite] table with at least name = "..."')
+    check_keys(head, SUITE_KEYS, "[suite]")
+    unknown = set(data) - {"suite", "settings", "parts", "tables"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise bad(key, "unknown table: a suite has [suite], [settings], [[parts]] and [[tables]]")
+    engine = head.get("engine", "processes")
+    if engine not in ("sim", "processes"):
+        raise bad("engine", f"engine must be 'sim' or 'processes', got {engine!r}")
+    parts = []
+    for p in data.get("parts", []):
+        check_keys(p, PART_KEYS, "[[parts]]")
+        if "name" not in p or not isinstance(p.get("grid"), dict):
+            raise UserError(f'{source}: every [[parts]] needs name = "..." and a [parts.grid] table')
+        grid = {k: (v if isinstance(v, list) else [v]) for k, v in p["grid"].items()}
+        settings = flatten_settings(p.get("settings", {}))
+        parts.append(Part(name=p["name"], title=p.get("title", p["name"]), grid=grid, settings=settings))
+    if not parts:
+        raise UserError(f"{source}: has no [[parts]]: a suite needs at least one grid")
+    names = {p.name for p in parts}
+    tables = []
+    for t in data.get("tables", []):
+        check_keys(t, TABLE_KEYS, "[[tables]]")
+        for key in ("name", "part", "metric", "columns"):
+            if key not in t:
+                raise UserError(f"{source}: a [[tables]] entry lacks {key} = ...")
+        if t["part"] not in names:
+            raise bad("part", f"table '{t['name']}' names part '{t['part']}', which is not one of {', '.join(names)}")
+        tables.append(
+            SuiteTable(
+                name=t["name"],
+                title=t.get("title", t["name"]),
+                part=t["part"],
+                metric=t["metric"],
+                columns=t["columns"],
+                format=t.get("format", ".4g"),
+                scale=float(t.get("scale", 1.0)),
+                algorithms=list(t.get("algorithms", [])),
+                note=t.get("note", ""),
+                descending=bool(t.get("descending", False)),
+            )
+        )
+    target = head.get("target_acc")
+    return Suite(
+        name=head["name"],
+        title=head.get("title", head["name"]),
+        description=head.get("description", ""),
+        engine=engine,
+        settings=flatten_settings(data.get("settings", {})),
+        parts=parts,
+        tables=tables,
+        target_acc=float(target) if target is not None else None,
+        source=source,
+    )
+
+
+def sim_available() -> bool:
+    """The simulator engine exists in this install: a module bench.engine.sim.cluster and an `engine` run setting."""
+    from bench.core.config import RUN_FIELDS
+
+    try:
+        found = importlib.util.find_spec("bench.engine.sim.cluster") is not None
+    except ImportError:
+        found = False
+    return found and "engine" in RUN_FIELDS
+
+
+def suite_spec(suite: Suite, engine: str, nodes: tuple[str, ...], seeds: tuple[str, ...], sets: tuple[str, ...]):
+    """The suite as a sweep: shared settings (+ the engine), one grid per part; --nodes/--seed replace axes."""
+    from bench.core.config import parse_set
+    from bench.experiments.sweep import Grid, SweepSpec, _split_values
+
+    fixed = dict(suite.settings)
+    if engine == "sim":
+        fixed["engine"] = "sim"
+    fixed.update(parse_set(sets))
+    grids = []
+    for p in suite.parts:
+        axes = dict(p.grid)
+        settings = dict(p.settings)
+        for key, values in (("nodes", nodes), ("seed", seeds)):
+            if values:
+                settings.pop(key, None)
+                axes[key] = _split_values(values)
+        grids.append(Grid(axes=axes, fixed=settings, name=p.name))
+    return SweepSpec(fixed=fixed, grids=grids, source=suite.source)
+
+
+def paper_tables(results):
+    """The suite's tables from a suite's results folder: rows = methods, columns = the table's key (nodes,
+    bits, H, ...), cells = the metric with seeds aggregated. Each table reads the cells of its part, as run
+    (the grids stored in meta.json, so --nodes/--seed overrides are honoured)."""
+    from bench.analysis.report import CI_NOTE, KEY_HEADERS, pivot_table
+    from bench.analysis.load import aggregate
+
+    suite_json = results.meta.get("suite_spec") or {}
+    grids = {g.get("name"): g for g in (results.meta.get("spec") or {}).get("grids", [])}
+    out = []
+    for t in suite_json.get("tables", []):
+        grid = grids.get(t["part"])
+        if grid is None:
+            continue
+        rows = results.summary
+        axes, fixed = dict(grid.get("axes", [])), dict(grid.get("fixed", []))
+        for key, values in axes.items():
+            if key != "algorithm" and key in rows.columns:
+                rows = rows[rows[key].astype(str).isin([str(v) for v in values])]
+        for key, value in fixed.items():
+            if key in rows.columns:
+                rows = rows[rows[key].astype(str) == str(value)]
+        wanted = [str(a) for a in (t.get("algorithms") or axes.get("algorithm", []))]
+        if wanted:
+            rows = rows[rows["algorithm"].isin(wanted)]
+        agg = aggregate(rows, ["algorithm", t["columns"]], [t["metric"]])
+        many = len(agg) and int(agg["n"].max()) > 1
+        note = " ".join(x for x in (t.get("note", ""), CI_NOTE if many else "") if x)
+        # The settings the part ran at, as run (after --nodes/--seed/--set): part of the title.
+        held = {k: v for k, v in fixed.items() if k in ("nodes", "bits", "local_steps", "topology")}
+        held |= {k: v[0] for k, v in axes.items() if len(v) == 1 and k not in ("algorithm", "seed", t["columns"])}
+        shown = ", ".join(f"{KEY_HEADERS.get(k, k)}={v}" for k, v in held.items())
+        table = pivot_table(
+            agg,
+            ["algorithm"],
+            t["columns"],
+            t["metric"],
+            t.get("format", ".4g"),
+            name=f"paper_{t['name']}",
+            title=t.get("title", t["name"]) + (f" ({shown})" if shown else ""),
+            scale=float(t.get("scale", 1.0)),
+            note=note,
+            row_order=wanted,
+            descending=bool(t.get("descending", False)),
+        )
+        if t["columns"] != "nodes":
+            label = KEY_HEADERS.get(t["columns"], t["columns"])
+            table.headers = [table.headers[0], *(h.replace(f"{t['columns']}=", f"{label}=") for h in table.headers[1:])]
+        out.append(table)
+    return out
+
+
+def list_suites() -> list[str]:
+    lines = []
+    for name in shipped():
+        suite = load_suite(name)
+        parts = ", ".join(p.name for p in suite.parts)
+        lines.append(f"{name:<20} [{suite.engine}] {suite.title} (parts: {parts})")
+    return lines
+
+
+@click.command("reproduce")
+@click.argument("suite_name", required=False, metavar="SUITE")
+@click.option("--list", "list_only", is_flag=True, show_envvar=True, help="List the shipped suites and exit.")
+@click.option("--out", default=None, show_envvar=True, help="Results folder.  [default: results/<suite>]")
+@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
+@click.option(
+    "--engine",
+    type=click.Choice(["sim", "processes"]),
+    default=None,
+    show_envvar=True,
+    help="Run on this engine instead of the suite's own (processes: real, noisy, not for CI references).",
+)
+@click.option("--nodes", multiple=True, show_envvar=True, help="Replace every part's node counts (2,4): scale down.")
+@click.option("--seed", "seeds", multiple=True, show_envvar=True, help="Replace every part's seeds (0,1,2).")
+@click.option("--set", "sets", multiple=True, show_envvar=True, help="Override a shared setting: --set epochs=2.")
+@click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
+def reproduce_cmd(
+    suite_name: str | None,
+    list_only: bool,
+    out: str | None,
+    resume: bool,
+    engine: str | None,
+    nodes: tuple[str, ...],
+    seeds: tuple[str, ...],
+    sets: tuple[str, ...],
+    target_acc: float | None,
+) -> int:
+    """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
+    if list_only:
+        for line in list_suites():
+            click.echo(line)
+        return 0
+    if not suite_name:
+        raise UserError("name a suite: swarmbench reproduce SUITE (swarmbench reproduce --list shows them)")
+    suite = load_suite(suite_name)
+    engine = engine or suite.engine
+    if engine == "sim" and not sim_available():
+        raise UserError(
+            f"suite '{suite.name}' runs on the simulator (--engine sim), which this swarmbench does not have yet: "
+            "pass --engine processes to run it on real processes (noisy, not deterministic)"
+        )
+    from bench.analysis.report import build_report
+    from bench.experiments.sweep import execute_sweep, normalize, prepare_out
+
+    spec = normalize(suite_spec(suite, engine, nodes, seeds, sets))
+    out_dir, spec, stored = prepare_out(out or str(Path("results") / suite.name), resume, spec)
+    extra = {"suite": suite.name, "suite_spec": suite.to_json(), "suite_engine": engine}
+    code, out_dir = execute_sweep(spec, out_dir, stored, argv=sys.argv, extra_meta=extra)
+    report_dir, notes = build_report(out_dir, target_acc=target_acc if target_acc is not None else suite.target_acc)
+    for note in notes:
+        click.echo(f"note: {note}")
+    click.echo(f"report: {report_dir / 'report.md'}")
+    return code

@@ -1,0 +1,445 @@
+"""The results contract: tidy records, meta.json, summary.csv and the three tables, all written atomically.
+
+Workers append their rows to per-rank staging files under `DIR/.staging/`; `finalize` merges them into
+`records.jsonl`, derives `summary.csv` and the tables from the records alone (so any engine that emits the
+same rows gets the same tables), writes `meta.json`, and removes the staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STAGING = ".staging"
+SUMMARY_COLUMNS = [
+    "algorithm",
+    "nodes",
+    "topology",
+    "bits",
+    "local_steps",
+    "seed",
+    "status",
+    "epochs",
+    "samples",
+    "train_seconds",
+    "samples_per_s",
+    "test_acc",
+    "node_acc_mean",
+    "node_acc_min",
+    "node_acc_max",
+    "final_loss",
+    "bytes_sent_total",
+    "bytes_per_node_per_step",
+    "comm_fraction",
+    "test_loss",
+    "consensus_distance",
+    "step_seconds_median",
+    "step_seconds_p10",
+    "step_seconds_p90",
+    "steps_per_node",
+    "eval_seconds",
+    "bytes_grad",
+    "bytes_model",
+    "bytes_control",
+    "bytes_eval",
+    "interactions_per_node",
+    "staleness_mean",
+    "decode_failures",
+    "quantizer",
+    "dataset",
+    "model",
+    "batch_size",
+    "lr",
+    "partition",
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_frame(path: Path, frame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+class StagingWriter:
+    """One worker's rows, appended and flushed line by line so a crash keeps everything recorded so far."""
+
+    def __init__(self, out_dir: Path, rank: int, run_id: str, nodes: int) -> None:
+        staging = out_dir / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        self.f = open(staging / f"rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.base = {"run_id": run_id, "nodes": nodes}
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {**self.base, **{k: v for k, v in row.items() if k != "type"}}
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def git_facts() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def host_facts() -> dict[str, Any]:
+    import torch
+
+    facts: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    try:
+        facts["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        facts["memory_bytes"] = None
+    return facts
+
+
+def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, transport: str) -> dict[str, Any]:
+    import torch
+
+    from bench import __version__
+    from bench.core.topology import build_topology
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "swarmbench_version": __version__,
+        "run_id": run_id,
+        "git": git_facts(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "host": host_facts(),
+        "engine": engine,
+        "launcher": cfg.launcher,
+        "backend": backend,
+        "transport": transport,
+        "topology": build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
+        "config": cfg.to_dict(),
+        "argv": argv,
+        "started_at": now_iso(),
+        "ended_at": None,
+        "status": "running",
+        "algorithms": {name: {"status": "pending", "reason": ""} for name in cfg.algorithms},
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_staging(out_dir: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    staging = out_dir / STAGING
+    for path in sorted(staging.glob("rank*.jsonl")) if staging.is_dir() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # A worker killed mid-write leaves at most its last line torn; the rest is kept.
+                    continue
+    return rows
+
+
+def summarize(records, cfg, statuses: dict[str, str]):
+    """One summary row per algorithm, derived from the tidy records only."""
+    import pandas as pd
+
+    from bench.core.registry import ALGORITHMS
+
+    rows = []
+    for algo in cfg.algorithms:
+        status = statuses.get(algo, "skipped")
+        r = records[records["algorithm"] == algo] if len(records) else records
+        row: dict[str, Any] = {c: None for c in SUMMARY_COLUMNS}
+        row.update(
+            algorithm=algo,
+            nodes=cfg.nodes,
+            topology=cfg.topology,
+            bits=cfg.bits if ALGORITHMS[algo].quantizable else 32,
+            seed=cfg.seed,
+            status=status,
+            epochs=cfg.epochs,
+            dataset=cfg.dataset,
+            model=cfg.model,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            partition=cfg.partition,
+        )
+        if len(r):
+            row.update(_derive(r, cfg.nodes))
+        row["quantizer"] = cfg.quantizer if (row["bits"] or 32) < 32 else "none"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _derive(r, nodes: int) -> dict[str, Any]:
+    def final(metric: str, scope_global: bool = False):
+        m = r[r["metric"] == metric]
+        m = m[m["rank"].isna()] if scope_global else m[m["rank"].notna()]
+        if m.empty:
+            return None
+        last = m["epoch"].max() if m["epoch"].notna().any() else None
+        return m[m["epoch"] == last] if last is not None else m
+
+    out: dict[str, Any] = {}
+    ts = final("train_seconds")
+    samples = final("samples")
+    steps = final("steps")
+    if samples is not None:
+        out["samples"] = int(samples["value"].sum())
+    if steps is not None:
+        out["steps_per_node"] = int(steps["value"].max())
+    if ts is not None:
+        out["train_seconds"] = float(ts["value"].max())
+        if samples is not None and out["train_seconds"] > 0:
+            out["samples_per_s"] = out["samples"] / out["train_seconds"]
+    for key in ("test_acc", "test_loss", "consensus_distance"):
+        g = final(key, scope_global=True)
+        if g is not None:
+            out[key] = float(g["value"].iloc[0])
+    acc = final("node_acc")
+    if acc is not None:
+        out["node_acc_mean"] = float(acc["value"].mean())
+        out["node_acc_min"] = float(acc["value"].min())
+        out["node_acc_max"] = float(acc["value"].max())
+    loss = final("train_loss")
+    if loss is not None:
+        out["final_loss"] = float(loss["value"].mean())
+    ev = r[r["metric"] == "eval_seconds"]
+    if not ev.empty:
+        out["eval_seconds"] = float(ev.groupby("rank")["value"].sum().max())
+    for key in ("step_seconds_median", "step_seconds_p10", "step_seconds_p90"):
+        m = final(key)
+        if m is not None:
+            out[key] = float(m["value"].median())
+    ls = final("local_steps")
+    if ls is not None:
+        out["local_steps"] = int(ls["value"].max())
+    inter = final("algo_interactions")
+    if inter is not None:
+        out["interactions_per_node"] = float(inter["value"].sum()) / nodes
+    bits = final("bits")
+    if bits is not None:
+        out["bits"] = int(bits["value"].max())
+    fails = final("decode_failures")
+    if fails is not None:
+        out["decode_failures"] = int(fails["value"].sum())
+    stale, reads = final("algo_staleness_sum"), final("algo_reads")
+    if stale is not None and reads is not None and reads["value"].sum() > 0:
+        out["staleness_mean"] = float(stale["value"].sum() / reads["value"].sum())
+    sent = r[r["metric"] == "comm_bytes_sent"]
+    if not sent.empty:
+        by_kind = sent.groupby("kind")["value"].sum()
+        for kind in ("grad", "model", "control", "eval"):
+            out[f"bytes_{kind}"] = int(by_kind.get(kind, 0))
+        train_bytes = int(sum(v for k, v in by_kind.items() if k != "eval"))
+        out["bytes_sent_total"] = train_bytes
+        if out.get("steps_per_node"):
+            out["bytes_per_node_per_step"] = train_bytes / nodes / out["steps_per_node"]
+    secs = r[(r["metric"] == "comm_seconds") & (r["kind"] != "eval")]
+    if ts is not None and not secs.empty:
+        per_rank = secs.groupby("rank")["value"].sum()
+        train = ts.set_index("rank")["value"]
+        fractions = (per_rank / train.reindex(per_rank.index)).dropna()
+        if not fractions.empty:
+            out["comm_fraction"] = float(fractions.mean())
+    return out
+
+
+def finalize(
+    out_dir: Path, cfg, meta: dict[str, Any], statuses: dict[str, str], reasons: dict[str, str], failed: bool
+) -> Any:
+    """Merge staging rows, write records/summary/tables/meta atomically; return the summary frame."""
+    import pandas as pd
+
+    from bench.records.tables import write_tables
+
+    rows = read_staging(out_dir)
+    records = pd.DataFrame(rows)
+    for col in ("run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"):
+        if col not in records.columns:
+            records[col] = None
+    records = records[["run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"]]
+    atomic_write_text(out_dir / "records.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    summary = summarize(records, cfg, statuses)
+    atomic_write_frame(out_dir / "summary.csv", summary)
+    write_tables(out_dir, summary)
+    meta = dict(meta)
+    meta["ended_at"] = now_iso()
+    meta["status"] = "failed" if failed else "ok"
+    meta["algorithms"] = {
+        name: {"status": statuses.get(name, "skipped"), "reason": reasons.get(name, "")} for name in cfg.algorithms
+    }
+    atomic_write_json(out_dir / "meta.json", meta)
+    if (out_dir / STAGING).exists():
+        shutil.rmtree(out_dir / STAGING)
+    return summary
+
+
+# ---- reading results folders back (report, compare, sweep --resume) ----------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Binary twin of atomic_write_text (PNG, SVG, Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A results folder's meta.json, or a UserError saying why the folder is not one."""
+    from bench.base.errors import UserError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"'{folder}' is not a folder: pass a results folder written by swarmbench")
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise UserError(f"'{folder}' is not a results folder (no meta.json): pass a folder written by swarmbench")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"'{path}' is not valid JSON ({exc}): the results folder is damaged") from None
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        raise UserError(f"'{path}' has no schema_version: '{folder}' is not a swarmbench results folder")
+    return meta
+
+
+def read_records(folder: Path):
+    """records.jsonl as a DataFrame with the tidy columns (empty frame when the file is absent)."""
+    import pandas as pd
+
+    path = Path(folder) / "records.jsonl"
+    rows = []
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frame = pd.DataFrame(rows)
+    for col in ("run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"):
+        if col not in frame.columns:
+            frame[col] = None
+    return frame
+
+
+SCALING_COLUMNS = [
+    "algorithm",
+    "nodes",
+    "status",
+    "samples_per_s",
+    "speedup_vs_one_node",
+    "scaling_efficiency",
+    "speedup_vs_smallest",
+    "comm_fraction",
+    "time_to_target_s",
+    "epochs_to_target",
+    "test_acc",
+    "train_seconds",
+    "steps_per_node",
+    "bytes_per_node_per_step",
+]
+
+
+def time_to_target(records, algorithm: str, target: float) -> tuple[float | None, int | None]:
+    """(training seconds, epoch) when the averaged model's test accuracy first reached `target`, else (None, None).
+
+    The seconds are the slowest node's cumulative training time at the end of that epoch (evaluation excluded).
+    """
+    if records is None or not len(records):
+        return None, None
+    r = records[records["algorithm"] == algorithm]
+    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
+    hit = acc[acc["value"] >= target]
+    if hit.empty:
+        return None, None
+    epoch = int(hit["epoch"].iloc[0])
+    secs = r[(r["metric"] == "train_seconds") & (r["epoch"] == epoch)]["value"]
+    return (float(secs.max()) if len(secs) else None), epoch
+
+
+def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_node_samples_per_s: float):
+    """One row per (algorithm, node count) of a simulated series, from the per-count summaries and records.
+
+    speedup_vs_one_node = samples/s / one nominal node's samples/s (batch / its modelled step time: no
+    communication, no peers); scaling_efficiency = that speedup / nodes (1 = linear); speedup_vs_smallest =
+    samples/s over the same algorithm's at the series' smallest node count.
+    """
+    import pandas as pd
+
+    rows = []
+    for row in summary.to_dict("records"):
+        algo, n = row["algorithm"], int(row["nodes"])
+        sps = row.get("samples_per_s")
+        ok = sps is not None and not pd.isna(sps)
+        base = summary[(summary["algorithm"] == algo) & summary["samples_per_s"].notna()]
+        base = base.sort_values("nodes")
+        first = float(base["samples_per_s"].iloc[0]) if len(base) else None
+        seconds, epoch = time_to_target(records_by_nodes.get(n), algo, target)
+        speedup = sps / one_node_samples_per_s if ok and one_node_samples_per_s > 0 else None
+        rows.append(
+            {
+                "algorithm": algo,
+                "nodes": n,
+                "status": row["status"],
+                "samples_per_s": sps if ok else None,
+                "speedup_vs_one_node": speedup,
+                "scaling_efficiency": speedup / n if speedup is not None else None,
+                "speedup_vs_smallest": sps / first if ok and first else None,
+                "comm_fraction": row.get("comm_fraction"),
+                "time_to_target_s": seconds,
+                "epochs_to_target": epoch,
+                "test_acc": row.get("test_acc"),
+                "train_seconds": row.get("train_seconds"),
+                "steps_per_node": row.get("steps_per_node"),
+                "bytes_per_node_per_step": row.get("bytes_per_node_per_step"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=SCALING_COLUMNS)
+    order = {name: i for i, name in enumerate(dict.fromkeys(summary["algorithm"]))}
+    frame["_o"] = frame["algorithm"].map(order)
+    return frame.sort_values(["_o", "nodes"], kind="stable").drop(columns="_o").reset_index(drop=True)

@@ -1,0 +1,335 @@
+"""`swarmbench run`: validate everything, then launch, then write the results contract and print the tables.
+
+Two ways in:
+- a plain `swarmbench run`: this process is the parent; it validates, writes meta.json, starts the workers
+  with the chosen launcher (`bench.engine.processes.launchers.LAUNCHERS`), watches them and finalizes the results;
+- `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun): every rank runs this command, detects the
+  launcher (`bench.engine.processes.env`) and becomes a worker itself (`execute_launched`). Rank 0 decides the results
+  folder, prints progress and finalizes; the other ranks print nothing but errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import secrets
+import signal
+import sys
+import threading
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.core.config import RunConfig
+from bench.base.errors import UserError
+
+RESULTS_ROOT = Path("results")
+
+
+def check_out_dir(out: str | None) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return RESULTS_ROOT / f"{stamp}-{secrets.token_hex(3)}"
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"--out '{out}' exists and is not empty: choose a new folder or remove it first")
+    return path
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the data and the model: done before anything is written."""
+    from bench.core.data import load_dataset
+    from bench.core.models import build_model
+    from bench.core.train import make_shards
+
+    dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download=cfg.download)
+    build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+    make_shards(cfg, dataset)
+
+
+def nodes_from_launcher(given: dict[str, Any], config_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
+    """Under a launcher (`mpirun -np 3 swarmbench run`), --nodes defaults to the launcher's world size; a value
+    given anywhere (option, config file, --set) is kept and later checked against it."""
+    from bench.engine.processes.env import detect
+
+    env = detect()
+    if env is None or "nodes" in given:
+        return given
+    from bench.core.config import load_toml, parse_set
+
+    if (config_file and "nodes" in load_toml(config_file)) or "nodes" in parse_set(sets):
+        return given
+    return {**given, "nodes": env.world_size}
+
+
+def statuses_for(
+    cfg: RunConfig, started: list[str], done: list[str], failure: tuple[str, str] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Per algorithm ok/failed/skipped and the reason, from the progress seen and the failure (who, error)."""
+    statuses, reasons = {}, {}
+    who, error = failure if failure else ("", "")
+    for name in cfg.algorithms:
+        if name in done:
+            statuses[name] = "ok"
+        elif name in started and failure:
+            statuses[name] = "failed"
+            reasons[name] = f"{who}: {error}"
+        else:
+            statuses[name] = "skipped"
+            reasons[name] = "an earlier algorithm failed" if failure else ""
+    if failure and not started:
+        reasons = {name: f"workers failed before training: {who}: {error}" for name in cfg.algorithms}
+    return statuses, reasons
+
+
+def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
+    """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed)."""
+    if cfg.engine == "sim":  # virtual nodes in this process (bench.engine.sim.cluster); no launcher involved
+        from bench.engine.sim.cluster import execute_sim
+
+        return execute_sim(cfg, out, argv, interactive)
+    from bench.engine.processes.env import detect
+
+    env = detect()
+    if env is not None:
+        return execute_launched(cfg, env, out, argv)
+
+    from bench.core.comm import resolve_transport
+    from bench.engine.processes.launchers import LAUNCHERS, check_launcher
+    from bench.records.write import atomic_write_json, build_meta, finalize
+    from bench.records.tables import print_tables
+    from bench.base.console import RunUI
+
+    check_launcher(cfg)
+    # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
+    under_mpi = cfg.launcher == "mpirun" and importlib.util.find_spec("mpi4py") is not None
+    transport = resolve_transport(cfg.transport, under_mpi=under_mpi, single_host=LAUNCHERS[cfg.launcher].single_host)
+    out_dir = check_out_dir(out)
+    preflight(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = out_dir.name
+    meta = build_meta(cfg, run_id=run_id, argv=argv, engine="processes", backend="gloo", transport=transport)
+    meta["launch"] = {"mode": "spawned"}
+    atomic_write_json(out_dir / "meta.json", meta)
+    with RunUI(cfg.algorithms, interactive) as ui:
+        outcome = LAUNCHERS[cfg.launcher].launch(cfg, out_dir, run_id, ui, transport)
+    failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
+    who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
+    statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, (who, error) if outcome.failed else None)
+    meta["hosts"] = outcome.launch.pop("hosts", None)
+    meta["transport"] = outcome.launch.pop("transport", transport)
+    meta["backend"] = outcome.launch.pop("backend", meta["backend"])
+    meta["devices"] = outcome.launch.pop("devices", None)
+    meta["launch"].update(outcome.launch)
+    summary = finalize(out_dir, cfg, meta, statuses, reasons, outcome.failed)
+    ui.console.print(f"results: {out_dir}")
+    print_tables(summary, ui.console)
+    if outcome.failed:
+        from rich.markup import escape
+
+        ui.console.print(f"[bold red]failed:[/] {escape(who)}: {escape(error)}", highlight=False)
+        return 1
+    return 0
+
+
+# ---- started by a launcher on every rank ------------------------------------------------------------------------
+
+
+class RankZeroResults:
+    """Rank 0's side of a launched run: progress seen, and the results written exactly once (the main thread,
+    a SIGTERM from the launcher or a failing helper thread may each be first)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, meta: dict[str, Any]) -> None:
+        self.cfg, self.out_dir, self.meta = cfg, out_dir, meta
+        self.started: list[str] = []
+        self.done: list[str] = []
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "cell_start":
+            self.started.append(event["algorithm"])
+        elif event.get("type") == "cell_done":
+            self.done.append(event["algorithm"])
+
+    def finish(self, failure: tuple[str, str] | None) -> Any:
+        """Write the results (status failed when `failure` is (who, error)); None if already written."""
+        from bench.records.write import atomic_write_json, finalize, now_iso
+
+        with self._lock:
+            if self._finished:
+                return None
+            self._finished = True
+            statuses, reasons = statuses_for(self.cfg, self.started, self.done, failure)
+            if failure:
+                # First the status alone (fast): the launcher may SIGKILL us before the tables are written.
+                quick = {**self.meta, "status": "failed", "ended_at": now_iso()}
+                quick["algorithms"] = {n: {"status": statuses[n], "reason": reasons[n]} for n in self.cfg.algorithms}
+                atomic_write_json(self.out_dir / "meta.json", quick)
+            return finalize(self.out_dir, self.cfg, self.meta, statuses, reasons, failure is not None)
+
+
+def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> int:
+    """One rank of `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun)."""
+    import torch.distributed as dist
+
+    from bench.engine.processes import worker
+    from bench.records.write import atomic_write_json, build_meta
+
+    worker.check_world(cfg, env)
+    if cfg.launcher not in ("local", env.launcher):
+        raise UserError(
+            f"this run was started by {env.launcher}, which already started the workers: drop --launcher {cfg.launcher}"
+        )
+    cfg = dataclasses.replace(cfg, launcher=env.launcher)
+    rank0 = env.rank == 0
+    preflight(cfg)  # every rank checks the same things: a bad input fails everywhere alike
+    from bench.core.comm import resolve_transport
+
+    resolve_transport(cfg.transport, under_mpi=worker.under_mpi(env), single_host=True)  # only for its UserError
+    decision: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    if rank0:
+        try:
+            decision["out_dir"] = str(check_out_dir(out))
+        except UserError as exc:
+            decision["error"] = str(exc)
+        else:
+            # Before the rendezvous, which may initialize MPI: build_meta runs git in a child process.
+            meta = build_meta(
+                cfg,
+                run_id=Path(decision["out_dir"]).name,
+                argv=argv,
+                engine="processes",
+                backend="gloo",
+                transport="p2p",
+            )
+    worker.set_event_sink(_print_error)
+    session = worker.join(cfg, env)
+    shared = [decision]
+    dist.broadcast_object_list(shared, src=0)  # rank 0's verdict and folder name, to every rank
+    decision = shared[0]
+    if "error" in decision:
+        session.close()
+        raise UserError(decision["error"])
+    out_dir = Path(decision["out_dir"])
+    transport = worker.session_transport(cfg, session)
+    created = False
+    if rank0:
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta["transport"] = transport
+        meta["hosts"] = session.hosts
+        meta["backend"], meta["devices"] = session.backend, session.devices
+        facts = {k: v for k, v in session.launch_facts().items() if k not in ("hosts", "backend", "devices")}
+        meta["launch"] = {"mode": "external", **facts}
+        atomic_write_json(out_dir / "meta.json", meta)
+    dist.barrier()
+    seen: list[Any] = [None] * session.world
+    dist.all_gather_object(seen, (out_dir / "meta.json").is_file())
+    if not all(seen):
+        blind = sorted({session.hosts[r] for r, ok in enumerate(seen) if not ok})
+        if rank0:
+            (out_dir / "meta.json").unlink()
+            if created:
+                out_dir.rmdir()
+        session.close()
+        raise UserError(
+            f"results folder '{out_dir}' is not visible on {', '.join(blind)}: "
+            "put --out on a filesystem every host shares"
+        )
+    my_host = session.hosts[session.rank]
+    threads = worker.threads_per_rank(session.hosts.count(my_host))
+    if rank0:
+        return _rank_zero(cfg, session, out_dir, meta, threads, transport)
+    try:
+        worker.train_all(cfg, session, out_dir, out_dir.name, threads, lambda event: None, transport)
+    except BaseException as exc:
+        return _rank_failed(session.rank, exc)
+    session.close()
+    return 0
+
+
+def _rank_zero(cfg: RunConfig, session, out_dir: Path, meta: dict[str, Any], threads: int, transport: str) -> int:
+    from rich.console import Console
+
+    from bench.engine.processes import worker
+    from bench.engine.processes.spawn import PEER_LOSS_HINTS
+    from bench.records.tables import print_tables
+    from bench.base.console import RunUI
+
+    results = RankZeroResults(cfg, out_dir, meta)
+    ui = RunUI(cfg.algorithms, interactive=False)  # plain lines: launchers forward output line by line
+    # mpirun gives its ranks a pseudo-terminal even when its own output goes to a file: no colour codes.
+    console = Console(highlight=False, width=180, force_terminal=False)
+
+    def send(event: dict[str, Any]) -> None:
+        results.event(event)
+        ui.event(event)
+
+    def on_fatal() -> None:
+        results.finish(("rank 0", "a helper thread failed (see the error above)"))
+
+    worker.add_fatal_hook(on_fatal)
+    _finish_on_sigterm(results)
+    try:
+        worker.train_all(cfg, session, out_dir, out_dir.name, threads, send, transport)
+    except BaseException as exc:
+        traceback.print_exc()
+        error = worker.last_line(exc)
+        print(f"error: rank 0: {error}", file=sys.stderr, flush=True)
+        if any(hint in error for hint in PEER_LOSS_HINTS):
+            error = f"lost a peer that failed first (its error is in the launcher's output): {error}"
+        try:
+            results.finish(("rank 0", error))
+            print(f"results (failed): {out_dir}", flush=True)
+        finally:
+            worker.end_failed_rank(1)  # under MPI: Abort, so no rank waits for timeout_s
+        return 1
+    session.close()
+    summary = results.finish(None)
+    console.print(f"results: {out_dir}")
+    print_tables(summary, console)
+    return 0
+
+
+def _rank_failed(rank: int, exc: BaseException) -> int:
+    from bench.engine.processes import worker
+
+    traceback.print_exc()
+    print(f"error: rank {rank}: {worker.last_line(exc)}", file=sys.stderr, flush=True)
+    return worker.end_failed_rank(1)
+
+
+def _print_error(event: dict[str, Any]) -> None:
+    """Events of ranks that have no parent to report to: only errors are shown (on stderr)."""
+    if event.get("type") == "error":
+        print(f"error: rank {event.get('rank')}: {event.get('error')}", file=sys.stderr, flush=True)
+
+
+def _finish_on_sigterm(results: RankZeroResults) -> None:
+    """A launcher stops the survivors of a failed rank with SIGTERM (then SIGKILL about a second later under
+    Open MPI). Python runs signal handlers only between bytecodes, and the main thread may sit in a blocking
+    collective, so a thread woken through the signal wakeup fd writes the failed status and ends the process."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the thread below does the work
+    signal.set_wakeup_fd(write_fd)
+
+    def wait() -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if signal.SIGTERM in data:
+                break
+        results.finish(("rank 0", "stopped by the launcher (SIGTERM): another rank failed, see its error above"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
