@@ -390,13 +390,13 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
 @click.option("--degree", type=int, default=4, show_envvar=True, help="Degree for random-regular.")
 def list_cmd(nodes: int, degree: int) -> None:
     """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
-    from bench.core.data import DATASETS
-    from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
-    from bench.engine.processes.launchers import LAUNCHERS
     from bench.base.errors import UserError
+    from bench.core.data import DATASETS
     from bench.core.models import MODELS
     from bench.core.registry import ALGORITHMS
     from bench.core.topology import TOPOLOGIES, build_topology
+    from bench.engine.processes.launchers import LAUNCHERS
+    from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
 
     def topology_line(name: str, description: str) -> str:
         try:

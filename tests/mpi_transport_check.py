@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from bench.core.comm import make_comm
 from bench.core.codec import Codec, CodecConfig
+from bench.core.comm import make_comm
 from bench.core.topology import build_topology
 
 

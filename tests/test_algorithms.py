@@ -11,8 +11,8 @@ from bench.engine.processes.localworld import run_world
 
 def _train(rank, world, comm, cfg_dict, algorithms):
     from bench.core.data import load_dataset
-    from bench.engine.processes.worker import WallClock
     from bench.core.train import make_shards, run_cell
+    from bench.engine.processes.worker import WallClock
 
     cfg = RunConfig.from_dict(cfg_dict)
     data = load_dataset(cfg.dataset, cfg.seed)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.core.config import RunConfig, algo_config, resolve
 from bench.base.errors import UserError
+from bench.core.config import RunConfig, algo_config, resolve
 
 
 def test_precedence_defaults_file_options_set(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.core.data import DATASETS, DEFAULT_DATASET, Dataset, load_dataset, partition
 from bench.base.errors import UserError
+from bench.core.data import DATASETS, DEFAULT_DATASET, Dataset, load_dataset, partition
 
 # name -> (input shape, train size, test size)
 EXPECTED = {

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bench.base.errors import UserError
 from bench.engine.processes.env import LaunchEnv, detect, expand_hostlist, expand_tasks_per_node
 from bench.engine.processes.launchers import (
     BRACKET_TAG,
@@ -33,7 +34,6 @@ from bench.engine.processes.launchers import (
 )
 from bench.engine.processes.spawn import LauncherLog, Outcome, StreamParser, split_event
 from bench.engine.processes.worker import EVENT_MARKER
-from bench.base.errors import UserError
 from cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent

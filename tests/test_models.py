@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.core.data import load_dataset
 from bench.base.errors import UserError
+from bench.core.data import load_dataset
 from bench.core.models import MODELS, TORCHVISION_PREFIX, build_model, model_spec
 
 MNIST, DIGITS, SYNTHETIC, CIFAR = (1, 28, 28), (1, 8, 8), (32,), (3, 32, 32)

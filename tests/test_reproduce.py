@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.core.config import tomllib
+from bench.base.tomlfile import tomllib
 from bench.experiments.reproduce import load_suite, shipped, sim_available, suite_spec
 from bench.experiments.sweep import expand, normalize
 from cli import cli

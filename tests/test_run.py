@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from bench.core.comm import HEADER_BYTES, ring_allreduce_bytes
 from bench.core.models import build_model
-from bench.records.write import SUMMARY_COLUMNS
 from bench.core.topology import build_topology
+from bench.records.write import SUMMARY_COLUMNS
 from cli import cli
 
 EPOCHS, BATCH, H = 2, 16, 3

@@ -11,11 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.engine.sim import cluster as sim, costmodel
-from bench.engine.sim.costmodel import CostModel
-from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
 from bench.core.registry import ALGORITHMS
 from bench.core.topology import build_topology
+from bench.engine.sim import cluster as sim
+from bench.engine.sim import costmodel
+from bench.engine.sim.costmodel import CostModel
+from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
 from cli import cli
 
 BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]

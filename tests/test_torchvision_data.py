@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.core.data import DATASETS, IMAGEFOLDER_SIZES, load_dataset, random_crop_flip
 from bench.base.errors import UserError
+from bench.core.data import DATASETS, IMAGEFOLDER_SIZES, load_dataset, random_crop_flip
 
 ON_DISK = sorted(name for name, spec in DATASETS.items() if spec.needs_data_dir)
 

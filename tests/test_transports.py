@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.core.comm import resolve_transport
 from bench.base.errors import UserError
+from bench.core.comm import resolve_transport
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun")

@@ -105,7 +105,7 @@ def known_metrics() -> list[str]:
 
 def parse_tolerances(items: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
     """`--tolerance 0.1` (every metric) and `--tolerance samples_per_s=0.3` (one metric)."""
-    from bench.core.config import closest
+    from bench.base.console import closest
 
     glob: float | None = None
     per: dict[str, float] = {}
@@ -214,8 +214,8 @@ def compare(
     tolerances: tuple[str, ...] = (),
 ) -> tuple[list[Check], dict[str, Any]]:
     """Every check, and the facts of the comparison; UserError (exit 2) when the input is unusable."""
-    from bench.core.config import closest
     from bench.analysis.load import load_results
+    from bench.base.console import closest
 
     glob, per = parse_tolerances(tolerances)
     for m in metrics:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.base.errors import UserError
-from bench.records.write import SUMMARY_COLUMNS, read_meta, read_records
+from bench.records.read import read_meta, read_records
+from bench.records.write import SUMMARY_COLUMNS
 
 # The columns that identify a measurement wherever it was taken; a sweep adds its own grid keys.
 IDENTITY = ["algorithm", "nodes", "topology", "bits", "local_steps", "seed"]

@@ -236,7 +236,7 @@ def render_table(table: Table, fmt: str) -> bytes:
 
 def write_tables(tables: list[Table], out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """Render every table in every format first (an error writes nothing), then write each file atomically."""
-    from bench.records.write import atomic_write_bytes
+    from bench.base.files import atomic_write_bytes
 
     rendered = {out_dir / f"{t.name}{FORMATS[f]}": render_table(t, f) for t in tables for f in formats}
     for path, data in rendered.items():
@@ -308,13 +308,13 @@ def build_report(
     target_acc: float | None = None,
 ) -> tuple[Path, list[str]]:
     """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes)."""
-    from bench.analysis.plots import PLOTS, Absent, render
-    from bench.records.write import atomic_write_bytes, atomic_write_text
     from bench.analysis.load import load_results
+    from bench.analysis.plots import PLOTS, Absent, render
+    from bench.base.files import atomic_write_bytes, atomic_write_text
 
     for name in plots:
         if name not in PLOTS:
-            from bench.core.config import closest
+            from bench.base.console import closest
 
             raise UserError(f"unknown plot '{name}'{closest(name, PLOTS)}: choose from {', '.join(PLOTS)}")
     if target_acc is not None and not 0 < target_acc <= 1:

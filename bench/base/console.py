@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -64,3 +66,15 @@ class RunUI:
             self.progress.console.print(text, markup=False)
         else:
             print(text, flush=True)
+
+
+def suggestion(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice closest to a mistyped `word`, or None (the one "did you mean" of every error message)."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
+def closest(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' when a choice is close to `word`, else ''."""
+    match = suggestion(word, choices, cutoff=0.5)
+    return f" (did you mean '{match}'?)" if match else ""

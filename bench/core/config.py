@@ -9,19 +9,15 @@ Per-algorithm options live in each algorithm's own `Config` dataclass and are se
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bench.base.console import closest
 from bench.base.errors import UserError
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from bench.base.tomlfile import flatten_settings, load_toml_text
 
 
 @dataclass(frozen=True)
@@ -102,12 +98,6 @@ class RunConfig:
 
 
 RUN_FIELDS = {name: hint for name, hint in typing.get_type_hints(RunConfig).items() if name != "algo_options"}
-
-
-def closest(word: str, choices: typing.Iterable[str]) -> str:
-    """' (did you mean X?)' when a choice is close to `word`, else ''."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def _coerce(key: str, raw: Any, hint: Any) -> Any:
@@ -193,28 +183,9 @@ def apply_overrides(base: dict[str, Any], pairs: dict[str, Any], source: str) ->
 
 def load_toml(path: str) -> dict[str, Any]:
     """Flatten a TOML config file into `key -> value` (tables become `table.key`)."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise UserError(f"config file '{path}' does not exist: pass an existing TOML file to --config")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file '{path}' is not valid TOML ({exc}): fix the file") from None
-    return flatten_settings(data)
-
-
-def flatten_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """Top-level keys stay, [ALGO] tables become ALGO.key, a [run] table is merged (as in --config files)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key == "run":
-            flat.update(value)
-        elif isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat
+    return flatten_settings(load_toml_text(Path(path))[0])
 
 
 def parse_set(items: typing.Iterable[str]) -> dict[str, str]:

@@ -14,7 +14,6 @@ this module does not provide. Nothing is ever downloaded unless `load_dataset(..
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from bench.base.console import suggestion
 from bench.base.errors import UserError
 
 DEFAULT_DATASET = "mnist"
@@ -496,8 +496,8 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def _unknown_choice(kind: str, name: str, choices: list[str], flag: str) -> UserError:
     """A one-line UserError for an unknown registry name, suggesting the closest valid one."""
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    close = suggestion(name, choices)
+    hint = f"did you mean '{close}'? " if close else ""
     return UserError(f"unknown {kind} '{name}'; {hint}use {flag} with one of: {', '.join(sorted(choices))}")
 
 

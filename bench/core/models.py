@@ -17,7 +17,6 @@ keeps the two families apart: `resnet18` is ours (CIFAR stem), `torchvision:resn
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -27,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.core.data import check_seed
+from bench.base.console import suggestion
 from bench.base.errors import UserError
+from bench.core.data import check_seed
 
 
 @dataclass(frozen=True)
@@ -307,18 +307,18 @@ def _unknown_model(name: str) -> UserError:
     tv_names = _torchvision_names()
     if name.startswith(TORCHVISION_PREFIX):
         tv_name = name[len(TORCHVISION_PREFIX) :]
-        close = difflib.get_close_matches(tv_name, tv_names, n=1)
-        hint = f"did you mean '{TORCHVISION_PREFIX}{close[0]}'? " if close else ""
+        match = suggestion(tv_name, tv_names)
+        hint = f"did you mean '{TORCHVISION_PREFIX}{match}'? " if match else ""
         return UserError(
             f"unknown torchvision model '{tv_name}'; {hint}use --model {TORCHVISION_PREFIX}NAME with NAME from "
             "torchvision.models.list_models(module=torchvision.models), e.g. mobilenet_v3_small"
         )
-    close = difflib.get_close_matches(name, ours, n=1)
+    close = suggestion(name, ours)
     if name in tv_names:  # a torchvision name without the prefix
-        close = [TORCHVISION_PREFIX + name]
-    elif not close:
-        close = [TORCHVISION_PREFIX + c for c in difflib.get_close_matches(name, tv_names, n=1)]
-    hint = f"did you mean '{close[0]}'? " if close else ""
+        close = TORCHVISION_PREFIX + name
+    elif close is None and (match := suggestion(name, tv_names)):
+        close = TORCHVISION_PREFIX + match
+    hint = f"did you mean '{close}'? " if close else ""
     return UserError(
         f"unknown model '{name}'; {hint}use --model with one of: {', '.join(sorted(ours))}, "
         f"or {TORCHVISION_PREFIX}NAME for a torchvision classifier"

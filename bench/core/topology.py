@@ -12,7 +12,6 @@ networkx would cost seconds for nothing.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.base.console import closest
 from bench.base.errors import UserError
 
 FILE_PREFIX = "file:"
@@ -463,9 +463,7 @@ def build_topology(spec: str, n: int, *, degree: int | None = None, seed: int = 
         key = spec.strip().lower()
         if key not in TOPOLOGIES:
             choices = [*TOPOLOGIES, "file:PATH"]
-            match = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
-            raise UserError(f"unknown topology '{spec}'{hint}: choose from {', '.join(choices)}")
+            raise UserError(f"unknown topology '{spec}'{closest(key, choices)}: choose from {', '.join(choices)}")
         topology = TOPOLOGIES[key].build(n, degree=degree, seed=seed)
     components = _count_components(topology.adjacency)
     if components > 1:

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
 from bench.core.config import RunConfig, algo_config
 from bench.core.data import Dataset, partition
 from bench.core.models import build_model
 from bench.core.protocol import Clock, Node, flatten_model
-from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.registry import ALGORITHMS
 
 WARMUP_STEPS = 5  # excluded from the step-time median/spread (first steps pay allocation and cache misses)

@@ -494,7 +494,9 @@ def validate_sim(node_counts=VALIDATE_NODES, epochs=VALIDATE_EPOCHS, pairs=3, st
                 for label, opts in (("real", base), ("sim", {**base, "engine": "sim", "calibrate": "host"})):
                     out = f"{tmp}/{label}{nodes}-{k}"
                     with contextlib.redirect_stdout(io.StringIO()):
-                        code = execute(resolve(opts), out, argv=["bench.diagnostics.benchmarks", "sim-validate"], interactive=False)
+                        code = execute(
+                            resolve(opts), out, argv=["bench.diagnostics.benchmarks", "sim-validate"], interactive=False
+                        )
                     if code != 0:
                         raise RuntimeError(f"{label} run at {nodes} nodes failed (exit {code})")
                     sides[label].append(pd.read_csv(f"{out}/summary.csv"))

@@ -84,8 +84,8 @@ def shipped() -> dict[str, Any]:
 
 def load_suite(name: str) -> Suite:
     """A shipped suite by name, or a suite TOML file by path; UserError names the line and key of a mistake."""
-    from bench.core.config import closest
-    from bench.experiments.sweep import load_toml_text
+    from bench.base.console import closest
+    from bench.base.tomlfile import load_toml_text
 
     available = shipped()
     if name in available:
@@ -104,8 +104,7 @@ def load_suite(name: str) -> Suite:
 
 
 def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
-    from bench.core.config import flatten_settings
-    from bench.experiments.sweep import key_line
+    from bench.base.tomlfile import flatten_settings, key_line
 
     def bad(key: str, problem: str) -> UserError:
         return UserError(f"{source}{key_line(text, key)} (key '{key}'): {problem}")
@@ -209,8 +208,8 @@ def paper_tables(results):
     """The suite's tables from a suite's results folder: rows = methods, columns = the table's key (nodes,
     bits, H, ...), cells = the metric with seeds aggregated. Each table reads the cells of its part, as run
     (the grids stored in meta.json, so --nodes/--seed overrides are honoured)."""
-    from bench.analysis.report import CI_NOTE, KEY_HEADERS, pivot_table
     from bench.analysis.load import aggregate
+    from bench.analysis.report import CI_NOTE, KEY_HEADERS, pivot_table
 
     suite_json = results.meta.get("suite_spec") or {}
     grids = {g.get("name"): g for g in (results.meta.get("spec") or {}).get("grids", [])}

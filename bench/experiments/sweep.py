@@ -33,8 +33,8 @@ from typing import Any
 
 import click
 
-from bench.core.config import flatten_settings
 from bench.base.errors import UserError
+from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
 SWEEP_META_KEYS = ("schema_version", "kind", "spec", "grid_keys", "cells")
@@ -92,42 +92,6 @@ class Cell:
     settings: dict[str, Any]  # every key set for this cell but the algorithms
     algorithms: list[str]
     error: str = ""  # a setting this cell cannot run with (impossible topology, ...): recorded as failed
-
-
-def load_toml_text(path: Path) -> tuple[dict[str, Any], str]:
-    """Parse a TOML file; a syntax error names the file, the line and the key on that line."""
-    from bench.core.config import tomllib
-
-    if not path.is_file():
-        raise UserError(f"'{path}' does not exist: pass an existing TOML file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text: pass a TOML file") from None
-    try:
-        return tomllib.loads(text), text
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        lines = text.splitlines()
-        m = re.search(r"line (\d+)", msg)
-        if m:
-            line_no = int(m.group(1))
-        else:  # "at end of document": an unclosed array or string, so name the last line written
-            line_no = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
-        where = ""
-        if 0 < line_no <= len(lines):
-            key = re.match(r"\s*\[*\s*([\w.\-\"']+)", lines[line_no - 1])
-            where = f" line {line_no}" + (f" (key '{key.group(1).strip(chr(34))}')" if key else "")
-        raise UserError(f"'{path}'{where} is not valid TOML: {msg}: fix the file") from None
-
-
-def key_line(text: str, key: str) -> str:
-    """' line N' where `key = ...` is written in the TOML text, else ''."""
-    leaf = key.rsplit(".", 1)[-1]
-    for i, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*\"?{re.escape(leaf)}\"?\s*=", line):
-            return f" line {i}"
-    return ""
 
 
 def _split_values(values: tuple[str, ...]) -> list[str]:
@@ -192,7 +156,7 @@ def build_spec(
 
 
 def _algorithms(value: Any, where: str) -> list[str]:
-    from bench.core.config import closest
+    from bench.base.console import closest
     from bench.core.registry import ALGORITHMS
 
     names = value if isinstance(value, list | tuple) else [s for s in str(value).split(",") if s]
@@ -408,7 +372,7 @@ class SweepUI:
 
 def run_cell(cfg, out_dir: Path, log_path: Path, argv: list[str]) -> tuple[str, str]:
     """One cell = one `swarmbench run` (bench.run.orchestrate.execute) with its output in `log_path`: (status, reason)."""
-    from bench.records.write import read_meta
+    from bench.records.read import read_meta
     from bench.run.orchestrate import execute
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -466,7 +430,7 @@ def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[
     """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming."""
     from datetime import datetime
 
-    from bench.records.write import read_meta
+    from bench.records.read import read_meta
 
     if out is None:
         if resume:
@@ -514,7 +478,8 @@ def execute_sweep(
     text: str = "",
 ) -> tuple[int, Path]:
     """Run every cell not yet finished; write the aggregated tables; exit status 0 (all ok) or 1."""
-    from bench.records.write import atomic_write_json, now_iso
+    from bench.base.files import atomic_write_json
+    from bench.records.write import now_iso
 
     spec = normalize(spec, text)
     cells = expand(spec)
@@ -589,9 +554,9 @@ def finalize_sweep(out_dir: Path) -> None:
     """summary.csv (every row, grid keys first), aggregate.csv (seeds aggregated) and the Markdown/CSV tables."""
     import pandas as pd
 
-    from bench.records.write import atomic_write_frame
-    from bench.analysis.report import build_tables, write_tables
     from bench.analysis.load import aggregate, load_results
+    from bench.analysis.report import build_tables, write_tables
+    from bench.base.files import atomic_write_frame
 
     results = load_results(out_dir)
     s = results.summary.copy()

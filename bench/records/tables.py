@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.records.write import atomic_write_frame, atomic_write_text
+from bench.base.files import atomic_write_frame, atomic_write_text
 
 # table name -> [(summary column, header, format)]
 TABLES: dict[str, list[tuple[str, str, str]]] = {

@@ -14,10 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -64,19 +65,6 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_frame(path: Path, frame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False))
-
-
 class StagingWriter:
     """One worker's rows, appended and flushed line by line so a crash keeps everything recorded so far."""
 
@@ -96,7 +84,7 @@ class StagingWriter:
 
 
 def git_facts() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: bench/records/write.py
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
@@ -313,58 +301,6 @@ def finalize(
     if (out_dir / STAGING).exists():
         shutil.rmtree(out_dir / STAGING)
     return summary
-
-
-# ---- reading results folders back (report, compare, sweep --resume) ----------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of atomic_write_text (PNG, SVG, Parquet)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """A results folder's meta.json, or a UserError saying why the folder is not one."""
-    from bench.base.errors import UserError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"'{folder}' is not a folder: pass a results folder written by swarmbench")
-    path = folder / "meta.json"
-    if not path.is_file():
-        raise UserError(f"'{folder}' is not a results folder (no meta.json): pass a folder written by swarmbench")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"'{path}' is not valid JSON ({exc}): the results folder is damaged") from None
-    if not isinstance(meta, dict) or "schema_version" not in meta:
-        raise UserError(f"'{path}' has no schema_version: '{folder}' is not a swarmbench results folder")
-    return meta
-
-
-def read_records(folder: Path):
-    """records.jsonl as a DataFrame with the tidy columns (empty frame when the file is absent)."""
-    import pandas as pd
-
-    path = Path(folder) / "records.jsonl"
-    rows = []
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    frame = pd.DataFrame(rows)
-    for col in ("run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"):
-        if col not in frame.columns:
-            frame[col] = None
-    return frame
 
 
 SCALING_COLUMNS = [

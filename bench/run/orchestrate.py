@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.core.config import RunConfig
 from bench.base.errors import UserError
+from bench.core.config import RunConfig
 
 RESULTS_ROOT = Path("results")
 
@@ -98,11 +98,12 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
     if env is not None:
         return execute_launched(cfg, env, out, argv)
 
+    from bench.base.console import RunUI
+    from bench.base.files import atomic_write_json
     from bench.core.comm import resolve_transport
     from bench.engine.processes.launchers import LAUNCHERS, check_launcher
-    from bench.records.write import atomic_write_json, build_meta, finalize
     from bench.records.tables import print_tables
-    from bench.base.console import RunUI
+    from bench.records.write import build_meta, finalize
 
     check_launcher(cfg)
     # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
@@ -158,7 +159,8 @@ class RankZeroResults:
 
     def finish(self, failure: tuple[str, str] | None) -> Any:
         """Write the results (status failed when `failure` is (who, error)); None if already written."""
-        from bench.records.write import atomic_write_json, finalize, now_iso
+        from bench.base.files import atomic_write_json
+        from bench.records.write import finalize, now_iso
 
         with self._lock:
             if self._finished:
@@ -177,8 +179,9 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     """One rank of `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun)."""
     import torch.distributed as dist
 
+    from bench.base.files import atomic_write_json
     from bench.engine.processes import worker
-    from bench.records.write import atomic_write_json, build_meta
+    from bench.records.write import build_meta
 
     worker.check_world(cfg, env)
     if cfg.launcher not in ("local", env.launcher):
@@ -257,10 +260,10 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
 def _rank_zero(cfg: RunConfig, session, out_dir: Path, meta: dict[str, Any], threads: int, transport: str) -> int:
     from rich.console import Console
 
+    from bench.base.console import RunUI
     from bench.engine.processes import worker
     from bench.engine.processes.spawn import PEER_LOSS_HINTS
     from bench.records.tables import print_tables
-    from bench.base.console import RunUI
 
     results = RankZeroResults(cfg, out_dir, meta)
     ui = RunUI(cfg.algorithms, interactive=False)  # plain lines: launchers forward output line by line

@@ -26,8 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.engine.processes.env import LaunchEnv, detect
 from bench.base.errors import UserError
+from bench.engine.processes.env import LaunchEnv, detect
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -355,9 +355,9 @@ def train_all(
     from bench.core.comm import make_comm
     from bench.core.data import load_dataset
     from bench.core.protocol import Clock
-    from bench.records.write import StagingWriter
     from bench.core.topology import build_topology
     from bench.core.train import make_shards, run_cell
+    from bench.records.write import StagingWriter
 
     rank, world = session.rank, session.world
     torch.set_num_threads(threads)

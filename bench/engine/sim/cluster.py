@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
+from bench.base.errors import UserError
 from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm
 from bench.engine.sim.costmodel import CostModel
-from bench.base.errors import UserError
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
 SHARD_POLICIES = ("auto", "split", "sample")
@@ -522,8 +522,8 @@ def prepare(cfg):
     """Everything checked and resolved before anything is written: (dataset, shard policy, the cost model of
     every node count, number of model parameters)."""
     from bench.core.data import load_dataset
-    from bench.engine.sim import costmodel
     from bench.core.models import build_model
+    from bench.engine.sim import costmodel
 
     series = cfg.node_series or (cfg.nodes,)
     dataset = eval_subset(cfg, load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, cfg.download))
@@ -547,10 +547,10 @@ def prepare(cfg):
 
 def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
     """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`)."""
+    from bench.base.console import RunUI
     from bench.engine.processes.env import detect
     from bench.records.tables import print_scaling, print_tables
     from bench.run.orchestrate import check_out_dir
-    from bench.base.console import RunUI
 
     if detect() is not None:
         raise UserError("--engine sim runs every node in this one process: start it without mpirun/torchrun/srun")
@@ -595,9 +595,10 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
     """The series folder's own files: summary.csv (every node count), scaling.csv/.md and meta.json."""
     import pandas as pd
 
-    from bench.records.write import atomic_write_frame, atomic_write_json, build_meta, now_iso, scaling_frame
-    from bench.records.tables import write_scaling
+    from bench.base.files import atomic_write_frame, atomic_write_json
     from bench.core.topology import build_topology
+    from bench.records.tables import write_scaling
+    from bench.records.write import build_meta, now_iso, scaling_frame
 
     series = tuple(sorted(cfg.node_series))
     cost = costs[series[0]]
@@ -634,8 +635,9 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     """One node count: the full results contract in `out_dir`. Returns (summary, ok)."""
     import traceback
 
+    from bench.base.files import atomic_write_json
     from bench.engine.processes.worker import last_line
-    from bench.records.write import StagingWriter, atomic_write_json, build_meta, finalize
+    from bench.records.write import StagingWriter, build_meta, finalize
     from bench.run.orchestrate import statuses_for
 
     shards = make_sim_shards(cfg, dataset, policy)

@@ -355,8 +355,8 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
     threads = None
     net = NETWORK_PROFILES[cfg.network]
     if cfg.calibrate == "host":
-        from bench.engine.sim import hostcal
         from bench.core.models import build_model
+        from bench.engine.sim import hostcal
 
         model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
         host = hostcal.calibrate_host(cfg, nodes, sum(p.numel() for p in model.parameters()))
@@ -510,9 +510,9 @@ def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
 
     import torch
 
-    from bench.engine.sim.cluster import Cluster
     from bench.core.topology import build_topology
     from bench.core.train import WARMUP_STEPS, Shards, run_cell
+    from bench.engine.sim.cluster import Cluster
 
     one = dataclasses.replace(cfg, nodes=1, node_series=(), epochs=1, topology="complete", degree=None)
     steps = max(WARMUP_STEPS + 5, min(CALIBRATION_STEPS, len(dataset.y_train) // cfg.batch_size))
@@ -542,7 +542,7 @@ def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
 
 def check(cfg) -> None:
     """Validation of the cost-model options (no data, no torch): each failure is one actionable line."""
-    from bench.core.config import closest
+    from bench.base.console import closest
 
     if cfg.compute_profile not in COMPUTE_PROFILES:
         raise UserError(

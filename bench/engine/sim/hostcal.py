@@ -157,8 +157,8 @@ def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
 
     import torch
 
-    from bench.engine.sim.costmodel import _SectionTimer
     from bench.core.train import WARMUP_STEPS, make_shards, run_cell
+    from bench.engine.sim.costmodel import _SectionTimer
 
     cell = dataclasses.replace(
         cfg,
@@ -198,11 +198,11 @@ def calibrate_host(cfg, nodes: int, n_params: int, work_dir: Path | None = None)
     import dataclasses
     import tempfile
 
-    from bench.engine.sim import costmodel
+    from bench.core.topology import build_topology
     from bench.engine.processes.launchers import usable_cores
     from bench.engine.processes.localworld import run_world
     from bench.engine.processes.worker import threads_per_rank
-    from bench.core.topology import build_topology
+    from bench.engine.sim import costmodel
 
     one = dataclasses.replace(cfg, nodes=nodes, node_series=(), epochs=1)
     sizes = message_sizes(cfg, n_params)
