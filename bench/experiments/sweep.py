@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from bench.base.errors import UserError
+from bench.base.host import new_results_folder
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
@@ -428,8 +429,6 @@ def sweep_meta(spec: SweepSpec, cells: list[Cell], argv: list[str], extra: dict[
 
 def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[Path, SweepSpec, dict | None]:
     """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming."""
-    from datetime import datetime
-
     from bench.records.read import read_meta
 
     if out is None:
@@ -437,10 +436,7 @@ def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[
             raise UserError("--resume needs --out DIR: the sweep folder to continue")
         if spec is None:
             raise UserError("nothing to sweep: pass a grid file (SPEC.toml) or axes such as --nodes 2,4 --seed 0,1")
-        import secrets
-
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("results") / f"sweep-{stamp}-{secrets.token_hex(3)}", spec, None
+        return new_results_folder("sweep"), spec, None
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")

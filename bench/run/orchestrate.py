@@ -13,25 +13,21 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import secrets
 import signal
 import sys
 import threading
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.base.errors import UserError
+from bench.base.host import new_results_folder
 from bench.core.config import RunConfig
-
-RESULTS_ROOT = Path("results")
 
 
 def check_out_dir(out: str | None) -> Path:
     if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        return RESULTS_ROOT / f"{stamp}-{secrets.token_hex(3)}"
+        return new_results_folder()
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")

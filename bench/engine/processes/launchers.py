@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.base.errors import UserError
+from bench.base.host import usable_cores
 
 # Rank tags that launchers put in front of their workers' output lines. Open MPI's --tag-output writes
 # "[JOBID,RANK]<stdout>:" and horovodrun "[RANK]<stdout>:"; torchrun is told to write "[RANK]<stdout>:" too.
@@ -74,13 +75,6 @@ def check_launcher(cfg) -> None:
             )
     if launcher.name == "horovodrun" and importlib.util.find_spec("horovod") is None:
         raise UserError(f"--launcher horovodrun needs Horovod in this Python: {launcher.install}")
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_command(spec_path: str | Path) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.base.errors import UserError
+from bench.base.host import usable_cores
 from bench.engine.processes.env import LaunchEnv, detect
 
 EVENT_MARKER = "@@swarmbench-event "
@@ -392,11 +393,7 @@ def threads_per_rank(local_ranks: int | None) -> int:
     """This host's cores split evenly over the ranks on it (as the local launcher does), and never more than the
     cores this process may run on (a launcher that binds each rank to its own cores, e.g. srun --cpus-per-task)."""
     split = (os.cpu_count() or 1) // max(1, local_ranks or 1)
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux: no affinity to respect
-        allowed = split
-    return max(1, min(split, allowed))
+    return max(1, min(split, usable_cores()))
 
 
 def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) -> None:

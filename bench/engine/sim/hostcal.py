@@ -198,8 +198,8 @@ def calibrate_host(cfg, nodes: int, n_params: int, work_dir: Path | None = None)
     import dataclasses
     import tempfile
 
+    from bench.base.host import usable_cores
     from bench.core.topology import build_topology
-    from bench.engine.processes.launchers import usable_cores
     from bench.engine.processes.localworld import run_world
     from bench.engine.processes.worker import threads_per_rank
     from bench.engine.sim import costmodel
