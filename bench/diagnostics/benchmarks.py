@@ -622,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows: list[Row] = []
     for bench in selected:
-        rows += bench.run.orchestrate(ctx)
+        rows += bench.run(ctx)
     if sys.stdout.isatty():
         _print_rich(rows)
     else:
