@@ -369,7 +369,7 @@ def _launcher_names() -> list[str]:
 @click.pass_context
 def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
     """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
-    from bench.core.config import resolve
+    from bench.run.checks import resolve
     from bench.run.orchestrate import execute, nodes_from_launcher
 
     given = {}

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from bench.core.registry import ALGORITHMS
 from bench.core.topology import build_topology
+from bench.engine.sim import calibrate, costmodel
 from bench.engine.sim import cluster as sim
-from bench.engine.sim import costmodel
 from bench.engine.sim.costmodel import CostModel
 from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
 from cli import cli
@@ -314,15 +314,15 @@ def test_calibrated_simulation_predicts_real_throughput_within_25_percent():
 
 def test_calibration_measures_sane_step_times():
     """--calibrate times the real training loop on one node: positive, plausible, threads restored."""
-    from bench.core.config import resolve
     from bench.core.data import load_dataset
+    from bench.run.checks import resolve
 
     cfg = resolve({"engine": "sim", "dataset": "digits", "batch_size": 16, "calibrate": "node"})
     threads = torch.get_num_threads()
-    fb, update = costmodel.calibrate(cfg, load_dataset("digits", 0), threads=1)
+    fb, update = calibrate.calibrate(cfg, load_dataset("digits", 0), threads=1)
     assert 0 < fb < 0.5 and 0 < update < 0.5
     assert torch.get_num_threads() == threads
-    cost = costmodel.resolve(cfg, load_dataset("digits", 0), nodes=4)
+    cost = calibrate.resolve(cfg, load_dataset("digits", 0), nodes=4)
     assert cost.compute == "calibrated" and cost.fb_seconds > 0 and cost.calibration_threads == 1
 
 

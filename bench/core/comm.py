@@ -19,9 +19,13 @@ packed codes plus 8 header bytes per bucket when quantized):
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -280,6 +284,17 @@ def _nbytes(t: torch.Tensor) -> int:
 _READ, _AVERAGE, _STOP = 1, 2, 3
 
 
+def exit_on_responder_error(exc: BaseException, rank: int) -> None:
+    """Default for a failed responder thread: say why and end this process now, so peers see it die instead of
+    waiting forever for a reply (a worker passes a handler that also reports the error to the launcher)."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"rank {rank}: responder thread failed: {exc!r}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+ResponderErrorHandler = Callable[[BaseException, int], None]
+
+
 class TorchComm(Comm):
     """`Comm` over torch.distributed on real processes ("p2p" transport for one-sided operations).
 
@@ -290,11 +305,21 @@ class TorchComm(Comm):
 
     transport = "p2p"
 
-    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float, *, responder: bool = True) -> None:
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        topology: Topology,
+        timeout_s: float,
+        *,
+        responder: bool = True,
+        on_responder_error: ResponderErrorHandler = exit_on_responder_error,
+    ) -> None:
         super().__init__(rank, size, topology, time.perf_counter)
         import torch.distributed as dist
 
         self._dist = dist
+        self._on_responder_error = on_responder_error
         self._hvd = None  # horovod.torch when --allreduce-impl horovod
         self._model_lock = threading.Lock()
         self._pub_lock = threading.Lock()
@@ -404,10 +429,8 @@ class TorchComm(Comm):
                     dist.send(self.serve_average(incoming), dst=src, group=self._rep)
                 else:
                     raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
-        except BaseException as exc:  # reported by the worker, which then exits so no peer waits forever
-            from bench.engine.processes.worker import abort_from_thread
-
-            abort_from_thread(exc, self.rank)
+        except BaseException as exc:  # the handler ends the process, so no peer waits forever for a reply
+            self._on_responder_error(exc, self.rank)
 
     def close(self) -> None:
         """After a barrier (no request is in flight any more) stop our successor's responder, join ours."""
@@ -623,12 +646,19 @@ def _mpi4py_available() -> bool:
 
 
 def make_comm(
-    transport: str, rank: int, size: int, topology: Topology, timeout_s: float, allreduce_impl: str = "torch"
+    transport: str,
+    rank: int,
+    size: int,
+    topology: Topology,
+    timeout_s: float,
+    allreduce_impl: str = "torch",
+    on_responder_error: ResponderErrorHandler = exit_on_responder_error,
 ) -> TorchComm:
     """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine."""
-    comm = (
-        RmaComm(rank, size, topology, timeout_s) if transport == "rma" else TorchComm(rank, size, topology, timeout_s)
-    )
+    if transport == "rma":
+        comm: TorchComm = RmaComm(rank, size, topology, timeout_s)
+    else:
+        comm = TorchComm(rank, size, topology, timeout_s, on_responder_error=on_responder_error)
     if allreduce_impl == "horovod":
         comm.use_horovod_allreduce()
     return comm

@@ -273,12 +273,6 @@ def validate(cfg: RunConfig) -> None:
     for n in cfg.node_series or (cfg.nodes,):
         check_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed)
     check_engine(cfg)
-    from bench.engine.processes.launchers import LAUNCHERS
-
-    if cfg.launcher not in LAUNCHERS:
-        raise UserError(
-            f"unknown launcher '{cfg.launcher}'{closest(cfg.launcher, LAUNCHERS)}: choose from {', '.join(LAUNCHERS)}"
-        )
     if cfg.master_port is not None and not 0 < cfg.master_port < 65536:
         raise UserError(f"--master-port must be a port number in 1..65535, got {cfg.master_port}")
     from bench.core.codec import BITS, QUANTIZERS
@@ -295,8 +289,6 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"bucket must be at least 1, got {cfg.bucket}")
     if cfg.allreduce_impl not in ("torch", "horovod"):
         raise UserError(f"--allreduce-impl must be torch or horovod, got '{cfg.allreduce_impl}'")
-    if cfg.allreduce_impl == "horovod":
-        _check_horovod(cfg)
     if cfg.transport not in ("auto", "p2p", "rma"):
         raise UserError(f"--transport must be auto, p2p or rma, got '{cfg.transport}'")
     if cfg.device not in ("cpu", "cuda", "auto"):
@@ -334,33 +326,14 @@ SIM_ONLY = (
 
 
 def check_engine(cfg: RunConfig) -> None:
-    """The engine name, and options that only one engine understands."""
+    """The engine name, and options that only the simulated cluster understands (its own checks, which need the
+    engine, are `bench.run.checks.check`)."""
     if cfg.engine not in ENGINES:
         raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got '{cfg.engine}'")
     if cfg.engine == "sim":
-        from bench.engine.sim.cluster import check_config
-
-        check_config(cfg)
         return
     defaults = RunConfig()
     for name in SIM_ONLY:
         if getattr(cfg, name) != getattr(defaults, name):
             what = "a comma list of node counts" if name == "node_series" else f"'{name}'"
             raise UserError(f"{what} applies to the simulated cluster only: add --engine sim or drop it")
-
-
-def _check_horovod(cfg: RunConfig) -> None:
-    """--allreduce-impl horovod needs Horovod built for this torch and a launcher that Horovod can join."""
-    import importlib.util
-
-    from bench.engine.processes.env import detect
-
-    if importlib.util.find_spec("horovod") is None:
-        raise UserError("--allreduce-impl horovod needs Horovod: build it with `make horovod` (or use torch)")
-    env = detect()
-    launcher = env.launcher if env is not None else cfg.launcher
-    if launcher not in ("horovodrun", "mpirun"):
-        raise UserError(
-            f"--allreduce-impl horovod needs workers that Horovod can join: use --launcher horovodrun or mpirun "
-            f"(not {launcher})"
-        )

@@ -161,16 +161,17 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
     the share spent summing allreduce payloads. ``total s`` (first row of a case) is the case's end-to-end wall
     time, including loading the dataset and resolving the cost model.
     """
-    from bench.core.config import resolve
+    from bench.run.checks import resolve
     from bench.engine.sim import cluster as sim
+    from bench.run.simulate import prepare
 
     rows: list[Row] = []
     for label, epochs, eval_every in SIM_CASES:
         start = time.perf_counter()
         cfg = resolve({"engine": "sim", "nodes": SIM_NODES, "epochs": epochs, "eval_every": eval_every})
-        dataset, policy, costs, _ = sim.prepare(cfg)
+        dataset, policy, costs, _ = prepare(cfg)
         shards = sim.make_sim_shards(cfg, dataset, policy)
-        with sim._Threads():
+        with sim.OneTorchThread():
             stats = sim.run_world(cfg, dataset, shards, costs[SIM_NODES], lambda event: None)
         total = time.perf_counter() - start
         for i, s in enumerate(stats):
@@ -195,18 +196,19 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
 _MEMORY_SCRIPT = """
 import json, sys
 from pathlib import Path
-from bench.core.config import resolve
+from bench.run.checks import resolve
 from bench.engine.sim import cluster as sim
+from bench.run.simulate import prepare
 def kib(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
     return int(line.split()[1]) * 1024
 cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2], "epochs": 1,
                "algorithms": [sys.argv[3]], "eval_samples": 100})
-dataset, policy, costs, n_params = sim.prepare(cfg)
+dataset, policy, costs, n_params = prepare(cfg)
 shards = sim.make_sim_shards(cfg, dataset, policy)
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
 before = kib("VmRSS:")
-with sim._Threads():
+with sim.OneTorchThread():
     sim.run_world(cfg, dataset, shards, costs[cfg.nodes], lambda event: None)
 peak = kib("VmHWM:")
 print(json.dumps({"before": before, "peak": peak, "estimate": sim.estimate_bytes(n_params, cfg.nodes),
@@ -481,7 +483,7 @@ def validate_sim(node_counts=VALIDATE_NODES, epochs=VALIDATE_EPOCHS, pairs=3, st
 
     import pandas as pd
 
-    from bench.core.config import resolve
+    from bench.run.checks import resolve
     from bench.run.orchestrate import execute
 
     rows: list[Row] = []

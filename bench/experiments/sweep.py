@@ -272,7 +272,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 
 def resolve_cell(cell: Cell):
-    from bench.core.config import resolve
+    from bench.run.checks import resolve
 
     return resolve({**cell.settings, "algorithms": cell.algorithms})
 

@@ -11,7 +11,6 @@ Two ways in:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import signal
 import sys
@@ -21,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.base.errors import UserError
-from bench.base.host import new_results_folder
 from bench.core.config import RunConfig
-
-
-def check_out_dir(out: str | None) -> Path:
-    if out is None:
-        return new_results_folder()
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"--out '{out}' exists and is not empty: choose a new folder or remove it first")
-    return path
+from bench.engine.processes.env import under_mpi
+from bench.engine.processes.spawn import launch
+from bench.run.outcome import check_out_dir, statuses_for
+from bench.run.simulate import execute_sim
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -62,31 +53,9 @@ def nodes_from_launcher(given: dict[str, Any], config_file: str | None, sets: tu
     return {**given, "nodes": env.world_size}
 
 
-def statuses_for(
-    cfg: RunConfig, started: list[str], done: list[str], failure: tuple[str, str] | None
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Per algorithm ok/failed/skipped and the reason, from the progress seen and the failure (who, error)."""
-    statuses, reasons = {}, {}
-    who, error = failure if failure else ("", "")
-    for name in cfg.algorithms:
-        if name in done:
-            statuses[name] = "ok"
-        elif name in started and failure:
-            statuses[name] = "failed"
-            reasons[name] = f"{who}: {error}"
-        else:
-            statuses[name] = "skipped"
-            reasons[name] = "an earlier algorithm failed" if failure else ""
-    if failure and not started:
-        reasons = {name: f"workers failed before training: {who}: {error}" for name in cfg.algorithms}
-    return statuses, reasons
-
-
 def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
     """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed)."""
     if cfg.engine == "sim":  # virtual nodes in this process (bench.engine.sim.cluster); no launcher involved
-        from bench.engine.sim.cluster import execute_sim
-
         return execute_sim(cfg, out, argv, interactive)
     from bench.engine.processes.env import detect
 
@@ -103,8 +72,8 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
 
     check_launcher(cfg)
     # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
-    under_mpi = cfg.launcher == "mpirun" and importlib.util.find_spec("mpi4py") is not None
-    transport = resolve_transport(cfg.transport, under_mpi=under_mpi, single_host=LAUNCHERS[cfg.launcher].single_host)
+    launcher = LAUNCHERS[cfg.launcher]
+    transport = resolve_transport(cfg.transport, under_mpi=under_mpi(cfg.launcher), single_host=launcher.single_host)
     out_dir = check_out_dir(out)
     preflight(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +82,7 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
     meta["launch"] = {"mode": "spawned"}
     atomic_write_json(out_dir / "meta.json", meta)
     with RunUI(cfg.algorithms, interactive) as ui:
-        outcome = LAUNCHERS[cfg.launcher].launch(cfg, out_dir, run_id, ui, transport)
+        outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)
     failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
     who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
     statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, (who, error) if outcome.failed else None)
@@ -189,7 +158,7 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     preflight(cfg)  # every rank checks the same things: a bad input fails everywhere alike
     from bench.core.comm import resolve_transport
 
-    resolve_transport(cfg.transport, under_mpi=worker.under_mpi(env), single_host=True)  # only for its UserError
+    resolve_transport(cfg.transport, under_mpi=under_mpi(env.launcher), single_host=True)  # only for its UserError
     decision: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     if rank0:

@@ -18,6 +18,7 @@ has SLURM_PROCID=0 and SLURM_NTASKS, but it is one process, so SLURM_STEP_ID is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -258,3 +259,27 @@ def expand_tasks_per_node(text: str) -> list[int]:
             raise UserError(f"tasks-per-node list '{text}' has a bad entry '{part}': check SLURM_TASKS_PER_NODE")
         counts.extend([int(m.group(1))] * int(m.group(2) or 1))
     return counts
+
+
+MPI_LAUNCHERS = ("mpirun", "mpiexec")  # Open MPI's and MPICH/Hydra's (PMI) process managers
+
+
+def under_mpi(launcher: str) -> bool:
+    """Ranks started by an MPI process manager, with mpi4py at hand: they are MPI ranks (what the rma transport
+    needs). The one answer for the parent predicting the transport and for the workers resolving it."""
+    return launcher in MPI_LAUNCHERS and importlib.util.find_spec("mpi4py") is not None
+
+
+def explicit_master(cfg) -> tuple[str | None, int | None]:
+    """--master-addr/--master-port, else MASTER_ADDR/MASTER_PORT from the environment."""
+    addr = getattr(cfg, "master_addr", None) or os.environ.get("MASTER_ADDR") or None
+    port = getattr(cfg, "master_port", None)
+    if port is None and os.environ.get("MASTER_PORT", "").strip():
+        raw = os.environ["MASTER_PORT"]
+        try:
+            port = int(raw)
+        except ValueError:
+            raise UserError(
+                f"MASTER_PORT={raw!r} is not a port number: set it to a free port on rank 0's host"
+            ) from None
+    return addr, port

@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.base.errors import UserError
 from bench.base.host import usable_cores
+from bench.engine.processes.env import explicit_master
 
 # Rank tags that launchers put in front of their workers' output lines. Open MPI's --tag-output writes
 # "[JOBID,RANK]<stdout>:" and horovodrun "[RANK]<stdout>:"; torchrun is told to write "[RANK]<stdout>:" too.
@@ -31,7 +31,6 @@ SRUN_TAG = re.compile(r"^\s*(\d+): ")  # srun --label: "RANK: " at the start of 
 class Launcher:
     name: str
     description: str  # one line for `swarmbench list`
-    launch: Callable  # (cfg, out_dir, run_id, ui, transport) -> Outcome
     binary: str | None = None  # the executable it needs; None for `local`
     install: str = ""  # how to get the executable, for the error message when it is missing
     tag: re.Pattern | None = field(default=None)  # rank tag on its output lines
@@ -65,8 +64,6 @@ def check_launcher(cfg) -> None:
         return
     require_binary(launcher)
     if launcher.name == "mpirun" and importlib.util.find_spec("mpi4py") is None:
-        from bench.engine.processes.worker import explicit_master
-
         addr, port = explicit_master(cfg)
         if not (addr and port):
             raise UserError(
@@ -129,21 +126,6 @@ def srun_argv(binary: str, nodes: int, worker: list[str]) -> list[str]:
     return [binary, "--ntasks", str(nodes), "--kill-on-bad-exit=1", "--label", "--cpu-bind=none", *worker]
 
 
-def _local(cfg, out_dir, run_id, ui, transport="p2p"):
-    from bench.engine.processes.spawn import launch_local
-
-    return launch_local(cfg, out_dir, run_id, ui, transport)
-
-
-def _via(name: str) -> Callable:
-    def launch(cfg, out_dir, run_id, ui, transport="p2p"):
-        from bench.engine.processes.spawn import launch_with
-
-        return launch_with(LAUNCHERS[name], cfg, out_dir, run_id, ui, transport)
-
-    return launch
-
-
 def build_argv(launcher: Launcher, binary: str, nodes: int, worker: list[str], tmp: Path) -> list[str]:
     """The command line that starts `nodes` copies of `worker` under `launcher` on this host."""
     if launcher.name == "mpirun":
@@ -158,11 +140,10 @@ def build_argv(launcher: Launcher, binary: str, nodes: int, worker: list[str], t
 
 
 LAUNCHERS: dict[str, Launcher] = {
-    "local": Launcher("local", "N worker processes on this host, gloo over loopback, FileStore rendezvous", _local),
+    "local": Launcher("local", "N worker processes on this host, gloo over loopback, FileStore rendezvous"),
     "mpirun": Launcher(
         "mpirun",
         "Open MPI's mpirun -np N on this host; rendezvous address shared with mpi4py",
-        _via("mpirun"),
         binary="mpirun",
         install="install Open MPI (apt-get install openmpi-bin libopenmpi-dev, or `make setup`)",
         tag=BRACKET_TAG,
@@ -170,7 +151,6 @@ LAUNCHERS: dict[str, Launcher] = {
     "torchrun": Launcher(
         "torchrun",
         "torchrun --standalone --nproc-per-node N on this host; its TCPStore rendezvous",
-        _via("torchrun"),
         binary="torchrun",
         install="it ships with torch: pip install torch==2.14.1 (or `make setup`)",
         tag=BRACKET_TAG,
@@ -178,7 +158,6 @@ LAUNCHERS: dict[str, Launcher] = {
     "horovodrun": Launcher(
         "horovodrun",
         "horovodrun --gloo -np N on this host; rendezvous address shared with Horovod",
-        _via("horovodrun"),
         binary="horovodrun",
         install="build Horovod with PyTorch support (`make horovod`)",
         tag=BRACKET_TAG,
@@ -186,7 +165,6 @@ LAUNCHERS: dict[str, Launcher] = {
     "srun": Launcher(
         "srun",
         "SLURM srun --ntasks N inside an allocation (may span hosts); rendezvous on the first node",
-        _via("srun"),
         binary="srun",
         install="run inside a SLURM allocation (salloc or sbatch) on a host where srun is installed",
         tag=SRUN_TAG,

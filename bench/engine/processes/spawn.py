@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.engine.processes.launchers import Launcher, build_argv, require_binary, worker_command
 from bench.engine.processes.worker import EVENT_MARKER, threads_per_rank
 
 KILL_GRACE_S = 3.0  # SIGTERM -> SIGKILL; keeps "others stopped within 10 s" with room to spare
@@ -195,6 +196,14 @@ def _spec(cfg, out_dir: Path, run_id: str, threads: int, store: str | None, tran
     return spec
 
 
+def launch(launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
+    """Start cfg.nodes workers with `launcher` and watch them to the end: the `local` launcher spawns one process
+    per rank itself, the others run one launcher command."""
+    if launcher.binary is None:
+        return launch_local(cfg, out_dir, run_id, ui, transport)
+    return launch_with(launcher, cfg, out_dir, run_id, ui, transport)
+
+
 def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
     with tempfile.TemporaryDirectory(prefix="swarmbench-") as tmp:
         env, threads = worker_env(cfg.nodes)
@@ -211,10 +220,8 @@ def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str =
         return _supervise(children, ui, "local")
 
 
-def launch_with(launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
+def launch_with(launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
     """Start the workers with one launcher command (mpirun, torchrun, ...) and watch it."""
-    from bench.engine.processes.launchers import build_argv, require_binary, worker_command
-
     binary = require_binary(launcher)
     with tempfile.TemporaryDirectory(prefix="swarmbench-") as tmp:
         # srun may place ranks on other hosts: there gloo must not be pinned to loopback.

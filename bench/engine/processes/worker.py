@@ -26,9 +26,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.base.errors import UserError
+from bench.base.errors import UserError, last_line
 from bench.base.host import usable_cores
-from bench.engine.processes.env import LaunchEnv, detect
+from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -63,11 +63,6 @@ def send_event(event: dict[str, Any]) -> None:
             line = json.dumps(event)[:_EVENT_LINE_MAX]
         sys.stdout.flush()  # keep ordinary output before the event that follows it
         os.write(1, (EVENT_MARKER + line + "\n").encode())
-
-
-def last_line(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 def abort_job(code: int) -> None:
@@ -139,21 +134,6 @@ def check_world(cfg, env: LaunchEnv) -> None:
             f"--nodes {cfg.nodes} does not match the {env.world_size} ranks {env.launcher} started: "
             f"drop --nodes or pass --nodes {env.world_size}"
         )
-
-
-def explicit_master(cfg) -> tuple[str | None, int | None]:
-    """--master-addr/--master-port, else MASTER_ADDR/MASTER_PORT from the environment."""
-    addr = getattr(cfg, "master_addr", None) or os.environ.get("MASTER_ADDR") or None
-    port = getattr(cfg, "master_port", None)
-    if port is None and os.environ.get("MASTER_PORT", "").strip():
-        raw = os.environ["MASTER_PORT"]
-        try:
-            port = int(raw)
-        except ValueError:
-            raise UserError(
-                f"MASTER_PORT={raw!r} is not a port number: set it to a free port on rank 0's host"
-            ) from None
-    return addr, port
 
 
 def slurm_port(env: LaunchEnv) -> int:
@@ -326,18 +306,15 @@ def _advertised_address() -> str:
 # ---- training ----------------------------------------------------------------------------------------------
 
 
-def under_mpi(env: LaunchEnv | None) -> bool:
-    """Started by MPI with mpi4py at hand: the ranks are MPI ranks (what the rma transport needs)."""
-    import importlib.util
-
-    return env is not None and env.launcher in ("mpirun", "mpiexec") and importlib.util.find_spec("mpi4py") is not None
-
-
 def session_transport(cfg, session: Session) -> str:
     """The one-sided transport for this launch ("p2p" or "rma"), the same on every rank."""
     from bench.core.comm import resolve_transport
 
-    return resolve_transport(cfg.transport, under_mpi=under_mpi(session.env), single_host=len(set(session.hosts)) == 1)
+    return resolve_transport(
+        cfg.transport,
+        under_mpi=session.env is not None and under_mpi(session.env.launcher),
+        single_host=len(set(session.hosts)) == 1,
+    )
 
 
 def train_all(
@@ -364,7 +341,9 @@ def train_all(
     torch.set_num_threads(threads)
     device = torch.device(session.device)
     topology = build_topology(cfg.topology, world, degree=cfg.degree, seed=cfg.seed)
-    comm = make_comm(transport, rank, world, topology, cfg.timeout_s, cfg.allreduce_impl)
+    comm = make_comm(
+        transport, rank, world, topology, cfg.timeout_s, cfg.allreduce_impl, on_responder_error=abort_from_thread
+    )
     clock: Clock = WallClock()
     dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
     shards = make_shards(cfg, dataset)

@@ -41,6 +41,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.base.console import closest
 from bench.base.errors import UserError
 
 
@@ -93,8 +94,8 @@ def _steps(rows: str) -> dict[tuple[str, str], StepCost]:
     return out
 
 
-# `python -m bench.diagnostics.benchmarks sim-profile --repeats 20`: per point the smallest of the medians of two runs (each
-# the smallest of 3 medians of 20 steps after 5 warm-up steps), one torch thread, torch 2.14.1, 2026-11-26.
+# `python -m bench.diagnostics.benchmarks sim-profile --repeats 20`: per point the smallest of the medians of two
+# runs (each the smallest of 3 medians of 20 steps after 5 warm-up steps), one torch thread, torch 2.14.1, 2026-11-26.
 _VM_CORE = _steps(
     """
     mlp      1x28x28  0.319  0.447  0.984  0.126
@@ -108,9 +109,9 @@ _VM_CORE = _steps(
     """
 )
 
-# `python -m bench.diagnostics.benchmarks sim-profile --device cuda --repeats 20` on the project's lent NVIDIA H200, torch
-# 2.11.0+cu130, 2026-11-26, one run. At these batch sizes the models are kernel-launch bound: the time hardly grows
-# with the batch (and wobbles by ~20 % between batch sizes).
+# `python -m bench.diagnostics.benchmarks sim-profile --device cuda --repeats 20` on the project's lent NVIDIA H200,
+# torch 2.11.0+cu130, 2026-11-26, one run. At these batch sizes the models are kernel-launch bound: the time hardly
+# grows with the batch (and wobbles by ~20 % between batch sizes).
 _H200 = _steps(
     """
     mlp      1x28x28  0.664  0.882  0.605  0.125
@@ -134,7 +135,10 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "h200": ComputeProfile(
         name="h200",
         description="one NVIDIA H200 per node, PyTorch eager (CUDA 13), fp32",
-        source="measured with `python -m bench.diagnostics.benchmarks sim-profile --device cuda` on an H200, torch 2.11.0+cu130",
+        source=(
+            "measured with `python -m bench.diagnostics.benchmarks sim-profile --device cuda` on an H200, "
+            "torch 2.11.0+cu130"
+        ),
         steps=_H200,
     ),
 }
@@ -198,6 +202,7 @@ def jitter_table(durations: list[float]) -> tuple[float, ...]:
 
 
 CALIBRATIONS = ("none", "node", "host")
+MAX_HOST_NODES = 16  # --calibrate host starts N real processes: beyond this the probe costs more than it tells
 
 
 @dataclass(frozen=True)
@@ -349,72 +354,6 @@ def node_threads(cfg, nodes: int) -> int:
     return max(1, cfg.shared_cores // nodes) if cfg.shared_cores else 1
 
 
-def resolve(cfg, dataset, nodes: int) -> CostModel:
-    """The cost model of a sim run at `nodes` nodes; UserError for an unknown profile or a model the profile does
-    not cover."""
-    threads = None
-    net = NETWORK_PROFILES[cfg.network]
-    if cfg.calibrate == "host":
-        from bench.core.models import build_model
-        from bench.engine.sim import hostcal
-
-        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
-        host = hostcal.calibrate_host(cfg, nodes, sum(p.numel() for p in model.parameters()))
-        bandwidth = host["bandwidth_Bps"] * 8 / 1e9 if host["bandwidth_Bps"] else net.bandwidth_gbps
-        latency = host["latency_s"] * 1e6 if host["latency_s"] else net.latency_us
-        contention = max(1.0, nodes / host["cores"])  # measured with all N computing: per core, uncontended
-        return CostModel(
-            compute="calibrated-host",
-            fb_seconds=host["fb"] / contention,
-            update_seconds=host["update"] / contention,
-            network="measured",
-            bandwidth_gbps=bandwidth,
-            latency_us=latency,
-            allreduce="measured",
-            speed_sigma=cfg.speed_sigma,
-            straggler_p=cfg.straggler_p,
-            straggler_k=cfg.straggler_k,
-            shared_cores=host["cores"],
-            calibration_threads=host["threads"],
-            calibration="host",
-            measured=host["measured"],
-            jitter=host["jitter"],
-        )
-    if cfg.step_time is not None:
-        compute, fb, update = "step-time", float(cfg.step_time), 0.0
-    elif cfg.calibrate == "node":
-        threads = node_threads(cfg, nodes)
-        fb, update = calibrate(cfg, dataset, threads)
-        compute = "calibrated"
-    else:
-        profile = COMPUTE_PROFILES[cfg.compute_profile]
-        key = (cfg.model, shape_key(dataset.input_shape))
-        if key not in profile.steps:
-            covered = ", ".join(f"{m} on {s}" for m, s in sorted(profile.steps))
-            raise UserError(
-                f"compute profile '{profile.name}' has no entry for {cfg.model} on {key[1]} inputs "
-                f"(it covers {covered}): pass --calibrate or --step-time SECONDS"
-            )
-        fb, update = profile.steps[key].seconds(cfg.batch_size)
-        compute = profile.name
-    custom = cfg.bandwidth_gbps is not None or cfg.latency_us is not None
-    return CostModel(
-        compute=compute,
-        fb_seconds=fb,
-        update_seconds=update,
-        network=f"{net.name}+custom" if custom else net.name,
-        bandwidth_gbps=float(cfg.bandwidth_gbps if cfg.bandwidth_gbps is not None else net.bandwidth_gbps),
-        latency_us=float(cfg.latency_us if cfg.latency_us is not None else net.latency_us),
-        allreduce=cfg.allreduce_algo,
-        speed_sigma=cfg.speed_sigma,
-        straggler_p=cfg.straggler_p,
-        straggler_k=cfg.straggler_k,
-        shared_cores=cfg.shared_cores,
-        calibration_threads=threads,
-        calibration=cfg.calibrate,
-    )
-
-
 def measure_step(
     model_name: str,
     input_shape: tuple[int, ...],
@@ -468,10 +407,7 @@ def measure_step(
     return statistics.median(fb_times), statistics.median(up_times)
 
 
-CALIBRATION_STEPS = 60  # timed steps of the real training loop (the first WARMUP_STEPS of them are not used)
-
-
-class _SectionTimer:
+class SectionTimer:
     """A wall clock for the training loop that also records how long each of its two compute sections took."""
 
     def __init__(self) -> None:
@@ -483,10 +419,10 @@ class _SectionTimer:
         self._phase = 0
         self._t0 = 0.0
 
-    def compute(self) -> _SectionTimer:
+    def compute(self) -> SectionTimer:
         return self
 
-    def __enter__(self) -> _SectionTimer:
+    def __enter__(self) -> SectionTimer:
         self._t0 = self.now()
         if self._phase == 0:
             self.starts.append(self._t0)
@@ -497,53 +433,8 @@ class _SectionTimer:
         self._phase ^= 1
 
 
-def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
-    """`--calibrate`: (forward/backward, update) seconds per step, timed here with `threads` torch threads by running
-    the real training loop (`bench.core.train.run_cell`, the run's first algorithm) for one node on its own.
-
-    update = the median optimizer-update section; forward/backward = the median step minus that, i.e. the
-    forward/backward section plus the loop's own per-step work (sampling the batch, bookkeeping, the algorithm's
-    local hooks), which the real engine pays as well. No communication happens on a single node.
-    """
-    import dataclasses
-    import statistics
-
-    import torch
-
-    from bench.core.topology import build_topology
-    from bench.core.train import WARMUP_STEPS, Shards, run_cell
-    from bench.engine.sim.cluster import Cluster
-
-    one = dataclasses.replace(cfg, nodes=1, node_series=(), epochs=1, topology="complete", degree=None)
-    steps = max(WARMUP_STEPS + 5, min(CALIBRATION_STEPS, len(dataset.y_train) // cfg.batch_size))
-    shards = Shards(indices=[torch.arange(len(dataset.y_train))], steps_per_epoch=steps)
-    few = dataclasses.replace(dataset, x_test=dataset.x_test[:100], y_test=dataset.y_test[:100])
-    idle = CostModel("calibration", 0.0, 0.0, "none", 1.0, 1.0, "ring")
-    cluster = Cluster(1, build_topology("complete", 1), idle, cfg.seed)  # a one-node comm: nothing to send
-    timer = _SectionTimer()
-    rows: dict[str, float] = {}
-
-    def emit(event: dict[str, Any]) -> None:
-        if event["type"] == "record" and event["metric"] == "step_seconds_median":
-            rows["step"] = event["value"]
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        run_cell(one, cfg.algorithms[0], few, shards, 0, cluster.comms[0], timer, torch.device("cpu"), emit)
-    finally:
-        torch.set_num_threads(saved)
-    update = statistics.median(timer.sections[1][WARMUP_STEPS:])
-    fb = rows["step"] - update
-    if not (fb > 0 and update >= 0 and math.isfinite(fb + update)):  # a broken timer, never a user error
-        raise RuntimeError(f"calibration measured a non-positive step time ({fb}, {update})")
-    return fb, update
-
-
 def check(cfg) -> None:
     """Validation of the cost-model options (no data, no torch): each failure is one actionable line."""
-    from bench.base.console import closest
-
     if cfg.compute_profile not in COMPUTE_PROFILES:
         raise UserError(
             f"unknown compute profile '{cfg.compute_profile}'{closest(cfg.compute_profile, COMPUTE_PROFILES)}: "
@@ -580,8 +471,6 @@ def check(cfg) -> None:
 
 def _check_host(cfg) -> None:
     """`--calibrate host` measures N local processes of this machine: compute and links both come from it."""
-    from bench.engine.sim.hostcal import MAX_HOST_NODES
-
     for flag, given in (
         ("--shared-cores", cfg.shared_cores),
         ("--bandwidth", cfg.bandwidth_gbps is not None),

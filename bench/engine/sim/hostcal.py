@@ -30,8 +30,9 @@ So host calibration measures every cost *in situ*: it starts N real processes th
   meta.json also shows the read's line as a link: latency a = (alpha - 40 beta) / 2 and bandwidth B = 1 / beta
   (a read is a 32-byte request and an (8 + m)-byte reply).
 
-Nothing measured here is a throughput of an algorithm: the validation (`python -m bench.diagnostics.benchmarks sim-validate`)
-compares the simulator's predictions with real runs that the calibration never saw.
+Nothing measured here is a throughput of an algorithm: the validation
+(`python -m bench.diagnostics.benchmarks sim-validate`) compares the simulator's predictions with real runs that
+the calibration never saw.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-MAX_HOST_NODES = 16  # N real processes are started: beyond this the probe costs more than it tells
 REPS = 250  # measured repetitions of each operation and size (after WARM ones); costs have heavy tails
 COMPUTE_EPOCHS = 4  # epochs of the compute-only training cell
 WARM = 8
@@ -158,7 +158,7 @@ def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
     import torch
 
     from bench.core.train import WARMUP_STEPS, make_shards, run_cell
-    from bench.engine.sim.costmodel import _SectionTimer
+    from bench.engine.sim.costmodel import SectionTimer
 
     cell = dataclasses.replace(
         cfg,
@@ -168,7 +168,7 @@ def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
     )
     shards = make_shards(cell, dataset)
     few = dataclasses.replace(dataset, x_test=dataset.x_test[:100], y_test=dataset.y_test[:100])
-    timer = _SectionTimer()
+    timer = SectionTimer()
     seconds: list[float] = []
 
     def emit(event: dict[str, Any]) -> None:

@@ -1,0 +1,52 @@
+"""Checks of a run configuration that need the engines: the launcher, the simulator's limits, Horovod.
+
+`bench.core.config` validates each field on its own (no engine imported); `check` adds what only the engines know.
+`resolve` is the one entry point for a command: defaults < config file < options < --set, then every check, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from typing import Any
+
+from bench.base.console import closest
+from bench.base.errors import UserError
+from bench.core import config
+from bench.core.config import RunConfig
+from bench.engine.processes.env import detect
+from bench.engine.processes.launchers import LAUNCHERS
+from bench.engine.sim.cluster import check_config as check_sim
+
+
+def check(cfg: RunConfig) -> None:
+    """Raise a UserError naming the first problem the engines see with `cfg`."""
+    if cfg.launcher not in LAUNCHERS:
+        raise UserError(
+            f"unknown launcher '{cfg.launcher}'{closest(cfg.launcher, LAUNCHERS)}: choose from {', '.join(LAUNCHERS)}"
+        )
+    if cfg.engine == "sim":
+        check_sim(cfg)
+    if cfg.allreduce_impl == "horovod":
+        check_horovod(cfg)
+
+
+def check_horovod(cfg: RunConfig) -> None:
+    """--allreduce-impl horovod needs Horovod built for this torch and a launcher that Horovod can join."""
+    if importlib.util.find_spec("horovod") is None:
+        raise UserError("--allreduce-impl horovod needs Horovod: build it with `make horovod` (or use torch)")
+    env = detect()
+    launcher = env.launcher if env is not None else cfg.launcher
+    if launcher not in ("horovodrun", "mpirun"):
+        raise UserError(
+            f"--allreduce-impl horovod needs workers that Horovod can join: use --launcher horovodrun or mpirun "
+            f"(not {launcher})"
+        )
+
+
+def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: Iterable[str] = ()) -> RunConfig:
+    """`bench.core.config.resolve` (fields) followed by `check` (engines)."""
+    cfg = config.resolve(cli_values, config_file, sets)
+    check(cfg)
+    return cfg

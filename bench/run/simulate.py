@@ -1,0 +1,184 @@
+"""`swarmbench run --engine sim`: a simulated run at one node count, or a scaling series (`--nodes 8,16,32`).
+
+Everything is checked and resolved (data, shards, the cost model of every node count) before anything is written;
+each node count then gets the full results contract in its own folder, and a series gets summary.csv, scaling.csv
+and meta.json of its own. The simulated cluster itself (`bench.engine.sim.cluster`) writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.base.console import RunUI
+from bench.base.errors import UserError, last_line
+from bench.base.files import atomic_write_frame, atomic_write_json
+from bench.core.data import load_dataset
+from bench.core.models import build_model
+from bench.core.topology import build_topology
+from bench.engine.processes.env import detect
+from bench.engine.sim.calibrate import resolve as resolve_cost
+from bench.engine.sim.cluster import (
+    OneTorchThread,
+    check_memory,
+    estimate_bytes,
+    eval_subset,
+    make_sim_shards,
+    resolve_shards,
+    run_world,
+)
+from bench.engine.sim.costmodel import CostModel, node_threads
+from bench.records.tables import print_scaling, print_tables, write_scaling
+from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame
+from bench.run.outcome import check_out_dir, statuses_for
+
+
+def prepare(cfg):
+    """Everything checked and resolved before anything is written: (dataset, shard policy, the cost model of
+    every node count, number of model parameters)."""
+    series = cfg.node_series or (cfg.nodes,)
+    dataset = eval_subset(cfg, load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, cfg.download))
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    check_memory(n_params, max(series))
+    policy = resolve_shards(cfg, dataset, series)
+    costs: dict[int, CostModel] = {}
+    by_threads: dict[int, CostModel] = {}
+    with OneTorchThread():
+        for n in series:
+            if cfg.calibrate == "host":  # measured on n real processes: per node count
+                costs[n] = resolve_cost(cfg, dataset, n)
+                continue
+            threads = node_threads(cfg, n) if cfg.calibrate == "node" else 1
+            if threads not in by_threads:  # calibration depends on the node's threads only
+                by_threads[threads] = resolve_cost(cfg, dataset, n)
+            costs[n] = by_threads[threads]
+    return dataset, policy, costs, n_params
+
+
+def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
+    """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`)."""
+    if detect() is not None:
+        raise UserError("--engine sim runs every node in this one process: start it without mpirun/torchrun/srun")
+    out_dir = check_out_dir(out)
+    dataset, policy, costs, n_params = prepare(cfg)
+    series = tuple(sorted(cfg.node_series))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    facts = {
+        "shards": policy,
+        "memory_estimate_bytes": estimate_bytes(n_params, max(series or (cfg.nodes,))),
+        "model_parameters": n_params,
+        "eval_samples": len(dataset.y_test),
+        "torch_threads": 1,
+        "time": "simulated seconds (virtual clocks); no wall-clock time in the results",
+    }
+    summaries, records, failed = [], {}, False
+    with RunUI(cfg.algorithms, interactive) as ui:
+        console = ui.console
+        for n in series or (cfg.nodes,):
+            cfg_n = dataclasses.replace(cfg, nodes=n, node_series=())
+            world_dir = out_dir / f"n{n}" if series else out_dir
+            if series:
+                console.print(f"{n} nodes -> {world_dir}")
+            summary, ok = _run_one(cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui)
+            summaries.append(summary)
+            if series:
+                records[n] = _read_records(world_dir)
+            if not ok:
+                failed = True
+                break
+    if not series:
+        console.print(f"results: {out_dir}")
+        print_tables(summaries[0], console)
+        return 1 if failed else 0
+    scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, failed)
+    console.print(f"results: {out_dir}")
+    print_scaling(scaling, cfg.target_acc, console)
+    return 1 if failed else 0
+
+
+def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int, CostModel], facts, failed: bool):
+    """The series folder's own files: summary.csv (every node count), scaling.csv/.md and meta.json."""
+    import pandas as pd
+
+    series = tuple(sorted(cfg.node_series))
+    cost = costs[series[0]]
+    combined = pd.concat(summaries, ignore_index=True)
+    atomic_write_frame(out_dir / "summary.csv", combined)
+    scaling = scaling_frame(combined, records, cfg.target_acc, cost.one_node_samples_per_s(cfg.batch_size))
+    write_scaling(out_dir, scaling, cfg.target_acc)
+    first = dataclasses.replace(cfg, nodes=series[0])
+    meta = build_meta(first, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
+    meta["topology"] = {
+        str(n): build_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed).describe() for n in series
+    }
+    meta["cost_model"] = cost.to_dict()
+    if any(c != cost for c in costs.values()):  # calibrated per node count (threads or processes differ)
+        meta["cost_model_by_nodes"] = {str(n): c.to_dict() for n, c in costs.items()}
+    meta["sim"] = facts
+    meta["series"] = {str(n): f"n{n}" for n in series[: len(summaries)]}
+    meta["ended_at"] = now_iso()
+    meta["status"] = "failed" if failed else "ok"
+    meta["algorithms"] = {name: {"status": _worst(combined, name), "reason": ""} for name in cfg.algorithms}
+    atomic_write_json(out_dir / "meta.json", meta)
+    return scaling
+
+
+def _worst(summary, algorithm: str) -> str:
+    statuses = set(summary.loc[summary["algorithm"] == algorithm, "status"])
+    for s in ("failed", "skipped"):
+        if s in statuses:
+            return s
+    return "ok" if statuses else "skipped"
+
+
+def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, facts, ui):
+    """One node count: the full results contract in `out_dir`. Returns (summary, ok)."""
+    shards = make_sim_shards(cfg, dataset, policy)
+    meta = build_meta(cfg, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
+    meta["cost_model"] = cost.to_dict()
+    meta["sim"] = {**facts, "steps_per_epoch": shards.steps_per_epoch}
+    atomic_write_json(out_dir / "meta.json", meta)
+    writer = StagingWriter(out_dir, "-all", out_dir.name, cfg.nodes)  # one file, rows in event order
+    started: list[str] = []
+    done: list[str] = []
+
+    def emit(event: dict[str, Any]) -> None:
+        if event["type"] == "record":
+            writer.write(event)
+        else:
+            ui.event(event)
+
+    def on_event(event: dict[str, Any]) -> None:
+        (started if event["type"] == "cell_start" else done).append(event["algorithm"])
+        ui.event(event)
+
+    failure, interrupted = None, None
+    try:
+        with OneTorchThread():
+            run_world(cfg, dataset, shards, cost, emit, on_event)
+    except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
+        traceback.print_exc(file=sys.stderr)
+        failure = ("simulator", last_line(exc))
+    except BaseException as exc:  # Ctrl-C: keep what was recorded, marked failed, then stop
+        failure, interrupted = ("simulator", f"interrupted ({type(exc).__name__})"), exc
+    finally:
+        writer.close()
+    statuses, reasons = statuses_for(cfg, started, done, failure)
+    summary = finalize(out_dir, cfg, meta, statuses, reasons, failure is not None)
+    if interrupted is not None:
+        raise interrupted
+    if failure:
+        from rich.markup import escape
+
+        ui.console.print(f"[bold red]failed:[/] {escape(failure[1])}", highlight=False)
+    return summary, failure is None
+
+
+def _read_records(out_dir: Path):
+    import pandas as pd
+
+    return pd.read_json(out_dir / "records.jsonl", lines=True, dtype=False)
