@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.core.config import RunConfig
+from bench.training.config import RunConfig
 from bench.engine.processes.localworld import run_world
 
 
 def _train(rank, world, comm, cfg_dict, algorithms):
     from bench.core.data import load_dataset
-    from bench.core.train import make_shards, run_cell
+    from bench.training.loop import make_shards, run_cell
     from bench.engine.processes.worker import WallClock
 
     cfg = RunConfig.from_dict(cfg_dict)
@@ -50,7 +50,7 @@ def _naive_dpsgd(rank, world, comm, cfg_dict):
     from bench.core.models import build_model
     from bench.core.protocol import flatten_model
     from bench.core.topology import build_topology
-    from bench.core.train import Sampler, make_shards, node_seed
+    from bench.training.loop import Sampler, make_shards, node_seed
 
     cfg = RunConfig.from_dict(cfg_dict)
     data = load_dataset(cfg.dataset, cfg.seed)

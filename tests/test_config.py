@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.base.errors import UserError
-from bench.core.config import RunConfig, algo_config, resolve
+from bench.training.config import RunConfig, algo_config, resolve
 
 
 def test_precedence_defaults_file_options_set(tmp_path):

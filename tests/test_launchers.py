@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.base.errors import UserError
-from bench.engine.processes.env import LaunchEnv, detect, expand_hostlist, expand_tasks_per_node
+from bench.engine.processes.env import LaunchEnv, detect, expand_hostlist, expand_tasks_per_node, under_mpi
 from bench.engine.processes.launchers import (
     BRACKET_TAG,
     LAUNCHERS,
@@ -536,3 +536,16 @@ def test_launcher_horovodrun(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     meta = _check_results(out, 2, "horovodrun", "spawned")
     assert "Horovod" in meta["launch"]["rendezvous"]
+
+
+def test_under_mpi_is_one_answer_for_every_mpi_process_manager():
+    """The parent predicting the transport and the workers resolving it ask the same question: Open MPI's mpirun
+    and MPICH's mpiexec (PMI) both start MPI ranks; the other launchers do not."""
+    has_mpi4py = importlib.util.find_spec("mpi4py") is not None
+    open_mpi = detect({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"})
+    mpich = detect({"PMI_RANK": "1", "PMI_SIZE": "2"})
+    assert (open_mpi.launcher, mpich.launcher) == ("mpirun", "mpiexec")
+    assert under_mpi(open_mpi.launcher) is has_mpi4py
+    assert under_mpi(mpich.launcher) is has_mpi4py
+    for name in ("local", "torchrun", "horovodrun", "srun"):
+        assert under_mpi(name) is False

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.core.registry import ALGORITHMS
+from bench.training.registry import ALGORITHMS
 from bench.core.topology import build_topology
 from bench.engine.sim import calibrate, costmodel
 from bench.engine.sim import cluster as sim

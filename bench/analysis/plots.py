@@ -50,7 +50,7 @@ def _colors(algorithms: list[str]) -> dict[str, Any]:
     """One colour and marker per algorithm, stable across plots (registry order)."""
     import matplotlib
 
-    from bench.core.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS
 
     order = list(ALGORITHMS) + [a for a in algorithms if a not in ALGORITHMS]
     cmap = matplotlib.colormaps["tab10"]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig
 
 if TYPE_CHECKING:
@@ -625,7 +626,6 @@ class RmaComm(TorchComm):
 
 def resolve_transport(requested: str, *, under_mpi: bool, single_host: bool) -> str:
     """`auto` picks RMA under MPI on one host (true passive progress there), p2p otherwise."""
-    from bench.base.errors import UserError
 
     if requested == "rma":
         if not under_mpi:

@@ -1,7 +1,7 @@
 """The one protocol every algorithm implements, and the per-node handle it is given.
 
 An algorithm is written once against `Node` (its rank, its communicator, its clock, its own model and
-optimizer) and a few hooks that the shared training loop (`bench.core.train`) calls around each SGD step.
+optimizer) and a few hooks that the shared training loop (`bench.training.loop`) calls around each SGD step.
 It never imports torch.distributed, MPI, Horovod or `time`: engines provide `Node.comm` and `Node.clock`.
 """
 

@@ -23,9 +23,9 @@ def _drive(rank: int, world: int, comm, algorithm: str, steps: int, seed: int) -
     import torch
     from torch import nn
 
-    from bench.core.config import RunConfig, algo_config
+    from bench.training.config import RunConfig, algo_config
     from bench.core.protocol import Node, flatten_model
-    from bench.core.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS
 
     torch.manual_seed(seed * 1000 + rank)  # random, different initial models
     model = nn.Linear(16, 8)

@@ -18,7 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench import __version__
 from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
+from bench.core.topology import build_topology
+from bench.records.tables import write_tables
+from bench.training.registry import ALGORITHMS
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -124,9 +128,6 @@ def host_facts() -> dict[str, Any]:
 def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, transport: str) -> dict[str, Any]:
     import torch
 
-    from bench import __version__
-    from bench.core.topology import build_topology
-
     return {
         "schema_version": SCHEMA_VERSION,
         "swarmbench_version": __version__,
@@ -170,8 +171,6 @@ def read_staging(out_dir: Path) -> list[dict[str, Any]]:
 def summarize(records, cfg, statuses: dict[str, str]):
     """One summary row per algorithm, derived from the tidy records only."""
     import pandas as pd
-
-    from bench.core.registry import ALGORITHMS
 
     rows = []
     for algo in cfg.algorithms:
@@ -278,8 +277,6 @@ def finalize(
 ) -> Any:
     """Merge staging rows, write records/summary/tables/meta atomically; return the summary frame."""
     import pandas as pd
-
-    from bench.records.tables import write_tables
 
     rows = read_staging(out_dir)
     records = pd.DataFrame(rows)

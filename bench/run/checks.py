@@ -1,6 +1,6 @@
 """Checks of a run configuration that need the engines: the launcher, the simulator's limits, Horovod.
 
-`bench.core.config` validates each field on its own (no engine imported); `check` adds what only the engines know.
+`bench.training.config` validates each field on its own (no engine imported); `check` adds what only the engines know.
 `resolve` is the one entry point for a command: defaults < config file < options < --set, then every check, before
 anything is written.
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 from bench.base.console import closest
 from bench.base.errors import UserError
-from bench.core import config
-from bench.core.config import RunConfig
 from bench.engine.processes.env import detect
 from bench.engine.processes.launchers import LAUNCHERS
 from bench.engine.sim.cluster import check_config as check_sim
+from bench.training import config
+from bench.training.config import RunConfig
 
 
 def check(cfg: RunConfig) -> None:
@@ -46,7 +46,7 @@ def check_horovod(cfg: RunConfig) -> None:
 
 
 def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: Iterable[str] = ()) -> RunConfig:
-    """`bench.core.config.resolve` (fields) followed by `check` (engines)."""
+    """`bench.training.config.resolve` (fields) followed by `check` (engines)."""
     cfg = config.resolve(cli_values, config_file, sets)
     check(cfg)
     return cfg

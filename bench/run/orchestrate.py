@@ -19,19 +19,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.base.console import RunUI
 from bench.base.errors import UserError
-from bench.core.config import RunConfig
-from bench.engine.processes.env import under_mpi
-from bench.engine.processes.spawn import launch
+from bench.base.files import atomic_write_json
+from bench.core.comm import resolve_transport
+from bench.core.data import load_dataset
+from bench.core.models import build_model
+from bench.engine.processes import worker
+from bench.engine.processes.env import detect, under_mpi
+from bench.engine.processes.launchers import LAUNCHERS, check_launcher
+from bench.engine.processes.spawn import PEER_LOSS_HINTS, launch
+from bench.records.tables import print_tables
+from bench.records.write import build_meta, finalize, now_iso
 from bench.run.outcome import check_out_dir, statuses_for
 from bench.run.simulate import execute_sim
+from bench.training.config import RunConfig, load_toml, parse_set
+from bench.training.loop import make_shards
 
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the data and the model: done before anything is written."""
-    from bench.core.data import load_dataset
-    from bench.core.models import build_model
-    from bench.core.train import make_shards
 
     dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download=cfg.download)
     build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
@@ -41,12 +48,10 @@ def preflight(cfg: RunConfig) -> None:
 def nodes_from_launcher(given: dict[str, Any], config_file: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
     """Under a launcher (`mpirun -np 3 swarmbench run`), --nodes defaults to the launcher's world size; a value
     given anywhere (option, config file, --set) is kept and later checked against it."""
-    from bench.engine.processes.env import detect
 
     env = detect()
     if env is None or "nodes" in given:
         return given
-    from bench.core.config import load_toml, parse_set
 
     if (config_file and "nodes" in load_toml(config_file)) or "nodes" in parse_set(sets):
         return given
@@ -57,18 +62,10 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
     """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed)."""
     if cfg.engine == "sim":  # virtual nodes in this process (bench.engine.sim.cluster); no launcher involved
         return execute_sim(cfg, out, argv, interactive)
-    from bench.engine.processes.env import detect
 
     env = detect()
     if env is not None:
         return execute_launched(cfg, env, out, argv)
-
-    from bench.base.console import RunUI
-    from bench.base.files import atomic_write_json
-    from bench.core.comm import resolve_transport
-    from bench.engine.processes.launchers import LAUNCHERS, check_launcher
-    from bench.records.tables import print_tables
-    from bench.records.write import build_meta, finalize
 
     check_launcher(cfg)
     # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
@@ -124,8 +121,6 @@ class RankZeroResults:
 
     def finish(self, failure: tuple[str, str] | None) -> Any:
         """Write the results (status failed when `failure` is (who, error)); None if already written."""
-        from bench.base.files import atomic_write_json
-        from bench.records.write import finalize, now_iso
 
         with self._lock:
             if self._finished:
@@ -144,10 +139,6 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     """One rank of `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun)."""
     import torch.distributed as dist
 
-    from bench.base.files import atomic_write_json
-    from bench.engine.processes import worker
-    from bench.records.write import build_meta
-
     worker.check_world(cfg, env)
     if cfg.launcher not in ("local", env.launcher):
         raise UserError(
@@ -156,7 +147,6 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     cfg = dataclasses.replace(cfg, launcher=env.launcher)
     rank0 = env.rank == 0
     preflight(cfg)  # every rank checks the same things: a bad input fails everywhere alike
-    from bench.core.comm import resolve_transport
 
     resolve_transport(cfg.transport, under_mpi=under_mpi(env.launcher), single_host=True)  # only for its UserError
     decision: dict[str, Any] = {}
@@ -225,11 +215,6 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
 def _rank_zero(cfg: RunConfig, session, out_dir: Path, meta: dict[str, Any], threads: int, transport: str) -> int:
     from rich.console import Console
 
-    from bench.base.console import RunUI
-    from bench.engine.processes import worker
-    from bench.engine.processes.spawn import PEER_LOSS_HINTS
-    from bench.records.tables import print_tables
-
     results = RankZeroResults(cfg, out_dir, meta)
     ui = RunUI(cfg.algorithms, interactive=False)  # plain lines: launchers forward output line by line
     # mpirun gives its ranks a pseudo-terminal even when its own output goes to a file: no colour codes.
@@ -266,7 +251,6 @@ def _rank_zero(cfg: RunConfig, session, out_dir: Path, meta: dict[str, Any], thr
 
 
 def _rank_failed(rank: int, exc: BaseException) -> int:
-    from bench.engine.processes import worker
 
     traceback.print_exc()
     print(f"error: rank {rank}: {worker.last_line(exc)}", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.base.errors import UserError
 from bench.base.host import new_results_folder
-from bench.core.config import RunConfig
+from bench.training.config import RunConfig
 
 
 def check_out_dir(out: str | None) -> Path:

@@ -16,6 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.core.comm import TorchComm
+from bench.core.topology import build_topology
+
 DEFAULT_TIMEOUT_S = 90
 
 
@@ -25,9 +28,6 @@ def _child(fn, rank: int, world: int, store: str, topology: tuple, threads: int,
     try:
         import torch
         import torch.distributed as dist
-
-        from bench.core.comm import TorchComm
-        from bench.core.topology import build_topology
 
         torch.set_num_threads(threads)
         dist.init_process_group(

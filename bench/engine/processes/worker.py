@@ -28,7 +28,15 @@ from typing import Any
 
 from bench.base.errors import UserError, last_line
 from bench.base.host import usable_cores
+from bench.core.comm import make_comm, resolve_transport
+from bench.core.data import load_dataset
+from bench.core.devices import resolve_backend, resolve_device
+from bench.core.protocol import Clock
+from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
+from bench.records.write import StagingWriter
+from bench.training.config import RunConfig
+from bench.training.loop import make_shards, run_cell
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -148,8 +156,6 @@ def join(
     """Init the default gloo process group; `env` None means the local launcher (FileStore, `rank` given).
     `scratch`: a folder for rendezvous files that the parent removes after the launch (default: the temp dir)."""
     import torch.distributed as dist
-
-    from bench.core.devices import resolve_backend, resolve_device
 
     timeout = timedelta(seconds=cfg.timeout_s)
     # One GPU per local rank; NCCL only when every rank on this host has a GPU of its own.
@@ -308,7 +314,6 @@ def _advertised_address() -> str:
 
 def session_transport(cfg, session: Session) -> str:
     """The one-sided transport for this launch ("p2p" or "rma"), the same on every rank."""
-    from bench.core.comm import resolve_transport
 
     return resolve_transport(
         cfg.transport,
@@ -329,13 +334,6 @@ def train_all(
     """Run every algorithm of the invocation on this rank; records to the staging file, rank 0's progress to
     `send`. Ends with a barrier, so every rank's staging file is complete when this returns on rank 0."""
     import torch
-
-    from bench.core.comm import make_comm
-    from bench.core.data import load_dataset
-    from bench.core.protocol import Clock
-    from bench.core.topology import build_topology
-    from bench.core.train import make_shards, run_cell
-    from bench.records.write import StagingWriter
 
     rank, world = session.rank, session.world
     torch.set_num_threads(threads)
@@ -376,7 +374,6 @@ def threads_per_rank(local_ranks: int | None) -> int:
 
 
 def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) -> None:
-    from bench.core.config import RunConfig
 
     cfg = RunConfig.from_dict(spec["config"])
     session = join(cfg, env, rank=rank, store_path=spec.get("store"), scratch=spec.get("scratch"))

@@ -15,7 +15,6 @@ from typing import Any
 from bench.base.errors import UserError
 from bench.core.models import build_model
 from bench.core.topology import build_topology
-from bench.core.train import WARMUP_STEPS, Shards, run_cell
 from bench.engine.sim.cluster import Cluster
 from bench.engine.sim.costmodel import (
     COMPUTE_PROFILES,
@@ -26,6 +25,7 @@ from bench.engine.sim.costmodel import (
     shape_key,
 )
 from bench.engine.sim.hostcal import calibrate_host
+from bench.training.loop import WARMUP_STEPS, Shards, run_cell
 
 CALIBRATION_STEPS = 60  # timed steps of the real training loop (the first WARMUP_STEPS of them are not used)
 
@@ -95,7 +95,7 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
 
 def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
     """`--calibrate`: (forward/backward, update) seconds per step, timed here with `threads` torch threads by running
-    the real training loop (`bench.core.train.run_cell`, the run's first algorithm) for one node on its own.
+    the real training loop (`bench.training.loop.run_cell`, the run's first algorithm) for one node on its own.
 
     update = the median optimizer-update section; forward/backward = the median step minus that, i.e. the
     forward/backward section plus the loop's own per-step work (sampling the batch, bookkeeping, the algorithm's

@@ -1,6 +1,6 @@
 """The simulated cluster: N virtual nodes in one process, real models and data, simulated (virtual) time.
 
-Every node runs the shared training loop `bench.core.train.run_cell` unchanged, in its own greenlet, with a `SimComm`
+Every node runs the shared training loop `bench.training.loop.run_cell` unchanged, in its own greenlet, with a `SimComm`
 (a `bench.core.comm.Comm`, so bytes are counted exactly as on real processes) and a `SimClock`. Nothing here knows an
 algorithm by name.
 
@@ -33,7 +33,10 @@ import torch
 
 from bench.base.errors import UserError
 from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm
+from bench.core.topology import build_topology
+from bench.engine.sim import costmodel
 from bench.engine.sim.costmodel import CostModel
+from bench.training.loop import Shards, make_shards, node_seed, run_cell
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
 SHARD_POLICIES = ("auto", "split", "sample")
@@ -352,7 +355,6 @@ class SimClock:
 
 def resolve_shards(cfg, dataset, series: tuple[int, ...]) -> str:
     """`split` (the real engine's disjoint shards) when it works for every node count, else `sample`."""
-    from bench.core.train import make_shards
 
     n_train = len(dataset.y_train)
     if cfg.batch_size > n_train:
@@ -383,7 +385,6 @@ def make_sim_shards(cfg, dataset, policy: str):
     """Shards for one node count. `sample`: node r's shard is max(batch, n_train // N) samples drawn without
     replacement from the whole training set with its own seed, so shards of different nodes overlap; every node
     takes max(1, n_train // (N * batch)) steps per epoch (the real engine's budget, but at least one step)."""
-    from bench.core.train import Shards, make_shards, node_seed
 
     if policy == "split":
         return make_shards(cfg, dataset)
@@ -436,7 +437,6 @@ def check_memory(n_params: int, nodes: int) -> int:
 
 def check_config(cfg) -> None:
     """Sim-only validation (no data loading)."""
-    from bench.engine.sim import costmodel
 
     series = cfg.node_series or (cfg.nodes,)
     for n in series:
@@ -475,8 +475,6 @@ class CellStats:
 
 def run_world(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
     """Every algorithm of `cfg` on cfg.nodes virtual nodes; records go to `emit`. Raises what a node raises."""
-    from bench.core.topology import build_topology
-    from bench.core.train import run_cell
 
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     device = torch.device("cpu")

@@ -1,6 +1,6 @@
 """The simulated cluster's cost model: how long a node's compute takes and how long its messages take.
 
-Compute. One SGD step of a node is two sections of the shared training loop (`bench.core.train.run_cell`): the
+Compute. One SGD step of a node is two sections of the shared training loop (`bench.training.loop.run_cell`): the
 forward/backward pass, then the optimizer update. A node charges
 
     forward/backward = fb(batch)      * speed_r * straggle * share
@@ -343,7 +343,7 @@ class CostModel:
 
 
 def _seed(seed: int, rank: int, stream: int) -> int:
-    from bench.core.train import node_seed
+    from bench.training.loop import node_seed
 
     return node_seed(seed, rank, stream)
 

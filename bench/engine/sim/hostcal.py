@@ -10,7 +10,7 @@ two ranks, 0.44 ms from the ping-pong fit, about 3 ms added to a training step).
 So host calibration measures every cost *in situ*: it starts N real processes the way the local launcher does
 (gloo on loopback, this host's cores split over them, the real `TorchComm`) and, with all N running at once:
 
-- compute: the real training loop (`bench.core.train.run_cell`) on each rank's real comm, for a cell that sends
+- compute: the real training loop (`bench.training.loop.run_cell`) on each rank's real comm, for a cell that sends
   nothing while it trains (local SGD that never averages), timed exactly as a real run is timed (the slowest
   rank's training seconds / steps) with its epochs and evaluation fences. The cost model takes fb and update as
   these means over max(1, N / cores) — the simulator's processor sharing multiplies that back whenever more
@@ -42,6 +42,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.base.host import usable_cores
+from bench.core.data import load_dataset
+from bench.core.models import build_model
+from bench.core.protocol import flatten_model
+from bench.core.topology import build_topology
+from bench.engine.processes.localworld import run_world
+from bench.engine.processes.worker import threads_per_rank
+from bench.engine.sim import costmodel
+from bench.engine.sim.costmodel import SectionTimer
+from bench.training.config import RunConfig
+from bench.training.loop import WARMUP_STEPS, Sampler, make_codec, make_shards, node_seed, run_cell
+
 REPS = 250  # measured repetitions of each operation and size (after WARM ones); costs have heavy tails
 COMPUTE_EPOCHS = 4  # epochs of the compute-only training cell
 WARM = 8
@@ -52,7 +64,6 @@ READ_OVERHEAD_BYTES = 40  # a read's 32-byte request plus the 8-byte stamp of it
 
 def message_sizes(cfg, n_params: int) -> dict[str, int]:
     """The byte sizes the run moves: the float32 model/gradient (allreduce) and one model message on the wire."""
-    from bench.core.train import make_codec
 
     codec = make_codec(cfg)
     wire = 4 * n_params if codec is None else codec.wire_bytes(n_params)
@@ -72,12 +83,6 @@ def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
     """One rank of the probe (runs in a spawned process; see the module docstring)."""
     import torch
     import torch.nn.functional as F
-
-    from bench.core.config import RunConfig
-    from bench.core.data import load_dataset
-    from bench.core.models import build_model
-    from bench.core.protocol import flatten_model
-    from bench.core.train import Sampler, make_shards, node_seed
 
     cfg = RunConfig.from_dict(spec["config"])
     torch.set_num_threads(spec["threads"])
@@ -157,9 +162,6 @@ def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
 
     import torch
 
-    from bench.core.train import WARMUP_STEPS, make_shards, run_cell
-    from bench.engine.sim.costmodel import SectionTimer
-
     cell = dataclasses.replace(
         cfg,
         epochs=COMPUTE_EPOCHS,
@@ -197,12 +199,6 @@ def calibrate_host(cfg, nodes: int, n_params: int, work_dir: Path | None = None)
     """Run the probe on `nodes` local processes; returns the measured cost-model parameters (see CostModel)."""
     import dataclasses
     import tempfile
-
-    from bench.base.host import usable_cores
-    from bench.core.topology import build_topology
-    from bench.engine.processes.localworld import run_world
-    from bench.engine.processes.worker import threads_per_rank
-    from bench.engine.sim import costmodel
 
     one = dataclasses.replace(cfg, nodes=nodes, node_series=(), epochs=1)
     sizes = message_sizes(cfg, n_params)

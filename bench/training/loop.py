@@ -17,13 +17,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
-from bench.core.config import RunConfig, algo_config
 from bench.core.data import Dataset, partition
 from bench.core.models import build_model
 from bench.core.protocol import Clock, Node, flatten_model
-from bench.core.registry import ALGORITHMS
+from bench.training.config import RunConfig, algo_config
+from bench.training.registry import ALGORITHMS
 
 WARMUP_STEPS = 5  # excluded from the step-time median/spread (first steps pay allocation and cache misses)
 Emit = Callable[[dict[str, Any]], None]
@@ -44,7 +45,6 @@ def make_shards(cfg: RunConfig, dataset: Dataset) -> Shards:
     every node still takes the same number of steps, cycling through its own shard, so that the synchronous
     baselines stay in lockstep and every algorithm gets the same sample budget.
     """
-    from bench.base.errors import UserError
 
     idx = partition(dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     smallest = min(len(i) for i in idx)

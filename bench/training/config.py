@@ -141,13 +141,13 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
 
 
 def _algo_config_types(algorithm: str) -> dict[str, Any]:
-    from bench.core.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS
 
     return typing.get_type_hints(ALGORITHMS[algorithm].Config)
 
 
 def _check_algorithm(name: str) -> None:
-    from bench.core.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS
 
     if name not in ALGORITHMS:
         raise UserError(
@@ -209,7 +209,7 @@ def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: ty
     algos: list[str] = []
     for name in cfg["algorithms"]:
         if name == "all":
-            from bench.core.registry import ALGORITHMS
+            from bench.training.registry import ALGORITHMS
 
             algos.extend(a for a in ALGORITHMS if a not in algos)
         elif name not in algos:
@@ -223,7 +223,7 @@ def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: ty
 
 def algo_config(run: RunConfig, algorithm: str) -> Any:
     """The algorithm's own Config: shared field names take the run's value, then `--set ALGO.key` overrides."""
-    from bench.core.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS
 
     cls = ALGORITHMS[algorithm].Config
     values = {f.name: getattr(run, f.name) for f in fields(cls) if f.name in RUN_FIELDS}
