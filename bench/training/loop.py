@@ -152,6 +152,112 @@ def evaluate(node: Node, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     }
 
 
+@dataclass
+class Recorder:
+    """Emits one algorithm's tidy record rows and rank 0's progress events for one node."""
+
+    emit: Emit
+    algorithm: str
+    rank: int
+
+    def __call__(self, metric: str, value: float, epoch: int | None, step: int | None, scope: str = "node", **extra):
+        self.emit(
+            {
+                "type": "record",
+                "algorithm": self.algorithm,
+                "rank": self.rank if scope == "node" else None,
+                "epoch": epoch,
+                "step": step,
+                "metric": metric,
+                "value": value,
+                **extra,
+            }
+        )
+
+    def progress(self, step: int, total: int, **extra: Any) -> None:
+        self.emit({"type": "progress", "algorithm": self.algorithm, "step": step, "total": total, **extra})
+
+
+@dataclass
+class Cell:
+    """One node's state for one algorithm: the node, the algorithm acting on it, its data and its samplers."""
+
+    node: Node
+    algo: Any  # an Algorithm from the registry
+    codec: Codec | None
+    scratch: torch.nn.Module  # evaluation's model for averaged weights
+    sampler: Sampler
+    aug_gen: torch.Generator
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def setup_cell(
+    cfg: RunConfig, algorithm: str, dataset: Dataset, shards: Shards, rank: int, comm: Comm, clock: Clock, device
+) -> Cell:
+    """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine)."""
+    algo_cls = ALGORITHMS[algorithm]
+    codec = make_codec(cfg) if algo_cls.quantizable else None
+    comm.start_cell(codec, cfg.seed)
+    node = make_node(cfg, dataset, rank, comm, clock, device)
+    scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    algo = algo_cls(node, algo_config(cfg, algorithm))
+    x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
+    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
+    sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
+    return Cell(node, algo, codec, scratch, sampler, aug_gen, x_test, y_test)
+
+
+def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
+    """One SGD step with the algorithm's hooks around it; returns the (undetached) loss."""
+    node, algo = cell.node, cell.algo
+    with clock.compute(), comm.exclusive():
+        xb, yb = cell.sampler.next()
+        if dataset.augment is not None:
+            xb = dataset.augment(xb, cell.aug_gen)
+        node.optimizer.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(node.model(xb), yb)
+        loss.backward()
+    algo.after_backward(step)
+    with clock.compute(), comm.exclusive():
+        node.optimizer.step()
+    algo.after_step(step)
+    return loss
+
+
+def evaluate_epoch(cell: Cell, record: Recorder, clock: Clock, epoch: int, step: int, total_steps: int) -> None:
+    """Per-node and (rank 0) averaged-model accuracy, loss and consensus distance after an epoch."""
+    t_eval = clock.now()
+    ev = evaluate(cell.node, cell.scratch, cell.x_test, cell.y_test)
+    record("node_acc", ev["node_acc"], epoch, step)
+    record("node_loss", ev["node_loss"], epoch, step)
+    record("eval_seconds", clock.now() - t_eval, epoch, step)
+    if record.rank == 0:
+        for key in ("test_acc", "test_loss", "consensus_distance"):
+            record(key, ev[key], epoch, step, scope="global")
+        record.progress(step, total_steps, epoch=epoch, test_acc=ev["test_acc"])
+
+
+def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[float], step: int, batch: int) -> None:
+    """The run's totals for this node: steps, samples, step-time median and spread, bytes by kind, counters."""
+    timed = step_times[WARMUP_STEPS:] or step_times
+    qs = statistics.quantiles(timed, n=10) if len(timed) >= 2 else [timed[0]] * 9
+    record("steps", float(step), None, step)
+    record("samples", float(step * batch), None, step)
+    record("step_seconds_median", statistics.median(timed), None, step)
+    record("step_seconds_p10", qs[0], None, step)
+    record("step_seconds_p90", qs[-1], None, step)
+    for kind, s in comm.stats.snapshot().items():
+        for key in ("bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "seconds"):
+            record(f"comm_{key}", float(s[key]), None, step, kind=kind)
+    for key, value in cell.algo.counters.items():
+        record(f"algo_{key}", float(value), None, step)
+    record("local_steps", float(cell.algo.local_steps()), None, step)
+    record("bits", float(cell.codec.cfg.bits if cell.codec else 32), None, step)
+    record("decode_failures", float(comm.decode_failures), None, step)
+
+
 def run_cell(
     cfg: RunConfig,
     algorithm: str,
@@ -167,32 +273,9 @@ def run_cell(
 
     `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
     """
-    algo_cls = ALGORITHMS[algorithm]
-    codec = make_codec(cfg) if algo_cls.quantizable else None
-    comm.start_cell(codec, cfg.seed)
-    node = make_node(cfg, dataset, rank, comm, clock, device)
-    scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
-    algo = algo_cls(node, algo_config(cfg, algorithm))
-    x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
-    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
-    sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
-
-    def record(metric: str, value: float, epoch: int | None, step: int | None, scope: str = "node", **extra) -> None:
-        emit(
-            {
-                "type": "record",
-                "algorithm": algorithm,
-                "rank": rank if scope == "node" else None,
-                "epoch": epoch,
-                "step": step,
-                "metric": metric,
-                "value": value,
-                **extra,
-            }
-        )
-
-    algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
+    cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
+    record = Recorder(emit, algorithm, rank)
+    cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     comm.fence()  # every node starts the clock together
     step, train_seconds = 0, 0.0
     step_times: list[float] = []
@@ -202,65 +285,24 @@ def run_cell(
         t_epoch = clock.now()
         for _ in range(shards.steps_per_epoch):
             t_step = clock.now()
-            with clock.compute(), comm.exclusive():
-                xb, yb = sampler.next()
-                if dataset.augment is not None:
-                    xb = dataset.augment(xb, aug_gen)
-                node.optimizer.zero_grad(set_to_none=False)
-                loss = F.cross_entropy(node.model(xb), yb)
-                loss.backward()
-            algo.after_backward(step)
-            with clock.compute(), comm.exclusive():
-                node.optimizer.step()
-            algo.after_step(step)
+            loss = train_step(cell, dataset, step, comm, clock)
             loss_sum += loss.detach()
             step += 1
             step_times.append(clock.now() - t_step)
             if rank == 0 and (step % 10 == 0 or step == total_steps):
-                emit({"type": "progress", "algorithm": algorithm, "step": step, "total": total_steps})
+                record.progress(step, total_steps)
         train_seconds += clock.now() - t_epoch
         if epoch == cfg.epochs:
-            algo.finish()
+            cell.algo.finish()
         record("train_loss", float(loss_sum) / shards.steps_per_epoch, epoch, step)
         record("train_seconds", train_seconds, epoch, step)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            t_eval = clock.now()
-            ev = evaluate(node, scratch, x_test, y_test)
-            record("node_acc", ev["node_acc"], epoch, step)
-            record("node_loss", ev["node_loss"], epoch, step)
-            record("eval_seconds", clock.now() - t_eval, epoch, step)
-            if rank == 0:
-                for key in ("test_acc", "test_loss", "consensus_distance"):
-                    record(key, ev[key], epoch, step, scope="global")
-                emit(
-                    {
-                        "type": "progress",
-                        "algorithm": algorithm,
-                        "step": step,
-                        "total": total_steps,
-                        "epoch": epoch,
-                        "test_acc": ev["test_acc"],
-                    }
-                )
+            evaluate_epoch(cell, record, clock, epoch, step, total_steps)
     if not math.isfinite(float(loss_sum)):
         record("diverged", 1.0, cfg.epochs, step)
     # Nobody leaves (and stops serving reads) while a peer still needs it; after this barrier no request is
     # in flight, so the counters below include what our responder served to late readers.
     comm.fence()
     comm.finish_cell()
-    timed = step_times[WARMUP_STEPS:] or step_times
-    qs = statistics.quantiles(timed, n=10) if len(timed) >= 2 else [timed[0]] * 9
-    record("steps", float(step), None, step)
-    record("samples", float(step * cfg.batch_size), None, step)
-    record("step_seconds_median", statistics.median(timed), None, step)
-    record("step_seconds_p10", qs[0], None, step)
-    record("step_seconds_p90", qs[-1], None, step)
-    for kind, s in comm.stats.snapshot().items():
-        for key in ("bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "seconds"):
-            record(f"comm_{key}", float(s[key]), None, step, kind=kind)
-    for key, value in algo.counters.items():
-        record(f"algo_{key}", float(value), None, step)
-    record("local_steps", float(algo.local_steps()), None, step)
-    record("bits", float(codec.cfg.bits if codec else 32), None, step)
-    record("decode_failures", float(comm.decode_failures), None, step)
-    return node
+    record_totals(cell, record, comm, step_times, step, cfg.batch_size)
+    return cell.node
