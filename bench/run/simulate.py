@@ -28,7 +28,7 @@ from bench.engine.sim.cluster import (
     eval_subset,
     make_sim_shards,
     resolve_shards,
-    run_world,
+    simulate_algorithms,
 )
 from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
@@ -159,7 +159,7 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     failure, interrupted = None, None
     try:
         with OneTorchThread():
-            run_world(cfg, dataset, shards, cost, emit, on_event)
+            simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))

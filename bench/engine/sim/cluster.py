@@ -473,7 +473,7 @@ class CellStats:
     node_steps: int
 
 
-def run_world(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
+def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
     """Every algorithm of `cfg` on cfg.nodes virtual nodes; records go to `emit`. Raises what a node raises."""
 
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
