@@ -15,7 +15,9 @@ from typing import Any
 
 from bench.base.errors import UserError
 from bench.records.read import read_meta, read_records
+from bench.records.tables import speedup_vs_allreduce
 from bench.records.write import SUMMARY_COLUMNS
+from bench.records.write import time_to_target as run_time_to_target
 
 # The columns that identify a measurement wherever it was taken; a sweep adds its own grid keys.
 IDENTITY = ["algorithm", "nodes", "topology", "bits", "local_steps", "seed"]
@@ -26,7 +28,6 @@ TEXT_COLUMNS = {"algorithm", "topology", "status", "quantizer", "dataset", "mode
 TEXT_COLUMNS |= {"deterministic"}
 # Derived per row, then aggregated like any measurement.
 DERIVED = ["bytes_per_sample", "speedup_vs_allreduce", "sync_share"]
-REFERENCE_ALGORITHM = "allreduce"  # same-run reference for noisy throughput (ratios, never absolute numbers)
 
 
 @dataclass
@@ -226,11 +227,7 @@ def add_derived(frame):
     num = lambda c: pd.to_numeric(f[c], errors="coerce")  # noqa: E731
     samples = num("samples")
     f["bytes_per_sample"] = num("bytes_sent_total") / samples.where(samples > 0)
-    ref = f[f["algorithm"] == REFERENCE_ALGORITHM][["cell", "nodes", "samples_per_s"]]
-    ref = ref.rename(columns={"samples_per_s": "_ref"}).drop_duplicates(["cell", "nodes"])
-    f = f.merge(ref, on=["cell", "nodes"], how="left")
-    f["speedup_vs_allreduce"] = num("samples_per_s") / pd.to_numeric(f["_ref"], errors="coerce")
-    f = f.drop(columns="_ref")
+    f["speedup_vs_allreduce"] = speedup_vs_allreduce(f, by=("cell", "nodes"))
     frac = num("comm_fraction")
     # comm_fraction is blocked-communication time over training time; over compute time it is c / (1 - c).
     f["sync_share"] = (frac / (1 - frac)).where(frac < 1, np.nan)
@@ -323,19 +320,20 @@ def with_keys(results: Results, frame):
 
 
 def time_to_target(results: Results, target: float):
-    """Training seconds until the averaged model first reached `target` test accuracy (nan: never)."""
+    """Per (cell, algorithm, nodes): training seconds until the averaged model first reached `target` test accuracy
+    (nan: never), as the results contract defines it (`bench.records.write.time_to_target`)."""
     import pandas as pd
 
-    acc = curves(results, "test_acc")
+    r = results.records()
     rows = []
-    for (cell, algo, nodes), g in acc.groupby(["cell", "algorithm", "nodes"], sort=False):
-        hit = g[g["value"] >= target]
+    for (cell, algo, nodes), g in r.groupby(["cell", "algorithm", "nodes"], sort=False) if len(r) else ():
+        seconds, _ = run_time_to_target(g, algo, target)
         rows.append(
             {
                 "cell": cell,
                 "algorithm": algo,
                 "nodes": nodes,
-                "time_to_target_s": float(hit["seconds"].iloc[0]) if len(hit) else math.nan,
+                "time_to_target_s": float(seconds) if seconds is not None else math.nan,
             }
         )
     return pd.DataFrame(rows, columns=["cell", "algorithm", "nodes", "time_to_target_s"])

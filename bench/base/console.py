@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -78,3 +78,25 @@ def closest(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when a choice is close to `word`, else ''."""
     match = suggestion(word, choices, cutoff=0.5)
     return f" (did you mean '{match}'?)" if match else ""
+
+
+def print_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    title: str | None = None,
+    title_justify: str = "center",
+    justify: Sequence[str] | None = None,
+    console: Any = None,
+) -> None:
+    """Headers and rows of text as one rich table on `console` (a new rich Console by default): the first column
+    left-aligned and the others right-aligned, unless `justify` gives each column's alignment."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify=title_justify)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify=justify[i] if justify is not None else ("left" if i == 0 else "right"))
+    for row in rows:
+        table.add_row(*row)
+    (console or Console()).print(table)

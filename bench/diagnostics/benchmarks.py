@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from bench.base.console import print_table
 from bench.base.errors import UserError
+from bench.base.formatting import fmt_auto
 from bench.core.codec import BITS, Codec, CodecConfig, suggest_eps
 
 Row = dict[str, Any]
@@ -161,8 +163,8 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
     the share spent summing allreduce payloads. ``total s`` (first row of a case) is the case's end-to-end wall
     time, including loading the dataset and resolving the cost model.
     """
-    from bench.run.checks import resolve
     from bench.engine.sim import cluster as sim
+    from bench.run.checks import resolve
     from bench.run.simulate import prepare
 
     rows: list[Row] = []
@@ -172,7 +174,7 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
         dataset, policy, costs, _ = prepare(cfg)
         shards = sim.make_sim_shards(cfg, dataset, policy)
         with sim.OneTorchThread():
-            stats = sim.run_world(cfg, dataset, shards, costs[SIM_NODES], lambda event: None)
+            stats = sim.simulate_algorithms(cfg, dataset, shards, costs[SIM_NODES], lambda event: None)
         total = time.perf_counter() - start
         for i, s in enumerate(stats):
             rows.append(
@@ -209,7 +211,7 @@ shards = sim.make_sim_shards(cfg, dataset, policy)
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
 before = kib("VmRSS:")
 with sim.OneTorchThread():
-    sim.run_world(cfg, dataset, shards, costs[cfg.nodes], lambda event: None)
+    sim.simulate_algorithms(cfg, dataset, shards, costs[cfg.nodes], lambda event: None)
 peak = kib("VmHWM:")
 print(json.dumps({"before": before, "peak": peak, "estimate": sim.estimate_bytes(n_params, cfg.nodes),
                   "params": n_params}))
@@ -530,20 +532,6 @@ BENCHMARKS: list[Benchmark] = [
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1e4 or abs(value) < 1e-3:
-            return f"{value:.2e}"
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
 def _columns(rows: Sequence[Row]) -> list[str]:
     cols: list[str] = []
     for row in rows:
@@ -551,11 +539,16 @@ def _columns(rows: Sequence[Row]) -> list[str]:
     return cols
 
 
+def _numeric(rows: Sequence[Row], cols: list[str]) -> list[bool]:
+    """Per column: every row holds a number there (or nothing): right-aligned."""
+    return [all(isinstance(row.get(c), (int, float)) or c not in row for row in rows) for c in cols]
+
+
 def render_table(rows: Sequence[Row]) -> str:
     """Plain aligned text: text columns left-aligned, numbers right-aligned."""
     cols = _columns(rows)
-    cells = [[_fmt(row.get(c)) for c in cols] for row in rows]
-    numeric = [all(isinstance(row.get(c), (int, float)) or c not in row for row in rows) for c in cols]
+    cells = [[fmt_auto(row.get(c)) for c in cols] for row in rows]
+    numeric = _numeric(rows, cols)
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
 
     def line(values: Sequence[str]) -> str:
@@ -568,17 +561,9 @@ def render_table(rows: Sequence[Row]) -> str:
 
 
 def _print_rich(rows: Sequence[Row]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
     cols = _columns(rows)
-    for c in cols:
-        numeric = all(isinstance(row.get(c), (int, float)) or c not in row for row in rows)
-        table.add_column(c, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*[_fmt(row.get(c)) for c in cols])
-    Console().print(table)
+    justify = ["right" if num else "left" for num in _numeric(rows, cols)]
+    print_table(cols, [[fmt_auto(row.get(c)) for c in cols] for row in rows], justify=justify)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

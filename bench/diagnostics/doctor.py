@@ -11,10 +11,10 @@ Imports of MPI and Horovod run in child processes: ``from mpi4py import MPI`` in
 starts threads, neither of which the calling process (a CLI, a test session) should inherit, and a broken MPI
 library can crash the process that loads it.
 
-The passive-target probe (``python -m bench.diagnostics.doctor --rma-probe`` under ``mpirun -np 2``) asks whether a one-sided
-``Get`` from a rank that is busy computing, and not calling MPI, completes at once (the MPI library progresses
-passive-target RMA by itself) or only when the target next enters MPI. SwarmSGD's ``read`` over the RMA transport
-relies on the former to not interrupt the peer.
+The passive-target probe (``python -m bench.diagnostics.doctor --rma-probe`` under ``mpirun -np 2``) asks whether a
+one-sided ``Get`` from a rank that is busy computing, and not calling MPI, completes at once (the MPI library
+progresses passive-target RMA by itself) or only when the target next enters MPI. SwarmSGD's ``read`` over the RMA
+transport relies on the former to not interrupt the peer.
 """
 
 from __future__ import annotations
@@ -30,15 +30,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.base.console import print_table
+from bench.base.host import usable_cores
+from bench.engine.processes.launchers import LAUNCHERS
+
 STATUSES = ("ok", "missing", "failed", "skipped")
 PROBE_TIMEOUT_S = 30.0  # hard limit for the whole mpirun probe, start-up included
 PROBE_BUSY_S = 1.0  # how long the target computes without calling MPI
 PROBE_BYTES = 1 << 20  # size of the window read by the probe
 PROBE_MARKER = "SWARMBENCH_RMA_PROBE"  # prefixes rank 0's result line among mpirun's output
 STATUS_FILE = "horovod-status.txt"  # written into the venv by tools/build_horovod.sh
-LAUNCHER_NAMES = ("mpirun", "torchrun", "srun", "horovodrun")
+# The launchers that are programs to find on PATH (all but `local`).
+LAUNCHER_NAMES = tuple(name for name, launcher in LAUNCHERS.items() if launcher.binary)
 
-# Every item's key and label, in display order.
+# Every item's key and label, in display order (a launcher added to LAUNCHERS but not here is listed last).
 LABELS = {
     "python": "Python",
     "torch": "torch",
@@ -73,7 +78,7 @@ class Item:
 
 
 def _item(key: str, status: str, detail: str, data: dict[str, Any] | None = None) -> Item:
-    return Item(key, LABELS[key], status, detail, data or {})
+    return Item(key, LABELS.get(key, key.replace(".", " ")), status, detail, data or {})
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -190,7 +195,7 @@ def _why_no_cuda(torch: Any, caught: list) -> str:
 def check_launchers() -> list[Item]:
     items = []
     for name in LAUNCHER_NAMES:
-        path, note = _which(name)
+        path, note = _which(LAUNCHERS[name].binary)
         key = f"launcher.{name}"
         if path is None:
             items.append(_item(key, "missing", "not on PATH"))
@@ -448,7 +453,7 @@ def _meminfo() -> Item:
 
 
 def _cores() -> Item:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = usable_cores()
     total = os.cpu_count() or usable
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     detail = f"{usable} usable of {total}" + (f", load {load:.2f} (1 min)" if load is not None else "")
@@ -472,7 +477,7 @@ def collect(run_probe: bool = True, status_file: Path | None = None) -> list[Ite
     ]
     for keys, check in checks:
         found.update((item.key, item) for item in _guarded(keys, check))
-    return [found[key] for key in LABELS]
+    return [found[key] for key in [*LABELS, *(key for key in found if key not in LABELS)]]
 
 
 def to_json(items: list[Item]) -> str:
@@ -488,19 +493,22 @@ def render(items: list[Item], interactive: bool | None = None) -> None:
             print(f"{item.status:<8} {item.label:<{width}}  {item.detail}")
         return
     from rich.console import Console
-    from rich.table import Table
 
     colour = {"ok": "green", "missing": "yellow", "failed": "red", "skipped": "dim"}
-    table = Table(title="swarmbench doctor")
-    for column in ("item", "status", "detail"):
-        table.add_column(column)
-    for item in items:
-        table.add_row(item.label, f"[{colour[item.status]}]{item.status}[/]", item.detail)
-    Console(highlight=False).print(table)
+    rows = [(item.label, f"[{colour[item.status]}]{item.status}[/]", item.detail) for item in items]
+    print_table(
+        ("item", "status", "detail"),
+        rows,
+        title="swarmbench doctor",
+        justify=("left",) * 3,
+        console=Console(highlight=False),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bench.diagnostics.doctor --rma-probe`: one rank of the probe (under mpirun). Plain runs show the report."""
+    """`python -m bench.diagnostics.doctor --rma-probe`: one rank of the probe (under mpirun).
+
+    Plain runs show the report."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.diagnostics.doctor", description=__doc__.splitlines()[0])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+from bench.base.console import print_table
 from bench.base.files import atomic_write_frame, atomic_write_text
+from bench.base.formatting import fmt_spec
+
+FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "parquet": ".parquet"}  # report table files: suffix
+REFERENCE_ALGORITHM = "allreduce"  # same-run reference for noisy throughput (ratios, never absolute numbers)
 
 # table name -> [(summary column, header, format)]
 TABLES: dict[str, list[tuple[str, str, str]]] = {
@@ -54,34 +58,31 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
+def speedup_vs_allreduce(summary, by: tuple[str, ...] = ("nodes",)):
+    """Each row's samples/s over allreduce's in the same run (the rows that agree on `by`): the same-run reference
+    for noisy throughput. NaN where that run has no allreduce row with a positive throughput."""
+    import pandas as pd
+
+    keys = list(by)
+    sps = pd.to_numeric(summary["samples_per_s"], errors="coerce")
+    ref = summary.loc[summary["algorithm"] == REFERENCE_ALGORITHM, keys].assign(_ref=sps).drop_duplicates(keys)
+    ref_sps = summary[keys].merge(ref, on=keys, how="left")["_ref"]
+    return pd.Series(sps.to_numpy() / ref_sps.where(ref_sps > 0).to_numpy(), index=summary.index)
+
+
 def table_frames(summary) -> dict[str, Any]:
     """The three tables as DataFrames with raw (unformatted) numbers."""
     s = summary.copy()
-    base = s.loc[s["algorithm"] == "allreduce", "samples_per_s"]
-    ref = base.iloc[0] if len(base) and base.notna().all() else None
-    s["speedup_vs_allreduce"] = s["samples_per_s"] / ref if ref else None
+    s["speedup_vs_allreduce"] = speedup_vs_allreduce(s)
     for q in ("median", "p10", "p90"):
         s[f"step_ms_{q}"] = s[f"step_seconds_{q}"] * 1000.0
     return {name: s[[c for c, _, _ in cols]] for name, cols in TABLES.items()}
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    fmt, _, unit = spec.partition(":")
-    if unit:
-        value = value / {"KB": 1e3, "MB": 1e6}[unit]
-    if fmt == "d":
-        return str(int(value))
-    if fmt == "s":
-        return str(value)
-    return format(value, fmt)
-
-
 def formatted(name: str, frame) -> tuple[list[str], list[list[str]]]:
     cols = TABLES[name]
     headers = [h for _, h, _ in cols]
-    rows = [[_fmt(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
+    rows = [[fmt_spec(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
     return headers, rows
 
 
@@ -100,18 +101,8 @@ def write_tables(out_dir: Path, summary) -> None:
 
 def print_tables(summary, console=None) -> None:
     """Render the three tables with rich (plain text when the output is not a terminal)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
     for name, frame in table_frames(summary).items():
-        headers, rows = formatted(name, frame)
-        table = Table(title=name, title_justify="left")
-        for i, h in enumerate(headers):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
+        print_table(*formatted(name, frame), title=name, title_justify="left", console=console)
 
 
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -157,7 +148,7 @@ SCALING: list[tuple[str, str, str]] = [
 
 def _scaling_formatted(frame, target: float) -> tuple[list[str], list[list[str]]]:
     headers = [h.replace("target", f"acc {target:g}") for _, h, _ in SCALING]
-    rows = [[_fmt(row[c], f) for c, _, f in SCALING] for row in frame.to_dict("records")]
+    rows = [[fmt_spec(row[c], f) for c, _, f in SCALING] for row in frame.to_dict("records")]
     return headers, rows
 
 
@@ -168,14 +159,5 @@ def write_scaling(out_dir: Path, frame, target: float) -> None:
 
 
 def print_scaling(frame, target: float, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
     headers, rows = _scaling_formatted(frame, target)
-    table = Table(title="scaling (simulated seconds)", title_justify="left")
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
+    print_table(headers, rows, title="scaling (simulated seconds)", title_justify="left", console=console)
