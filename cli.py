@@ -10,6 +10,8 @@ import sys
 import click
 from click.core import ParameterSource
 
+from bench.records.tables import FORMATS
+
 ENV_PREFIX = "SWARMBENCH"
 
 
@@ -109,7 +111,7 @@ class NodeCount(click.ParamType):
 
 
 def _defaults():
-    from bench.core.config import RunConfig
+    from bench.training.config import RunConfig
 
     return RunConfig()
 
@@ -393,10 +395,10 @@ def list_cmd(nodes: int, degree: int) -> None:
     from bench.base.errors import UserError
     from bench.core.data import DATASETS
     from bench.core.models import MODELS
-    from bench.core.registry import ALGORITHMS
     from bench.core.topology import TOPOLOGIES, build_topology
     from bench.engine.processes.launchers import LAUNCHERS
     from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
+    from bench.training.registry import ALGORITHMS
 
     def topology_line(name: str, description: str) -> str:
         try:
@@ -456,16 +458,151 @@ def doctor_cmd(as_json: bool, probe: bool) -> int:
     return 0
 
 
-# Sweeps, reports, regression comparison and paper-suite reproduction: each command lives in its own module.
-from bench.analysis.compare import compare_cmd  # noqa: E402
-from bench.analysis.report import report_cmd  # noqa: E402
-from bench.experiments.reproduce import reproduce_cmd  # noqa: E402
-from bench.experiments.sweep import sweep_cmd  # noqa: E402
+def _axis_option(name: str, help_text: str):
+    return click.option(name, multiple=True, show_envvar=True, help=help_text + " Repeatable or comma-separated.")
 
-cli.add_command(sweep_cmd)
-cli.add_command(report_cmd)
-cli.add_command(compare_cmd)
-cli.add_command(reproduce_cmd)
+
+@cli.command("sweep")
+@click.argument("spec_file", required=False, metavar="[SPEC.toml]")
+@_axis_option("--algo", "Algorithms of every cell (run inside each cell's one launch), or 'all'.")
+@_axis_option("--nodes", "Node counts.")
+@_axis_option("--bits", "Bits per coordinate.")
+@_axis_option("--topology", "Topologies.")
+@_axis_option("--local-steps", "Local steps H.")
+@_axis_option("--seed", "Seeds (several seeds are aggregated: mean, std, 95 % t-interval).")
+@click.option("--grid", "grid_items", multiple=True, show_envvar=True, help="Any other axis: --grid lr=0.05,0.1.")
+@click.option("--set", "sets", multiple=True, show_envvar=True, help="A fixed setting for every cell: --set epochs=2.")
+@click.option("--out", default=None, show_envvar=True, help="Sweep folder.  [default: results/sweep-<timestamp>]")
+@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
+def sweep_cmd(
+    spec_file: str | None,
+    algo: tuple[str, ...],
+    nodes: tuple[str, ...],
+    bits: tuple[str, ...],
+    topology: tuple[str, ...],
+    local_steps: tuple[str, ...],
+    seed: tuple[str, ...],
+    grid_items: tuple[str, ...],
+    sets: tuple[str, ...],
+    out: str | None,
+    resume: bool,
+) -> int:
+    """Run a grid of `swarmbench run` cells into one folder, with aggregated tables.
+
+    SPEC.toml holds fixed settings (RunConfig keys, [ALGO] tables) and a [grid] table of axes, e.g.
+    `[grid] algorithm = ["allreduce", "swarm"]; nodes = [2, 4]; seed = [0, 1, 2]`. Axes given as options
+    replace the file's axis of the same name.
+    """
+    from bench.experiments.sweep import sweep
+
+    axes = {"algorithm": algo, "nodes": nodes, "bits": bits, "topology": topology, "local_steps": local_steps}
+    axes["seed"] = seed
+    return sweep(spec_file, axes, grid_items, sets, out, resume, argv=sys.argv)
+
+
+def _echo_report(report_dir, notes: list[str]) -> None:
+    for note in notes:
+        click.echo(f"note: {note}")
+    click.echo(f"report: {report_dir / 'report.md'}")
+
+
+@cli.command("report")
+@click.argument("folder", metavar="DIR")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(list(FORMATS)),
+    show_envvar=True,
+    help="Table file format (repeatable).  [default: all four]",
+)
+@click.option(
+    "--plot",
+    "plots",
+    multiple=True,
+    show_envvar=True,
+    help="Only this plot (repeatable): accuracy_vs_time, throughput_scaling, bytes_per_sample, time_to_target, "
+    "consensus. A requested plot whose metric is absent is an error.  [default: every plot the data allows]",
+)
+@click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
+@click.option("--out", default=None, show_envvar=True, help="Report folder.  [default: DIR/report]")
+def report_cmd(
+    formats: tuple[str, ...], plots: tuple[str, ...], target_acc: float | None, out: str | None, folder: str
+) -> int:
+    """Tables (Markdown, CSV, LaTeX, Parquet) and plots (PNG, SVG) for a run or sweep folder, in one report.md."""
+    from bench.analysis.report import build_report
+
+    report_dir, notes = build_report(folder, out, tuple(dict.fromkeys(formats)) or tuple(FORMATS), plots, target_acc)
+    _echo_report(report_dir, notes)
+    return 0
+
+
+@cli.command("compare")
+@click.argument("baseline", metavar="BASELINE")
+@click.argument("current", metavar="CURRENT")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    show_envvar=True,
+    help="Tolerance for every metric (0.05) or one metric (samples_per_s=0.3); repeatable.  "
+    "[default: per metric, see the README]",
+)
+@click.option("--metric", "metrics", multiple=True, show_envvar=True, help="Judge only this metric (repeatable).")
+@click.option("--all", "show_all", is_flag=True, show_envvar=True, help="List the checks that passed too.")
+@click.option("--json", "as_json", is_flag=True, show_envvar=True, help="Print one JSON object (every check).")
+def compare_cmd(
+    baseline: str, current: str, tolerances: tuple[str, ...], metrics: tuple[str, ...], show_all: bool, as_json: bool
+) -> int:
+    """Match the cells of two results folders and judge each metric; exit 1 on a regression."""
+    from bench.analysis.compare import compare, exit_code, json_report, markdown_report
+
+    checks, info = compare(baseline, current, metrics, tolerances)
+    code = exit_code(checks)
+    if as_json:
+        click.echo(json_report(checks, info, code))
+    else:
+        click.echo(markdown_report(checks, info, code, show_all), nl=False)
+    return code
+
+
+@cli.command("reproduce")
+@click.argument("suite_name", required=False, metavar="SUITE")
+@click.option("--list", "list_only", is_flag=True, show_envvar=True, help="List the shipped suites and exit.")
+@click.option("--out", default=None, show_envvar=True, help="Results folder.  [default: results/<suite>]")
+@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
+@click.option(
+    "--engine",
+    type=click.Choice(["sim", "processes"]),
+    default=None,
+    show_envvar=True,
+    help="Run on this engine instead of the suite's own (processes: real, noisy, not for CI references).",
+)
+@click.option("--nodes", multiple=True, show_envvar=True, help="Replace every part's node counts (2,4): scale down.")
+@click.option("--seed", "seeds", multiple=True, show_envvar=True, help="Replace every part's seeds (0,1,2).")
+@click.option("--set", "sets", multiple=True, show_envvar=True, help="Override a shared setting: --set epochs=2.")
+@click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
+def reproduce_cmd(
+    suite_name: str | None,
+    list_only: bool,
+    out: str | None,
+    resume: bool,
+    engine: str | None,
+    nodes: tuple[str, ...],
+    seeds: tuple[str, ...],
+    sets: tuple[str, ...],
+    target_acc: float | None,
+) -> int:
+    """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
+    from bench.experiments.reproduce import list_suites, reproduce
+
+    if list_only:
+        for line in list_suites():
+            click.echo(line)
+        return 0
+    code, report_dir, notes = reproduce(suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv)
+    _echo_report(report_dir, notes)
+    return code
 
 
 def main() -> None:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import click
-
+from bench.analysis.load import SETTINGS, Results, load_results
+from bench.base.console import closest
 from bench.base.errors import UserError
+from bench.base.formatting import fmt_compact, fmt_key
+from bench.records.tables import REFERENCE_ALGORITHM, markdown
 
 REGRESSIONS = {"changed", "regressed", "missing", "failed"}
 
@@ -47,7 +49,7 @@ class Rule:
         return f"{kind} tolerance {self.tolerance:g}{basis}; {judged}"
 
 
-REFERENCE = "allreduce"
+REFERENCE = REFERENCE_ALGORITHM  # noisy throughput is judged as a ratio to this algorithm's in the same cell
 EXACT = 1e-9  # relative: deterministic counts survive a CSV round trip bit for bit, this only absorbs float printing
 SIM = 1e-6  # relative: simulated time and throughput are arithmetic on a cost model
 _BYTES = ("bytes_sent_total", "bytes_per_node_per_step", "bytes_per_sample", "bytes_grad", "bytes_model")
@@ -105,8 +107,6 @@ def known_metrics() -> list[str]:
 
 def parse_tolerances(items: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
     """`--tolerance 0.1` (every metric) and `--tolerance samples_per_s=0.3` (one metric)."""
-    from bench.base.console import closest
-
     glob: float | None = None
     per: dict[str, float] = {}
     for item in items:
@@ -143,8 +143,6 @@ class Check:
 
 
 def _norm(value: Any) -> str:
-    from bench.analysis.report import fmt_key
-
     try:
         f = float(value)
         return fmt_key(f) if not math.isnan(f) else "-"
@@ -153,8 +151,6 @@ def _norm(value: Any) -> str:
 
 
 def _match_keys(base, cur) -> list[str]:
-    from bench.analysis.load import SETTINGS
-
     keys = ["algorithm"]
     for k in [*base.keys, *cur.keys, *SETTINGS]:
         if k not in keys and k in base.summary.columns and k in cur.summary.columns:
@@ -213,29 +209,62 @@ def compare(
     metrics: tuple[str, ...] = (),
     tolerances: tuple[str, ...] = (),
 ) -> tuple[list[Check], dict[str, Any]]:
-    """Every check, and the facts of the comparison; UserError (exit 2) when the input is unusable."""
-    from bench.analysis.load import load_results
-    from bench.base.console import closest
+    """Every check, and the facts of the comparison; UserError (exit 2) when the input is unusable.
 
+    The steps: read both folders (`load_sides`), match their rows (`match_rows`), judge every row found on both
+    sides metric by metric (`judge_row`), and name the rows only one side has."""
     glob, per = parse_tolerances(tolerances)
+    wanted = _known(metrics)
+    base, cur = load_sides(baseline, current, wanted)
+    match = match_rows(base, cur, baseline, current)
+    checks: list[Check] = []
+    for k, brow in match.baseline.items():
+        crow = match.current.get(k)
+        if crow is None:
+            checks.append(
+                Check(match.label(k), match.cell(k), "-", None, None, None, "missing", note="cell absent from current")
+            )
+            continue
+        checks += judge_row(match, k, brow, crow, wanted, glob, per)
+    for k in match.current:
+        if k not in match.baseline:
+            checks.append(
+                Check(match.label(k), match.cell(k), "-", None, None, None, "new", note="cell absent from baseline")
+            )
+    info = {
+        "baseline": str(baseline),
+        "current": str(current),
+        "engines": sorted(base.engines | cur.engines),
+        "match_keys": match.keys,
+        "common_cells": len(match.common),
+    }
+    return checks, info
+
+
+def _known(metrics: tuple[str, ...]) -> list[str]:
+    """The metrics asked for with --metric, each one compare knows."""
     for m in metrics:
         if m not in known_metrics():
             raise UserError(
                 f"--metric: unknown metric '{m}'{closest(m, known_metrics())}: choose from {', '.join(known_metrics())}"
             )
+    return list(metrics)
+
+
+def load_sides(baseline: str, current: str, wanted: list[str]) -> tuple[Results, Results]:
+    """Both folders, read and checked to be comparable: one results schema, one engine, and the summary columns
+    every rule to apply needs."""
     base, cur = load_results(baseline), load_results(current)
     if base.schema_version != cur.schema_version:
         raise UserError(
             f"results schema versions differ: baseline {base.schema_version}, current {cur.schema_version}: "
             "regenerate the baseline with this swarmbench (e.g. make reference)"
         )
-    engines = base.engines | cur.engines
     if base.engines and cur.engines and base.engines != cur.engines:
         raise UserError(
             f"engines differ: baseline {', '.join(sorted(base.engines))}, current {', '.join(sorted(cur.engines))}: "
             "compare results of the same engine"
         )
-    wanted = list(metrics)
     kinds = {"sim" if _yes(d) else "processes" for d in [*base.summary["deterministic"], *cur.summary["deterministic"]]}
     for label, res in (("baseline", base), ("current", cur)):
         for engine in kinds:
@@ -247,75 +276,97 @@ def compare(
                         f"{label} '{res.folder}' lacks the column(s) {', '.join(missing)} "
                         f"(needed for {rule.metric}): compare folders written by the same swarmbench"
                     )
+    return base, cur
+
+
+@dataclass
+class Match:
+    """The rows of both sides by their match key: the values of the `keys` columns, normalized (`_norm`)."""
+
+    keys: list[str]
+    baseline: dict[tuple, dict[str, Any]]
+    current: dict[tuple, dict[str, Any]]
+    shown: list[str]  # the key columns a check's cell label names (algorithm, nodes and what varies)
+    columns: set[str] = field(default_factory=set)  # summary columns both sides have
+
+    @property
+    def common(self) -> list[tuple]:
+        return [k for k in self.baseline if k in self.current]
+
+    def cell(self, k: tuple) -> dict[str, Any]:
+        return dict(zip(self.keys, k, strict=True))
+
+    def label(self, k: tuple) -> str:
+        kd = self.cell(k)
+        return " ".join([kd["algorithm"], *(f"{c}={kd[c]}" for c in self.shown if c != "algorithm")])
+
+
+def match_rows(base: Results, cur: Results, baseline: str, current: str) -> Match:
+    """Index both sides' rows on the identity and settings columns they share; at least one row must match."""
     keys = _match_keys(base, cur)
-    bi, ci = _index(base, keys, "baseline"), _index(cur, keys, "current")
-    common = [k for k in bi if k in ci]
-    if not common:
+    match = Match(
+        keys=keys,
+        baseline=_index(base, keys, "baseline"),
+        current=_index(cur, keys, "current"),
+        shown=[k for k in keys if k in ("algorithm", "nodes") or k in base.varying(keys) or k in cur.varying(keys)],
+        columns=set(base.summary.columns) & set(cur.summary.columns),
+    )
+    if not match.common:
         raise UserError(f"no common cells between '{baseline}' and '{current}'{_why_disjoint(base, cur, keys)}")
-    shown = [k for k in keys if k in ("algorithm", "nodes") or k in base.varying(keys) or k in cur.varying(keys)]
-    checks: list[Check] = []
-    for k, brow in bi.items():
-        kd = dict(zip(keys, k, strict=True))
-        label = " ".join([kd["algorithm"], *(f"{c}={kd[c]}" for c in shown if c != "algorithm")])
-        crow = ci.get(k)
-        if crow is None:
-            checks.append(Check(label, kd, "-", None, None, None, "missing", note="cell absent from current"))
+    return match
+
+
+def judge_row(
+    match: Match,
+    k: tuple,
+    brow: dict[str, Any],
+    crow: dict[str, Any],
+    wanted: list[str],
+    glob: float | None,
+    per: dict[str, float],
+) -> list[Check]:
+    """The checks of one row found on both sides: its status, then each metric by its engine's rule (a
+    tolerance from --tolerance replaces the rule's own)."""
+    kd, label = match.cell(k), match.label(k)
+    if brow["status"] != "ok":
+        note = f"baseline status {brow['status']}: not judged"
+        return [Check(label, kd, "status", None, None, None, "skipped", note=note)]
+    if crow["status"] != "ok":
+        note = f"current status {crow['status']}: {crow.get('reason') or 'no reason recorded'}"
+        return [Check(label, kd, "status", None, None, None, "failed", note=note)]
+    engine = "sim" if _yes(crow.get("deterministic")) and _yes(brow.get("deterministic")) else "processes"
+    checks = []
+    for rule in rules_for(engine, wanted):
+        if rule.metric not in match.columns:
             continue
-        if brow["status"] != "ok":
-            note = f"baseline status {brow['status']}: not judged"
-            checks.append(Check(label, kd, "status", None, None, None, "skipped", note=note))
-            continue
-        if crow["status"] != "ok":
-            note = f"current status {crow['status']}: {crow.get('reason') or 'no reason recorded'}"
-            checks.append(Check(label, kd, "status", None, None, None, "failed", note=note))
-            continue
-        engine = "sim" if _yes(crow.get("deterministic")) and _yes(brow.get("deterministic")) else "processes"
-        for rule in rules_for(engine, wanted):
-            if rule.metric not in base.summary.columns or rule.metric not in cur.summary.columns:
-                continue
-            tol = per.get(rule.metric, glob if glob is not None else rule.tolerance)
-            rule = replace(rule, tolerance=tol)
-            b, c = _value(brow, rule.metric), _value(crow, rule.metric)
-            note = ""
-            if rule.ratio:
-                if kd["algorithm"] == REFERENCE:
-                    continue  # its own reference: always 1
-                rb, rc = _reference(bi, k, keys, rule.metric), _reference(ci, k, keys, rule.metric)
-                if rb is None or rc is None:
-                    checks.append(
-                        Check(
-                            label,
-                            kd,
-                            rule.metric,
-                            None,
-                            None,
-                            None,
-                            "skipped",
-                            rule.describe(),
-                            f"no {REFERENCE} in this cell to normalize against",
-                        )
-                    )
-                    continue
-                b = b / rb if b is not None and rb else None
-                c = c / rc if c is not None and rc else None
-                note = f"÷ {REFERENCE} in the same cell"
-            change, verdict = judge(rule, b, c)
-            if verdict == "skipped":
-                continue
-            checks.append(Check(label, kd, rule.metric, b, c, change, verdict, rule.describe(), note))
-    for k in ci:
-        if k not in bi:
-            kd = dict(zip(keys, k, strict=True))
-            label = " ".join([kd["algorithm"], *(f"{c}={kd[c]}" for c in shown if c != "algorithm")])
-            checks.append(Check(label, kd, "-", None, None, None, "new", note="cell absent from baseline"))
-    info = {
-        "baseline": str(baseline),
-        "current": str(current),
-        "engines": sorted(engines),
-        "match_keys": keys,
-        "common_cells": len(common),
-    }
-    return checks, info
+        rule = replace(rule, tolerance=per.get(rule.metric, glob if glob is not None else rule.tolerance))
+        check = judge_metric(match, k, rule, brow, crow)
+        if check is not None:
+            checks.append(check)
+    return checks
+
+
+def judge_metric(match: Match, k: tuple, rule: Rule, brow: dict[str, Any], crow: dict[str, Any]) -> Check | None:
+    """One metric of one row by its rule (a ratio rule first divides by the reference algorithm's value in the
+    same cell on each side); None when there is nothing to judge."""
+    kd, label = match.cell(k), match.label(k)
+    b, c = _value(brow, rule.metric), _value(crow, rule.metric)
+    note = ""
+    if rule.ratio:
+        if kd["algorithm"] == REFERENCE:
+            return None  # its own reference: always 1
+        rb = _reference(match.baseline, k, match.keys, rule.metric)
+        rc = _reference(match.current, k, match.keys, rule.metric)
+        if rb is None or rc is None:
+            why = f"no {REFERENCE} in this cell to normalize against"
+            return Check(label, kd, rule.metric, None, None, None, "skipped", rule.describe(), why)
+        b = b / rb if b is not None and rb else None
+        c = c / rc if c is not None and rc else None
+        note = f"÷ {REFERENCE} in the same cell"
+    change, verdict = judge(rule, b, c)
+    if verdict == "skipped":
+        return None
+    return Check(label, kd, rule.metric, b, c, change, verdict, rule.describe(), note)
 
 
 def _yes(value: Any) -> bool:
@@ -347,14 +398,6 @@ def _why_disjoint(base, cur, keys: list[str]) -> str:
     return (": they differ in " + "; ".join(reasons)) if reasons else ": no row agrees on every key column"
 
 
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if abs(v) >= 1e4:
-        return f"{v:,.0f}"
-    return f"{v:.4g}"
-
-
 def _fmt_change(check: Check) -> str:
     if check.change is None:
         return "-"
@@ -366,8 +409,6 @@ def _fmt_change(check: Check) -> str:
 
 
 def markdown_report(checks: list[Check], info: dict[str, Any], code: int, show_all: bool = False) -> str:
-    from bench.records.tables import markdown
-
     rows = []
     for c in checks:
         if c.verdict == "ok" and not show_all:
@@ -379,7 +420,7 @@ def markdown_report(checks: list[Check], info: dict[str, Any], code: int, show_a
             f": {c.note}" if c.note and c.verdict not in ("ok", "changed", "regressed", "improved") else ""
         )
         verdict = verdict.replace("|", "\\|")  # a failure reason may hold one: keep the table intact
-        rows.append([c.cell, metric, _fmt(c.baseline), _fmt(c.current), _fmt_change(c), verdict])
+        rows.append([c.cell, metric, fmt_compact(c.baseline), fmt_compact(c.current), _fmt_change(c), verdict])
     counts = _counts(checks)
     head = (
         f"compare: baseline `{info['baseline']}` vs current `{info['current']}` "
@@ -406,42 +447,20 @@ def exit_code(checks: list[Check]) -> int:
     return 1 if any(c.verdict in REGRESSIONS for c in checks) else 0
 
 
-@click.command("compare")
-@click.argument("baseline", metavar="BASELINE")
-@click.argument("current", metavar="CURRENT")
-@click.option(
-    "--tolerance",
-    "tolerances",
-    multiple=True,
-    show_envvar=True,
-    help="Tolerance for every metric (0.05) or one metric (samples_per_s=0.3); repeatable.  "
-    "[default: per metric, see the README]",
-)
-@click.option("--metric", "metrics", multiple=True, show_envvar=True, help="Judge only this metric (repeatable).")
-@click.option("--all", "show_all", is_flag=True, show_envvar=True, help="List the checks that passed too.")
-@click.option("--json", "as_json", is_flag=True, show_envvar=True, help="Print one JSON object (every check).")
-def compare_cmd(
-    baseline: str, current: str, tolerances: tuple[str, ...], metrics: tuple[str, ...], show_all: bool, as_json: bool
-):
-    """Match the cells of two results folders and judge each metric; exit 1 on a regression."""
-    checks, info = compare(baseline, current, metrics, tolerances)
-    code = exit_code(checks)
-    if as_json:
-        rows = [
-            {
-                "cell": c.cell,
-                "keys": c.keys,
-                "metric": c.metric,
-                "baseline": c.baseline,
-                "current": c.current,
-                "change": None if c.change is None or math.isinf(c.change) else c.change,
-                "verdict": c.verdict,
-                "rule": c.rule,
-                "note": c.note,
-            }
-            for c in checks
-        ]
-        click.echo(json.dumps({**info, "exit": code, "counts": _counts(checks), "checks": rows}, indent=2))
-    else:
-        click.echo(markdown_report(checks, info, code, show_all), nl=False)
-    return code
+def json_report(checks: list[Check], info: dict[str, Any], code: int) -> str:
+    """One JSON object: the facts of the comparison, the exit status, verdict counts and every check."""
+    rows = [
+        {
+            "cell": c.cell,
+            "keys": c.keys,
+            "metric": c.metric,
+            "baseline": c.baseline,
+            "current": c.current,
+            "change": None if c.change is None or math.isinf(c.change) else c.change,
+            "verdict": c.verdict,
+            "rule": c.rule,
+            "note": c.note,
+        }
+        for c in checks
+    ]
+    return json.dumps({**info, "exit": code, "counts": _counts(checks), "checks": rows}, indent=2)

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
+from bench.analysis.load import add_time_to_target, aggregate, load_results
+from bench.analysis.plots import PLOTS, Absent, render
+from bench.base.console import closest
 from bench.base.errors import UserError
+from bench.base.files import atomic_write_bytes, atomic_write_text
+from bench.base.formatting import fmt_key, fmt_value
+from bench.records.tables import FORMATS, latex, markdown
 
 KEY_HEADERS = {"local_steps": "H"}
-FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "parquet": ".parquet"}
 CI_NOTE = (
     "Cells with several seeds read mean ± h, h = half-width of the 95 % confidence interval "
     "(Student's t-distribution, n - 1 degrees of freedom, n seeds)."
@@ -70,18 +73,6 @@ class Table:
     note: str = ""
 
 
-def fmt_value(value: Any, spec: str, scale: float = 1.0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    try:
-        v = float(value) * scale
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(v):
-        return "-"
-    return format(v, spec)
-
-
 def fmt_ci(row: dict[str, Any], metric: str, spec: str, scale: float = 1.0) -> str:
     """'mean' or 'mean ± h' (h: half-width of the 95 % t-interval) from an aggregated row."""
     mean = row.get(f"{metric}_mean")
@@ -92,14 +83,6 @@ def fmt_ci(row: dict[str, Any], metric: str, spec: str, scale: float = 1.0) -> s
     return text
 
 
-def fmt_key(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def shown_keys(results) -> list[str]:
     """Identity columns worth a table column: nodes always, the others when they vary."""
     rest = [k for k in results.group_keys[1:] if k != "nodes"]
@@ -108,11 +91,7 @@ def shown_keys(results) -> list[str]:
 
 def build_tables(results, target_acc: float | None = None) -> list[Table]:
     """The throughput / accuracy / comm tables with seeds aggregated, a nodes pivot, and failed cells."""
-    from bench.analysis.load import aggregate
-
     if target_acc is not None and "time_to_target_s" not in results.summary.columns:
-        from bench.analysis.load import add_time_to_target
-
         add_time_to_target(results, target_acc)
     keys = shown_keys(results)
     agg = aggregate(results.summary, results.group_keys)
@@ -212,9 +191,56 @@ def _sort_key(value: Any) -> tuple:
         return (1, 0.0, str(value))
 
 
-def render_table(table: Table, fmt: str) -> bytes:
-    from bench.records.tables import latex, markdown
+def paper_tables(results) -> list[Table]:
+    """The suite's tables from a suite's results folder: rows = methods, columns = the table's key (nodes,
+    bits, H, ...), cells = the metric with seeds aggregated. Each table reads the cells of its part, as run
+    (the grids stored in meta.json, so --nodes/--seed overrides are honoured)."""
+    suite_json = results.meta.get("suite_spec") or {}
+    grids = {g.get("name"): g for g in (results.meta.get("spec") or {}).get("grids", [])}
+    out = []
+    for t in suite_json.get("tables", []):
+        grid = grids.get(t["part"])
+        if grid is None:
+            continue
+        rows = results.summary
+        axes, fixed = dict(grid.get("axes", [])), dict(grid.get("fixed", []))
+        for key, values in axes.items():
+            if key != "algorithm" and key in rows.columns:
+                rows = rows[rows[key].astype(str).isin([str(v) for v in values])]
+        for key, value in fixed.items():
+            if key in rows.columns:
+                rows = rows[rows[key].astype(str) == str(value)]
+        wanted = [str(a) for a in (t.get("algorithms") or axes.get("algorithm", []))]
+        if wanted:
+            rows = rows[rows["algorithm"].isin(wanted)]
+        agg = aggregate(rows, ["algorithm", t["columns"]], [t["metric"]])
+        many = len(agg) and int(agg["n"].max()) > 1
+        note = " ".join(x for x in (t.get("note", ""), CI_NOTE if many else "") if x)
+        # The settings the part ran at, as run (after --nodes/--seed/--set): part of the title.
+        held = {k: v for k, v in fixed.items() if k in ("nodes", "bits", "local_steps", "topology")}
+        held |= {k: v[0] for k, v in axes.items() if len(v) == 1 and k not in ("algorithm", "seed", t["columns"])}
+        shown = ", ".join(f"{KEY_HEADERS.get(k, k)}={v}" for k, v in held.items())
+        table = pivot_table(
+            agg,
+            ["algorithm"],
+            t["columns"],
+            t["metric"],
+            t.get("format", ".4g"),
+            name=f"paper_{t['name']}",
+            title=t.get("title", t["name"]) + (f" ({shown})" if shown else ""),
+            scale=float(t.get("scale", 1.0)),
+            note=note,
+            row_order=wanted,
+            descending=bool(t.get("descending", False)),
+        )
+        if t["columns"] != "nodes":
+            label = KEY_HEADERS.get(t["columns"], t["columns"])
+            table.headers = [table.headers[0], *(h.replace(f"{t['columns']}=", f"{label}=") for h in table.headers[1:])]
+        out.append(table)
+    return out
 
+
+def render_table(table: Table, fmt: str) -> bytes:
     if fmt == "md":
         text = f"{table.title}\n\n" + markdown(table.headers, table.rows)
         return (text + (f"\n{table.note}\n" if table.note else "")).encode()
@@ -236,8 +262,6 @@ def render_table(table: Table, fmt: str) -> bytes:
 
 def write_tables(tables: list[Table], out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """Render every table in every format first (an error writes nothing), then write each file atomically."""
-    from bench.base.files import atomic_write_bytes
-
     rendered = {out_dir / f"{t.name}{FORMATS[f]}": render_table(t, f) for t in tables for f in formats}
     for path, data in rendered.items():
         atomic_write_bytes(path, data)
@@ -279,9 +303,6 @@ def facts(results) -> list[str]:
 def report_markdown(
     results, tables: list[Table], plots: dict[str, Any], skipped: dict[str, str], formats: tuple[str, ...]
 ) -> str:
-    from bench.analysis.plots import PLOTS
-    from bench.records.tables import markdown
-
     out = [f"# swarmbench report: {results.folder.name}", "", *facts(results), ""]
     out += ["## Tables", ""]
     for t in tables:
@@ -308,14 +329,8 @@ def build_report(
     target_acc: float | None = None,
 ) -> tuple[Path, list[str]]:
     """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes)."""
-    from bench.analysis.load import load_results
-    from bench.analysis.plots import PLOTS, Absent, render
-    from bench.base.files import atomic_write_bytes, atomic_write_text
-
     for name in plots:
         if name not in PLOTS:
-            from bench.base.console import closest
-
             raise UserError(f"unknown plot '{name}'{closest(name, PLOTS)}: choose from {', '.join(PLOTS)}")
     if target_acc is not None and not 0 < target_acc <= 1:
         raise UserError(f"--target-acc must be a test accuracy in (0, 1], got {target_acc}")
@@ -327,8 +342,6 @@ def build_report(
         raise UserError("--plot time_to_target needs --target-acc A (a test accuracy such as 0.9)")
     tables = build_tables(results, target_acc)
     if suite:  # a `swarmbench reproduce` folder: the paper-style tables first
-        from bench.experiments.reproduce import paper_tables
-
         tables = paper_tables(results) + tables
     wanted = plots or tuple(PLOTS)
     figures, skipped = {}, {}
@@ -351,34 +364,3 @@ def build_report(
     atomic_write_text(report_dir / "report.md", text)
     notes = [f"skipped plot {name}: {why}" for name, why in skipped.items()]
     return report_dir, notes
-
-
-@click.command("report")
-@click.argument("folder", metavar="DIR")
-@click.option(
-    "--format",
-    "formats",
-    multiple=True,
-    type=click.Choice(list(FORMATS)),
-    show_envvar=True,
-    help="Table file format (repeatable).  [default: all four]",
-)
-@click.option(
-    "--plot",
-    "plots",
-    multiple=True,
-    show_envvar=True,
-    help="Only this plot (repeatable): accuracy_vs_time, throughput_scaling, bytes_per_sample, time_to_target, "
-    "consensus. A requested plot whose metric is absent is an error.  [default: every plot the data allows]",
-)
-@click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
-@click.option("--out", default=None, show_envvar=True, help="Report folder.  [default: DIR/report]")
-def report_cmd(
-    formats: tuple[str, ...], plots: tuple[str, ...], target_acc: float | None, out: str | None, folder: str
-):
-    """Tables (Markdown, CSV, LaTeX, Parquet) and plots (PNG, SVG) for a run or sweep folder, in one report.md."""
-    report_dir, notes = build_report(folder, out, tuple(dict.fromkeys(formats)) or tuple(FORMATS), plots, target_acc)
-    for note in notes:
-        click.echo(f"note: {note}")
-    click.echo(f"report: {report_dir / 'report.md'}")
-    return 0

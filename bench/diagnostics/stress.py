@@ -11,10 +11,16 @@ drive every model to the initial mean. A run that raises or exceeds its timeout 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import tempfile
 from pathlib import Path
+
+from bench.core.protocol import Node, flatten_model
+from bench.engine.processes.localworld import WorldFailed, run_world
+from bench.training.config import RunConfig, algo_config
+from bench.training.registry import ALGORITHMS
 
 SCENARIOS = ("adpsgd", "swarm-blocking")
 
@@ -22,10 +28,6 @@ SCENARIOS = ("adpsgd", "swarm-blocking")
 def _drive(rank: int, world: int, comm, algorithm: str, steps: int, seed: int) -> dict:
     import torch
     from torch import nn
-
-    from bench.training.config import RunConfig, algo_config
-    from bench.core.protocol import Node, flatten_model
-    from bench.training.registry import ALGORITHMS
 
     torch.manual_seed(seed * 1000 + rank)  # random, different initial models
     model = nn.Linear(16, 8)
@@ -64,15 +66,11 @@ class _NoClock:
         return 0.0
 
     def compute(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
 def run(runs: int, seed: int, steps: int = 60, timeout: float = 120.0) -> dict[str, int]:
     """Run `runs` seeded worlds; return counts of ok / lost-update / no-consensus / deadlock-or-crash."""
-    from bench.engine.processes.localworld import WorldFailed, run_world
-
     rng = random.Random(seed)
     counts = {"ok": 0, "lost_update": 0, "no_consensus": 0, "failed_or_deadlocked": 0}
     with tempfile.TemporaryDirectory(prefix="swarmbench-stress-") as tmp:

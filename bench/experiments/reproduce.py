@@ -1,5 +1,5 @@
-"""`swarmbench reproduce SUITE`: run a suite shipped as a TOML file (bench/experiments/suites/) and lay its tables out like
-the paper's (rows = methods, columns = node counts or settings), in Markdown and LaTeX, with the plots.
+"""`swarmbench reproduce SUITE`: run a suite shipped as a TOML file (bench/experiments/suites/) and lay its tables
+out like the paper's (rows = methods, columns = node counts or settings), in Markdown and LaTeX, with the plots.
 
 A suite is a sweep with several parts (each a grid over shared settings; identical cells of different parts run
 once) plus table definitions. It runs into `results/<suite>/` (or `--out`) as an ordinary sweep folder whose
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
+from bench.analysis.report import build_report
+from bench.base.console import closest
 from bench.base.errors import UserError
+from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
+from bench.experiments.sweep import Grid, SweepSpec, execute_sweep, normalize, prepare_out, split_values
+from bench.training.config import RUN_FIELDS, parse_set
 
 SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
 PART_KEYS = {"name", "title", "grid", "settings"}
@@ -84,9 +86,6 @@ def shipped() -> dict[str, Any]:
 
 def load_suite(name: str) -> Suite:
     """A shipped suite by name, or a suite TOML file by path; UserError names the line and key of a mistake."""
-    from bench.base.console import closest
-    from bench.base.tomlfile import load_toml_text
-
     available = shipped()
     if name in available:
         with importlib.resources.as_file(available[name]) as path:
@@ -104,8 +103,6 @@ def load_suite(name: str) -> Suite:
 
 
 def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
-    from bench.base.tomlfile import flatten_settings, key_line
-
     def bad(key: str, problem: str) -> UserError:
         return UserError(f"{source}{key_line(text, key)} (key '{key}'): {problem}")
 
@@ -174,8 +171,6 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
 
 def sim_available() -> bool:
     """The simulator engine exists in this install: a module bench.engine.sim.cluster and an `engine` run setting."""
-    from bench.core.config import RUN_FIELDS
-
     try:
         found = importlib.util.find_spec("bench.engine.sim.cluster") is not None
     except ImportError:
@@ -185,9 +180,6 @@ def sim_available() -> bool:
 
 def suite_spec(suite: Suite, engine: str, nodes: tuple[str, ...], seeds: tuple[str, ...], sets: tuple[str, ...]):
     """The suite as a sweep: shared settings (+ the engine), one grid per part; --nodes/--seed replace axes."""
-    from bench.core.config import parse_set
-    from bench.experiments.sweep import Grid, SweepSpec, _split_values
-
     fixed = dict(suite.settings)
     if engine == "sim":
         fixed["engine"] = "sim"
@@ -199,61 +191,9 @@ def suite_spec(suite: Suite, engine: str, nodes: tuple[str, ...], seeds: tuple[s
         for key, values in (("nodes", nodes), ("seed", seeds)):
             if values:
                 settings.pop(key, None)
-                axes[key] = _split_values(values)
+                axes[key] = split_values(values)
         grids.append(Grid(axes=axes, fixed=settings, name=p.name))
     return SweepSpec(fixed=fixed, grids=grids, source=suite.source)
-
-
-def paper_tables(results):
-    """The suite's tables from a suite's results folder: rows = methods, columns = the table's key (nodes,
-    bits, H, ...), cells = the metric with seeds aggregated. Each table reads the cells of its part, as run
-    (the grids stored in meta.json, so --nodes/--seed overrides are honoured)."""
-    from bench.analysis.load import aggregate
-    from bench.analysis.report import CI_NOTE, KEY_HEADERS, pivot_table
-
-    suite_json = results.meta.get("suite_spec") or {}
-    grids = {g.get("name"): g for g in (results.meta.get("spec") or {}).get("grids", [])}
-    out = []
-    for t in suite_json.get("tables", []):
-        grid = grids.get(t["part"])
-        if grid is None:
-            continue
-        rows = results.summary
-        axes, fixed = dict(grid.get("axes", [])), dict(grid.get("fixed", []))
-        for key, values in axes.items():
-            if key != "algorithm" and key in rows.columns:
-                rows = rows[rows[key].astype(str).isin([str(v) for v in values])]
-        for key, value in fixed.items():
-            if key in rows.columns:
-                rows = rows[rows[key].astype(str) == str(value)]
-        wanted = [str(a) for a in (t.get("algorithms") or axes.get("algorithm", []))]
-        if wanted:
-            rows = rows[rows["algorithm"].isin(wanted)]
-        agg = aggregate(rows, ["algorithm", t["columns"]], [t["metric"]])
-        many = len(agg) and int(agg["n"].max()) > 1
-        note = " ".join(x for x in (t.get("note", ""), CI_NOTE if many else "") if x)
-        # The settings the part ran at, as run (after --nodes/--seed/--set): part of the title.
-        held = {k: v for k, v in fixed.items() if k in ("nodes", "bits", "local_steps", "topology")}
-        held |= {k: v[0] for k, v in axes.items() if len(v) == 1 and k not in ("algorithm", "seed", t["columns"])}
-        shown = ", ".join(f"{KEY_HEADERS.get(k, k)}={v}" for k, v in held.items())
-        table = pivot_table(
-            agg,
-            ["algorithm"],
-            t["columns"],
-            t["metric"],
-            t.get("format", ".4g"),
-            name=f"paper_{t['name']}",
-            title=t.get("title", t["name"]) + (f" ({shown})" if shown else ""),
-            scale=float(t.get("scale", 1.0)),
-            note=note,
-            row_order=wanted,
-            descending=bool(t.get("descending", False)),
-        )
-        if t["columns"] != "nodes":
-            label = KEY_HEADERS.get(t["columns"], t["columns"])
-            table.headers = [table.headers[0], *(h.replace(f"{t['columns']}=", f"{label}=") for h in table.headers[1:])]
-        out.append(table)
-    return out
 
 
 def list_suites() -> list[str]:
@@ -265,25 +205,8 @@ def list_suites() -> list[str]:
     return lines
 
 
-@click.command("reproduce")
-@click.argument("suite_name", required=False, metavar="SUITE")
-@click.option("--list", "list_only", is_flag=True, show_envvar=True, help="List the shipped suites and exit.")
-@click.option("--out", default=None, show_envvar=True, help="Results folder.  [default: results/<suite>]")
-@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
-@click.option(
-    "--engine",
-    type=click.Choice(["sim", "processes"]),
-    default=None,
-    show_envvar=True,
-    help="Run on this engine instead of the suite's own (processes: real, noisy, not for CI references).",
-)
-@click.option("--nodes", multiple=True, show_envvar=True, help="Replace every part's node counts (2,4): scale down.")
-@click.option("--seed", "seeds", multiple=True, show_envvar=True, help="Replace every part's seeds (0,1,2).")
-@click.option("--set", "sets", multiple=True, show_envvar=True, help="Override a shared setting: --set epochs=2.")
-@click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
-def reproduce_cmd(
+def reproduce(
     suite_name: str | None,
-    list_only: bool,
     out: str | None,
     resume: bool,
     engine: str | None,
@@ -291,12 +214,10 @@ def reproduce_cmd(
     seeds: tuple[str, ...],
     sets: tuple[str, ...],
     target_acc: float | None,
-) -> int:
-    """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
-    if list_only:
-        for line in list_suites():
-            click.echo(line)
-        return 0
+    argv: list[str],
+) -> tuple[int, Path, list[str]]:
+    """`swarmbench reproduce SUITE`: run the suite as a sweep into `out` (default results/<suite>), then its report;
+    (exit status: 0 every cell ok, else 1; the report folder; notes about the report)."""
     if not suite_name:
         raise UserError("name a suite: swarmbench reproduce SUITE (swarmbench reproduce --list shows them)")
     suite = load_suite(suite_name)
@@ -306,15 +227,9 @@ def reproduce_cmd(
             f"suite '{suite.name}' runs on the simulator (--engine sim), which this swarmbench does not have yet: "
             "pass --engine processes to run it on real processes (noisy, not deterministic)"
         )
-    from bench.analysis.report import build_report
-    from bench.experiments.sweep import execute_sweep, normalize, prepare_out
-
     spec = normalize(suite_spec(suite, engine, nodes, seeds, sets))
     out_dir, spec, stored = prepare_out(out or str(Path("results") / suite.name), resume, spec)
     extra = {"suite": suite.name, "suite_spec": suite.to_json(), "suite_engine": engine}
-    code, out_dir = execute_sweep(spec, out_dir, stored, argv=sys.argv, extra_meta=extra)
+    code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
     report_dir, notes = build_report(out_dir, target_acc=target_acc if target_acc is not None else suite.target_acc)
-    for note in notes:
-        click.echo(f"note: {note}")
-    click.echo(f"report: {report_dir / 'report.md'}")
-    return code
+    return code, report_dir, notes

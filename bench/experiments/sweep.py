@@ -20,6 +20,7 @@ Layout of a sweep folder:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import re
@@ -31,11 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
+from bench import __version__
+from bench.analysis.load import aggregate, load_results
+from bench.analysis.report import build_tables, write_tables
+from bench.base.console import closest
 from bench.base.errors import UserError
+from bench.base.files import atomic_write_frame, atomic_write_json
 from bench.base.host import new_results_folder
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
+from bench.records.read import read_meta
+from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
+from bench.run import checks, orchestrate
+from bench.training.config import RunConfig, apply_overrides, parse_set
+from bench.training.registry import ALGORITHMS
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
 SWEEP_META_KEYS = ("schema_version", "kind", "spec", "grid_keys", "cells")
@@ -95,7 +104,7 @@ class Cell:
     error: str = ""  # a setting this cell cannot run with (impossible topology, ...): recorded as failed
 
 
-def _split_values(values: tuple[str, ...]) -> list[str]:
+def split_values(values: tuple[str, ...]) -> list[str]:
     """--nodes 2,4 --nodes 8 -> ['2', '4', '8']."""
     return [v.strip() for raw in values for v in str(raw).split(",") if v.strip()]
 
@@ -127,18 +136,16 @@ def build_spec(
     sets: tuple[str, ...],
 ) -> tuple[SweepSpec | None, str]:
     """File first, then command-line axes (replacing the file's axis of the same key), then --set."""
-    from bench.core.config import parse_set
-
     spec, text = spec_from_toml(file) if file else (None, "")
     axes: dict[str, list[Any]] = {}
     for key, values in axes_from_options.items():
         if values:
-            axes[key] = _split_values(values)
+            axes[key] = split_values(values)
     for item in grid_items:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--grid '{item}' is not KEY=V1,V2: write e.g. --grid lr=0.05,0.1")
-        axes[key.strip()] = _split_values((values,))
+        axes[key.strip()] = split_values((values,))
     fixed = parse_set(sets)
     if spec is None and not axes and not fixed:
         return None, text
@@ -157,8 +164,6 @@ def build_spec(
 
 
 def _algorithms(value: Any, where: str) -> list[str]:
-    from bench.base.console import closest
-    from bench.core.registry import ALGORITHMS
 
     names = value if isinstance(value, list | tuple) else [s for s in str(value).split(",") if s]
     out: list[str] = []
@@ -180,8 +185,6 @@ def normalize(spec: SweepSpec, text: str = "") -> SweepSpec:
     """Every key known and every value converted to its field's type, before anything runs (exit 2 otherwise).
 
     An unknown key or a value of the wrong type names the file, the line and the key (or the option)."""
-    from bench.core.config import RunConfig, apply_overrides
-
     base = RunConfig().to_dict()
 
     def typed(key: str, value: Any, what: str) -> Any:
@@ -232,16 +235,12 @@ def cell_id(params: dict[str, Any]) -> str:
         parts.append(f"{key}={re.sub(r'[^A-Za-z0-9._-]', '-', value)}")
     ident = ",".join(parts)
     if len(ident) > 120:
-        import hashlib
-
         ident = ident[:100] + "-" + hashlib.sha1(ident.encode()).hexdigest()[:10]
     return ident
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
     """The cartesian product of every grid; grid points with the same settings share one cell."""
-    from bench.core.config import RunConfig
-
     defaults = RunConfig().to_dict()
     keys = grid_keys(spec)
     default_algos = _algorithms(spec.fixed.get("algorithms", ["all"]), "algorithms")
@@ -272,9 +271,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 
 def resolve_cell(cell: Cell):
-    from bench.run.checks import resolve
-
-    return resolve({**cell.settings, "algorithms": cell.algorithms})
+    return checks.resolve({**cell.settings, "algorithms": cell.algorithms})
 
 
 def check_cells(cells: list[Cell]) -> list[Any]:
@@ -372,14 +369,11 @@ class SweepUI:
 
 
 def run_cell(cfg, out_dir: Path, log_path: Path, argv: list[str]) -> tuple[str, str]:
-    """One cell = one `swarmbench run` (bench.run.orchestrate.execute) with its output in `log_path`: (status, reason)."""
-    from bench.records.read import read_meta
-    from bench.run.orchestrate import execute
-
+    """One cell = one `swarmbench run` (bench.run.orchestrate.execute), its output in `log_path`: (status, reason)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
-            code = execute(cfg, str(out_dir), argv=argv, interactive=False)
+            code = orchestrate.execute(cfg, str(out_dir), argv=argv, interactive=False)
         except UserError as exc:
             print(f"error: {exc}")
             return "failed", str(exc)
@@ -405,9 +399,6 @@ def cell_finished(path: Path) -> bool:
 
 
 def sweep_meta(spec: SweepSpec, cells: list[Cell], argv: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    from bench import __version__
-    from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
-
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "sweep",
@@ -429,8 +420,6 @@ def sweep_meta(spec: SweepSpec, cells: list[Cell], argv: list[str], extra: dict[
 
 def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[Path, SweepSpec, dict | None]:
     """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming."""
-    from bench.records.read import read_meta
-
     if out is None:
         if resume:
             raise UserError("--resume needs --out DIR: the sweep folder to continue")
@@ -474,9 +463,6 @@ def execute_sweep(
     text: str = "",
 ) -> tuple[int, Path]:
     """Run every cell not yet finished; write the aggregated tables; exit status 0 (all ok) or 1."""
-    from bench.base.files import atomic_write_json
-    from bench.records.write import now_iso
-
     spec = normalize(spec, text)
     cells = expand(spec)
     configs = check_cells(cells)
@@ -550,10 +536,6 @@ def finalize_sweep(out_dir: Path) -> None:
     """summary.csv (every row, grid keys first), aggregate.csv (seeds aggregated) and the Markdown/CSV tables."""
     import pandas as pd
 
-    from bench.analysis.load import aggregate, load_results
-    from bench.analysis.report import build_tables, write_tables
-    from bench.base.files import atomic_write_frame
-
     results = load_results(out_dir)
     s = results.summary.copy()
     first = ["cell", *results.grid_keys, "algorithm"]
@@ -567,48 +549,22 @@ def finalize_sweep(out_dir: Path) -> None:
     write_tables(build_tables(results), out_dir, ("md", "csv"))
 
 
-# ---- the command --------------------------------------------------------------------------------------------------
+# ---- the command ----------------------------------------------------------------------------------------------
 
 
-def _axis_option(name: str, help_text: str):
-    return click.option(name, multiple=True, show_envvar=True, help=help_text + " Repeatable or comma-separated.")
-
-
-@click.command("sweep")
-@click.argument("spec_file", required=False, metavar="[SPEC.toml]")
-@_axis_option("--algo", "Algorithms of every cell (run inside each cell's one launch), or 'all'.")
-@_axis_option("--nodes", "Node counts.")
-@_axis_option("--bits", "Bits per coordinate.")
-@_axis_option("--topology", "Topologies.")
-@_axis_option("--local-steps", "Local steps H.")
-@_axis_option("--seed", "Seeds (several seeds are aggregated: mean, std, 95 % t-interval).")
-@click.option("--grid", "grid_items", multiple=True, show_envvar=True, help="Any other axis: --grid lr=0.05,0.1.")
-@click.option("--set", "sets", multiple=True, show_envvar=True, help="A fixed setting for every cell: --set epochs=2.")
-@click.option("--out", default=None, show_envvar=True, help="Sweep folder.  [default: results/sweep-<timestamp>]")
-@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
-def sweep_cmd(
+def sweep(
     spec_file: str | None,
-    algo: tuple[str, ...],
-    nodes: tuple[str, ...],
-    bits: tuple[str, ...],
-    topology: tuple[str, ...],
-    local_steps: tuple[str, ...],
-    seed: tuple[str, ...],
+    axes: dict[str, tuple[str, ...]],
     grid_items: tuple[str, ...],
     sets: tuple[str, ...],
     out: str | None,
     resume: bool,
+    argv: list[str],
 ) -> int:
-    """Run a grid of `swarmbench run` cells into one folder, with aggregated tables.
-
-    SPEC.toml holds fixed settings (RunConfig keys, [ALGO] tables) and a [grid] table of axes, e.g.
-    `[grid] algorithm = ["allreduce", "swarm"]; nodes = [2, 4]; seed = [0, 1, 2]`. Axes given as options
-    replace the file's axis of the same name.
-    """
-    options = {"algorithm": algo, "nodes": nodes, "bits": bits, "topology": topology, "local_steps": local_steps}
-    options["seed"] = seed
-    spec, text = build_spec(spec_file, options, grid_items, sets)
+    """`swarmbench sweep`: the grid of SPEC.toml and the axes given as options (each replacing the file's axis of
+    the same key), run into `out` (or a new folder); exit status 0 (every cell ok) or 1."""
+    spec, text = build_spec(spec_file, axes, grid_items, sets)
     spec = normalize(spec, text) if spec is not None else None
     out_dir, spec, stored = prepare_out(out, resume, spec)
-    code, _ = execute_sweep(spec, out_dir, stored, argv=sys.argv, text=text)
+    code, _ = execute_sweep(spec, out_dir, stored, argv=argv, text=text)
     return code
