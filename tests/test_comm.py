@@ -111,3 +111,26 @@ def test_bytes_per_exchange_match_closed_form_for_every_codec(tmp_path):
             if bits == 4:
                 assert 4 * numel / m >= 7.5
     assert {r[0] for r in results[0]} == {2, 4, 8, 16, 32}
+
+
+def test_real_clock_and_comm_timers_synchronize_cuda(monkeypatch):
+    """CUDA kernels and NCCL collectives return when enqueued: the real engine's clock and the comm layer's timers
+    must synchronize the device before reading the time (checked here without a GPU: the synchronizer is recorded)."""
+    from bench.core.comm import make_comm
+    from bench.core.topology import build_topology
+    from bench.engine.processes.worker import WallClock
+
+    calls: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    gpu = torch.device("cuda", 0)
+    clock = WallClock(gpu)
+    clock.now()
+    assert calls == [gpu]
+    comm = make_comm("p2p", 0, 1, build_topology("complete", 1), 10.0, now=clock.now)
+    with comm._timed("grad"):
+        pass
+    assert calls == [gpu] * 3  # start and end of the timed call
+    WallClock(torch.device("cpu")).now()
+    with make_comm("p2p", 0, 1, build_topology("complete", 1), 10.0)._timed("grad"):
+        pass
+    assert calls == [gpu] * 3  # nothing to wait for on the CPU

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA path end to end, for a machine with NVIDIA GPUs (CI has none; run it by hand when one is at hand):
 #   1. what doctor sees; 2. every algorithm with one process per GPU on NCCL; 3. two ranks sharing GPU 0 on gloo
-#   (CUDA tensors, host-staged exchange); 4. a GPU timing table (ResNet-20, CPU vs CUDA, same run settings).
+#   (CUDA tensors, host-staged exchange); 4. a GPU timing table (ResNet-20, CPU vs CUDA, same run settings);
+#   5. synchronized timers: with more than one GPU, AllReduce SGD's comm_fraction on NCCL must be above zero (an
+#   unsynchronized timer reads ~0 because an NCCL allreduce returns when enqueued).
 # Usage: tools/gpu_check.sh [OUT_DIR]   (python3 must have torch with CUDA, click, pandas, rich, scikit-learn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +39,14 @@ t["speedup_vs_cpu"] = [r.samples_per_s / base[r.algorithm] for r in t.itertuples
 print(t.to_string(index=False))
 t.to_csv(f"{out}/gpu_timing.csv", index=False)
 PY
+if [ "$gpus" -ge 2 ]; then
+  echo "== synchronized timers: comm_fraction of the NCCL run"
+  python3 - "$out" <<'PY'
+import sys, pandas as pd
+s = pd.read_csv(f"{sys.argv[1]}/nccl/summary.csv").set_index("algorithm")
+print(s[["comm_fraction", "step_seconds_median"]].to_string())
+frac = s.loc["allreduce", "comm_fraction"]
+if not frac > 0.001:
+    sys.exit(f"allreduce comm_fraction {frac} on NCCL: the comm timer does not wait for the GPU")
+PY
+fi

@@ -315,8 +315,9 @@ class TorchComm(Comm):
         *,
         responder: bool = True,
         on_responder_error: ResponderErrorHandler = exit_on_responder_error,
+        now: Callable[[], float] = time.perf_counter,
     ) -> None:
-        super().__init__(rank, size, topology, time.perf_counter)
+        super().__init__(rank, size, topology, now)
         import torch.distributed as dist
 
         self._dist = dist
@@ -463,8 +464,10 @@ class RmaComm(TorchComm):
     transport = "rma"
     request_bytes = 8  # the reader's increment of the owner's served-reads counter
 
-    def __init__(self, rank: int, size: int, topology: Topology, timeout_s: float) -> None:
-        super().__init__(rank, size, topology, timeout_s, responder=False)
+    def __init__(
+        self, rank: int, size: int, topology: Topology, timeout_s: float, now: Callable[[], float] = time.perf_counter
+    ) -> None:
+        super().__init__(rank, size, topology, timeout_s, responder=False, now=now)
         from mpi4py import MPI
 
         self._MPI = MPI
@@ -653,12 +656,14 @@ def make_comm(
     timeout_s: float,
     allreduce_impl: str = "torch",
     on_responder_error: ResponderErrorHandler = exit_on_responder_error,
+    now: Callable[[], float] = time.perf_counter,
 ) -> TorchComm:
-    """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine."""
+    """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine; `now` is
+    the clock its timers read (a synchronizing one on CUDA)."""
     if transport == "rma":
-        comm: TorchComm = RmaComm(rank, size, topology, timeout_s)
+        comm: TorchComm = RmaComm(rank, size, topology, timeout_s, now=now)
     else:
-        comm = TorchComm(rank, size, topology, timeout_s, on_responder_error=on_responder_error)
+        comm = TorchComm(rank, size, topology, timeout_s, on_responder_error=on_responder_error, now=now)
     if allreduce_impl == "horovod":
         comm.use_horovod_allreduce()
     return comm

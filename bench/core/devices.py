@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 
 from bench.base.errors import UserError
@@ -41,3 +44,17 @@ def check_device_request(device: str, backend: str) -> None:
         raise UserError("--device cuda asked for, but torch sees no CUDA device here: use --device cpu or auto")
     if backend == "nccl" and device == "cpu":
         raise UserError("--backend nccl needs --device cuda (NCCL only moves GPU tensors): use gloo on CPU")
+
+
+def synchronized_clock(device: torch.device) -> Callable[[], float]:
+    """Wall time that waits for the device first. CUDA kernels and NCCL collectives return when enqueued: a clock
+    read without a synchronize would time kernel launches, and a collective would look free. On the CPU, plain
+    perf_counter (nothing is asynchronous there)."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def now() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return now

@@ -26,11 +26,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.base.errors import UserError, last_line
 from bench.base.host import usable_cores
 from bench.core.comm import make_comm, resolve_transport
 from bench.core.data import load_dataset
-from bench.core.devices import resolve_backend, resolve_device
+from bench.core.devices import resolve_backend, resolve_device, synchronized_clock
 from bench.core.protocol import Clock
 from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
@@ -339,10 +341,17 @@ def train_all(
     torch.set_num_threads(threads)
     device = torch.device(session.device)
     topology = build_topology(cfg.topology, world, degree=cfg.degree, seed=cfg.seed)
+    clock: Clock = WallClock(device)
     comm = make_comm(
-        transport, rank, world, topology, cfg.timeout_s, cfg.allreduce_impl, on_responder_error=abort_from_thread
+        transport,
+        rank,
+        world,
+        topology,
+        cfg.timeout_s,
+        cfg.allreduce_impl,
+        on_responder_error=abort_from_thread,
+        now=clock.now,  # comm timers synchronize the device too, or an enqueued allreduce would look free
     )
-    clock: Clock = WallClock()
     dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
     shards = make_shards(cfg, dataset)
     writer = StagingWriter(out_dir, rank, run_id, world)
@@ -387,12 +396,11 @@ def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) ->
 
 
 class WallClock:
-    """The real engine's clock: wall time; compute is simply run (and timed by the loop)."""
+    """The real engine's clock: wall time, read after the device has finished its queued work (CUDA kernels and
+    NCCL collectives are asynchronous); compute is simply run (and timed by the loop)."""
 
-    def now(self) -> float:
-        import time
-
-        return time.perf_counter()
+    def __init__(self, device: torch.device) -> None:
+        self.now = synchronized_clock(device)
 
     def compute(self):
         import contextlib
