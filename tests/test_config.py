@@ -36,3 +36,12 @@ def test_set_types_are_checked():
 def test_round_trip_through_dict():
     cfg = resolve({"algorithms": ["swarm"]}, None, ["swarm.local_steps=2", "seed=5"])
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused(value):
+    """--lr inf would train and report numbers that mean nothing: every float option must be finite."""
+    with pytest.raises(UserError, match="must be a finite number"):
+        resolve({"lr": float(value)})
+    with pytest.raises(UserError, match="must be a finite number"):
+        resolve({}, None, [f"momentum={value}"])

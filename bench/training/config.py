@@ -9,9 +9,10 @@ Per-algorithm options live in each algorithm's own `Config` dataclass and are se
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,59 +21,190 @@ from bench.base.errors import UserError
 from bench.base.tomlfile import flatten_settings, load_toml_text
 
 
+def opt(
+    default: Any,
+    help: str = "",
+    *,
+    flag: str = "",
+    env: str = "",
+    choices: tuple[str, ...] = (),
+    flag_value: str | None = None,
+    sim: bool = False,
+) -> Any:
+    """A RunConfig field and what the command line shows of it, as plain data (cli.py makes the click options).
+
+    help: the `swarmbench run` option's help ('': no option; set it with --set or in the config file);
+    flag: the option when it is not --FIELD-NAME; env: the name after SWARMBENCH_RUN_ of its environment variable
+    when not the flag's; choices: the values it accepts; flag_value: its value when given alone (no value);
+    sim: only the simulated cluster understands it (SIM_ONLY).
+    """
+    meta = {"help": help, "flag": flag, "env": env, "choices": choices, "flag_value": flag_value, "sim": sim}
+    return field(default=default, metadata={key: value for key, value in meta.items() if value})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines one `swarmbench run` invocation (every algorithm shares it)."""
+    """Everything that defines one `swarmbench run` invocation (every algorithm shares it).
 
-    algorithms: tuple[str, ...] = ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm")  # run in this order
-    nodes: int = 4  # world size: worker processes (or virtual nodes)
-    topology: str = "ring"  # communication graph for the decentralized algorithms
-    degree: int | None = None  # degree for random-regular topologies
-    dataset: str = "mnist"  # name in bench.core.data.DATASETS
-    data_dir: str | None = None  # folder of on-disk datasets (unused by the embedded ones)
-    download: bool = False  # let torchvision download an on-disk dataset into data_dir (needs a network)
-    model: str = "mlp"  # name in bench.core.models.MODELS
-    epochs: int = 8  # passes of every node over its own shard
-    batch_size: int = 32  # per node
-    lr: float = 0.05  # SGD learning rate
-    momentum: float = 0.9  # SGD momentum (optimizer state always stays local)
+    The fields' order is the order of the options in `swarmbench run --help`."""
+
+    algorithms: tuple[str, ...] = opt(
+        ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm"),
+        "Algorithm (repeatable) or 'all'; see `swarmbench list`.  [default: all]",
+        flag="--algo",
+    )  # run in this order
+    nodes: int = opt(
+        4, "Number of nodes (worker processes); with --engine sim also a comma list 8,16,32 (a scaling series)."
+    )  # world size: worker processes (or virtual nodes)
+    topology: str = opt(
+        "ring", "Graph for decentralized algorithms: ring, torus, complete, ..."
+    )  # communication graph for the decentralized algorithms
+    degree: int | None = opt(None, "Degree of a random-regular topology.")  # degree for random-regular topologies
+    dataset: str = opt("mnist", "Dataset; the default ships inside a package.")  # name in bench.core.data.DATASETS
+    data_dir: str | None = opt(
+        None, "Folder holding on-disk datasets."
+    )  # folder of on-disk datasets (unused by the embedded ones)
+    download: bool = opt(
+        False, "Let torchvision download an on-disk dataset into --data-dir (needs a network)."
+    )  # let torchvision download an on-disk dataset into data_dir (needs a network)
+    model: str = opt("mlp", "Model: mlp, lenet5, resnet20.")  # name in bench.core.models.MODELS
+    epochs: int = opt(8, "Passes of every node over its shard.")  # passes of every node over its own shard
+    batch_size: int = opt(32, "Mini-batch size per node.")  # per node
+    lr: float = opt(0.05, "Learning rate.")  # SGD learning rate
+    momentum: float = opt(0.9, "SGD momentum (kept local).")  # SGD momentum (optimizer state always stays local)
     weight_decay: float = 0.0  # L2 penalty in the optimizer
-    local_steps: int = 4  # H: local steps between averagings (local_sgd, swarm)
-    local_steps_dist: str = "fixed"  # swarm: fixed H, or geometric with mean H
-    swarm_mode: str = "nonblocking"  # swarm: nonblocking (initiator only) | blocking (both, atomically)
-    bits: int = 32  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
-    quantizer: str = "lattice"  # lattice (reference-point, Davies et al.) | uniform (stochastic, unbiased)
-    eps: float | None = None  # lattice spacing; None: sized so neighbours within lattice_radius decode
-    lattice_radius: float = 0.25  # max-norm distance between neighbours the default eps must decode
+    local_steps: int = opt(
+        4, "H: local steps between averagings (local_sgd, swarm)."
+    )  # H: local steps between averagings (local_sgd, swarm)
+    local_steps_dist: str = opt(
+        "fixed",
+        "swarm: exactly H local steps, or a geometric number with mean H.",
+        choices=("fixed", "geometric"),
+    )  # swarm: fixed H, or geometric with mean H
+    swarm_mode: str = opt(
+        "nonblocking",
+        "swarm: only the initiator averages (non-blocking) or both atomically (blocking).",
+        choices=("nonblocking", "blocking"),
+    )  # swarm: nonblocking (initiator only) | blocking (both, atomically)
+    bits: int = opt(
+        32, "Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization)."
+    )  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
+    quantizer: str = opt(
+        "lattice",
+        "lattice: residues decoded against the receiver's own model; uniform: stochastic, unbiased.",
+        choices=("lattice", "uniform"),
+    )  # lattice (reference-point, Davies et al.) | uniform (stochastic, unbiased)
+    eps: float | None = opt(
+        None, "Lattice spacing.  [default: lattice-radius / (2^(bits-1) - 1)]"
+    )  # lattice spacing; None: sized so neighbours within lattice_radius decode
+    lattice_radius: float = opt(
+        0.25, "Max-norm distance between neighbours that the default eps decodes."
+    )  # max-norm distance between neighbours the default eps must decode
     bucket: int = 1024  # coordinates per codec header entry
-    allreduce_impl: str = "torch"  # allreduce engine: torch (torch.distributed) | horovod (hvd.allreduce)
-    transport: str = "auto"  # one-sided exchange: auto | p2p (gloo responder thread) | rma (MPI windows)
-    partition: str = "iid"  # how the training set is split over nodes: iid | dirichlet
-    alpha: float = 0.5  # Dirichlet concentration for --partition dirichlet (smaller = more label skew)
-    seed: int = 0  # one seed for data split, initial weights, shards and peer choices
-    launcher: str = "local"  # who starts the worker processes
-    master_addr: str | None = None  # rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR
-    master_port: int | None = None  # rendezvous port on that host; else MASTER_PORT
-    device: str = "cpu"  # cpu | cuda | auto
-    backend: str = "auto"  # torch.distributed backend: auto (gloo on CPU, nccl on CUDA) | gloo | nccl
+    device: str = opt(
+        "cpu",
+        "cpu, cuda (one GPU per local rank) or auto (cuda when torch sees a GPU).",
+        choices=("cpu", "cuda", "auto"),
+    )  # cpu | cuda | auto
+    backend: str = opt(
+        "auto",
+        "torch.distributed backend: auto = nccl with one rank per GPU, else gloo.",
+        choices=("auto", "gloo", "nccl"),
+    )  # torch.distributed backend: auto (gloo on CPU, nccl on CUDA) | gloo | nccl
+    allreduce_impl: str = opt(
+        "torch",
+        "Allreduce engine for allreduce and local_sgd: torch.distributed or Horovod (horovodrun/mpirun).",
+        choices=("torch", "horovod"),
+    )  # allreduce engine: torch (torch.distributed) | horovod (hvd.allreduce)
+    transport: str = opt(
+        "auto",
+        "One-sided exchange: auto (rma under MPI on one host, else p2p), p2p (gloo responder), rma (MPI windows).",
+        choices=("auto", "p2p", "rma"),
+    )  # one-sided exchange: auto | p2p (gloo responder thread) | rma (MPI windows)
+    partition: str = opt(
+        "iid", "How training data is split over nodes.", choices=("iid", "dirichlet")
+    )  # how the training set is split over nodes: iid | dirichlet
+    alpha: float = opt(
+        0.5, "Dirichlet concentration (smaller = more skew)."
+    )  # Dirichlet concentration for --partition dirichlet (smaller = more label skew)
+    seed: int = opt(
+        0, "Seed for data split, weights, shards and peer choices."
+    )  # one seed for data split, initial weights, shards and peer choices
+    launcher: str = opt(
+        "local", "Who starts the workers: {launchers} (detected when mpirun etc. started this)."
+    )  # who starts the worker processes; {launchers}: the names in bench.engine.processes.launchers.LAUNCHERS
+    master_addr: str | None = opt(
+        None, "Rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR, else found via mpi4py."
+    )  # rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR
+    master_port: int | None = opt(
+        None, "Rendezvous port; else MASTER_PORT."
+    )  # rendezvous port on that host; else MASTER_PORT
     timeout_s: float = 300.0  # a blocked collective fails after this long instead of hanging
     eval_every: int = 1  # evaluate every this many epochs (always after the last)
-    engine: str = "processes"  # processes (one OS process per node) | sim (virtual nodes, simulated time)
-    node_series: tuple[int, ...] = ()  # sim: a scaling series (--nodes 8,16,32); () = the single run of `nodes`
-    compute_profile: str = "vm-core"  # sim: named per-step compute profile (bench/engine/sim/costmodel.py)
-    step_time: float | None = None  # sim: seconds per SGD step instead of the profile
-    calibrate: str = "none"  # sim: none (the profile) | node (time one node here) | host (N local processes here)
-    shared_cores: int = 0  # sim: the nodes share this many cores of one host (0: every node has its own)
-    speed_sigma: float = 0.0  # sim: per-node speed factor ~ lognormal(0, sigma) (heterogeneity)
-    straggler_p: float = 0.0  # sim: probability that a step is straggler_k times slower
-    straggler_k: float = 5.0  # sim: slowdown of a straggling step
-    network: str = "10gbe"  # sim: named link profile (bandwidth, latency)
-    bandwidth_gbps: float | None = None  # sim: per-node link bandwidth in Gb/s instead of the profile's
-    latency_us: float | None = None  # sim: per-message latency in microseconds instead of the profile's
-    allreduce_algo: str = "ring"  # sim: allreduce cost formula: ring | tree
-    sim_shards: str = "auto"  # sim: split (disjoint, as processes) | sample (overlapping) | auto (split if possible)
-    eval_samples: int | None = None  # sim: evaluate on the first this many test samples (None: all)
-    target_acc: float = 0.9  # sim series: the test accuracy whose time-to-reach the scaling table reports
+    engine: str = opt(
+        "processes",
+        "processes: one OS process per node; sim: virtual nodes in this process with simulated time.",
+        choices=("processes", "sim"),
+    )  # processes (one OS process per node) | sim (virtual nodes, simulated time)
+    node_series: tuple[int, ...] = opt(
+        (), sim=True
+    )  # sim: a scaling series (--nodes 8,16,32); () = the single run of `nodes`
+    compute_profile: str = opt(
+        "vm-core",
+        "sim: compute profile (per-step time per model); see `swarmbench list`.",
+        flag="--profile",
+        env="compute_profile",
+        sim=True,
+    )  # sim: named per-step compute profile (bench/engine/sim/costmodel.py)
+    step_time: float | None = opt(
+        None, "sim: seconds per SGD step.", sim=True
+    )  # sim: seconds per SGD step instead of the profile
+    calibrate: str = opt(
+        "none",
+        "sim: node (alone: `--calibrate`) times one node's real steps here for the step time; host starts N "
+        "real local processes and measures compute and every comm operation as they run together (N <= 16).",
+        choices=("none", "node", "host"),
+        flag_value="node",
+        sim=True,
+    )  # sim: none (the profile) | node (time one node here) | host (N local processes here)
+    shared_cores: int = opt(
+        0,
+        "sim: the nodes are processes on one host of this many cores (max(1, C/N) threads each; a compute "
+        "section takes max(1, k/C) times longer while k nodes compute), as the local launcher runs them; 0 = each "
+        "node has its own hardware.",
+        sim=True,
+    )  # sim: the nodes share this many cores of one host (0: every node has its own)
+    speed_sigma: float = opt(
+        0.0, "sim: per-node speed factor ~ lognormal(0, sigma).", sim=True
+    )  # sim: per-node speed factor ~ lognormal(0, sigma) (heterogeneity)
+    straggler_p: float = opt(
+        0.0, "sim: probability a step straggles.", sim=True
+    )  # sim: probability that a step is straggler_k times slower
+    straggler_k: float = opt(5.0, "sim: slowdown of a straggling step.", sim=True)  # sim: slowdown of a straggling step
+    network: str = opt(
+        "10gbe", "sim: link profile; see `swarmbench list`.", sim=True
+    )  # sim: named link profile (bandwidth, latency)
+    bandwidth_gbps: float | None = opt(
+        None, "sim: per-node link Gb/s.", flag="--bandwidth", sim=True
+    )  # sim: per-node link bandwidth in Gb/s instead of the profile's
+    latency_us: float | None = opt(
+        None, "sim: per-message latency in us.", flag="--latency", sim=True
+    )  # sim: per-message latency in microseconds instead of the profile's
+    allreduce_algo: str = opt(
+        "ring", "sim: allreduce cost formula.", flag="--allreduce", choices=("ring", "tree"), sim=True
+    )  # sim: allreduce cost formula: ring | tree
+    sim_shards: str = opt(
+        "auto",
+        "sim: split = disjoint shards (as processes); sample = overlapping random shards; auto = split if it fits.",
+        choices=("auto", "split", "sample"),
+        sim=True,
+    )  # sim: split (disjoint, as processes) | sample (overlapping) | auto (split if possible)
+    eval_samples: int | None = opt(
+        None, "sim: evaluate on the first this many test samples.  [default: all]", sim=True
+    )  # sim: evaluate on the first this many test samples (None: all)
+    target_acc: float = opt(
+        0.9, "sim series: the test accuracy whose time-to-reach scaling.csv reports.", sim=True
+    )  # sim series: the test accuracy whose time-to-reach the scaling table reports
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
@@ -129,7 +261,10 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
         if hint is float:
             if isinstance(raw, bool):
                 raise ValueError(raw)
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # inf/nan would train (or simulate) and print numbers that mean nothing
+                raise UserError(f"'{key}' must be a finite number, got {raw!r}: pass a finite value")
+            return value
         if hint is str:
             if not isinstance(raw, (str, int, float)):
                 raise ValueError(raw)
@@ -306,23 +441,7 @@ def validate(cfg: RunConfig) -> None:
 
 
 ENGINES = ("processes", "sim")
-SIM_ONLY = (
-    "node_series",
-    "compute_profile",
-    "step_time",
-    "calibrate",
-    "shared_cores",
-    "speed_sigma",
-    "straggler_p",
-    "straggler_k",
-    "network",
-    "bandwidth_gbps",
-    "latency_us",
-    "allreduce_algo",
-    "sim_shards",
-    "eval_samples",
-    "target_acc",
-)
+SIM_ONLY = tuple(f.name for f in fields(RunConfig) if f.metadata.get("sim"))  # options of the simulated cluster only
 
 
 def check_engine(cfg: RunConfig) -> None:
