@@ -3,6 +3,7 @@ calibration, scaling series and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -11,12 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.training.registry import ALGORITHMS
 from bench.core.topology import build_topology
-from bench.engine.sim import calibrate, costmodel
+from bench.engine.sim import calibrate, collectives, costmodel
 from bench.engine.sim import cluster as sim
 from bench.engine.sim.costmodel import CostModel
 from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
+from bench.training.config import RunConfig
+from bench.training.registry import ALGORITHMS
 from cli import cli
 
 BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
@@ -45,6 +47,55 @@ def _cluster(n: int, topology: str = "complete", **kw) -> sim.Cluster:
 
 
 # ---- event order: the simulator's own invariants --------------------------------------------------------------
+
+
+def test_allreduce_models_follow_the_published_formulas():
+    """Thakur, Rabenseifner, Gropp 2005 at the issue's headline case (MLP, 473 KB, 1 GbE, 256 nodes): the ring
+    charges 2(N-1) latencies (33 ms), Rabenseifner 2 log2 N latencies and the same bandwidth term (8.3 ms)."""
+    link = collectives.Link(50e-6, 1e9 / 8)
+    n, p = 473_128, 256
+    assert collectives.ring(n, p, link) == pytest.approx(2 * 255 * 50e-6 + 2 * 255 / 256 * n * 8e-9)
+    assert collectives.ring(n, p, link) == pytest.approx(0.0330, abs=1e-4)
+    assert collectives.rabenseifner(n, p, link) == pytest.approx(2 * 8 * 50e-6 + 2 * 255 / 256 * n * 8e-9)
+    assert collectives.rabenseifner(n, p, link) == pytest.approx(0.0083, abs=1e-4)
+    assert collectives.recursive_doubling(n, p, link) == pytest.approx(8 * (50e-6 + n * 8e-9))
+    assert collectives.binomial_tree(n, p, link) == pytest.approx(16 * (50e-6 + n * 8e-9))
+    # not a power of two: the extra ranks hand off and get back the whole vector (two more full steps)
+    assert collectives.recursive_doubling(n, 6, link) == pytest.approx(4 * (50e-6 + n * 8e-9))
+    # the double binary tree pipelines: never worse than its unpipelined form, near 2 n b for long messages
+    big = 100e6
+    assert collectives.double_binary_tree(n, p, link) <= 2 * 8 * (50e-6 + n * 8e-9)
+    assert collectives.double_binary_tree(big, p, link) == pytest.approx(2 * big * 8e-9, rel=0.06)
+    assert collectives.flat(n, 1, link, "auto") == ("none", 0.0)
+
+
+def test_auto_allreduce_takes_the_cheapest_and_meta_says_which():
+    link = collectives.Link(25e-6, 10e9 / 8)
+    for p in (2, 3, 5, 8, 64, 1000):
+        for n in (64, 4096, 473_128, 50_000_000):
+            name, seconds = collectives.flat(n, p, link, "auto")
+            assert seconds == min(f(n, p, link) for f in collectives.FORMULAS.values())
+            assert seconds == collectives.FORMULAS[name](n, p, link)
+    assert collectives.flat(64, 256, link, "auto")[0] == "recursive_doubling"  # latency-bound
+    assert collectives.flat(50_000_000, 256, link, "auto")[0] == "rabenseifner"  # bandwidth-bound
+    assert collectives.flat(64, 8, link, "tree") == ("binomial_tree", collectives.binomial_tree(64, 8, link))
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    assert set(fields["allreduce_algo"].metadata["choices"]) == set(collectives.CHOICES)
+
+
+def test_two_level_allreduce_inside_hosts_then_between_them():
+    net, nvlink = collectives.Link(25e-6, 10e9 / 8), collectives.Link(2e-6, 3600e9 / 8)
+    n, g, hosts = 473_128, 8, 16
+    name, seconds = collectives.allreduce(n, g * hosts, net, "auto", g, nvlink)
+    inside = 2 * ((g - 1) * 2e-6 + (g - 1) / g * n * 8 / 3600e9)
+    between_name, between = collectives.flat(n, hosts, net, "auto")
+    assert name == f"hierarchical({between_name})" and seconds == pytest.approx(inside + between)
+    assert seconds < collectives.flat(n, g * hosts, net, "auto")[1]  # fewer nodes on the slow network
+    assert collectives.allreduce(n, 4, net, "auto", 8, nvlink) == collectives.flat(n, 4, nvlink, "auto")
+    cost = _cost(
+        allreduce="auto", gpus_per_host=4, intra_host="nvlink4", intra_bandwidth_gbps=3600.0, intra_latency_us=2.0
+    )
+    assert cost.allreduce_choice(n, 16)[0].startswith("hierarchical(")
 
 
 def test_pairwise_averages_conserve_the_sum_and_reach_the_mean():
@@ -234,6 +285,16 @@ def sim_run(tmp_path_factory):
     return out
 
 
+def test_meta_records_the_allreduce_algorithm_of_every_message_size(tmp_path):
+    out = tmp_path / "out"
+    r = _invoke("--engine", "sim", "--nodes", "8", "--algo", "allreduce", "--epochs", "1", "--out", out)
+    assert r.exit_code == 0, r.output
+    used = json.loads((out / "meta.json").read_text())["cost_model"]["allreduce_by_bytes"]
+    assert used and set(used.values()) <= set(collectives.ALGORITHMS)
+    link = collectives.Link(25e-6, 10e9 / 8)  # the default network profile, 10gbe
+    assert all(name == collectives.flat(int(size), 8, link, "auto")[0] for size, name in used.items())
+
+
 def test_results_contract_and_cost_model_in_meta(sim_run):
     names = {p.name for p in sim_run.iterdir()}
     assert {"meta.json", "records.jsonl", "summary.csv", "throughput.md", "accuracy.md", "comm.md"} <= names
@@ -393,6 +454,10 @@ BAD_SIM_INPUTS = [
     (["--nodes", "8,16"], "--engine sim"),
     (["--step-time", "0.1"], "--engine sim"),
     (["--network", "1gbe"], "--engine sim"),
+    (["--engine", "sim", "--gpus-per-host", "0"], "--gpus-per-host"),
+    (["--engine", "sim", "--gpus-per-host", "2", "--intra-host", "nvlinc"], "nvlink4"),
+    (["--engine", "sim", "--gpus-per-host", "2", "--calibrate", "host"], "--gpus-per-host"),
+    (["--gpus-per-host", "8"], "--engine sim"),
 ]
 
 

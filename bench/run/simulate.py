@@ -159,7 +159,9 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     failure, interrupted = None, None
     try:
         with OneTorchThread():
-            simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
+            stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
+        used = {size: name for s in stats for size, name in s.allreduce_used.items()}
+        meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))

@@ -191,8 +191,29 @@ class RunConfig:
         None, "sim: per-message latency in us.", flag="--latency", sim=True
     )  # sim: per-message latency in microseconds instead of the profile's
     allreduce_algo: str = opt(
-        "ring", "sim: allreduce cost formula.", flag="--allreduce", choices=("ring", "tree"), sim=True
-    )  # sim: allreduce cost formula: ring | tree
+        "auto",
+        "sim: allreduce algorithm as MPI/NCCL implement it; auto = the cheapest for the message size and node "
+        "count, as their tuners pick (tree = binomial tree).",
+        flag="--allreduce",
+        choices=(
+            "auto",
+            "ring",
+            "tree",
+            "recursive_doubling",
+            "rabenseifner",
+            "binomial_tree",
+            "double_binary_tree",
+        ),
+        sim=True,
+    )  # sim: allreduce algorithm (bench/engine/sim/collectives.py), auto = cheapest per message size and N
+    gpus_per_host: int = opt(
+        1,
+        "sim: nodes per host; above 1, allreduces are two-level (intra-host link, then the network) as NCCL's.",
+        sim=True,
+    )  # sim: nodes sharing one host's intra-host link (1 = every node on its own host)
+    intra_host: str = opt(
+        "nvlink4", "sim: intra-host link profile with --gpus-per-host: nvlink4, pcie4, pcie5.", sim=True
+    )  # sim: intra-host link profile (bench/engine/sim/costmodel.py NETWORK_PROFILES)
     sim_shards: str = opt(
         "auto",
         "sim: split = disjoint shards (as processes); sample = overlapping random shards; auto = split if it fits.",

@@ -90,7 +90,21 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
         shared_cores=cfg.shared_cores,
         calibration_threads=threads,
         calibration=cfg.calibrate,
+        **_hosts(cfg),
     )
+
+
+def _hosts(cfg) -> dict[str, Any]:
+    """The two-level topology of --gpus-per-host G > 1: G nodes per host on the intra-host link's profile."""
+    if cfg.gpus_per_host <= 1:
+        return {}
+    link = NETWORK_PROFILES[cfg.intra_host]
+    return {
+        "gpus_per_host": cfg.gpus_per_host,
+        "intra_host": link.name,
+        "intra_bandwidth_gbps": link.bandwidth_gbps,
+        "intra_latency_us": link.latency_us,
+    }
 
 
 def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:

@@ -87,6 +87,7 @@ class Cluster:
         self.switches = 0
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
+        self.allreduce_used: dict[int, str] = {}  # message bytes -> the allreduce algorithm the cost model chose
         speeds = cost.speed_factors(seed, nodes)
         self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
         self.clocks = [
@@ -285,7 +286,10 @@ class SimComm(Comm):
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         c = self._cluster
-        c.collective(self.rank, "allreduce", t, c.cost.allreduce_seconds(t.numel() * t.element_size(), c.n))
+        nbytes = t.numel() * t.element_size()
+        algorithm, seconds = c.cost.allreduce_choice(nbytes, c.n)
+        c.allreduce_used[nbytes] = algorithm
+        c.collective(self.rank, "allreduce", t, seconds)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return self._cluster.exchange(self.rank, msg, peers)
@@ -471,6 +475,7 @@ class CellStats:
     payload_s: float
     switches: int
     node_steps: int
+    allreduce_used: dict[int, str]  # message bytes -> allreduce algorithm (recorded in meta.json)
 
 
 def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
@@ -498,6 +503,7 @@ def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=No
                 cluster.payload_s,
                 cluster.switches,
                 cfg.nodes * cfg.epochs * shards.steps_per_epoch,
+                dict(cluster.allreduce_used),
             )
         )
         if on_event:

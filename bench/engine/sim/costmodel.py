@@ -21,8 +21,10 @@ collective waiting for a late peer or in an average waiting for the partner's mo
 Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latency a (s) per message:
 
     point-to-point of b bytes        a + b / B, serialized on the sender's out-link and the receiver's in-link
-    ring allreduce of b bytes        2 (N - 1) a + 2 (N - 1) / N * b / B
-    tree allreduce of b bytes        2 ceil(log2 N) (a + b / B)     (binomial reduce, then broadcast)
+    allreduce of b bytes             as MPI and NCCL implement it (`bench.engine.sim.collectives`): ring,
+                                     recursive doubling, Rabenseifner, binomial tree or NCCL's double binary
+                                     tree; `auto` (the default) the cheapest for b and N, as their tuners pick;
+                                     two-level (intra-host link, then network) with --gpus-per-host G > 1
     neighbour exchange (degree d)    a + d * m / B                  (its d messages share its link)
     barrier                          ceil(log2 N) a                 (dissemination)
 
@@ -43,6 +45,7 @@ from typing import Any
 
 from bench.base.console import closest
 from bench.base.errors import UserError
+from bench.engine.sim import collectives
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,27 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
         1.5,
         "nominal EDR 4x data rate; MPI small-message latency of ~1-2 us",
     ),
+    "nvlink4": NetworkProfile(
+        "nvlink4",
+        "NVLink 4 inside one host (H100/H200 SXM), for --gpus-per-host",
+        3600.0,
+        2.0,
+        "nominal 450 GB/s per direction per GPU (NVIDIA H100/H200 data sheets); a few microseconds per transfer",
+    ),
+    "pcie4": NetworkProfile(
+        "pcie4",
+        "PCIe 4.0 x16 inside one host, for --gpus-per-host",
+        256.0,
+        5.0,
+        "nominal 32 GB/s per direction (PCI-SIG 4.0 x16); a few microseconds per DMA transfer",
+    ),
+    "pcie5": NetworkProfile(
+        "pcie5",
+        "PCIe 5.0 x16 inside one host, for --gpus-per-host",
+        512.0,
+        5.0,
+        "nominal 64 GB/s per direction (PCI-SIG 5.0 x16); a few microseconds per DMA transfer",
+    ),
     "ib-hdr": NetworkProfile(
         "ib-hdr",
         "200 Gb/s InfiniBand HDR",
@@ -188,7 +212,9 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
     ),
 }
 
-ALLREDUCE_ALGOS = ("ring", "tree")
+ALLREDUCE_ALGOS = collectives.CHOICES
+# Links inside one host, for --gpus-per-host G > 1 (nominal data sheet rates per direction, not measured here).
+INTRA_HOST_PROFILES = ("nvlink4", "pcie4", "pcie5")
 JITTER_QUANTILES = 100
 
 
@@ -215,7 +241,7 @@ class CostModel:
     network: str  # profile name, "+custom" when --bandwidth/--latency override it
     bandwidth_gbps: float
     latency_us: float
-    allreduce: str  # ring | tree
+    allreduce: str  # auto | an algorithm of collectives.ALGORITHMS (tree = binomial_tree) | measured
     speed_sigma: float = 0.0
     straggler_p: float = 0.0
     straggler_k: float = 1.0
@@ -229,6 +255,11 @@ class CostModel:
     # Host calibration: the measured step durations as JITTER_QUANTILES quantiles divided by their mean; every
     # step of a node is multiplied by one of them, drawn uniformly from the node's own stream (mean 1).
     jitter: tuple[float, ...] = ()
+    # --gpus-per-host G > 1: nodes are grouped G to a host, joined by an intra-host link (two-level allreduce).
+    gpus_per_host: int = 1
+    intra_host: str = ""  # profile name of the intra-host link
+    intra_bandwidth_gbps: float = 0.0
+    intra_latency_us: float = 0.0
 
     @property
     def bandwidth(self) -> float:
@@ -249,16 +280,21 @@ class CostModel:
         """(alpha seconds, beta seconds per byte) of a measured operation, or None."""
         return next(((a, b) for name, a, b in self.measured if name == op), None)
 
-    def allreduce_seconds(self, nbytes: int, nodes: int) -> float:
+    def allreduce_choice(self, nbytes: int, nodes: int) -> tuple[str, float]:
+        """(the algorithm an allreduce of `nbytes` per node over `nodes` uses, its seconds)."""
         if nodes <= 1:
-            return 0.0
+            return "none", 0.0
         fit = self.fit("allreduce")
         if fit is not None:
-            return fit[0] + fit[1] * nbytes
-        a, bw = self.latency, self.bandwidth
-        if self.allreduce == "tree":
-            return 2 * math.ceil(math.log2(nodes)) * (a + nbytes / bw)
-        return 2 * (nodes - 1) * a + 2 * (nodes - 1) / nodes * nbytes / bw
+            return "measured", fit[0] + fit[1] * nbytes
+        network = collectives.Link(self.latency, self.bandwidth)
+        intra = None
+        if self.gpus_per_host > 1:
+            intra = collectives.Link(self.intra_latency_us * 1e-6, self.intra_bandwidth_gbps * 1e9 / 8)
+        return collectives.allreduce(nbytes, nodes, network, self.allreduce, self.gpus_per_host, intra)
+
+    def allreduce_seconds(self, nbytes: int, nodes: int) -> float:
+        return self.allreduce_choice(nbytes, nodes)[1]
 
     def barrier_seconds(self, nodes: int) -> float:
         if nodes <= 1:
@@ -319,9 +355,12 @@ class CostModel:
             "allreduce": (
                 f"{ar[0]:.6g} + {ar[1]:.6g} * bytes (measured)"
                 if ar
-                else "2 ceil(log2 N) (latency + bytes / bandwidth)"
-                if self.allreduce == "tree"
-                else "2 (N - 1) latency + 2 (N - 1) / N * bytes / bandwidth"
+                else f"{self.allreduce} (bench/engine/sim/collectives.py"
+                + (
+                    f"; two-level, {self.gpus_per_host} per host on {self.intra_host})"
+                    if self.gpus_per_host > 1
+                    else ")"
+                )
             ),
             "neighbor_exchange": (
                 f"{ex[0]:.6g} + {ex[1]:.6g} * degree * message bytes (measured)"
@@ -455,6 +494,13 @@ def check(cfg) -> None:
         raise UserError("--step-time and --calibrate both set the compute time: pass only one of them")
     if cfg.calibrate == "host":
         _check_host(cfg)
+    if cfg.gpus_per_host < 1:
+        raise UserError(f"--gpus-per-host must be at least 1, got {cfg.gpus_per_host}")
+    if cfg.intra_host not in INTRA_HOST_PROFILES:
+        raise UserError(
+            f"unknown intra-host link '{cfg.intra_host}'{closest(cfg.intra_host, INTRA_HOST_PROFILES)}: "
+            f"choose from {', '.join(INTRA_HOST_PROFILES)}"
+        )
     if cfg.bandwidth_gbps is not None and not (cfg.bandwidth_gbps > 0 and math.isfinite(cfg.bandwidth_gbps)):
         raise UserError(f"--bandwidth must be a positive number of Gb/s, got {cfg.bandwidth_gbps}")
     if cfg.latency_us is not None and not (cfg.latency_us > 0 and math.isfinite(cfg.latency_us)):
@@ -472,6 +518,7 @@ def check(cfg) -> None:
 def _check_host(cfg) -> None:
     """`--calibrate host` measures N local processes of this machine: compute and links both come from it."""
     for flag, given in (
+        ("--gpus-per-host", cfg.gpus_per_host > 1),
         ("--shared-cores", cfg.shared_cores),
         ("--bandwidth", cfg.bandwidth_gbps is not None),
         ("--latency", cfg.latency_us is not None),
