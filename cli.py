@@ -1,16 +1,24 @@
-"""swarmbench command line: a thin Click layer that builds a RunConfig and hands it to bench.*.
+"""swarmbench command line: the only Click layer. Each command turns its options into a call of a plain function
+in bench.* (a RunConfig for `run`, built from the options that `RunConfig`'s own fields describe).
 
-Heavy imports (torch, pandas) happen inside commands so that `swarmbench --help` answers at once.
+Modules that load torch, pandas or matplotlib (the engines, analysis, experiments) are imported inside the commands
+that need them, so that `swarmbench --help` answers at once; the light ones (config, launchers, doctor) at the top.
 """
 
 from __future__ import annotations
 
 import sys
+import typing
+from dataclasses import fields
 
 import click
 from click.core import ParameterSource
 
+from bench.base.errors import UserError
+from bench.diagnostics import doctor
+from bench.engine.processes.launchers import LAUNCHERS
 from bench.records.tables import FORMATS
+from bench.training.config import RUN_FIELDS, RunConfig
 
 ENV_PREFIX = "SWARMBENCH"
 
@@ -19,8 +27,6 @@ class SwarmGroup(click.Group):
     """Every user-fixable error is one line on stderr and exit status 2, never a traceback."""
 
     def main(self, *args, **kwargs):  # type: ignore[override]
-        from bench.base.errors import UserError
-
         kwargs["standalone_mode"] = False
         kwargs.setdefault("auto_envvar_prefix", ENV_PREFIX)
         try:
@@ -43,55 +49,6 @@ def cli() -> None:
     """Benchmark SwarmSGD against AllReduce SGD, local SGD, D-PSGD and AD-PSGD under identical launches."""
 
 
-# CLI option name -> RunConfig field. Defaults are shown from RunConfig so there is one source of truth.
-RUN_OPTIONS = {
-    "algo": "algorithms",
-    "nodes": "nodes",
-    "topology": "topology",
-    "degree": "degree",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "download": "download",
-    "model": "model",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "momentum": "momentum",
-    "local_steps": "local_steps",
-    "local_steps_dist": "local_steps_dist",
-    "swarm_mode": "swarm_mode",
-    "bits": "bits",
-    "quantizer": "quantizer",
-    "eps": "eps",
-    "lattice_radius": "lattice_radius",
-    "transport": "transport",
-    "allreduce_impl": "allreduce_impl",
-    "device": "device",
-    "backend": "backend",
-    "partition": "partition",
-    "alpha": "alpha",
-    "seed": "seed",
-    "launcher": "launcher",
-    "master_addr": "master_addr",
-    "master_port": "master_port",
-    "engine": "engine",
-    "compute_profile": "compute_profile",
-    "step_time": "step_time",
-    "calibrate": "calibrate",
-    "shared_cores": "shared_cores",
-    "speed_sigma": "speed_sigma",
-    "straggler_p": "straggler_p",
-    "straggler_k": "straggler_k",
-    "network": "network",
-    "bandwidth": "bandwidth_gbps",
-    "latency": "latency_us",
-    "allreduce": "allreduce_algo",
-    "sim_shards": "sim_shards",
-    "eval_samples": "eval_samples",
-    "target_acc": "target_acc",
-}
-
-
 class NodeCount(click.ParamType):
     """An integer, or (for --engine sim) a comma list of node counts: a scaling series."""
 
@@ -110,244 +67,57 @@ class NodeCount(click.ParamType):
         return counts if "," in text else counts[0]
 
 
-def _defaults():
-    from bench.training.config import RunConfig
+# ---- `swarmbench run`: one option per RunConfig field with a help text (its metadata, see config.opt) ------------
 
-    return RunConfig()
-
-
-D = _defaults()
+HELP_VALUES = {"launchers": ", ".join(LAUNCHERS)}  # {name} in a field's help text
 
 
-def _launcher_names() -> list[str]:
-    from bench.engine.processes.launchers import LAUNCHERS
+def _run_option(f) -> tuple[str, click.Option]:
+    """(the option's parameter name, the option) of one RunConfig field."""
+    meta = f.metadata
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    name = meta.get("env") or flag[2:].replace("-", "_")  # the parameter, and SWARMBENCH_RUN_<NAME>
+    hint = RUN_FIELDS[f.name]
+    kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # int | None -> int
+    kwargs: dict[str, typing.Any] = {"show_envvar": True, "help": meta["help"].format(**HELP_VALUES)}
+    if typing.get_origin(hint) is tuple:
+        kwargs["multiple"] = True
+    else:
+        kwargs["default"] = f.default
+    if meta.get("choices"):
+        kwargs["type"] = click.Choice(list(meta["choices"]))
+    elif f.name == "nodes":
+        kwargs["type"] = NodeCount()
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    if meta.get("flag_value") is not None:
+        kwargs.update(is_flag=False, flag_value=meta["flag_value"])
+    decl = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
+    return name, click.Option([decl, name], **kwargs)
 
-    return list(LAUNCHERS)
+
+def _run_options() -> tuple[dict[str, str], list[click.Option]]:
+    """(option parameter name -> RunConfig field, the options), for every field with a help text."""
+    names, options = {}, []
+    for f in fields(RunConfig):
+        if f.metadata.get("help"):
+            name, option = _run_option(f)
+            names[name] = f.name
+            options.append(option)
+    return names, options
+
+
+RUN_OPTIONS, _RUN_PARAMS = _run_options()
+
+
+def run_options(func):
+    """Attach the RunConfig options, in the order of its fields, before the options declared below this."""
+    func.__click_params__ = [*getattr(func, "__click_params__", []), *reversed(_RUN_PARAMS)]
+    return func
 
 
 @cli.command("run")
-@click.option(
-    "--algo",
-    multiple=True,
-    show_envvar=True,
-    help="Algorithm (repeatable) or 'all'; see `swarmbench list`.  [default: all]",
-)
-@click.option(
-    "--nodes",
-    type=NodeCount(),
-    default=D.nodes,
-    show_envvar=True,
-    help="Number of nodes (worker processes); with --engine sim also a comma list 8,16,32 (a scaling series).",
-)
-@click.option(
-    "--topology",
-    default=D.topology,
-    show_envvar=True,
-    help="Graph for decentralized algorithms: ring, torus, complete, ...",
-)
-@click.option("--degree", type=int, default=None, show_envvar=True, help="Degree of a random-regular topology.")
-@click.option("--dataset", default=D.dataset, show_envvar=True, help="Dataset; the default ships inside a package.")
-@click.option("--data-dir", default=None, show_envvar=True, help="Folder holding on-disk datasets.")
-@click.option(
-    "--download/--no-download",
-    default=False,
-    show_envvar=True,
-    help="Let torchvision download an on-disk dataset into --data-dir (needs a network).",
-)
-@click.option("--model", default=D.model, show_envvar=True, help="Model: mlp, lenet5, resnet20.")
-@click.option("--epochs", type=int, default=D.epochs, show_envvar=True, help="Passes of every node over its shard.")
-@click.option("--batch-size", type=int, default=D.batch_size, show_envvar=True, help="Mini-batch size per node.")
-@click.option("--lr", type=float, default=D.lr, show_envvar=True, help="Learning rate.")
-@click.option("--momentum", type=float, default=D.momentum, show_envvar=True, help="SGD momentum (kept local).")
-@click.option(
-    "--local-steps",
-    type=int,
-    default=D.local_steps,
-    show_envvar=True,
-    help="H: local steps between averagings (local_sgd, swarm).",
-)
-@click.option(
-    "--local-steps-dist",
-    type=click.Choice(["fixed", "geometric"]),
-    default=D.local_steps_dist,
-    show_envvar=True,
-    help="swarm: exactly H local steps, or a geometric number with mean H.",
-)
-@click.option(
-    "--swarm-mode",
-    type=click.Choice(["nonblocking", "blocking"]),
-    default=D.swarm_mode,
-    show_envvar=True,
-    help="swarm: only the initiator averages (non-blocking) or both atomically (blocking).",
-)
-@click.option(
-    "--bits",
-    type=int,
-    default=D.bits,
-    show_envvar=True,
-    help="Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization).",
-)
-@click.option(
-    "--quantizer",
-    type=click.Choice(["lattice", "uniform"]),
-    default=D.quantizer,
-    show_envvar=True,
-    help="lattice: residues decoded against the receiver's own model; uniform: stochastic, unbiased.",
-)
-@click.option(
-    "--eps",
-    type=float,
-    default=None,
-    show_envvar=True,
-    help="Lattice spacing.  [default: lattice-radius / (2^(bits-1) - 1)]",
-)
-@click.option(
-    "--lattice-radius",
-    type=float,
-    default=D.lattice_radius,
-    show_envvar=True,
-    help="Max-norm distance between neighbours that the default eps decodes.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda", "auto"]),
-    default=D.device,
-    show_envvar=True,
-    help="cpu, cuda (one GPU per local rank) or auto (cuda when torch sees a GPU).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "gloo", "nccl"]),
-    default=D.backend,
-    show_envvar=True,
-    help="torch.distributed backend: auto = nccl with one rank per GPU, else gloo.",
-)
-@click.option(
-    "--allreduce-impl",
-    type=click.Choice(["torch", "horovod"]),
-    default=D.allreduce_impl,
-    show_envvar=True,
-    help="Allreduce engine for allreduce and local_sgd: torch.distributed or Horovod (horovodrun/mpirun).",
-)
-@click.option(
-    "--transport",
-    type=click.Choice(["auto", "p2p", "rma"]),
-    default=D.transport,
-    show_envvar=True,
-    help="One-sided exchange: auto (rma under MPI on one host, else p2p), p2p (gloo responder), rma (MPI windows).",
-)
-@click.option(
-    "--partition",
-    type=click.Choice(["iid", "dirichlet"]),
-    default=D.partition,
-    show_envvar=True,
-    help="How training data is split over nodes.",
-)
-@click.option(
-    "--alpha",
-    type=float,
-    default=D.alpha,
-    show_envvar=True,
-    help="Dirichlet concentration (smaller = more skew).",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=D.seed,
-    show_envvar=True,
-    help="Seed for data split, weights, shards and peer choices.",
-)
-@click.option(
-    "--launcher",
-    default=D.launcher,
-    show_envvar=True,
-    help=f"Who starts the workers: {', '.join(_launcher_names())} (detected when mpirun etc. started this).",
-)
-@click.option(
-    "--master-addr",
-    default=None,
-    show_envvar=True,
-    help="Rendezvous host (rank 0) for MPI/srun launches; else MASTER_ADDR, else found via mpi4py.",
-)
-@click.option("--master-port", type=int, default=None, show_envvar=True, help="Rendezvous port; else MASTER_PORT.")
-@click.option(
-    "--engine",
-    type=click.Choice(["processes", "sim"]),
-    default=D.engine,
-    show_envvar=True,
-    help="processes: one OS process per node; sim: virtual nodes in this process with simulated time.",
-)
-@click.option(
-    "--profile",
-    "compute_profile",
-    default=D.compute_profile,
-    show_envvar=True,
-    help="sim: compute profile (per-step time per model); see `swarmbench list`.",
-)
-@click.option("--step-time", type=float, default=None, show_envvar=True, help="sim: seconds per SGD step.")
-@click.option(
-    "--calibrate",
-    type=click.Choice(["none", "node", "host"]),
-    is_flag=False,
-    flag_value="node",
-    default=D.calibrate,
-    show_envvar=True,
-    help="sim: node (alone: `--calibrate`) times one node's real steps here for the step time; host starts N "
-    "real local processes and measures compute and every comm operation as they run together (N <= 16).",
-)
-@click.option(
-    "--shared-cores",
-    type=int,
-    default=D.shared_cores,
-    show_envvar=True,
-    help="sim: the nodes are processes on one host of this many cores (max(1, C/N) threads each; a compute "
-    "section takes max(1, k/C) times longer while k nodes compute), as the local launcher runs them; 0 = each "
-    "node has its own hardware.",
-)
-@click.option(
-    "--speed-sigma",
-    type=float,
-    default=D.speed_sigma,
-    show_envvar=True,
-    help="sim: per-node speed factor ~ lognormal(0, sigma).",
-)
-@click.option(
-    "--straggler-p", type=float, default=D.straggler_p, show_envvar=True, help="sim: probability a step straggles."
-)
-@click.option(
-    "--straggler-k", type=float, default=D.straggler_k, show_envvar=True, help="sim: slowdown of a straggling step."
-)
-@click.option("--network", default=D.network, show_envvar=True, help="sim: link profile; see `swarmbench list`.")
-@click.option("--bandwidth", type=float, default=None, show_envvar=True, help="sim: per-node link Gb/s.")
-@click.option("--latency", type=float, default=None, show_envvar=True, help="sim: per-message latency in us.")
-@click.option(
-    "--allreduce",
-    type=click.Choice(["ring", "tree"]),
-    default=D.allreduce_algo,
-    show_envvar=True,
-    help="sim: allreduce cost formula.",
-)
-@click.option(
-    "--sim-shards",
-    type=click.Choice(["auto", "split", "sample"]),
-    default=D.sim_shards,
-    show_envvar=True,
-    help="sim: split = disjoint shards (as processes); sample = overlapping random shards; auto = split if it fits.",
-)
-@click.option(
-    "--eval-samples",
-    type=int,
-    default=None,
-    show_envvar=True,
-    help="sim: evaluate on the first this many test samples.  [default: all]",
-)
-@click.option(
-    "--target-acc",
-    type=float,
-    default=D.target_acc,
-    show_envvar=True,
-    help="sim series: the test accuracy whose time-to-reach scaling.csv reports.",
-)
+@run_options
 @click.option(
     "--out",
     default=None,
@@ -378,7 +148,8 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
     for name, value in opts.items():
         source = ctx.get_parameter_source(name)
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) and value != ():
-            given[RUN_OPTIONS[name]] = list(value) if name == "algo" else value
+            key = RUN_OPTIONS[name]
+            given[key] = list(value) if typing.get_origin(RUN_FIELDS[key]) is tuple else value
     if isinstance(given.get("nodes"), tuple):  # --nodes 8,16,32: a simulated scaling series
         given["node_series"] = given["nodes"]
         given["nodes"] = given["nodes"][0]
@@ -388,15 +159,13 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
 
 
 @cli.command("list")
-@click.option("--nodes", type=int, default=D.nodes, show_envvar=True, help="Node count for topology facts.")
+@click.option("--nodes", type=int, default=RunConfig.nodes, show_envvar=True, help="Node count for topology facts.")
 @click.option("--degree", type=int, default=4, show_envvar=True, help="Degree for random-regular.")
 def list_cmd(nodes: int, degree: int) -> None:
     """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
-    from bench.base.errors import UserError
     from bench.core.data import DATASETS
     from bench.core.models import MODELS
     from bench.core.topology import TOPOLOGIES, build_topology
-    from bench.engine.processes.launchers import LAUNCHERS
     from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
     from bench.training.registry import ALGORITHMS
 
@@ -448,13 +217,11 @@ def list_cmd(nodes: int, degree: int) -> None:
 )
 def doctor_cmd(as_json: bool, probe: bool) -> int:
     """Show what works on this machine (torch, CUDA, backends, launchers, MPI, Horovod) and why not. Exits 0."""
-    from bench.diagnostics.doctor import collect, render, to_json
-
-    items = collect(run_probe=probe)
+    items = doctor.collect(run_probe=probe)
     if as_json:
-        click.echo(to_json(items))
+        click.echo(doctor.to_json(items))
     else:
-        render(items)
+        doctor.render(items)
     return 0
 
 
