@@ -8,6 +8,7 @@ same rows gets the same tables), writes `meta.json`, and removes the staging fol
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -39,6 +40,8 @@ SUMMARY_COLUMNS = [
     "train_seconds",
     "samples_per_s",
     "test_acc",
+    "best_test_acc",
+    "best_epoch",
     "node_acc_mean",
     "node_acc_min",
     "node_acc_max",
@@ -168,6 +171,38 @@ def read_staging(out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+DIVERGED_MARGIN = 0.05  # accuracy above chance that counts as having learned something
+
+
+def divergence(records, algorithm: str) -> str | None:
+    """Why a finished algorithm's run diverged, or None: its training or test loss became non-finite, or the
+    averaged model's test accuracy fell below chance + DIVERGED_MARGIN after having been above it. Such a run is
+    flagged `diverged`, never reported as a result."""
+    if records is None or not len(records):
+        return None
+    r = records[records["algorithm"] == algorithm]
+    losses = r[r["metric"].isin(["train_loss", "test_loss", "diverged"])]
+    bad = losses[losses["value"].map(lambda v: not math.isfinite(v)) | (losses["metric"] == "diverged")]
+    if len(bad):
+        first = bad.sort_values("epoch").iloc[0]
+        return f"{first['metric']} became non-finite by epoch {int(first['epoch'])}"
+    chance = r[(r["metric"] == "chance_acc") & r["rank"].isna()]["value"]
+    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
+    if chance.empty or acc.empty:
+        return None
+    floor = float(chance.iloc[0]) + DIVERGED_MARGIN
+    best_acc, best_epoch = -1.0, None
+    for epoch, value in zip(acc["epoch"], acc["value"], strict=True):
+        if best_acc >= floor and value < floor:
+            return (
+                f"test accuracy fell to {value:.3f} at epoch {int(epoch)} after {best_acc:.3f} at epoch "
+                f"{int(best_epoch)} (chance {float(chance.iloc[0]):.3f})"
+            )
+        if value > best_acc:
+            best_acc, best_epoch = value, epoch
+    return None
+
+
 def summarize(records, cfg, statuses: dict[str, str]):
     """One summary row per algorithm, derived from the tidy records only."""
     import pandas as pd
@@ -193,6 +228,8 @@ def summarize(records, cfg, statuses: dict[str, str]):
         )
         if len(r):
             row.update(_derive(r, cfg.nodes))
+            if status == "ok" and divergence(r, algo):
+                row["status"] = "diverged"
         row["quantizer"] = cfg.quantizer if (row["bits"] or 32) < 32 else "none"
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -223,6 +260,11 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         g = final(key, scope_global=True)
         if g is not None:
             out[key] = float(g["value"].iloc[0])
+    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
+    if not acc.empty:  # the first epoch at the highest accuracy: an oscillating run shows what it had reached
+        best = acc.loc[acc["value"].idxmax()]
+        out["best_test_acc"] = float(best["value"])
+        out["best_epoch"] = int(best["epoch"])
     acc = final("node_acc")
     if acc is not None:
         out["node_acc_mean"] = float(acc["value"].mean())
@@ -286,6 +328,9 @@ def finalize(
     records = records[["run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"]]
     atomic_write_text(out_dir / "records.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     summary = summarize(records, cfg, statuses)
+    statuses, reasons = dict(statuses), dict(reasons)
+    for name in summary.loc[summary["status"] == "diverged", "algorithm"]:
+        statuses[name], reasons[name] = "diverged", divergence(records, name) or ""
     atomic_write_frame(out_dir / "summary.csv", summary)
     write_tables(out_dir, summary)
     meta = dict(meta)

@@ -275,6 +275,8 @@ def run_cell(
     """
     cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
     record = Recorder(emit, algorithm, rank)
+    if rank == 0:  # what "no better than guessing" means for this data (the divergence check reads it)
+        record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     comm.fence()  # every node starts the clock together
     step, train_seconds = 0, 0.0
