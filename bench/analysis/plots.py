@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.analysis.load import add_time_to_target, aggregate, curves, with_keys
+
 LABELS = {"nodes": "n", "bits": "bits", "local_steps": "H", "topology": "topology", "seed": "seed"}
 
 
@@ -50,7 +52,7 @@ def _colors(algorithms: list[str]) -> dict[str, Any]:
     """One colour and marker per algorithm, stable across plots (registry order)."""
     import matplotlib
 
-    from bench.training.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS  # imports torch: only when a plot is drawn
 
     order = list(ALGORITHMS) + [a for a in algorithms if a not in ALGORITHMS]
     cmap = matplotlib.colormaps["tab10"]
@@ -157,7 +159,6 @@ def _time_label(results) -> str:
 
 
 def accuracy_vs_time(results, **_: Any):
-    from bench.analysis.load import curves, with_keys
 
     data = curves(results, "test_acc")
     if data.empty:
@@ -174,7 +175,6 @@ def accuracy_vs_time(results, **_: Any):
 
 
 def throughput_scaling(results, **_: Any):
-    from bench.analysis.load import aggregate
 
     ok = results.ok_rows()
     ok = ok[ok["samples_per_s"].notna()] if "samples_per_s" in ok else ok.iloc[0:0]
@@ -259,7 +259,6 @@ def _human_bytes(v: float) -> str:
 
 
 def time_to_target(results, target_acc: float | None = None, **_: Any):
-    from bench.analysis.load import add_time_to_target, aggregate
 
     if target_acc is None:
         raise Absent("needs a target: pass --target-acc A")
@@ -297,7 +296,6 @@ def time_to_target(results, target_acc: float | None = None, **_: Any):
 
 
 def consensus(results, **_: Any):
-    from bench.analysis.load import curves, with_keys
 
     data = curves(results, "consensus_distance")
     if data.empty:

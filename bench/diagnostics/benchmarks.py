@@ -23,6 +23,13 @@ from bench.base.console import print_table
 from bench.base.errors import UserError
 from bench.base.formatting import fmt_auto
 from bench.core.codec import BITS, Codec, CodecConfig, suggest_eps
+from bench.core.comm import TorchComm
+from bench.core.topology import build_topology
+from bench.engine.sim import cluster as sim
+from bench.engine.sim.costmodel import CostModel, measure_step, shape_key
+from bench.run.checks import resolve
+from bench.run.orchestrate import execute
+from bench.run.simulate import prepare
 
 Row = dict[str, Any]
 
@@ -163,10 +170,6 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
     the share spent summing allreduce payloads. ``total s`` (first row of a case) is the case's end-to-end wall
     time, including loading the dataset and resolving the cost model.
     """
-    from bench.engine.sim import cluster as sim
-    from bench.run.checks import resolve
-    from bench.run.simulate import prepare
-
     rows: list[Row] = []
     for label, epochs, eval_every in SIM_CASES:
         start = time.perf_counter()
@@ -271,8 +274,6 @@ def bench_sim_profile(ctx: BenchContext) -> list[Row]:
     One torch thread on the CPU (a node = one core). Each point is the smallest of 3 medians of ``--repeats``
     steps, so other tenants of a shared machine inflate it less. The rows are what `COMPUTE_PROFILES` takes.
     """
-    from bench.engine.sim.costmodel import measure_step, shape_key
-
     threads = torch.get_num_threads()
     if ctx.device.type == "cpu":
         torch.set_num_threads(1)
@@ -334,9 +335,6 @@ def _pingpong(rank: int, store: str, sizes: list[int], iters: int, queue) -> Non
             times.append(time.perf_counter() - t0)
     out["allreduce"] = statistics.median(times)
     # The same link as the real engine's comm layer sees it: TorchComm (its responder thread running) allreduces.
-    from bench.core.comm import TorchComm
-    from bench.core.topology import build_topology
-
     comm = TorchComm(rank, 2, build_topology("complete", 2), 120.0)
     for numel in ENGINE_ALLREDUCE_NUMELS:
         t = torch.zeros(numel)
@@ -368,8 +366,6 @@ def measure_loopback(iters: int) -> tuple[float, float, list[Row]]:
     import tempfile
 
     import numpy as np
-
-    from bench.engine.sim.costmodel import CostModel
 
     sizes = [8, 4096, 65536, 1 << 20, 4 << 20]
     ctx_mp = mp.get_context("spawn")
@@ -484,9 +480,6 @@ def validate_sim(node_counts=VALIDATE_NODES, epochs=VALIDATE_EPOCHS, pairs=3, st
     import tempfile
 
     import pandas as pd
-
-    from bench.run.checks import resolve
-    from bench.run.orchestrate import execute
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
