@@ -32,6 +32,8 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("status", "status", "s"),
         ("epochs", "epochs", "d"),
         ("test_acc", "test acc (avg model)", ".4f"),
+        ("best_test_acc", "best test acc", ".4f"),
+        ("best_epoch", "at epoch", "d"),
         ("node_acc_mean", "node acc mean", ".4f"),
         ("node_acc_min", "min", ".4f"),
         ("node_acc_max", "max", ".4f"),
