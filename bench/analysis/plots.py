@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.analysis.load import add_time_to_target, aggregate, curves, with_keys
+from bench.base.formatting import fmt_bytes
 
 LABELS = {"nodes": "n", "bits": "bits", "local_steps": "H", "topology": "topology", "seed": "seed"}
 
@@ -237,7 +238,7 @@ def bytes_per_sample(results, **_: Any):
         for j, (b, v) in enumerate(zip(mine["b"], mine["bytes_per_sample"].astype(float), strict=True)):
             x = i + (j - (len(mine) - 1) / 2) * width  # an algorithm's own bars, centred on its tick
             ax.bar(x, v, width=width * 0.95, color=base[algo][0], alpha=shades[b], edgecolor="black", linewidth=0.4)
-            ax.annotate(_human_bytes(v), (x, v), ha="center", va="bottom", fontsize=7)
+            ax.annotate(fmt_bytes(v), (x, v), ha="center", va="bottom", fontsize=7)
     handles = [Patch(facecolor="grey", alpha=shades[b], label=f"{b} bits") for b in bits]
     ax.set_xticks(np.arange(len(algos)), algos)
     values = m["bytes_per_sample"].astype(float)
@@ -249,13 +250,6 @@ def bytes_per_sample(results, **_: Any):
     ax.set_ylabel("bytes sent per training sample (B)")
     ax.legend(handles=handles, title="quantization")
     return fig
-
-
-def _human_bytes(v: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g} {unit}"
-    return f"{v:.3g} B"
 
 
 def time_to_target(results, target_acc: float | None = None, **_: Any):

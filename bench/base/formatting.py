@@ -1,7 +1,8 @@
-"""Numbers as table cells: the one home of the formatting rules of the run tables, reports, compare and benchmarks.
+"""Numbers as text: the one home of the formatting rules of the run tables, reports, plots, compare and benchmarks.
 
-Every variant prints a missing value (None, a float NaN) as "-" except `fmt_auto` (benchmark rows: blank); they
-differ in how a number is shaped because their readers differ (a results table, a grid key, a verdict, a timing).
+The table variants print a missing value (None, a float NaN) as "-" (`fmt_auto`, for benchmark rows: blank); the
+variants differ in how a number is shaped because their readers differ (a results table, a grid key, a verdict, a
+timing, a plot label).
 """
 
 from __future__ import annotations
@@ -77,3 +78,11 @@ def fmt_auto(value: Any) -> str:
             return f"{value:.2e}"
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def fmt_bytes(value: float) -> str:
+    """A byte count in the largest unit it reaches (B, kB, MB, GB), 3 significant digits: a plot's label."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} B"
