@@ -31,7 +31,7 @@ def opt(
     flag_value: str | None = None,
     sim: bool = False,
 ) -> Any:
-    """A RunConfig field and what the command line shows of it, as plain data (cli.py makes the click options).
+    """A RunConfig field and what the command line shows of it, as plain data (cli.py makes the options of it).
 
     help: the `swarmbench run` option's help ('': no option; set it with --set or in the config file);
     flag: the option when it is not --FIELD-NAME; env: the name after SWARMBENCH_RUN_ of its environment variable
