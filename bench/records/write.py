@@ -21,9 +21,7 @@ from typing import Any
 
 from bench import __version__
 from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
-from bench.core.topology import build_topology
 from bench.records.tables import write_tables
-from bench.training.registry import ALGORITHMS
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -143,7 +141,7 @@ def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, 
         "launcher": cfg.launcher,
         "backend": backend,
         "transport": transport,
-        "topology": build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
+        "topology": _topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
         "config": cfg.to_dict(),
         "argv": argv,
         "started_at": now_iso(),
@@ -216,7 +214,7 @@ def summarize(records, cfg, statuses: dict[str, str]):
             algorithm=algo,
             nodes=cfg.nodes,
             topology=cfg.topology,
-            bits=cfg.bits if ALGORITHMS[algo].quantizable else 32,
+            bits=cfg.bits if _quantizable(algo) else 32,
             seed=cfg.seed,
             status=status,
             epochs=cfg.epochs,
@@ -421,3 +419,17 @@ def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_
     order = {name: i for i, name in enumerate(dict.fromkeys(summary["algorithm"]))}
     frame["_o"] = frame["algorithm"].map(order)
     return frame.sort_values(["_o", "nodes"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+# The topology and the registry import torch: the read side (analysis, `swarmbench report`) imports this module
+# without needing them, so they are imported when a run writes its results.
+def _topology(spec: str, nodes: int, **kw):
+    from bench.core.topology import build_topology
+
+    return build_topology(spec, nodes, **kw)
+
+
+def _quantizable(algorithm: str) -> bool:
+    from bench.training.registry import ALGORITHMS
+
+    return ALGORITHMS[algorithm].quantizable
