@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.training.config import RunConfig
 from bench.engine.processes.localworld import run_world
+from bench.training.config import RunConfig
 
 
 def _train(rank, world, comm, cfg_dict, algorithms):
     from bench.core.data import load_dataset
-    from bench.training.loop import make_shards, run_cell
     from bench.engine.processes.worker import WallClock
+    from bench.training.loop import make_shards, run_cell
 
     cfg = RunConfig.from_dict(cfg_dict)
     data = load_dataset(cfg.dataset, cfg.seed)
@@ -20,7 +20,9 @@ def _train(rank, world, comm, cfg_dict, algorithms):
     rows: list[dict] = []
     out = {}
     for name in algorithms:
-        node = run_cell(cfg, name, data, shards, rank, comm, WallClock(), torch.device("cpu"), rows.append)
+        node = run_cell(
+            cfg, name, data, shards, rank, comm, WallClock(torch.device("cpu")), torch.device("cpu"), rows.append
+        )
         out[name] = node.params.clone()
     return out, rows
 
