@@ -8,7 +8,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 
-class RunUI:
+class LiveProgress:
+    """A rich progress display (set `self.progress` when the terminal is interactive) started and stopped as a
+    context manager; None off a terminal, where the subclasses print plain lines instead."""
+
+    progress: Any = None
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class RunUI(LiveProgress):
     """Receives launcher events (rank 0's progress) and workers' output lines."""
 
     def __init__(self, algorithms: tuple[str, ...], interactive: bool | None = None) -> None:
@@ -32,15 +48,6 @@ class RunUI:
             )
             for name in algorithms:
                 self.tasks[name] = self.progress.add_task(name, total=None, note="waiting")
-
-    def __enter__(self) -> RunUI:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
     def event(self, event: dict[str, Any]) -> None:
         kind, algo = event.get("type"), event.get("algorithm")

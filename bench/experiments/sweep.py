@@ -35,7 +35,7 @@ from typing import Any
 from bench import __version__
 from bench.analysis.load import aggregate, load_results
 from bench.analysis.report import build_tables, write_tables
-from bench.base.console import closest
+from bench.base.console import LiveProgress, closest
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_frame, atomic_write_json
 from bench.base.host import new_results_folder
@@ -291,7 +291,7 @@ def check_cells(cells: list[Cell]) -> list[Any]:
 # ---- running ------------------------------------------------------------------------------------------------------
 
 
-class SweepUI:
+class SweepUI(LiveProgress):
     """A rich progress bar (cells done/total, elapsed, ETA) on a terminal; plain lines otherwise."""
 
     def __init__(self, total: int, interactive: bool | None = None) -> None:
@@ -324,15 +324,6 @@ class SweepUI:
                 redirect_stderr=False,
             )
             self.task = self.progress.add_task("sweep", total=total, note="", eta="-")
-
-    def __enter__(self) -> SweepUI:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
     def line(self, text: str) -> None:
         if self.progress is not None:
