@@ -264,7 +264,7 @@ def test_worker_command_is_this_python():
 
 
 def test_missing_binary_names_it_and_the_fix():
-    fake = Launcher("fake", "test", lambda *a: None, binary="no-such-launcher-xyz", install="apt-get install xyz")
+    fake = Launcher("fake", "test", binary="no-such-launcher-xyz", install="apt-get install xyz")
     with pytest.raises(UserError, match=r"no-such-launcher-xyz.*apt-get install xyz"):
         require_binary(fake)
 
