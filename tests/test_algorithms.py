@@ -92,3 +92,28 @@ def test_swarm_and_adpsgd_interactions_follow_schedule(tmp_path):
         steps = next(r["value"] for r in rows if r["metric"] == "steps" and r["algorithm"] == "swarm")
         assert counters[("swarm", "algo_interactions")] == steps // 3
         assert counters[("adpsgd", "algo_interactions")] == steps
+
+
+def test_serve_seconds_and_publish_time_on_real_processes(tmp_path):
+    """The passive side's work is timed: AD-PSGD's partners and SwarmSGD's readers' owners serve (> 0), AllReduce
+    SGD never does (exactly 0); SwarmSGD's publishes are timed under kind "publish", which comm_fraction sums."""
+    import pandas as pd
+
+    from bench.records.write import _derive
+
+    world = 2
+    results = run_world(_train, world, tmp_path, _cfg(world, local_steps=2), ["allreduce", "adpsgd", "swarm"])
+    rows = [dict(e, nodes=world) for _, events in results for e in events if e["type"] == "record"]
+    serve = {(r["algorithm"], r["rank"]): r["value"] for r in rows if r["metric"] == "serve_seconds"}
+    for rank in range(world):
+        assert serve[("allreduce", rank)] == 0.0
+        assert serve[("adpsgd", rank)] > 0.0  # each of the two nodes is the other's partner
+        assert serve[("swarm", rank)] > 0.0  # each answers the other's reads
+    publish = [r for r in rows if r["metric"] == "comm_seconds" and r.get("kind") == "publish"]
+    assert {r["algorithm"] for r in publish if r["value"] > 0} == {"swarm"}
+    records = pd.DataFrame(rows)
+    swarm = records[records["algorithm"] == "swarm"]
+    derived = _derive(swarm, world)
+    without = _derive(swarm[~((swarm["metric"] == "comm_seconds") & (swarm["kind"] == "publish"))], world)
+    assert derived["comm_fraction"] > without["comm_fraction"]
+    assert derived["serve_seconds"] == pytest.approx(sum(serve[("swarm", r)] for r in range(world)) / world)

@@ -14,6 +14,12 @@ packed codes plus 8 header bytes per bucket when quantized):
 - neighbor_exchange: m sent to and received from each neighbour.
 - read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
 - average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.
+- publish: no bytes (the copy stays on this node until a peer reads it); its time is kind "publish".
+
+Time. `KindStats.seconds` is what this node's training thread spent blocked in calls of a kind (publish
+included), which `comm_fraction` sums. `CommStats.serve_seconds` is what this node spent serving peers apart
+from its own calls: the p2p responder encoding a copy for a read or averaging under the model lock, the RMA
+owner folding peers' deltas into its model and encoding its window copy. AllReduce SGD never serves.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselv
 
 HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, message bytes, reserved)
 STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
-KINDS = ("grad", "model", "control", "eval")  # eval traffic is reported apart from training traffic
+KINDS = ("grad", "model", "control", "publish", "eval")  # eval traffic is reported apart from training traffic
 
 
 def ring_allreduce_bytes(nbytes: int, n: int) -> int:
@@ -65,6 +71,7 @@ class CommStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.kinds: dict[str, KindStats] = defaultdict(KindStats)
+        self.serve_seconds = 0.0  # time spent serving peers (responder / window owner side), not in any kind
 
     def add(self, kind: str, *, sent: int = 0, recv: int = 0, msgs_sent: int = 0, msgs_recv: int = 0) -> None:
         with self._lock:
@@ -78,6 +85,10 @@ class CommStats:
         with self._lock:
             self.kinds[kind].seconds += seconds
 
+    def add_serve(self, seconds: float) -> None:
+        with self._lock:
+            self.serve_seconds += seconds
+
     def snapshot(self) -> dict[str, dict[str, float]]:
         with self._lock:
             return {kind: dict(vars(s)) for kind, s in sorted(self.kinds.items())}
@@ -85,6 +96,7 @@ class CommStats:
     def reset(self) -> None:
         with self._lock:
             self.kinds.clear()
+            self.serve_seconds = 0.0
 
 
 class Comm:
@@ -107,6 +119,7 @@ class Comm:
         self._gen = torch.Generator().manual_seed(rank)
         self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
         self._live: torch.Tensor | None = None
+        self.model_numel = 0  # coordinates of the model this node publishes or exposes (sizes codec costs)
         self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
 
     # ---- the interface algorithms use -------------------------------------------------------------
@@ -144,8 +157,10 @@ class Comm:
 
         `stamp` (e.g. the number of steps taken) travels with it so that readers can measure staleness.
         """
-        stamp_bytes = torch.tensor([stamp], dtype=torch.int64).view(torch.uint8)
-        self._publish(torch.cat([stamp_bytes, self._encode(t)]))
+        self.model_numel = t.numel()
+        with self._timed("publish"):
+            stamp_bytes = torch.tensor([stamp], dtype=torch.int64).view(torch.uint8)
+            self._publish(torch.cat([stamp_bytes, self._encode(t)]))
 
     def read(self, peer: int, kind: str, reference: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One-sided: (the peer's last published model, its stamp); the peer is not interrupted.
@@ -163,6 +178,7 @@ class Comm:
         """Register the node's live model: peers' `average_with` update it in place (under `exclusive`)."""
         with self._model_lock:
             self._live = live
+        self.model_numel = live.numel()
 
     def average_with(self, peer: int, kind: str) -> None:
         """Atomic pairwise average of this node's exposed model with `peer`'s (both move to the average).
@@ -189,7 +205,7 @@ class Comm:
         """The passive side of `average_with` (called by the engine for a peer's request): returns the reply."""
         if self._live is None:
             raise RuntimeError(f"rank {self.rank} was asked to average before it exposed its model")
-        with self._model_lock:
+        with self._model_lock, self._serving():
             old = self._live.detach().to("cpu", copy=True)
             reply = self._encode(old)
             mine = self._decode(reply, old) if self.codec is not RAW else old
@@ -275,6 +291,16 @@ class Comm:
             yield
         finally:
             self.stats.add_time(kind, self._now() - start)
+
+    @contextlib.contextmanager
+    def _serving(self):
+        """Times work done for a peer (serve_seconds). In the simulator the node's clock does not move here, so
+        this adds 0 and the cluster charges the modelled cost itself (`Cluster.codec_seconds`)."""
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.stats.add_serve(self._now() - start)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -423,7 +449,8 @@ class TorchComm(Comm):
                             f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published "
                             f"{None if blob is None else blob.numel()}"
                         )
-                    self.serve_read(blob)  # count first: the reader may read our counters once it has the reply
+                    with self._serving():
+                        self.serve_read(blob)  # count first: the reader may read our counters once it has the reply
                     dist.send(blob, dst=src, group=self._rep)
                 elif op == _AVERAGE:
                     incoming = torch.empty(nbytes, dtype=torch.uint8)
@@ -527,8 +554,9 @@ class RmaComm(TorchComm):
         self._republish()
 
     def _republish(self) -> None:
-        stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
-        self._write_own(torch.cat([stamp, self._encode(self._live)]))
+        with self._serving():  # the window copy exists only for peers' averages
+            stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
+            self._write_own(torch.cat([stamp, self._encode(self._live)]))
 
     @contextlib.contextmanager
     def exclusive(self):
@@ -541,11 +569,12 @@ class RmaComm(TorchComm):
 
     def _drain_inbox(self) -> None:
         MPI = self._MPI
-        self._inbox.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-        delta = torch.from_numpy(self._inbox_buf.copy())
-        self._inbox_buf[:] = 0
-        self._inbox.Unlock(self.rank)
-        self._live.add_(delta.to(self._live.device))
+        with self._serving():  # folding in what peers' averages gave us: the owner's side of their averages
+            self._inbox.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+            delta = torch.from_numpy(self._inbox_buf.copy())
+            self._inbox_buf[:] = 0
+            self._inbox.Unlock(self.rank)
+            self._live.add_(delta.to(self._live.device))
 
     def served(self) -> tuple[int, int]:
         """(reads served, averages received) so far, from our own window's counters."""

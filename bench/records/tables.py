@@ -56,6 +56,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("staleness_mean", "staleness (steps)", ".2f"),
         ("decode_failures", "decode failures", "d"),
         ("comm_fraction", "comm fraction", ".3f"),
+        ("serve_seconds", "serve s/node", ".3f"),
     ],
 }
 

@@ -47,6 +47,7 @@ SUMMARY_COLUMNS = [
     "bytes_sent_total",
     "bytes_per_node_per_step",
     "comm_fraction",
+    "serve_seconds",
     "test_loss",
     "consensus_distance",
     "step_seconds_median",
@@ -302,6 +303,10 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         out["bytes_sent_total"] = train_bytes
         if out.get("steps_per_node"):
             out["bytes_per_node_per_step"] = train_bytes / nodes / out["steps_per_node"]
+    serve = final("serve_seconds")
+    if serve is not None:  # mean per node: time spent serving peers (p2p responder, RMA window owner)
+        out["serve_seconds"] = float(serve["value"].mean())
+    # Blocked time of every training-traffic kind, publish included (encoding a copy is communication work).
     secs = r[(r["metric"] == "comm_seconds") & (r["kind"] != "eval")]
     if ts is not None and not secs.empty:
         per_rank = secs.groupby("rank")["value"].sum()

@@ -251,6 +251,7 @@ def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[flo
     for kind, s in comm.stats.snapshot().items():
         for key in ("bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "seconds"):
             record(f"comm_{key}", float(s[key]), None, step, kind=kind)
+    record("serve_seconds", float(comm.stats.serve_seconds), None, step)
     for key, value in cell.algo.counters.items():
         record(f"algo_{key}", float(value), None, step)
     record("local_steps", float(cell.algo.local_steps()), None, step)

@@ -150,6 +150,15 @@ class Cluster:
         self.clock[rank] = t
         heapq.heappush(self._heap, (t, rank))
 
+    # ---- codec ----
+    def codec_seconds(self, numel: int) -> float:
+        """Modelled seconds to encode (or decode) one model message of `numel` coordinates on one node: the one
+        place where the simulator charges codec work. Zero for now (no per-coordinate codec cost in the cost
+        model yet); every site that encodes or decodes where the real engine does charges it through here: the
+        publisher (its publish time), a read's owner (its serve_seconds, and the reader waits for it), an
+        average's partner (its serve_seconds, and the initiator waits for it)."""
+        return 0.0
+
     # ---- links ----
     def p2p(self, src: int, dst: int, nbytes: int, t: float) -> float:
         """Send nbytes from src to dst at t; returns the arrival time (queued behind earlier transfers)."""
@@ -247,28 +256,33 @@ class Cluster:
                 f"{None if blob is None else blob.numel()}"
             )
         self.comms[peer].serve_read(blob)
+        serve = self.codec_seconds(self.comms[peer].model_numel)
+        self.comms[peer].stats.add_serve(serve)
         legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
         if legs is None:
-            t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank])
+            t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank]) + serve
             t = self.p2p(peer, rank, blob.numel(), t)
         else:
-            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]))
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]) + serve)
         self.cpu_until[rank] = t
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return blob  # published blobs are never written again: no copy needed (the reader decodes a clone)
 
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
-        reply = self.comms[peer].serve_average(msg)
+        partner = self.comms[peer]
+        reply = partner.serve_average(msg)
         t0 = time.perf_counter()
+        serve = 2 * self.codec_seconds(partner.model_numel)  # the partner encodes its reply, decodes ours
+        partner.stats.add_serve(serve)
         legs = self.cost.one_sided_legs("average", msg.numel())
         t = self.clock[rank]
         if legs is None:
             t = self.p2p(rank, peer, HEADER_BYTES + msg.numel(), t)
-            t = max(t, self.busy_until[peer])  # the partner's model lock: not inside one of its compute sections
+            t = max(t, self.busy_until[peer]) + serve  # the partner's model lock: not inside a compute section
             t = self.p2p(peer, rank, reply.numel(), t)
         else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
-            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t))
+            t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t) + serve)
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return reply
@@ -295,7 +309,11 @@ class SimComm(Comm):
         return self._cluster.exchange(self.rank, msg, peers)
 
     def _publish(self, blob: torch.Tensor) -> None:
-        self._cluster.published[self.rank] = blob
+        c = self._cluster
+        c.published[self.rank] = blob
+        cost = c.codec_seconds(self.model_numel)  # the publisher encodes its copy (timed as kind "publish")
+        if cost > 0:  # no switch point when nothing is charged: the event order stays as it was
+            c.pause(self.rank, c.clock[self.rank] + cost)
 
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         return self._cluster.read(self.rank, peer, nbytes)
