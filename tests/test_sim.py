@@ -504,3 +504,65 @@ def test_average_with_a_peer_inside_a_compute_section_waits_for_its_end():
     cluster.run(body)
     assert done[0] > 1.0  # waited for rank 1's section (1 s) instead of averaging at ~1 ms
     assert done[1] == pytest.approx(1.0, abs=1e-3)
+
+
+
+def test_lazy_publish_encodes_each_copy_read_once_with_the_bytes_of_that_copy():
+    """Publishing keeps a raw copy; the owner encodes a copy only when it is first read, once however many read it,
+    and the reader gets exactly the encoding of that copy (seeded by the copy alone: the same bytes every run)."""
+    from bench.core.codec import Codec, CodecConfig
+
+    def run():
+        n, steps = 5, 40
+        cluster = _cluster(n, topology="ring", speed_sigma=0.5)
+        codec = Codec(CodecConfig(bits=8, eps=1e-3))
+        plain, encodes = codec.encode, [0]
+
+        def counting(x, **kw):
+            encodes[0] += 1
+            return plain(x, **kw)
+
+        codec.encode = counting
+        published: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (rank, stamp) -> (raw, copy seed)
+        blobs: list[tuple[int, torch.Tensor]] = []
+        read = cluster.read
+
+        def recording_read(rank: int, peer: int, nbytes: int) -> torch.Tensor:
+            blob = read(rank, peer, nbytes)
+            blobs.append((peer, blob.clone()))
+            return blob
+
+        cluster.read = recording_read
+
+        def body(rank: int) -> None:
+            comm, clock = cluster.comms[rank], cluster.clocks[rank]
+            comm.start_cell(codec, 3)
+            x = torch.randn(600, generator=torch.Generator().manual_seed(rank)) * 0.01
+            comm.publish(x, stamp=0)
+            published[(rank, 0)] = (x.clone(), cluster.published[rank].seed)
+            comm.fence()
+            rng = random.Random(rank)
+            for step in range(1, steps):
+                with clock.compute():
+                    x.add_(0.001 * (rank + 1))
+                comm.publish(x, stamp=step)
+                published[(rank, step)] = (x.clone(), cluster.published[rank].seed)
+                if rng.random() < 0.3:
+                    comm.read(rng.choice(comm.neighbors()), "model", x)
+            comm.fence()
+
+        cluster.run(body)
+        return plain, published, blobs, encodes[0], n * steps
+
+    plain, published, blobs, encodes, publishes = run()
+    copies_read = set()
+    for peer, blob in blobs:
+        stamp = int(blob[:8].clone().view(torch.int64)[0])
+        raw, seed = published[(peer, stamp)]
+        expected = plain(raw, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(blob[8:], expected)  # exactly what a reader of that copy gets
+        copies_read.add((peer, stamp))
+    assert len(blobs) > 30
+    assert encodes == len(copies_read) < publishes / 2  # one encode per copy read, none for the others
+    _, _, again, _, _ = run()
+    assert [b.tolist() for _, b in again] == [b.tolist() for _, b in blobs]  # same seed, same bytes

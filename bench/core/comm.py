@@ -16,6 +16,14 @@ packed codes plus 8 header bytes per bucket when quantized):
 - average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.
 - publish: no bytes (the copy stays on this node until a peer reads it); its time is kind "publish".
 
+Lazy publish. `publish` keeps a raw float32 copy of the model and its stamp (a `Copy`); the copy is encoded only
+when a peer reads it (`Copy.blob`: at most once per copy, with a generator seeded from the copy's identity, so
+every reader of one copy gets the same bytes, whatever the order and timing of reads, and the simulator's bytes
+depend only on the seed). SwarmSGD publishes after every step but a neighbour reads about once per H steps, so
+this saves H-1 of every H encodes. The RMA transport is the exception: a passive-target read takes whatever bytes
+lie in the owner's window, so the owner must encode before any read may arrive, i.e. at every publish
+(`RmaComm._publish`); encoding less often would hand readers an older copy, which changes the algorithm.
+
 Time. `KindStats.seconds` is what this node's training thread spent blocked in calls of a kind (publish
 included), which `comm_fraction` sums. `CommStats.serve_seconds` is what this node spent serving peers apart
 from its own calls: the p2p responder encoding a copy for a read or averaging under the model lock, the RMA
@@ -63,6 +71,17 @@ class KindStats:
     msgs_sent: int = 0
     msgs_recv: int = 0
     seconds: float = 0.0  # time this node's training thread spent blocked in calls of this kind
+
+
+@dataclass
+class Copy:
+    """A published model: the raw float32 values at publish time, their stamp, and (once a peer read it) the
+    message a reader receives: 8 stamp bytes + the codec's encoding of `raw`."""
+
+    raw: torch.Tensor | None
+    stamp: int
+    seed: int  # seeds the codec's randomness for this copy: the bytes depend on the copy alone
+    blob: torch.Tensor | None = None
 
 
 class CommStats:
@@ -117,6 +136,7 @@ class Comm:
         self.codec = RAW
         self.decode_failures = 0
         self._gen = torch.Generator().manual_seed(rank)
+        self._cell_seed, self._publishes = 0, 0  # seed the codec of each published copy (see `Copy`)
         self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
         self._live: torch.Tensor | None = None
         self.model_numel = 0  # coordinates of the model this node publishes or exposes (sizes codec costs)
@@ -153,14 +173,24 @@ class Comm:
             return {p: self._decode(m, t) for p, m in got.items()}
 
     def publish(self, t: torch.Tensor, stamp: int = 0) -> None:
-        """Make (an encoded copy of) `t` readable by peers' `read` until the next publish.
+        """Make a copy of `t` readable by peers' `read` until the next publish (encoded when first read).
 
         `stamp` (e.g. the number of steps taken) travels with it so that readers can measure staleness.
         """
         self.model_numel = t.numel()
         with self._timed("publish"):
-            stamp_bytes = torch.tensor([stamp], dtype=torch.int64).view(torch.uint8)
-            self._publish(torch.cat([stamp_bytes, self._encode(t)]))
+            self._publishes += 1
+            seed = (self._cell_seed * 1_000_003 + self.rank * 7_919 + self._publishes) % (2**63 - 1)
+            self._publish(Copy(t.detach().to("cpu", dtype=torch.float32, copy=True), stamp, seed))
+
+    def blob_of(self, copy: Copy) -> torch.Tensor:
+        """The message a reader of `copy` receives (stamp + encoded model), encoded on first use and kept."""
+        if copy.blob is None:
+            stamp_bytes = torch.tensor([copy.stamp], dtype=torch.int64).view(torch.uint8)
+            gen = torch.Generator().manual_seed(copy.seed)
+            copy.blob = torch.cat([stamp_bytes, self._encode(copy.raw, generator=gen)])
+            copy.raw = None  # encoded once: the raw values are not needed any more (the simulator's memory)
+        return copy.blob
 
     def read(self, peer: int, kind: str, reference: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One-sided: (the peer's last published model, its stamp); the peer is not interrupted.
@@ -215,10 +245,14 @@ class Comm:
         self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
         return reply
 
-    def serve_read(self, blob: torch.Tensor, kind: str = "model") -> None:
-        """Count what the passive side of a `read` sent (engines call it when they serve one)."""
+    def serve_read(self, copy: Copy, kind: str = "model") -> torch.Tensor:
+        """The passive side of a `read` (engines call it when they serve one): the message for `copy`, encoded
+        here on its first read (timed as serve_seconds), and counted."""
+        with self._serving():
+            blob = self.blob_of(copy)
         self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
         self.stats.add(kind, sent=blob.numel(), msgs_sent=1)
+        return blob
 
     def barrier(self) -> None:
         with self._timed("control"):
@@ -241,6 +275,7 @@ class Comm:
         self.codec = codec or RAW
         self.decode_failures = 0
         self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
+        self._cell_seed, self._publishes = seed, 0
         with self._model_lock:
             self._live = None
 
@@ -251,11 +286,11 @@ class Comm:
         """Release engine resources once all nodes stop issuing requests."""
 
     # ---- codec ------------------------------------------------------------------------------------
-    def _encode(self, t: torch.Tensor) -> torch.Tensor:
+    def _encode(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         t = t.detach()
         if self.codec is RAW:
             return t.to("cpu", copy=True).view(torch.uint8)
-        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=self._gen)
+        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._gen)
 
     def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if self.codec is RAW:
@@ -271,7 +306,7 @@ class Comm:
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
-    def _publish(self, blob: torch.Tensor) -> None:
+    def _publish(self, copy: Copy) -> None:
         raise NotImplementedError
 
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
@@ -351,7 +386,7 @@ class TorchComm(Comm):
         self._hvd = None  # horovod.torch when --allreduce-impl horovod
         self._model_lock = threading.Lock()
         self._pub_lock = threading.Lock()
-        self._published: torch.Tensor | None = None
+        self._published: Copy | None = None
         self._responder: threading.Thread | None = None
         # Under nccl the default group only takes CUDA tensors; CPU tensors (encoded messages, evaluation
         # counters) go through a gloo group instead (host staging).
@@ -410,9 +445,9 @@ class TorchComm(Comm):
         self._dist.barrier()
 
     # ---- one-sided, initiator side ---------------------------------------------------------------
-    def _publish(self, blob: torch.Tensor) -> None:
-        with self._pub_lock:
-            self._published = blob
+    def _publish(self, copy: Copy) -> None:
+        with self._pub_lock:  # the responder encodes the copy when a read arrives (`serve_read`)
+            self._published = copy
 
     def _request(self, op: int, peer: int, nbytes: int) -> None:
         header = torch.tensor([op, self.rank, nbytes, 0], dtype=torch.int64)
@@ -443,14 +478,15 @@ class TorchComm(Comm):
                     return
                 if op == _READ:
                     with self._pub_lock:
-                        blob = self._published
-                    if blob is None or blob.numel() != nbytes:
+                        copy = self._published
+                    if copy is None:
+                        raise RuntimeError(f"rank {requester} read from rank {self.rank}, which published nothing")
+                    blob = self.serve_read(copy)  # count first: the reader may read our counters once it has the reply
+                    if blob.numel() != nbytes:
                         raise RuntimeError(
-                            f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published "
-                            f"{None if blob is None else blob.numel()}"
+                            f"rank {requester} read {nbytes} bytes from rank {self.rank}, "
+                            f"which published {blob.numel()}"
                         )
-                    with self._serving():
-                        self.serve_read(blob)  # count first: the reader may read our counters once it has the reply
                     dist.send(blob, dst=src, group=self._rep)
                 elif op == _AVERAGE:
                     incoming = torch.empty(nbytes, dtype=torch.uint8)
@@ -536,7 +572,9 @@ class RmaComm(TorchComm):
         self._mpi.Barrier()  # windows zeroed everywhere before anyone reads
 
     # ---- owner side --------------------------------------------------------------------------------
-    def _publish(self, blob: torch.Tensor) -> None:
+    def _publish(self, copy: Copy) -> None:
+        # A passive-target read takes whatever lies in the window: encode now, at every publish (see the module doc).
+        blob = self.blob_of(copy)
         if self._win is None:  # first publish of the cell: every rank gets here in the same order
             self._allocate(blob.numel(), None)
         self._write_own(blob)

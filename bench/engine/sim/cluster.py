@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from bench.base.errors import UserError
-from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm
+from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm, Copy
 from bench.core.topology import build_topology
 from bench.engine.sim import costmodel
 from bench.engine.sim.costmodel import CostModel
@@ -74,7 +74,7 @@ class Cluster:
         self.cpu_until = [0.0] * nodes  # end of the node's current one-sided read (busy cores, see SimClock)
         self.out_free = [0.0] * nodes  # when the node's out-link / in-link is next free
         self.in_free = [0.0] * nodes
-        self.published: list[torch.Tensor | None] = [None] * nodes
+        self.published: list[Copy | None] = [None] * nodes
         self._heap: list[tuple[float, int]] = []
         self._greenlets: list[Any] = []
         self._hub = getcurrent()
@@ -154,9 +154,9 @@ class Cluster:
     def codec_seconds(self, numel: int) -> float:
         """Modelled seconds to encode (or decode) one model message of `numel` coordinates on one node: the one
         place where the simulator charges codec work. Zero for now (no per-coordinate codec cost in the cost
-        model yet); every site that encodes or decodes where the real engine does charges it through here: the
-        publisher (its publish time), a read's owner (its serve_seconds, and the reader waits for it), an
-        average's partner (its serve_seconds, and the initiator waits for it)."""
+        model yet); every site that encodes or decodes where the real engine does charges it through here: a
+        read's owner encoding a copy on its first read (lazy publish: its serve_seconds, and the reader waits for
+        it), an average's partner (its serve_seconds, and the initiator waits for it)."""
         return 0.0
 
     # ---- links ----
@@ -249,14 +249,14 @@ class Cluster:
 
     def read(self, rank: int, peer: int, nbytes: int) -> torch.Tensor:
         t0 = time.perf_counter()
-        blob = self.published[peer]  # as of this instant: every earlier event has run, no later one has
-        if blob is None or blob.numel() != nbytes:
-            raise RuntimeError(
-                f"rank {rank} read {nbytes} bytes from rank {peer}, which published "
-                f"{None if blob is None else blob.numel()}"
-            )
-        self.comms[peer].serve_read(blob)
-        serve = self.codec_seconds(self.comms[peer].model_numel)
+        copy = self.published[peer]  # as of this instant: every earlier event has run, no later one has
+        if copy is None:
+            raise RuntimeError(f"rank {rank} read from rank {peer}, which published nothing")
+        fresh = copy.blob is None  # the owner encodes a copy on its first read only (lazy publish)
+        blob = self.comms[peer].serve_read(copy)
+        if blob.numel() != nbytes:
+            raise RuntimeError(f"rank {rank} read {nbytes} bytes from rank {peer}, which published {blob.numel()}")
+        serve = self.codec_seconds(self.comms[peer].model_numel) if fresh else 0.0
         self.comms[peer].stats.add_serve(serve)
         legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
         if legs is None:
@@ -267,7 +267,7 @@ class Cluster:
         self.cpu_until[rank] = t
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
-        return blob  # published blobs are never written again: no copy needed (the reader decodes a clone)
+        return blob  # a copy's message is never written again: no copy needed (the reader decodes a clone)
 
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
         partner = self.comms[peer]
@@ -308,12 +308,9 @@ class SimComm(Comm):
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return self._cluster.exchange(self.rank, msg, peers)
 
-    def _publish(self, blob: torch.Tensor) -> None:
-        c = self._cluster
-        c.published[self.rank] = blob
-        cost = c.codec_seconds(self.model_numel)  # the publisher encodes its copy (timed as kind "publish")
-        if cost > 0:  # no switch point when nothing is charged: the event order stays as it was
-            c.pause(self.rank, c.clock[self.rank] + cost)
+    def _publish(self, copy: Copy) -> None:
+        # Lazy publish, as on real processes: the copy is encoded (and that charged) when first read.
+        self._cluster.published[self.rank] = copy
 
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         return self._cluster.read(self.rank, peer, nbytes)
