@@ -129,7 +129,7 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
 
 def _worst(summary, algorithm: str) -> str:
     statuses = set(summary.loc[summary["algorithm"] == algorithm, "status"])
-    for s in ("failed", "skipped"):
+    for s in ("failed", "diverged", "skipped"):
         if s in statuses:
             return s
     return "ok" if statuses else "skipped"
