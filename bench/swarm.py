@@ -72,7 +72,8 @@ class SwarmSGD(Algorithm):
                 else:
                     theirs, stamp = node.comm.read(peer, "model", node.params)
                     node.params.add_(theirs).mul_(0.5)
-                    self.count("staleness_sum", self.steps_done - stamp)
+                    # Relative progress (may be negative); the copy's age is measured by the comm layer.
+                    self.count("step_lag_sum", self.steps_done - stamp)
                     self.count("reads")
                 self.count("interactions")
         if self.config.swarm_mode == "nonblocking":

@@ -32,12 +32,14 @@ def main() -> None:
         # Deterministic schedule: publish rank-valued models, fence, everyone reads its successor.
         comm.start_cell(None, 0)
         comm.publish(torch.arange(10, dtype=torch.float32) + 100 * rank, stamp=rank + 1)
+        comm.set_step(rank + 5)  # the live model moved on 4 steps past the copy it published
         comm.fence()
         peer = (rank + 1) % size
         got, stamp = comm.read(peer, "model", torch.zeros(10))
         comm.fence()
         comm.finish_cell()
         out.update(peer=peer, got=got.tolist(), stamp=stamp, stats=comm.stats.snapshot())
+        out.update(staleness_sum=comm.stats.staleness_sum, staleness_reads=comm.stats.staleness_reads)
     elif scenario == "average":
         for bits in (32, 8):
             codec = None if bits == 32 else Codec(CodecConfig(bits=8, eps=0.01))

@@ -134,3 +134,22 @@ def test_real_clock_and_comm_timers_synchronize_cuda(monkeypatch):
     with make_comm("p2p", 0, 1, build_topology("complete", 1), 10.0)._timed("grad"):
         pass
     assert calls == [gpu] * 3  # nothing to wait for on the CPU
+
+
+def _staleness(rank, world, comm):
+    comm.publish(torch.full((5,), float(rank)), stamp=3)
+    comm.set_step(10 + rank)  # the live model took 7 + rank more steps since the copy
+    comm.fence()
+    comm.read(comm.neighbors()[0], "model", torch.zeros(5))
+    comm.fence()
+    return comm.neighbors()[0], comm.stats.staleness_sum, comm.stats.staleness_reads
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_staleness_is_the_owners_live_step_minus_the_stamp_of_the_copy_read(tmp_path, world):
+    """p2p: the responder knows its owner's live step, so the owner counts each read's staleness (no extra bytes)."""
+    results = run_world(_staleness, world, tmp_path)
+    for rank, (_, stale, reads) in enumerate(results):
+        readers = sum(1 for peer, _, _ in results if peer == rank)
+        assert reads == readers
+        assert stale == (10 + rank - 3) * readers

@@ -309,6 +309,9 @@ def test_results_contract_and_cost_model_in_meta(sim_run):
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert (summary["status"] == "ok").all() and (summary["samples_per_s"] > 0).all()
     assert ((summary["comm_fraction"] > 0) & (summary["comm_fraction"] < 1)).all()
+    swarm = summary[summary["algorithm"] == "swarm"].iloc[0]
+    assert swarm["staleness_mean"] >= 0 and pd.notna(swarm["step_lag"])  # age of the copy read; relative progress
+    assert (summary.loc[summary["algorithm"] == "allreduce", "serve_seconds"] == 0).all()
 
 
 def test_same_seed_same_bytes(sim_run, tmp_path):
@@ -506,7 +509,6 @@ def test_average_with_a_peer_inside_a_compute_section_waits_for_its_end():
     assert done[1] == pytest.approx(1.0, abs=1e-3)
 
 
-
 def test_lazy_publish_encodes_each_copy_read_once_with_the_bytes_of_that_copy():
     """Publishing keeps a raw copy; the owner encodes a copy only when it is first read, once however many read it,
     and the reader gets exactly the encoding of that copy (seeded by the copy alone: the same bytes every run)."""
@@ -566,3 +568,36 @@ def test_lazy_publish_encodes_each_copy_read_once_with_the_bytes_of_that_copy():
     assert encodes == len(copies_read) < publishes / 2  # one encode per copy read, none for the others
     _, _, again, _, _ = run()
     assert [b.tolist() for _, b in again] == [b.tolist() for _, b in blobs]  # same seed, same bytes
+
+
+def test_staleness_is_the_age_of_the_copy_read_in_the_cluster():
+    """Simulator: each read's staleness is the owner's live step at the reader's instant minus the copy's stamp (>= 0,
+    counted by the owner); a node publishes only every third step here, so copies age between publishes."""
+    n = 6
+    cluster = _cluster(n, topology="ring", speed_sigma=0.6, straggler_p=0.2, straggler_k=4.0)
+    expected: list[int] = []
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        x = torch.zeros(100)
+        comm.publish(x, stamp=0)
+        comm.fence()
+        rng = random.Random(rank)
+        for step in range(1, 60):
+            with clock.compute():
+                comm.set_step(step)
+            if step % 3 == 0:
+                comm.publish(x, stamp=step)
+            if rng.random() < 0.4:
+                peer = rng.choice(comm.neighbors())
+                live = cluster.comms[peer].live_step  # at this instant: the read is served now
+                _, stamp = comm.read(peer, "model", x)
+                assert live - stamp >= 0
+                expected.append(live - stamp)
+        comm.fence()
+
+    cluster.run(body)
+    assert len(expected) > 100 and max(expected) > 0
+    assert sum(c.stats.staleness_sum for c in cluster.comms) == sum(expected)
+    assert sum(c.stats.staleness_reads for c in cluster.comms) == len(expected)

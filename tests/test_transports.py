@@ -57,6 +57,13 @@ def test_both_transports_give_the_same_reads(tmp_path, world):
         assert a["stats"]["model"]["bytes_recv"] == b["stats"]["model"]["bytes_recv"] == 8 + 40
         assert a["stats"]["model"]["bytes_sent"] == b["stats"]["model"]["bytes_sent"] == 8 + 40
         assert a["stats"]["control"]["bytes_sent"] == 32 and b["stats"]["control"]["bytes_sent"] == 8
+        # RMA's reader also gets the owner's live step counter (8 bytes) to measure the read's staleness.
+        assert b["stats"]["control"]["bytes_recv"] == 8 + 8  # the increment of its own counter, the live step
+    # Staleness = the owner's live step at read time - the stamp of the copy read = 4 for every read; p2p counts
+    # it on the owner (its responder knows the live step), RMA on the reader (it Gets the owner's counter).
+    for rows in (p2p, rma):
+        assert sum(r["staleness_sum"] for r in rows) == 4 * world
+        assert sum(r["staleness_reads"] for r in rows) == world
 
 
 @needs_mpi

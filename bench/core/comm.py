@@ -91,6 +91,10 @@ class CommStats:
         self._lock = threading.Lock()
         self.kinds: dict[str, KindStats] = defaultdict(KindStats)
         self.serve_seconds = 0.0  # time spent serving peers (responder / window owner side), not in any kind
+        # Staleness of reads: sum of (owner's live step at read time - stamp of the copy read), and reads counted.
+        # Counted by whichever side learns both numbers: the owner on p2p and in the simulator, the reader on RMA.
+        self.staleness_sum = 0
+        self.staleness_reads = 0
 
     def add(self, kind: str, *, sent: int = 0, recv: int = 0, msgs_sent: int = 0, msgs_recv: int = 0) -> None:
         with self._lock:
@@ -108,6 +112,11 @@ class CommStats:
         with self._lock:
             self.serve_seconds += seconds
 
+    def add_staleness(self, steps: int) -> None:
+        with self._lock:
+            self.staleness_sum += steps
+            self.staleness_reads += 1
+
     def snapshot(self) -> dict[str, dict[str, float]]:
         with self._lock:
             return {kind: dict(vars(s)) for kind, s in sorted(self.kinds.items())}
@@ -116,6 +125,7 @@ class CommStats:
         with self._lock:
             self.kinds.clear()
             self.serve_seconds = 0.0
+            self.staleness_sum = self.staleness_reads = 0
 
 
 class Comm:
@@ -139,6 +149,7 @@ class Comm:
         self._cell_seed, self._publishes = 0, 0  # seed the codec of each published copy (see `Copy`)
         self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
         self._live: torch.Tensor | None = None
+        self.live_step = 0  # steps this node's live model has taken (the training loop sets it: `set_step`)
         self.model_numel = 0  # coordinates of the model this node publishes or exposes (sizes codec costs)
         self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
 
@@ -178,6 +189,7 @@ class Comm:
         `stamp` (e.g. the number of steps taken) travels with it so that readers can measure staleness.
         """
         self.model_numel = t.numel()
+        self.live_step = max(self.live_step, stamp)  # the live model has taken at least the steps of its copy
         with self._timed("publish"):
             self._publishes += 1
             seed = (self._cell_seed * 1_000_003 + self.rank * 7_919 + self._publishes) % (2**63 - 1)
@@ -191,6 +203,11 @@ class Comm:
             copy.blob = torch.cat([stamp_bytes, self._encode(copy.raw, generator=gen)])
             copy.raw = None  # encoded once: the raw values are not needed any more (the simulator's memory)
         return copy.blob
+
+    def set_step(self, step: int) -> None:
+        """The training loop tells the comm layer how many steps the live model has taken (after each optimizer
+        step): a read's staleness is the owner's live step at read time minus the stamp of the copy read."""
+        self.live_step = step
 
     def read(self, peer: int, kind: str, reference: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One-sided: (the peer's last published model, its stamp); the peer is not interrupted.
@@ -250,6 +267,7 @@ class Comm:
         here on its first read (timed as serve_seconds), and counted."""
         with self._serving():
             blob = self.blob_of(copy)
+        self.stats.add_staleness(self.live_step - copy.stamp)  # the owner knows its live step: no bytes for it
         self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
         self.stats.add(kind, sent=blob.numel(), msgs_sent=1)
         return blob
@@ -276,6 +294,7 @@ class Comm:
         self.decode_failures = 0
         self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
         self._cell_seed, self._publishes = seed, 0
+        self.live_step = 0
         with self._model_lock:
             self._live = None
 
@@ -511,7 +530,7 @@ class RmaComm(TorchComm):
     """`Comm` whose one-sided operations use MPI RMA windows (mpi4py), passive target ("rma" transport).
 
     Collectives still run on torch.distributed. Each node exposes one window laid out as
-    [reads served: int64 | averages received: int64 | stamp: int64 | model message] and, for atomic
+    [reads served: int64 | averages received: int64 | live step: int64 | stamp: int64 | model message] and, for atomic
     averages, an inbox window of float32 deltas. A `read` is Lock(peer, shared) / Get / Unlock: the peer's
     process is not involved at all (Open MPI progresses passive-target RMA on one host without the target
     calling MPI). `average_with` takes an exclusive lock on the partner (as the SwarmSGD authors' code did),
@@ -520,8 +539,10 @@ class RmaComm(TorchComm):
     `exclusive()` and republishes its model when it leaves it. Both halves are computed from the same decoded
     values, so the sum of models is conserved exactly; no two locks are taken in different orders.
 
-    Byte accounting: a read costs the reader an 8-byte counter increment (control) and 24 + m bytes back
-    (counters, stamp, message); the owner learns from its counters how many reads and averages it served.
+    Byte accounting: a read costs the reader an 8-byte counter increment (control), the owner's 8-byte live step
+    counter (control, which the owner writes after every step: `set_step`) and 8 + m bytes back (stamp,
+    message); the reader computes the read's staleness (live step - stamp); the owner learns from its counters
+    how many reads and averages it served.
     """
 
     transport = "rma"
@@ -545,7 +566,8 @@ class RmaComm(TorchComm):
         self._buf = None  # numpy views of our own windows
         self._inbox_buf = None
 
-    _COUNTERS = 16  # reads served, averages received (int64 each), then the stamp and the message
+    _COUNTERS = 24  # reads served, averages received, live step (int64 each), then the stamp and the message
+    _LIVE = 16  # offset of the owner's live step counter
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         self._free_windows()
@@ -577,7 +599,21 @@ class RmaComm(TorchComm):
         blob = self.blob_of(copy)
         if self._win is None:  # first publish of the cell: every rank gets here in the same order
             self._allocate(blob.numel(), None)
+        self._write_live_step()  # publish may have raised it to the stamp
         self._write_own(blob)
+
+    def set_step(self, step: int) -> None:
+        super().set_step(step)
+        if self._win is not None:
+            self._write_live_step()
+
+    def _write_live_step(self) -> None:
+        import numpy as np
+
+        MPI = self._MPI
+        self._win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        self._buf[self._LIVE : self._COUNTERS] = np.frombuffer(np.int64(self.live_step).tobytes(), dtype=np.uint8)
+        self._win.Unlock(self.rank)
 
     def _write_own(self, blob: torch.Tensor) -> None:
         MPI = self._MPI
@@ -620,7 +656,7 @@ class RmaComm(TorchComm):
 
         MPI = self._MPI
         self._win.Lock(self.rank, MPI.LOCK_SHARED)
-        counts = np.frombuffer(self._buf[: self._COUNTERS].tobytes(), dtype=np.int64).copy()
+        counts = np.frombuffer(self._buf[: self._LIVE].tobytes(), dtype=np.int64).copy()
         self._win.Unlock(self.rank)
         return int(counts[0]), int(counts[1])
 
@@ -629,13 +665,16 @@ class RmaComm(TorchComm):
         import numpy as np
 
         MPI = self._MPI
-        out = np.empty(nbytes, dtype=np.uint8)
+        out = np.empty(8 + nbytes, dtype=np.uint8)  # the owner's live step, then stamp + message
         one = np.ones(1, dtype=np.int64)
         self._win.Lock(peer, MPI.LOCK_SHARED)
-        self._win.Get(out, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
+        self._win.Get(out, peer, target=(self._LIVE, 8 + nbytes, MPI.BYTE))
         self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(0, 1, MPI.INT64_T), op=MPI.SUM)
         self._win.Unlock(peer)
-        return torch.from_numpy(out)
+        live, stamp = np.frombuffer(out[:16].tobytes(), dtype=np.int64)
+        self.stats.add_staleness(int(live) - int(stamp))  # both read in one lock epoch: a consistent pair
+        self.stats.add("control", recv=8)
+        return torch.from_numpy(out[8:])
 
     def average_with(self, peer: int, kind: str) -> None:
         import numpy as np

@@ -53,7 +53,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("bytes_model", "MB model", ".3f:MB"),
         ("bytes_control", "KB control", ".2f:KB"),
         ("interactions_per_node", "interactions/node", ".1f"),
-        ("staleness_mean", "staleness (steps)", ".2f"),
+        ("staleness_mean", "staleness (age of copy read, steps)", ".2f"),
         ("decode_failures", "decode failures", "d"),
         ("comm_fraction", "comm fraction", ".3f"),
         ("serve_seconds", "serve s/node", ".3f"),

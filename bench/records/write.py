@@ -61,6 +61,7 @@ SUMMARY_COLUMNS = [
     "bytes_eval",
     "interactions_per_node",
     "staleness_mean",
+    "step_lag",
     "decode_failures",
     "quantizer",
     "dataset",
@@ -291,9 +292,14 @@ def _derive(r, nodes: int) -> dict[str, Any]:
     fails = final("decode_failures")
     if fails is not None:
         out["decode_failures"] = int(fails["value"].sum())
-    stale, reads = final("algo_staleness_sum"), final("algo_reads")
+    # Staleness: the age of the copy read (owner's live step at read time - the copy's stamp), over all reads.
+    stale, reads = final("staleness_sum"), final("staleness_reads")
     if stale is not None and reads is not None and reads["value"].sum() > 0:
         out["staleness_mean"] = float(stale["value"].sum() / reads["value"].sum())
+    # Step lag: the reader's steps minus the partner's steps at publication (relative progress; may be negative).
+    lag, reads = final("algo_step_lag_sum"), final("algo_reads")
+    if lag is not None and reads is not None and reads["value"].sum() > 0:
+        out["step_lag"] = float(lag["value"].sum() / reads["value"].sum())
     sent = r[r["metric"] == "comm_bytes_sent"]
     if not sent.empty:
         by_kind = sent.groupby("kind")["value"].sum()

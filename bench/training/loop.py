@@ -222,6 +222,7 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
     algo.after_backward(step)
     with clock.compute(), comm.exclusive():
         node.optimizer.step()
+        comm.set_step(step + 1)  # the live model's step count, which peers' reads measure staleness against
     algo.after_step(step)
     return loss
 
@@ -252,6 +253,8 @@ def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[flo
         for key in ("bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "seconds"):
             record(f"comm_{key}", float(s[key]), None, step, kind=kind)
     record("serve_seconds", float(comm.stats.serve_seconds), None, step)
+    record("staleness_sum", float(comm.stats.staleness_sum), None, step)
+    record("staleness_reads", float(comm.stats.staleness_reads), None, step)
     for key, value in cell.algo.counters.items():
         record(f"algo_{key}", float(value), None, step)
     record("local_steps", float(cell.algo.local_steps()), None, step)
