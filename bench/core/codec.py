@@ -797,18 +797,6 @@ class Codec:
         hdr = HEADER_BYTES_PER_BUCKET * self.num_buckets(n)
         return msg[:hdr].view(torch.int32).view(-1, 2), msg[hdr:]
 
-    def warm_up(self) -> None:
-        """Load (or compile, the first time on a machine) the CPU kernels of this configuration now: run before
-        the training clock starts, so that no algorithm's timed steps pay for it. Uses a private generator, so
-        no random stream of the run moves."""
-        if self.cfg.bits == 32:
-            return
-        x = torch.linspace(-1.0, 1.0, 2 * self.cfg.bucket + 3)
-        for generator in (None, torch.Generator().manual_seed(0)):
-            if generator is None and self.cfg.quantizer == "uniform":
-                continue  # uniform always rounds stochastically: without a generator it would draw from torch's
-            self.decode(self.encode(x, generator=generator), x.numel(), torch.zeros_like(x))
-
     # ---- encode ----------------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -198,8 +198,6 @@ def setup_cell(
     """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine)."""
     algo_cls = ALGORITHMS[algorithm]
     codec = make_codec(cfg) if algo_cls.quantizable else None
-    if codec is not None:
-        codec.warm_up()  # kernel loading (or a first compile) is not training time
     comm.start_cell(codec, cfg.seed)
     node = make_node(cfg, dataset, rank, comm, clock, device)
     scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
