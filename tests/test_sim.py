@@ -601,3 +601,32 @@ def test_staleness_is_the_age_of_the_copy_read_in_the_cluster():
     assert len(expected) > 100 and max(expected) > 0
     assert sum(c.stats.staleness_sum for c in cluster.comms) == sum(expected)
     assert sum(c.stats.staleness_reads for c in cluster.comms) == len(expected)
+
+
+def test_evaluation_cannot_change_training(tmp_path):
+    """Every algorithm, stragglers on: evaluating every epoch or only the last gives the same training trajectory
+    (losses, elapsed times, step times, bytes) and the same final metrics; evaluation never synchronizes nodes."""
+
+    def run(eval_every: int) -> pd.DataFrame:
+        out = tmp_path / f"e{eval_every}"
+        r = _invoke(
+            "--engine", "sim", "--nodes", 5, "--dataset", "digits", "--epochs", 3, "--set", f"eval_every={eval_every}",
+            "--straggler-p", 0.2, "--straggler-k", 5, "--speed-sigma", 0.3, "--out", out,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        return pd.read_json(out / "records.jsonl", lines=True).drop(columns=["run_id"])
+
+    every, last = run(1), run(3)
+    assert set(every["algorithm"]) == set(ALGORITHMS)
+    evaluation = {"node_acc", "node_loss", "eval_seconds", "test_acc", "test_loss", "consensus_distance"}
+
+    def training(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[~df["metric"].isin(evaluation) & (df.get("kind") != "eval")]
+        return df.sort_values(["algorithm", "metric", "rank", "epoch", "kind"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(training(every), training(last))
+    assert (every["metric"] == "train_seconds").sum() == len(ALGORITHMS) * 5 * 3
+    final = ["algorithm", "rank", "metric", "epoch"]
+    ev_last = last[last["metric"].isin(evaluation - {"eval_seconds"})].sort_values(final).reset_index(drop=True)
+    ev_every = every[every["metric"].isin(evaluation - {"eval_seconds"}) & (every["epoch"] == 3)]
+    pd.testing.assert_frame_equal(ev_every.sort_values(final).reset_index(drop=True), ev_last)

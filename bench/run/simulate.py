@@ -34,6 +34,7 @@ from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
 from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame
 from bench.run.outcome import check_out_dir, statuses_for
+from bench.training.loop import evaluated_epochs
 
 
 def prepare(cfg):
@@ -43,7 +44,7 @@ def prepare(cfg):
     dataset = eval_subset(cfg, load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, cfg.download))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    check_memory(n_params, max(series))
+    check_memory(n_params, max(series), evaluated_epochs(cfg.epochs, cfg.eval_every))
     policy = resolve_shards(cfg, dataset, series)
     costs: dict[int, CostModel] = {}
     by_threads: dict[int, CostModel] = {}
@@ -69,7 +70,9 @@ def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
         "shards": policy,
-        "memory_estimate_bytes": estimate_bytes(n_params, max(series or (cfg.nodes,))),
+        "memory_estimate_bytes": estimate_bytes(
+            n_params, max(series or (cfg.nodes,)), evaluated_epochs(cfg.epochs, cfg.eval_every)
+        ),
         "model_parameters": n_params,
         "eval_samples": len(dataset.y_test),
         "torch_threads": 1,

@@ -2,7 +2,9 @@
 
 Both engines call `run_cell` for every node; the only engine-specific things it touches are `node.comm`
 and `node.clock`. Timing uses the node's clock, so the same loop yields wall seconds on real processes and
-virtual seconds in the simulator. Evaluation (and its traffic, kind "eval") is kept out of training time.
+virtual seconds in the simulator. Evaluation never touches training: at an evaluated epoch's end a node copies
+its model (a `Snapshot`, no communication, no barrier) and goes on; the snapshots are evaluated after the last
+step (their traffic is kind "eval"), so the trajectory is the same whatever `eval_every` is.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def make_codec(cfg: RunConfig) -> Codec | None:
     return Codec(CodecConfig(bits=cfg.bits, quantizer=cfg.quantizer, eps=eps, bucket=cfg.bucket))
 
 
+def evaluated_epochs(epochs: int, eval_every: int) -> int:
+    """How many epochs are evaluated (every `eval_every`-th and the last): the snapshots a node keeps."""
+    return epochs // eval_every + (epochs % eval_every != 0)
+
+
 def node_seed(seed: int, rank: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, rank, purpose)."""
     return (seed * 1_000_003 + rank * 7_919 + stream * 104_729) % (2**63 - 1)
@@ -112,27 +119,55 @@ def _evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
     return loss_sum, correct
 
 
-def evaluate(node: Node, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """Own model on the whole test set; the average of all models on this node's slice; consensus distance.
+@dataclass
+class Snapshot:
+    """A node's model as it stood when it finished an evaluated epoch (CPU copies, evaluated after training)."""
 
-    Collective: every node must call it at the same point. Traffic is counted as kind "eval".
+    epoch: int
+    step: int
+    params: torch.Tensor
+    buffers: torch.Tensor  # the floating-point buffers (BatchNorm statistics), flattened
+
+
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+def take_snapshot(node: Node, epoch: int, step: int) -> Snapshot:
+    """Copy the node's model under its model lock; nothing is sent and no peer waits."""
+    with node.comm.exclusive():
+        params = node.params.detach().to("cpu", copy=True)
+        bufs = _float_buffers(node.model)
+        flat = torch.cat([b.detach().reshape(-1).cpu() for b in bufs]) if bufs else torch.zeros(0)
+    return Snapshot(epoch, step, params, flat)
+
+
+def _load(model: torch.nn.Module, params: torch.Tensor, buffers: torch.Tensor) -> None:
+    torch.nn.utils.vector_to_parameters(params, model.parameters())
+    offset = 0
+    for b in _float_buffers(model):
+        b.copy_(buffers[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def evaluate(comm: Comm, snap: Snapshot, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """One snapshot: the node's own model on the whole test set; the average of every node's snapshot of the
+    same epoch on this node's slice of the test set; the consensus distance.
+
+    Collective over the snapshots of one epoch (every node calls it for the same epochs, in order), run after
+    training: it never synchronizes or delays training. Traffic is counted as kind "eval".
     """
-    comm, n, r = node.comm, node.size, node.rank
-    with comm.exclusive():
-        own_loss, own_correct = _evaluate_model(node.model, x, y)
-        mine = node.params.detach().clone()
-        buffers = [b for b in node.model.buffers() if b.is_floating_point()]
-        flat_buf = torch.cat([b.reshape(-1) for b in buffers]) if buffers else torch.zeros(0, device=mine.device)
+    n, r = comm.size, comm.rank
+    device = x.device
+    mine = snap.params.to(device)
+    _load(scratch, mine, snap.buffers.to(device))
+    own_loss, own_correct = _evaluate_model(scratch, x, y)
     avg = mine.clone()
     comm.allreduce_mean(avg, "eval")
+    flat_buf = snap.buffers.to(device)
     if flat_buf.numel():
         comm.allreduce_mean(flat_buf, "eval")  # BatchNorm statistics of the averaged model
-    sp, _ = flatten_model(scratch)
-    sp.copy_(avg)
-    offset = 0
-    for b in (b for b in scratch.buffers() if b.is_floating_point()):
-        b.copy_(flat_buf[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+    _load(scratch, avg, flat_buf)
     xs, ys = x[r::n], y[r::n]
     avg_loss, avg_correct = _evaluate_model(scratch, xs, ys)
     # One small allreduce gathers every node's own accuracy and the slices of the averaged model's score.
@@ -141,11 +176,10 @@ def evaluate(node: Node, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     vec[n] = float((mine - avg).pow(2).sum())
     vec[n + 1], vec[n + 2], vec[n + 3] = avg_correct, len(ys), avg_loss
     comm.allreduce_sum(vec, "eval")
-    node_accs = vec[:n].tolist()
     return {
         "node_acc": own_correct / len(y),
         "node_loss": own_loss / len(y),
-        "node_accs": node_accs,
+        "node_accs": vec[:n].tolist(),
         "consensus_distance": float(vec[n]) / n,
         "test_acc": float(vec[n + 1] / vec[n + 2]),
         "test_loss": float(vec[n + 3] / vec[n + 2]),
@@ -227,17 +261,18 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
     return loss
 
 
-def evaluate_epoch(cell: Cell, record: Recorder, clock: Clock, epoch: int, step: int, total_steps: int) -> None:
-    """Per-node and (rank 0) averaged-model accuracy, loss and consensus distance after an epoch."""
+def evaluate_snapshot(cell: Cell, record: Recorder, clock: Clock, snap: Snapshot, total_steps: int) -> None:
+    """Per-node and (rank 0) averaged-model accuracy, loss and consensus distance of one epoch's snapshots."""
     t_eval = clock.now()
-    ev = evaluate(cell.node, cell.scratch, cell.x_test, cell.y_test)
+    ev = evaluate(cell.node.comm, snap, cell.scratch, cell.x_test, cell.y_test)
+    epoch, step = snap.epoch, snap.step
     record("node_acc", ev["node_acc"], epoch, step)
     record("node_loss", ev["node_loss"], epoch, step)
     record("eval_seconds", clock.now() - t_eval, epoch, step)
     if record.rank == 0:
         for key in ("test_acc", "test_loss", "consensus_distance"):
             record(key, ev[key], epoch, step, scope="global")
-        record.progress(step, total_steps, epoch=epoch, test_acc=ev["test_acc"])
+        record.progress(total_steps, total_steps, epoch=epoch, test_acc=ev["test_acc"])
 
 
 def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[float], step: int, batch: int) -> None:
@@ -283,12 +318,13 @@ def run_cell(
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     comm.fence()  # every node starts the clock together
-    step, train_seconds = 0, 0.0
+    t_start = clock.now()
+    step, off_clock = 0, 0.0
     step_times: list[float] = []
+    snapshots: list[Snapshot] = []
     total_steps = cfg.epochs * shards.steps_per_epoch
     for epoch in range(1, cfg.epochs + 1):
         loss_sum = torch.zeros((), device=device)
-        t_epoch = clock.now()
         for _ in range(shards.steps_per_epoch):
             t_step = clock.now()
             loss = train_step(cell, dataset, step, comm, clock)
@@ -297,18 +333,24 @@ def run_cell(
             step_times.append(clock.now() - t_step)
             if rank == 0 and (step % 10 == 0 or step == total_steps):
                 record.progress(step, total_steps)
-        train_seconds += clock.now() - t_epoch
         if epoch == cfg.epochs:
             cell.algo.finish()
+        # Elapsed training time since the common start (waits included, snapshot copies excluded): the slowest
+        # node's value is the cluster's elapsed training time.
+        record("train_seconds", clock.now() - t_start - off_clock, epoch, step)
         record("train_loss", float(loss_sum) / shards.steps_per_epoch, epoch, step)
-        record("train_seconds", train_seconds, epoch, step)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            evaluate_epoch(cell, record, clock, epoch, step, total_steps)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:  # `evaluated_epochs` counts them
+            t_snap = clock.now()
+            snapshots.append(take_snapshot(cell.node, epoch, step))
+            off_clock += clock.now() - t_snap
     if not math.isfinite(float(loss_sum)):
         record("diverged", 1.0, cfg.epochs, step)
     # Nobody leaves (and stops serving reads) while a peer still needs it; after this barrier no request is
     # in flight, so the counters below include what our responder served to late readers.
     comm.fence()
     comm.finish_cell()
+    # Evaluation only now, from the snapshots: no collective at epoch ends, so it cannot change training.
+    for snap in snapshots:
+        evaluate_snapshot(cell, record, clock, snap, total_steps)
     record_totals(cell, record, comm, step_times, step, cfg.batch_size)
     return cell.node

@@ -427,9 +427,10 @@ def eval_subset(cfg, dataset):
     return dataclasses.replace(dataset, x_test=dataset.x_test[:k], y_test=dataset.y_test[:k])
 
 
-def estimate_bytes(n_params: int, nodes: int) -> int:
-    """Memory the simulator needs for `nodes` nodes of an n_params model (see MODEL_COPIES)."""
-    return nodes * (MODEL_COPIES * 4 * n_params + NODE_OVERHEAD_BYTES)
+def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1) -> int:
+    """Memory the simulator needs for `nodes` nodes of an n_params model (see MODEL_COPIES) that keep
+    `snapshots` model copies for evaluation after training (one per evaluated epoch; MODEL_COPIES holds one)."""
+    return nodes * ((MODEL_COPIES + max(0, snapshots - 1)) * 4 * n_params + NODE_OVERHEAD_BYTES)
 
 
 def available_bytes() -> int | None:
@@ -443,13 +444,14 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_memory(n_params: int, nodes: int) -> int:
-    need = estimate_bytes(n_params, nodes)
+def check_memory(n_params: int, nodes: int, snapshots: int = 1) -> int:
+    need = estimate_bytes(n_params, nodes, snapshots)
     have = available_bytes()
     if have is not None and need > have:
+        fewer = ", fewer evaluated epochs (--eval-every)" if snapshots > 1 else ""
         raise UserError(
             f"{nodes} simulated nodes of a {n_params:,}-parameter model need about {need / 2**30:.1f} GiB, "
-            f"more than the {have / 2**30:.1f} GiB available: use fewer nodes or a smaller model"
+            f"more than the {have / 2**30:.1f} GiB available: use fewer nodes{fewer} or a smaller model"
         )
     return need
 

@@ -12,7 +12,7 @@ So host calibration measures every cost *in situ*: it starts N real processes th
 
 - compute: the real training loop (`bench.training.loop.run_cell`) on each rank's real comm, for a cell that sends
   nothing while it trains (local SGD that never averages), timed exactly as a real run is timed (the slowest
-  rank's training seconds / steps) with its epochs and evaluation fences. The cost model takes fb and update as
+  rank's training seconds / steps) with its epochs and end-of-epoch snapshots. The cost model takes fb and update as
   these means over max(1, N / cores) — the simulator's processor sharing multiplies that back whenever more
   nodes than cores compute at once — and the distribution of the step times as its jitter table;
 - operations: every rank runs the loop "one SGD step (the model lock held over each compute section, as in
@@ -157,7 +157,7 @@ def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
 def _compute_cell(cfg, dataset, rank: int, comm) -> dict[str, Any]:
     """The real training loop (`run_cell`) on this rank's real comm, for a cell that communicates nothing while
     it trains (local SGD that never averages): compute timed exactly as a real run times it, with its epochs,
-    its evaluation fences and the N ranks sharing the cores."""
+    its end-of-epoch snapshots and the N ranks sharing the cores."""
     import dataclasses
 
     import torch
