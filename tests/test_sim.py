@@ -388,6 +388,9 @@ def test_calibration_measures_sane_step_times():
     assert torch.get_num_threads() == threads
     cost = calibrate.resolve(cfg, load_dataset("digits", 0), nodes=4)
     assert cost.compute == "calibrated" and cost.fb_seconds > 0 and cost.calibration_threads == 1
+    ops = {op: (fixed, per) for op, fixed, per in cost.work}
+    assert {"copy", "average", "encode lattice 8", "decode uniform 4"} <= set(ops)
+    assert all(fixed >= 0 and per >= 0 for fixed, per in ops.values()) and ops["encode lattice 8"][1] > 0
 
 
 def test_scaling_series(tmp_path):
@@ -630,3 +633,49 @@ def test_evaluation_cannot_change_training(tmp_path):
     ev_last = last[last["metric"].isin(evaluation - {"eval_seconds"})].sort_values(final).reset_index(drop=True)
     ev_every = every[every["metric"].isin(evaluation - {"eval_seconds"}) & (every["epoch"] == 3)]
     pd.testing.assert_frame_equal(ev_every.sort_values(final).reset_index(drop=True), ev_last)
+
+
+def test_comm_work_is_charged_where_the_real_engine_does_it():
+    """Copies, codec and averaging arithmetic cost what the profile says, on the worker's own clock or, when it
+    serves a peer, as its service time (serve_seconds) that the peer waits for."""
+    from bench.core.codec import Codec, CodecConfig
+
+    numel = 1000
+    work = (
+        ("copy", 1e-3, 0.0),
+        ("average", 2e-3, 0.0),
+        ("encode lattice 8", 4e-3, 0.0),
+        ("decode lattice 8", 0.0, 8e-6),
+    )
+    cluster = _cluster(3, work=work, latency_us=1e-6, bandwidth_gbps=1e9)  # a free network: only work takes time
+    codec = Codec(CodecConfig(bits=8, eps=1e-3))
+    t = {}
+
+    def body(rank: int) -> None:
+        comm = cluster.comms[rank]
+        comm.start_cell(codec, 0)
+        x = torch.zeros(numel)
+        comm.publish(x, stamp=0) if rank == 2 else comm.expose(x)
+        comm.fence()
+        start = comm._now()
+        if rank == 0:  # average with rank 1: copy, encode, decode mine and theirs, arithmetic, each side
+            comm.average_with(1, "model")
+            t["average"] = comm._now() - start
+        if rank == 2:  # publishing copies the model; rank 1 reads this copy below
+            comm.publish(x, stamp=1)
+            t["publish"] = comm._now() - start
+        comm.fence()
+        if rank == 1:  # the first read of rank 2's copy: rank 2 encodes it (service), rank 1 decodes it
+            start = comm._now()
+            comm.read(2, "model", x)
+            t["read"] = comm._now() - start
+        comm.fence()
+
+    cluster.run(body)
+    own = 1e-3 + 4e-3 + 2 * 8e-3 + 2e-3  # copy, encode, two decodes, average
+    assert t["average"] == pytest.approx(2 * own, rel=1e-6)  # the initiator's work, then waits for the partner's
+    assert cluster.comms[1].stats.serve_seconds == pytest.approx(own, rel=1e-6)
+    assert t["publish"] == pytest.approx(1e-3, rel=1e-6)  # a copy; encoded only when read
+    assert t["read"] == pytest.approx(4e-3 + 8e-3, rel=1e-3)  # the owner's encode (waited for) + own decode
+    assert cluster.comms[2].stats.serve_seconds == pytest.approx(4e-3, rel=1e-6)
+    assert cluster.comms[0].stats.serve_seconds == 0

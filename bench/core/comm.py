@@ -152,6 +152,7 @@ class Comm:
         self.live_step = 0  # steps this node's live model has taken (the training loop sets it: `set_step`)
         self.model_numel = 0  # coordinates of the model this node publishes or exposes (sizes codec costs)
         self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
+        self._service = 0  # > 0 while working for a peer (`_serving`)
 
     # ---- the interface algorithms use -------------------------------------------------------------
     def neighbors(self) -> tuple[int, ...]:
@@ -193,7 +194,9 @@ class Comm:
         with self._timed("publish"):
             self._publishes += 1
             seed = (self._cell_seed * 1_000_003 + self.rank * 7_919 + self._publishes) % (2**63 - 1)
-            self._publish(Copy(t.detach().to("cpu", dtype=torch.float32, copy=True), stamp, seed))
+            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
+            self._work("copy", t.numel())
+            self._publish(Copy(raw, stamp, seed))
 
     def blob_of(self, copy: Copy) -> torch.Tensor:
         """The message a reader of `copy` receives (stamp + encoded model), encoded on first use and kept."""
@@ -239,12 +242,14 @@ class Comm:
         with self._timed(kind):
             with self._model_lock:
                 snap = self._live.detach().to("cpu", copy=True)
+            self._work("copy", snap.numel())
             msg = self._encode(snap)
             mine = self._decode(msg, snap) if self.codec is not RAW else snap
             reply = self._average_with(peer, msg)
             theirs = self._decode(reply, snap)
             with self._model_lock:
                 self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+            self._work("average", snap.numel())
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
             self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
 
@@ -254,10 +259,12 @@ class Comm:
             raise RuntimeError(f"rank {self.rank} was asked to average before it exposed its model")
         with self._model_lock, self._serving():
             old = self._live.detach().to("cpu", copy=True)
+            self._work("copy", old.numel())
             reply = self._encode(old)
             mine = self._decode(reply, old) if self.codec is not RAW else old
             theirs = self._decode(msg, old)
             self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+            self._work("average", old.numel())
         self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
         self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
         return reply
@@ -307,16 +314,23 @@ class Comm:
     # ---- codec ------------------------------------------------------------------------------------
     def _encode(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         t = t.detach()
+        self._work("encode", t.numel())
         if self.codec is RAW:
             return t.to("cpu", copy=True).view(torch.uint8)
         return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._gen)
 
     def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        self._work("decode", reference.numel())
         if self.codec is RAW:
             return msg.clone().view(torch.float32).to(reference.device)
         out, failures = self.codec.decode(msg, reference.numel(), reference.detach().to("cpu", torch.float32))
         self.decode_failures += failures
         return out.to(reference.device)
+
+    def _work(self, op: str, numel: int) -> None:
+        """The comm layer just did CPU work on `numel` coordinates: "copy", "average" (the pairwise-average
+        arithmetic), "encode" or "decode" with the cell's codec. Real engines: their clocks already measured it.
+        The simulator charges it (`SimComm`): to the node's clock, or to its service when `_service` is set."""
 
     # ---- engine hooks: move bytes -----------------------------------------------------------------
     def _allreduce_sum(self, t: torch.Tensor) -> None:
@@ -349,11 +363,13 @@ class Comm:
     @contextlib.contextmanager
     def _serving(self):
         """Times work done for a peer (serve_seconds). In the simulator the node's clock does not move here, so
-        this adds 0 and the cluster charges the modelled cost itself (`Cluster.codec_seconds`)."""
+        this adds 0: `_work` collects the modelled cost and the cluster charges it (`SimComm.take_service`)."""
         start = self._now()
+        self._service += 1
         try:
             yield
         finally:
+            self._service -= 1
             self.stats.add_serve(self._now() - start)
 
 

@@ -26,7 +26,7 @@ from bench.core.codec import BITS, Codec, CodecConfig, suggest_eps
 from bench.core.comm import TorchComm
 from bench.core.topology import build_topology
 from bench.engine.sim import cluster as sim
-from bench.engine.sim.costmodel import CostModel, measure_step, shape_key
+from bench.engine.sim.costmodel import CostModel, measure_step, measure_work, shape_key
 from bench.run.checks import resolve
 from bench.run.orchestrate import execute
 from bench.run.simulate import prepare
@@ -269,7 +269,8 @@ PROFILE_CASES = [
 
 def bench_sim_profile(ctx: BenchContext) -> list[Row]:
     """A compute profile for the simulator, measured here: per (model, input shape) the forward/backward time at
-    batches 8, 32 and 128 and the optimizer update's time, in milliseconds.
+    batches 8, 32 and 128 and the optimizer update's time, in milliseconds; then the comm layer's work (copy,
+    averaging arithmetic, encode/decode per quantizer and width) as fixed microseconds + nanoseconds per coordinate.
 
     One torch thread on the CPU (a node = one core). Each point is the smallest of 3 medians of ``--repeats``
     steps, so other tenants of a shared machine inflate it less. The rows are what `COMPUTE_PROFILES` takes.
@@ -299,6 +300,8 @@ def bench_sim_profile(ctx: BenchContext) -> list[Row]:
                     "update ms": 1e3 * min(ups),
                 }
             )
+        for op, fixed, per in measure_work(repeats=ctx.repeats, device=str(ctx.device)):
+            rows.append({"bench": "sim-profile work", "op": op, "fixed us": fixed * 1e6, "ns/coord": per * 1e9})
     finally:
         torch.set_num_threads(threads)
     return rows

@@ -21,6 +21,7 @@ from bench.engine.sim.costmodel import (
     NETWORK_PROFILES,
     CostModel,
     SectionTimer,
+    measure_work,
     node_threads,
     shape_key,
 )
@@ -58,11 +59,14 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
             measured=host["measured"],
             jitter=host["jitter"],
         )
+    work = COMPUTE_PROFILES[cfg.compute_profile].work
     if cfg.step_time is not None:
         compute, fb, update = "step-time", float(cfg.step_time), 0.0
     elif cfg.calibrate == "node":
         threads = node_threads(cfg, nodes)
         fb, update = calibrate(cfg, dataset, threads)
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
+        work = tuple(calibrate_work(sum(p.numel() for p in model.parameters()), threads))
         compute = "calibrated"
     else:
         profile = COMPUTE_PROFILES[cfg.compute_profile]
@@ -90,6 +94,7 @@ def resolve(cfg, dataset, nodes: int) -> CostModel:
         shared_cores=cfg.shared_cores,
         calibration_threads=threads,
         calibration=cfg.calibrate,
+        work=work,
         **_hosts(cfg),
     )
 
@@ -107,17 +112,41 @@ def _hosts(cfg) -> dict[str, Any]:
     }
 
 
+def calibrate_work(numel: int, threads: int = 1) -> list[tuple[str, float, float]]:
+    """`--calibrate node`: the comm layer's copies, averaging and codec work timed here (`measure_work`) at the
+    model's size and a sixteenth of it."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure_work(repeats=10, sizes=(max(1024, numel // 16), max(2048, numel)))
+    finally:
+        torch.set_num_threads(saved)
+
+
 def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
     """`--calibrate`: (forward/backward, update) seconds per step, timed here with `threads` torch threads by running
-    the real training loop (`bench.training.loop.run_cell`, the run's first algorithm) for one node on its own.
+    the real training loop (`bench.training.loop.run_cell`) for one node on its own, the same cell for every
+    algorithm: local SGD that never averages, so that no algorithm's comm-layer work is in the step (that work is
+    charged per operation, `calibrate_work`, for every algorithm alike).
 
     update = the median optimizer-update section; forward/backward = the median step minus that, i.e. the
-    forward/backward section plus the loop's own per-step work (sampling the batch, bookkeeping, the algorithm's
-    local hooks), which the real engine pays as well. No communication happens on a single node.
+    forward/backward section plus the loop's own per-step work (sampling the batch, bookkeeping), which the real
+    engine pays as well. No communication happens on a single node.
     """
     import torch
 
-    one = dataclasses.replace(cfg, nodes=1, node_series=(), epochs=1, topology="complete", degree=None)
+    one = dataclasses.replace(
+        cfg,
+        nodes=1,
+        node_series=(),
+        epochs=1,
+        topology="complete",
+        degree=None,
+        algorithms=("local_sgd",),
+        algo_options=(("local_sgd", (("local_steps", 10**9),)),),
+    )
     steps = max(WARMUP_STEPS + 5, min(CALIBRATION_STEPS, len(dataset.y_train) // cfg.batch_size))
     shards = Shards(indices=[torch.arange(len(dataset.y_train))], steps_per_epoch=steps)
     few = dataclasses.replace(dataset, x_test=dataset.x_test[:100], y_test=dataset.y_test[:100])
@@ -133,7 +162,7 @@ def calibrate(cfg, dataset, threads: int = 1) -> tuple[float, float]:
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        run_cell(one, cfg.algorithms[0], few, shards, 0, cluster.comms[0], timer, torch.device("cpu"), emit)
+        run_cell(one, "local_sgd", few, shards, 0, cluster.comms[0], timer, torch.device("cpu"), emit)
     finally:
         torch.set_num_threads(saved)
     update = statistics.median(timer.sections[1][WARMUP_STEPS:])

@@ -34,7 +34,7 @@ import torch
 from bench.base.errors import UserError
 from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm, Copy
 from bench.core.topology import build_topology
-from bench.engine.sim import costmodel
+from bench.engine.sim import collectives, costmodel
 from bench.engine.sim.costmodel import CostModel
 from bench.training.loop import Shards, make_shards, node_seed, run_cell
 
@@ -88,7 +88,7 @@ class Cluster:
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
         self.allreduce_used: dict[int, str] = {}  # message bytes -> the allreduce algorithm the cost model chose
-        speeds = cost.speed_factors(seed, nodes)
+        speeds = self.speeds = cost.speed_factors(seed, nodes)
         self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
         self.clocks = [
             SimClock(
@@ -149,15 +149,6 @@ class Cluster:
         del self._blocked[rank]
         self.clock[rank] = t
         heapq.heappush(self._heap, (t, rank))
-
-    # ---- codec ----
-    def codec_seconds(self, numel: int) -> float:
-        """Modelled seconds to encode (or decode) one model message of `numel` coordinates on one node: the one
-        place where the simulator charges codec work. Zero for now (no per-coordinate codec cost in the cost
-        model yet); every site that encodes or decodes where the real engine does charges it through here: a
-        read's owner encoding a copy on its first read (lazy publish: its serve_seconds, and the reader waits for
-        it), an average's partner (its serve_seconds, and the initiator waits for it)."""
-        return 0.0
 
     # ---- links ----
     def p2p(self, src: int, dst: int, nbytes: int, t: float) -> float:
@@ -252,12 +243,11 @@ class Cluster:
         copy = self.published[peer]  # as of this instant: every earlier event has run, no later one has
         if copy is None:
             raise RuntimeError(f"rank {rank} read from rank {peer}, which published nothing")
-        fresh = copy.blob is None  # the owner encodes a copy on its first read only (lazy publish)
-        blob = self.comms[peer].serve_read(copy)
+        owner = self.comms[peer]
+        blob = owner.serve_read(copy)  # encodes the copy on its first read only (lazy publish)
         if blob.numel() != nbytes:
             raise RuntimeError(f"rank {rank} read {nbytes} bytes from rank {peer}, which published {blob.numel()}")
-        serve = self.codec_seconds(self.comms[peer].model_numel) if fresh else 0.0
-        self.comms[peer].stats.add_serve(serve)
+        serve = owner.take_service()  # the owner's encoding, if this read was the copy's first
         legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
         if legs is None:
             t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank]) + serve
@@ -273,8 +263,7 @@ class Cluster:
         partner = self.comms[peer]
         reply = partner.serve_average(msg)
         t0 = time.perf_counter()
-        serve = 2 * self.codec_seconds(partner.model_numel)  # the partner encodes its reply, decodes ours
-        partner.stats.add_serve(serve)
+        serve = partner.take_service()  # the partner's copy, encode, decodes and arithmetic under its model lock
         legs = self.cost.one_sided_legs("average", msg.numel())
         t = self.clock[rank]
         if legs is None:
@@ -297,12 +286,18 @@ class SimComm(Comm):
         clock = cluster.clock
         super().__init__(rank, size, topology, lambda: clock[rank])
         self._cluster = cluster
+        self._codec_key: tuple[str | None, int] = (None, 32)
+        self._pending = 0.0
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         c = self._cluster
         nbytes = t.numel() * t.element_size()
         algorithm, seconds = c.cost.allreduce_choice(nbytes, c.n)
         c.allreduce_used[nbytes] = algorithm
+        # The reduction's additions (comm-layer work, "reduce"), as each node of that algorithm performs them.
+        name = algorithm.removeprefix("hierarchical(").rstrip(")")
+        adds = collectives.reduced_coordinates(name, c.n) * t.numel()
+        seconds += c.cost.work_seconds("reduce", round(adds)) if adds else 0.0
         c.collective(self.rank, "allreduce", t, seconds)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -321,6 +316,31 @@ class SimComm(Comm):
     def _barrier(self) -> None:
         c = self._cluster
         c.collective(self.rank, "barrier", None, c.cost.barrier_seconds(c.n))
+
+    # ---- comm-layer work (copies, averaging arithmetic, codec) ----
+    def start_cell(self, codec=None, seed: int = 0) -> None:
+        super().start_cell(codec, seed)
+        self._codec_key = (self.codec.cfg.quantizer, self.codec.cfg.bits)
+        self._pending = 0.0
+
+    def _work(self, op: str, numel: int) -> None:
+        c = self._cluster
+        seconds = c.cost.work_seconds(costmodel.work_op(op, *self._codec_key), numel) * c.speeds[self.rank]
+        if seconds <= 0:
+            return
+        if self._service:  # working for a peer, at the peer's instant: the cluster charges it (`take_service`)
+            self._pending += seconds
+            return
+        t = c.clock[self.rank] + seconds
+        c.cpu_until[self.rank] = max(c.cpu_until[self.rank], t)  # busy on a core (processor sharing)
+        c.pause(self.rank, t)
+
+    def take_service(self) -> float:
+        """Seconds of work done for a peer since the last call (added to this node's serve_seconds): the peer waits
+        for it."""
+        seconds, self._pending = self._pending, 0.0
+        self.stats.add_serve(seconds)
+        return seconds
 
 
 class SimClock:

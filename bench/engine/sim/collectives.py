@@ -117,3 +117,15 @@ def allreduce(
     inside = 2 * ((g - 1) * intra.latency + (g - 1) / g * n * intra.per_byte)
     name, between = flat(n, hosts, network, algorithm)
     return f"hierarchical({name})", inside + between
+
+
+def reduced_coordinates(algorithm: str, p: int) -> float:
+    """Additions per coordinate of the message that one node performs in an allreduce (the gamma term of Thakur,
+    Rabenseifner and Gropp 2005): (p - 1) / p for the reduce-scatter based algorithms (ring, Rabenseifner, NCCL's
+    pipelined trees, whose reductions are spread over the nodes), log2 p for recursive doubling and at the root
+    of a binomial tree (whole vectors at every level)."""
+    if p <= 1:
+        return 0.0
+    if algorithm in ("recursive_doubling", "binomial_tree"):
+        return math.ceil(math.log2(p))
+    return (p - 1) / p

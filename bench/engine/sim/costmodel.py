@@ -31,6 +31,13 @@ Network. Every node has one full-duplex link of bandwidth B (bytes/s) and latenc
 A one-sided read is a 32-byte request then the (8 + m)-byte reply; an atomic pairwise average is a
 (32 + m)-byte request then an m-byte reply.
 
+Work of the comm layer. Copying a model, the averaging arithmetic, an allreduce's additions (the gamma term of Thakur,
+Rabenseifner and Gropp 2005: `collectives.reduced_coordinates`) and encoding/decoding each wire format cost
+`fixed + per_coordinate * numel` seconds (`WORK`, per profile, measured by `sim-profile`), times speed_r, charged
+by `SimComm` wherever `bench.core.comm.Comm` does that work: on the node's own clock when it works for itself
+(publish, read, exchange, average), as the partner's service time when it serves a peer (the reader or initiator
+waits for it, and it counts in the partner's serve_seconds).
+
 Nothing here reads a wall clock except `calibrate` and `measure_step` (the profile benchmark), which exist to time
 real steps. The module imports no torch at import time: the CLI lists its profiles.
 """
@@ -72,6 +79,7 @@ class ComputeProfile:
     description: str  # one line for --help and the README
     source: str  # where the numbers come from
     steps: dict[tuple[str, str], StepCost]  # (model, input shape "1x28x28") -> cost
+    work: tuple[tuple[str, float, float], ...] = ()  # comm-layer work: (op, fixed s, s per coordinate), `_work`
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,23 @@ def _steps(rows: str) -> dict[tuple[str, str], StepCost]:
         points = tuple((b, float(ms) / 1e3) for b, ms in zip((8, 32, 128), (b8, b32, b128), strict=True))
         out[(model, shape)] = StepCost(points, float(update) / 1e3)
     return out
+
+
+def work_op(op: str, quantizer: str | None, bits: int) -> str:
+    """The `WORK` key of a codec operation: raw float32 (bits 32) is a copy each way."""
+    if op in ("encode", "decode") and bits != 32 and quantizer:
+        return f"{op} {quantizer} {bits}"
+    return "copy" if op in ("encode", "decode") else op
+
+
+def _work(rows: str) -> tuple[tuple[str, float, float], ...]:
+    """'op [quantizer bits] fixed_us ns_per_coordinate' per line (as `sim-profile` prints them) ->
+    (op key, fixed seconds, seconds per coordinate)."""
+    out = []
+    for line in rows.strip().splitlines():
+        *op, fixed_us, ns = line.split()
+        out.append((" ".join(op), float(fixed_us) * 1e-6, float(ns) * 1e-9))
+    return tuple(out)
 
 
 # `python -m bench.diagnostics.benchmarks sim-profile --repeats 20`: per point the smallest of the medians of two
@@ -128,12 +153,40 @@ _H200 = _steps(
     """
 )
 
+# `python -m bench.diagnostics.benchmarks sim-profile --repeats 20` (its "work" rows): op, fixed microseconds,
+# nanoseconds per coordinate; one torch thread, torch 2.14.1, 2026-12-03, on the dev VM with other jobs running
+# (an upper bound of the quiet machine's costs).
+_VM_CORE_WORK = _work(
+    """
+    copy               2.06    0.371
+    average            0.00    1.469
+    reduce             2.47    0.186
+    encode lattice 2   309.86  5.225
+    decode lattice 2   154.39  11.415
+    encode lattice 4   187.46  5.225
+    decode lattice 4   204.75  7.465
+    encode lattice 8   219.95  4.205
+    decode lattice 8   274.56  6.122
+    encode lattice 16  205.90  5.122
+    decode lattice 16  298.93  5.656
+    encode uniform 2   566.53  7.759
+    decode uniform 2   152.91  0.737
+    encode uniform 4   537.56  6.028
+    decode uniform 4   116.14  0.445
+    encode uniform 8   496.86  5.052
+    decode uniform 8   59.85   0.415
+    encode uniform 16  495.42  6.955
+    decode uniform 16  67.56   0.476
+    """
+)
+
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
         name="vm-core",
         description="one core of a 2-core AMD EPYC (Zen 4) KVM guest, the dev machine; PyTorch CPU, one thread",
         source="measured with `python -m bench.diagnostics.benchmarks sim-profile` on that machine, torch 2.14.1",
         steps=_VM_CORE,
+        work=_VM_CORE_WORK,
     ),
     "h200": ComputeProfile(
         name="h200",
@@ -143,6 +196,9 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
             "torch 2.11.0+cu130"
         ),
         steps=_H200,
+        # The comm layer copies a model to the host and runs the codec there (`bench.core.comm.Comm`), so its work
+        # is host-CPU work; the H200 host's CPU was not profiled: the dev VM core's figures stand in for it.
+        work=_VM_CORE_WORK,
     ),
 }
 
@@ -260,6 +316,17 @@ class CostModel:
     intra_host: str = ""  # profile name of the intra-host link
     intra_bandwidth_gbps: float = 0.0
     intra_latency_us: float = 0.0
+    # The comm layer's own CPU work (copies, averaging arithmetic, codec): (op, fixed seconds, seconds per
+    # coordinate): "copy", "average", "reduce" (an allreduce's additions), "encode Q B", "decode Q B" (`work_op`);
+    # an op missing here costs nothing (--calibrate host measures operations whole, their work included).
+    work: tuple[tuple[str, float, float], ...] = ()
+
+    def work_seconds(self, op: str, numel: int) -> float:
+        """Seconds of one comm-layer operation on `numel` coordinates, one node at speed 1."""
+        for name, fixed, per in self.work:
+            if name == op:
+                return fixed + per * numel
+        return 0.0
 
     @property
     def bandwidth(self) -> float:
@@ -343,6 +410,7 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["work"] = {op: {"fixed_s": a, "s_per_coordinate": b} for op, a, b in self.work}
         out["measured"] = {op: {"alpha_s": a, "beta_s_per_byte": b} for op, a, b in self.measured}
         ar, ex = self.fit("allreduce"), self.fit("exchange")
         out["formulas"] = {
@@ -368,6 +436,7 @@ class CostModel:
                 else "latency + degree * message bytes / bandwidth"
             ),
             "barrier": f"{ar[0]:.6g} (measured allreduce alpha)" if ar else "ceil(log2 N) latency",
+            "comm_work": "fixed + per_coordinate * numel per copy, averaging, encode, decode (times speed_r)",
         }
         for op in ("read", "average"):
             fit = self.fit(op)
@@ -444,6 +513,64 @@ def measure_step(
             fb_times.append(t1 - t0)
             up_times.append(t2 - t1)
     return statistics.median(fb_times), statistics.median(up_times)
+
+
+WORK_SIZES = (16_384, 1 << 20)  # coordinates: the fixed and per-coordinate costs are fitted through these two
+WORK_BITS = (2, 4, 8, 16)
+
+
+def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ...] = WORK_SIZES) -> list[tuple]:
+    """(op, fixed seconds, seconds per coordinate) of every comm-layer operation, timed as `bench.core.comm.Comm`
+    runs them (the codec on the CPU, whatever the model's device): a copy of the model to the host, the averaging
+    arithmetic of a pairwise average, encode and decode of each quantizer and width. Each size is the smallest of 3
+    medians of `repeats` calls; the line through the two sizes gives the fixed and per-coordinate parts."""
+    import time
+
+    import torch
+
+    from bench.core.codec import QUANTIZERS, Codec, CodecConfig, suggest_eps
+
+    def timed(fn) -> float:
+        best = math.inf
+        for _ in range(3):
+            times = []
+            for i in range(repeats + 2):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+            best = min(best, statistics.median(times))
+        return best
+
+    per_size: dict[str, list[float]] = {}
+    for n in sizes:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(n, generator=gen) * 0.05
+        ref = x + (torch.rand(n, generator=gen) * 2 - 1) * 0.02  # a neighbour's model, well inside the radius
+        live, theirs, mine = x.to(device), ref.clone(), x.clone()
+        ops = {
+            "copy": lambda live=live: live.detach().to("cpu", copy=True),
+            "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5)),
+            "reduce": lambda live=live, t=theirs: live.add_(t),
+        }
+        for q in QUANTIZERS:
+            for bits in WORK_BITS:
+                eps = suggest_eps(bits, 0.05) if q == "lattice" else 1e-3
+                codec = Codec(CodecConfig(bits=bits, quantizer=q, eps=eps))
+                msg = codec.encode(x)
+                ops[f"encode {q} {bits}"] = lambda c=codec, x=x: c.encode(x)
+                ops[f"decode {q} {bits}"] = lambda c=codec, m=msg, r=ref, n=n: c.decode(m, n, r)
+        for op, fn in ops.items():
+            per_size.setdefault(op, []).append(timed(fn))
+    (n0, n1), out = sizes[:2], []
+    for op, (t0, t1) in per_size.items():
+        per = max(0.0, (t1 - t0) / (n1 - n0))
+        out.append((op, max(0.0, t0 - per * n0), per))
+    return out
 
 
 class SectionTimer:
