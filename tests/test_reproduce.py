@@ -111,10 +111,9 @@ def test_ci_smoke(tmp_path):
     tex = (tables / "paper_bytes_per_sample.tex").read_text()
     assert "\\toprule" in tex and "2 nodes & 4 nodes & 8 nodes" in tex
     assert (out / "report" / "plots" / "throughput_scaling.png").stat().st_size > 10_000
-    # Deterministic: a second run compares equal, metric by metric.
-    again = tmp_path / "again"
-    assert invoke("reproduce", "ci-smoke", "--out", str(again)).exit_code == 0
-    result = invoke("compare", str(out), str(again))
+    # Deterministic: it compares equal, metric by metric, to the committed reference (`make reference` after a
+    # change meant to move these curves; CI runs the same comparison).
+    result = invoke("compare", str(Path(__file__).parent.parent / "results" / "reference" / "ci-smoke"), str(out))
     assert result.exit_code == 0, result.output
 
 

@@ -41,7 +41,7 @@ def _run(out, world, *extra):
     return CliRunner().invoke(cli, args)
 
 
-@pytest.fixture(scope="module", params=[2, 3, 4])
+@pytest.fixture(scope="module", params=[2, 3])
 def finished_run(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"run{world}") / "out"
