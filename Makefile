@@ -75,11 +75,13 @@ stress: setup
 
 # Regenerate the CI regression reference (results/reference/ci-smoke/) on purpose, after a change that is meant
 # to move the deterministic scaling curves; commit the folder. Needs the simulator (--engine sim). Written next to
-# the old one first, so a failed run leaves the old reference in place; logs and the report are left out.
+# the old one first, so a failed run leaves the old reference in place; logs, the report and TensorBoard files are
+# left out.
 REF := results/reference/ci-smoke
 reference: setup
 	rm -rf $(REF).new
 	$(BIN)/swarmbench reproduce ci-smoke --out $(REF).new
 	rm -rf $(REF).new/logs $(REF).new/report
+	find $(REF).new -name tensorboard -type d -prune -exec rm -rf {} +
 	rm -rf $(REF) && mv $(REF).new $(REF)
 	@echo "reference regenerated: review and commit $(REF)"

@@ -22,6 +22,7 @@ from typing import Any
 from bench import __version__
 from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
 from bench.records.tables import write_tables
+from bench.records.tensorboard import write_events
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -342,6 +343,8 @@ def finalize(
         statuses[name], reasons[name] = "diverged", divergence(records, name) or ""
     atomic_write_frame(out_dir / "summary.csv", summary)
     write_tables(out_dir, summary)
+    if getattr(cfg, "tensorboard", False):
+        write_events(out_dir, records, summary, cfg)
     meta = dict(meta)
     meta["ended_at"] = now_iso()
     meta["status"] = "failed" if failed else "ok"

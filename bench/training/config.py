@@ -141,6 +141,9 @@ class RunConfig:
     )  # rendezvous port on that host; else MASTER_PORT
     timeout_s: float = 300.0  # a blocked collective fails after this long instead of hanging
     eval_every: int = 1  # evaluate every this many epochs (always after the last)
+    tensorboard: bool = opt(
+        True, "Write TensorBoard event files (DIR/tensorboard) beside records.jsonl."
+    )  # TensorBoard event files beside records.jsonl (torch's SummaryWriter)
     engine: str = opt(
         "processes",
         "processes: one OS process per node; sim: virtual nodes in this process with simulated time.",
