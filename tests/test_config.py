@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.base.errors import UserError
-from bench.training.config import RunConfig, algo_config, resolve
+from bench.training.config import Hyper, RunConfig, algo_config, hyper, resolve
 
 
 def test_precedence_defaults_file_options_set(tmp_path):
@@ -45,3 +45,45 @@ def test_non_finite_numbers_are_refused(value):
         resolve({"lr": float(value)})
     with pytest.raises(UserError, match="must be a finite number"):
         resolve({}, None, [f"momentum={value}"])
+
+
+def test_per_algorithm_hyperparameters_from_set_and_tables(tmp_path):
+    f = tmp_path / "tuned.toml"
+    f.write_text('lr = 0.02\n[allreduce]\nlr = 0.2\nwarmup_epochs = 1\nlr_scaling = "linear"\n')
+    cfg = resolve(
+        {"nodes": 4, "epochs": 5}, str(f), ["swarm.lr=0.1", "swarm.lr_schedule=cosine", "swarm.nesterov=true"]
+    )
+    allreduce, swarm, dpsgd = hyper(cfg, "allreduce"), hyper(cfg, "swarm"), hyper(cfg, "dpsgd")
+    assert (allreduce.lr, allreduce.warmup_epochs, allreduce.peak_lr(4)) == (0.2, 1.0, pytest.approx(0.8))
+    assert (swarm.lr, swarm.lr_schedule, swarm.nesterov) == (0.1, "cosine", True)
+    assert (dpsgd.lr, dpsgd.lr_schedule) == (0.02, "constant")  # the run's values
+    assert algo_config(cfg, "swarm").local_steps == cfg.local_steps  # hyperparameters are not algorithm options
+
+
+def test_learning_rate_schedules():
+    base = dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0, lr_gamma=0.1, lr_scaling="none")
+    warm_step = Hyper(**base, warmup_epochs=2, lr_schedule="step", lr_milestones=(4, 6))
+    assert warm_step.lr_at(0, 8, 1) == pytest.approx(0.01)  # warmup starts at a tenth of the peak
+    assert warm_step.lr_at(1, 8, 1) == pytest.approx(0.055)
+    assert [warm_step.lr_at(e, 8, 1) for e in (2, 3.9, 4, 6, 7.5)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])
+    cosine = Hyper(**{**base, "lr_scaling": "sqrt"}, warmup_epochs=0, lr_schedule="cosine", lr_milestones=())
+    assert [cosine.lr_at(e, 10, 4) for e in (0, 5, 10)] == pytest.approx([0.2, 0.1, 0.0])
+    assert Hyper(**base, warmup_epochs=0, lr_schedule="constant", lr_milestones=()).constant()
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (["lr_schedule=exponential"], "unknown schedule 'exponential'"),
+        (["lr_schedule=step", "lr_milestones=3,9"], "lr_milestones 9 is not inside the run's 8 epochs"),
+        (["lr_schedule=step"], "a step schedule needs milestones"),
+        (["swarm.nesterov=true", "swarm.momentum=0"], "swarm.nesterov needs momentum > 0"),
+        (["warmup_epochs=8"], "--warmup-epochs must be in [0, epochs = 8)"),
+        (["allreduce.lr=-1"], "allreduce.lr must be positive"),
+        (["swarm.lr_gamma=2"], "swarm.lr_gamma must be in (0, 1]"),
+    ],
+)
+def test_bad_hyperparameters_are_one_line(sets, needle):
+    with pytest.raises(UserError) as exc:
+        resolve({"epochs": 8}, None, sets)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)

@@ -679,3 +679,38 @@ def test_comm_work_is_charged_where_the_real_engine_does_it():
     assert t["read"] == pytest.approx(4e-3 + 8e-3, rel=1e-3)  # the owner's encode (waited for) + own decode
     assert cluster.comms[2].stats.serve_seconds == pytest.approx(4e-3, rel=1e-6)
     assert cluster.comms[0].stats.serve_seconds == 0
+
+
+def test_the_training_loop_follows_each_algorithms_learning_rate_schedule():
+    from bench.core.data import load_dataset
+    from bench.run.checks import resolve
+    from bench.training.config import hyper
+    from bench.training.loop import make_shards, setup_cell, train_step
+
+    cfg = resolve(
+        {"engine": "sim", "nodes": 1, "dataset": "digits", "epochs": 4, "batch_size": 128},
+        None,
+        ["swarm.warmup_epochs=1", "swarm.lr_schedule=step", "swarm.lr_milestones=2,3"],
+    )
+    data = load_dataset("digits", 0)
+    shards = make_shards(cfg, data)
+    for algorithm in ("swarm", "allreduce"):
+        cluster = _cluster(1)
+        comm, clock = cluster.comms[0], cluster.clocks[0]
+        seen = []
+
+        def body(rank: int, algorithm=algorithm, comm=comm, clock=clock, seen=seen) -> None:
+            cell = setup_cell(cfg, algorithm, data, shards, 0, comm, clock, torch.device("cpu"))
+            cell.algo.start()
+            for step in range(4 * shards.steps_per_epoch):
+                train_step(cell, data, step, comm, clock)
+                seen.append(cell.node.optimizer.param_groups[0]["lr"])
+
+        cluster.run(body)
+        h, per = hyper(cfg, algorithm), shards.steps_per_epoch
+        assert seen == [pytest.approx(h.lr_at(step / per, 4, 1)) for step in range(4 * per)]
+        if algorithm == "swarm":  # warmup from a tenth of lr, then lr, lr/10 and lr/100
+            assert seen[0] == pytest.approx(cfg.lr / 10) and seen[-1] == pytest.approx(cfg.lr / 100)
+            assert cfg.lr in seen
+        else:
+            assert set(seen) == {cfg.lr}  # the run's constant lr

@@ -31,6 +31,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("nodes", "nodes", "d"),
         ("status", "status", "s"),
         ("epochs", "epochs", "d"),
+        ("lr", "lr (peak)", ".4g"),
         ("test_acc", "test acc (avg model)", ".4f"),
         ("best_test_acc", "best test acc", ".4f"),
         ("best_epoch", "at epoch", "d"),

@@ -7,6 +7,7 @@ same rows gets the same tables), writes `meta.json`, and removes the staging fol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from bench import __version__
 from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
 from bench.records.tables import write_tables
 from bench.records.tensorboard import write_events
+from bench.training.config import hyper
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -146,6 +148,11 @@ def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, 
         "transport": transport,
         "topology": _topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
         "config": cfg.to_dict(),
+        # Each algorithm's optimizer hyperparameters as resolved (run values, then its own), and its peak lr.
+        "hyperparameters": {
+            name: {**dataclasses.asdict(hyper(cfg, name)), "peak_lr": hyper(cfg, name).peak_lr(cfg.nodes)}
+            for name in cfg.algorithms
+        },
         "argv": argv,
         "started_at": now_iso(),
         "ended_at": None,
@@ -224,7 +231,7 @@ def summarize(records, cfg, statuses: dict[str, str]):
             dataset=cfg.dataset,
             model=cfg.model,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=hyper(cfg, algo).peak_lr(cfg.nodes),
             partition=cfg.partition,
         )
         if len(r):

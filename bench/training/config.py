@@ -73,6 +73,18 @@ class RunConfig:
     lr: float = opt(0.05, "Learning rate.")  # SGD learning rate
     momentum: float = opt(0.9, "SGD momentum (kept local).")  # SGD momentum (optimizer state always stays local)
     weight_decay: float = 0.0  # L2 penalty in the optimizer
+    nesterov: bool = opt(False, "Nesterov momentum.")  # Nesterov momentum (needs momentum > 0)
+    warmup_epochs: float = opt(
+        0.0, "Epochs of linear learning-rate warmup (from lr/10 up to the peak lr)."
+    )  # linear warmup from lr/10 to the peak lr over this many epochs
+    lr_schedule: str = opt(
+        "constant", "Learning-rate schedule after warmup.", choices=("constant", "step", "cosine")
+    )  # after warmup: constant, step (x lr_gamma at each of lr_milestones) or cosine (to 0 at the last epoch)
+    lr_milestones: tuple[int, ...] = ()  # epochs after which a `step` schedule multiplies the lr by lr_gamma
+    lr_gamma: float = 0.1  # a `step` schedule's factor
+    lr_scaling: str = opt(
+        "none", "Scale lr with the global batch (N x batch) over one node's batch.", choices=("none", "linear", "sqrt")
+    )  # linear scaling rule (Goyal et al. 2017): peak lr = lr * N, sqrt: lr * sqrt(N)
     local_steps: int = opt(
         4, "H: local steps between averagings (local_sgd, swarm)."
     )  # H: local steps between averagings (local_sgd, swarm)
@@ -254,6 +266,101 @@ class RunConfig:
 
 
 RUN_FIELDS = {name: hint for name, hint in typing.get_type_hints(RunConfig).items() if name != "algo_options"}
+# The optimizer's hyperparameters: set for every algorithm (`--lr`, `lr = ...`) and per algorithm (`--set swarm.lr=0.1`,
+# an `[allreduce]` table); `hyper(run, algorithm)` resolves them.
+HYPER_KEYS = (
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "warmup_epochs",
+    "lr_schedule",
+    "lr_milestones",
+    "lr_gamma",
+    "lr_scaling",
+)
+LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+WARMUP_START = 0.1  # warmup starts at this fraction of the peak lr
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One algorithm's optimizer hyperparameters, resolved (the run's values, then its own overrides)."""
+
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    warmup_epochs: float
+    lr_schedule: str
+    lr_milestones: tuple[int, ...]
+    lr_gamma: float
+    lr_scaling: str
+
+    def peak_lr(self, nodes: int) -> float:
+        """lr after the scaling rule: the global batch is N times one node's."""
+        return self.lr * {"none": 1.0, "linear": float(nodes), "sqrt": math.sqrt(nodes)}[self.lr_scaling]
+
+    def constant(self) -> bool:
+        return self.lr_schedule == "constant" and self.warmup_epochs == 0
+
+    def lr_at(self, epoch: float, epochs: int, nodes: int) -> float:
+        """The learning rate at `epoch` (fractional: steps done / steps per epoch) of a run of `epochs`."""
+        peak = self.peak_lr(nodes)
+        if epoch < self.warmup_epochs:
+            return peak * (WARMUP_START + (1 - WARMUP_START) * epoch / self.warmup_epochs)
+        if self.lr_schedule == "step":
+            return peak * self.lr_gamma ** sum(1 for m in self.lr_milestones if epoch >= m)
+        if self.lr_schedule == "cosine":
+            span = max(epochs - self.warmup_epochs, 1e-12)
+            return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - self.warmup_epochs) / span)))
+        return peak
+
+
+def hyper(run: RunConfig, algorithm: str) -> Hyper:
+    """`algorithm`'s optimizer hyperparameters: the run's, then `--set ALGO.key` / `[ALGO]` overrides."""
+    values = {key: getattr(run, key) for key in HYPER_KEYS}
+    values.update({k: v for k, v in run.options_for(algorithm).items() if k in HYPER_KEYS})
+    return Hyper(**values)
+
+
+def check_hyper(h: Hyper, epochs: int, where: str) -> None:
+    """Bad hyperparameters as one line each; `where` is '' for the run's (named as flags) or an algorithm's name."""
+    flags = {f.name for f in fields(RunConfig) if f.metadata.get("help")}
+
+    def name(key: str) -> str:
+        if where:
+            return f"{where}.{key}"
+        return f"--{key.replace('_', '-')}" if key in flags else key
+
+    if not h.lr > 0:
+        raise UserError(f"{name('lr')} must be positive, got {h.lr}")
+    if not 0 <= h.momentum < 1:
+        raise UserError(f"{name('momentum')} must be in [0, 1), got {h.momentum}")
+    if h.nesterov and h.momentum == 0:
+        raise UserError(f"{name('nesterov')} needs momentum > 0: set {name('momentum')} too")
+    if h.weight_decay < 0:
+        raise UserError(f"{name('weight_decay')} must be >= 0, got {h.weight_decay}")
+    if not 0 <= h.warmup_epochs < epochs:
+        raise UserError(f"{name('warmup_epochs')} must be in [0, epochs = {epochs}), got {h.warmup_epochs}")
+    if h.lr_schedule not in LR_SCHEDULES:
+        raise UserError(
+            f"unknown schedule '{h.lr_schedule}'{closest(h.lr_schedule, LR_SCHEDULES)} for {name('lr_schedule')}: "
+            f"choose from {', '.join(LR_SCHEDULES)}"
+        )
+    if h.lr_scaling not in LR_SCALINGS:
+        raise UserError(f"{name('lr_scaling')} must be one of {', '.join(LR_SCALINGS)}, got '{h.lr_scaling}'")
+    if h.lr_schedule == "step":
+        if not h.lr_milestones:
+            raise UserError(f"a step schedule needs milestones: set {name('lr_milestones')}=E1,E2 (epochs)")
+        bad = [m for m in h.lr_milestones if not 0 < m < epochs]
+        if bad:
+            raise UserError(
+                f"{name('lr_milestones')} {bad[0]} is not inside the run's {epochs} epochs: use epochs 1..{epochs - 1}"
+            )
+    if not 0 < h.lr_gamma <= 1:
+        raise UserError(f"{name('lr_gamma')} must be in (0, 1], got {h.lr_gamma}")
 
 
 def _coerce(key: str, raw: Any, hint: Any) -> Any:
@@ -322,7 +429,7 @@ def apply_overrides(base: dict[str, Any], pairs: dict[str, Any], source: str) ->
         if "." in key:
             algo, _, sub = key.partition(".")
             _check_algorithm(algo)
-            algo_fields = _algo_config_types(algo)
+            algo_fields = {**{key: RUN_FIELDS[key] for key in HYPER_KEYS}, **_algo_config_types(algo)}
             if sub not in algo_fields:
                 valid = list(algo_fields)
                 hint = closest(sub, valid)
@@ -385,8 +492,9 @@ def algo_config(run: RunConfig, algorithm: str) -> Any:
     from bench.training.registry import ALGORITHMS
 
     cls = ALGORITHMS[algorithm].Config
-    values = {f.name: getattr(run, f.name) for f in fields(cls) if f.name in RUN_FIELDS}
-    values.update(run.options_for(algorithm))
+    names = {f.name for f in fields(cls)}
+    values = {name: getattr(run, name) for name in names if name in RUN_FIELDS}
+    values.update({k: v for k, v in run.options_for(algorithm).items() if k in names})
     return cls(**values)
 
 
@@ -404,12 +512,9 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.momentum < 1:
-        raise UserError(f"--momentum must be in [0, 1), got {cfg.momentum}")
-    if cfg.weight_decay < 0:
-        raise UserError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    check_hyper(hyper(cfg, ""), cfg.epochs, "")
+    for name in cfg.algorithms:
+        check_hyper(hyper(cfg, name), cfg.epochs, name)
     if cfg.local_steps < 1:
         raise UserError(f"--local-steps must be at least 1, got {cfg.local_steps}")
     if cfg.partition not in ("iid", "dirichlet"):

@@ -25,7 +25,7 @@ from bench.core.comm import Comm
 from bench.core.data import Dataset, partition
 from bench.core.models import build_model
 from bench.core.protocol import Clock, Node, flatten_model
-from bench.training.config import RunConfig, algo_config
+from bench.training.config import Hyper, RunConfig, algo_config, hyper
 from bench.training.registry import ALGORITHMS
 
 WARMUP_STEPS = 5  # excluded from the step-time median/spread (first steps pay allocation and cache misses)
@@ -97,11 +97,21 @@ def node_seed(seed: int, rank: int, stream: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def make_node(cfg: RunConfig, dataset: Dataset, rank: int, comm: Comm, clock: Clock, device: torch.device) -> Node:
-    # Same seed on every node and for every algorithm: identical initial weights.
+def make_node(
+    cfg: RunConfig, dataset: Dataset, rank: int, comm: Comm, clock: Clock, device: torch.device, h: Hyper | None = None
+) -> Node:
+    """The node's model (same seed on every node and for every algorithm: identical initial weights) and its SGD
+    optimizer with the algorithm's hyperparameters `h` (the run's when None), at the learning rate of step 0."""
+    h = h or hyper(cfg, "")
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
     params, grads = flatten_model(model)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=h.lr_at(0.0, cfg.epochs, cfg.nodes),
+        momentum=h.momentum,
+        nesterov=h.nesterov,
+        weight_decay=h.weight_decay,
+    )
     rng = random.Random(node_seed(cfg.seed, rank, 1))
     return Node(rank, cfg.nodes, comm, clock, rng, model, params, grads, opt)
 
@@ -218,6 +228,8 @@ class Cell:
 
     node: Node
     algo: Any  # an Algorithm from the registry
+    hyper: Hyper  # its optimizer hyperparameters (learning-rate schedule included)
+    lr_at: Callable[[int], float] | None  # the learning rate of a step (None: constant, set once)
     codec: Codec | None
     scratch: torch.nn.Module  # evaluation's model for averaged weights
     sampler: Sampler
@@ -233,14 +245,22 @@ def setup_cell(
     algo_cls = ALGORITHMS[algorithm]
     codec = make_codec(cfg) if algo_cls.quantizable else None
     comm.start_cell(codec, cfg.seed)
-    node = make_node(cfg, dataset, rank, comm, clock, device)
+    h = hyper(cfg, algorithm)
+    node = make_node(cfg, dataset, rank, comm, clock, device, h)
     scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
     algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
     sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
-    return Cell(node, algo, codec, scratch, sampler, aug_gen, x_test, y_test)
+    lr_at = None
+    if not h.constant():
+        per_epoch = shards.steps_per_epoch
+
+        def lr_at(step: int) -> float:
+            return h.lr_at(step / per_epoch, cfg.epochs, cfg.nodes)
+
+    return Cell(node, algo, h, lr_at, codec, scratch, sampler, aug_gen, x_test, y_test)
 
 
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
@@ -255,6 +275,9 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
         loss.backward()
     algo.after_backward(step)
     with clock.compute(), comm.exclusive():
+        if cell.lr_at is not None:
+            for group in node.optimizer.param_groups:
+                group["lr"] = cell.lr_at(step)
         node.optimizer.step()
         comm.set_step(step + 1)  # the live model's step count, which peers' reads measure staleness against
     algo.after_step(step)
