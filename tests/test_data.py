@@ -205,3 +205,26 @@ def test_partition_user_errors(nodes: int, scheme: str, alpha: float, match: str
     with pytest.raises(UserError, match=match) as info:
         partition(_labels(), nodes, scheme, alpha=alpha, seed=0)
     assert "\n" not in str(info.value)
+
+
+def test_validation_split_is_held_out_seeded_and_stratified():
+    from bench.core.data import hold_out
+
+    full = load_dataset("digits", 3)
+    a, b = hold_out(full, 0.2, 3), hold_out(full, 0.2, 3)
+    n = len(full.y_train)
+    assert len(a.y_val) == round(0.2 * n) and len(a.y_train) == n - len(a.y_val)
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.x_train, b.x_train)  # seeded
+    assert not torch.equal(hold_out(full, 0.2, 4).y_val, a.y_val)
+    # Disjoint and complete: the two splits are the training set, each sample once.
+    rows = {tuple(r.tolist()) for r in full.x_train.reshape(n, -1)}
+    got = [tuple(r.tolist()) for r in torch.cat([a.x_train, a.x_val]).reshape(n, -1)]
+    assert len(got) == len(set(got)) == n and set(got) == rows
+    # Stratified: every class keeps its share within one sample.
+    for c in range(full.num_classes):
+        share = int((full.y_train == c).sum()) * 0.2
+        assert abs(int((a.y_val == c).sum()) - share) <= 1
+    assert torch.equal(a.x_test, full.x_test)  # the test set is untouched
+    assert hold_out(full, 0.0, 3) is full
+    with pytest.raises(UserError, match="--val-fraction"):
+        hold_out(full, 0.9999, 3)

@@ -621,7 +621,16 @@ def test_evaluation_cannot_change_training(tmp_path):
 
     every, last = run(1), run(3)
     assert set(every["algorithm"]) == set(ALGORITHMS)
-    evaluation = {"node_acc", "node_loss", "eval_seconds", "test_acc", "test_loss", "consensus_distance"}
+    evaluation = {
+        "node_acc",
+        "node_loss",
+        "eval_seconds",
+        "test_acc",
+        "test_loss",
+        "val_acc",
+        "val_loss",
+        "consensus_distance",
+    }
 
     def training(df: pd.DataFrame) -> pd.DataFrame:
         df = df[~df["metric"].isin(evaluation) & (df.get("kind") != "eval")]

@@ -14,6 +14,7 @@ this module does not provide. Nothing is ever downloaded unless `load_dataset(..
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -33,6 +34,7 @@ MAX_SEED = 2**32 - 1  # scikit-learn's random_state cannot take more
 
 # Stream ids: one independent random stream per use of the seed.
 _SPLIT_STREAM = 1
+_VAL_STREAM = 2  # the validation split's own random stream
 _PARTITION_STREAM = 2
 
 
@@ -51,10 +53,17 @@ class Dataset:
     # (vectorized, on the batch's device) and its randomness comes only from the given generator.
     # Apply it to training batches only, never to evaluation inputs.
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # A validation split held out of the training data (`hold_out`): for choosing and for time-to-target, so that
+    # the test set is only ever reported. None when none is held out.
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # A loader that breaks these is a bug, so this is a ValueError rather than a UserError.
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+        if self.x_val is not None and self.y_val is not None:
+            splits.append(("val", self.x_val, self.y_val))
+        for split, x, y in splits:
             if x.dtype != torch.float32 or y.dtype != torch.int64:
                 raise ValueError(f"{self.name} {split}: want float32 inputs, int64 labels; got {x.dtype}, {y.dtype}")
             if y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -92,9 +101,11 @@ def check_seed(seed: int) -> None:
         raise UserError(f"seed {seed!r} is not an integer in [0, {MAX_SEED}]; pass --seed with such a value")
 
 
-def _stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(
+    y: np.ndarray, test_size: int, seed: int, stream: int = _SPLIT_STREAM
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split into (train, test) index arrays, each in shuffled order."""
-    rng = np.random.default_rng([seed, _SPLIT_STREAM])
+    rng = np.random.default_rng([seed, stream])
     classes, counts = np.unique(y, return_counts=True)
     exact = counts * test_size / len(y)
     quota = np.floor(exact).astype(np.int64)
@@ -562,3 +573,26 @@ def _dirichlet_shards(y: np.ndarray, nodes: int, alpha: float, rng: np.random.Ge
             shards[node] = shards[donor][-1:]
             shards[donor] = shards[donor][:-1]
     return shards
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """The dataset with a seeded, stratified `fraction` of its training set moved to a validation split (the same
+    samples for every algorithm and engine of a run); `fraction` 0 returns it unchanged."""
+    if fraction <= 0:
+        return dataset
+    y = dataset.y_train.numpy()
+    k = round(fraction * len(y))
+    if not 1 <= k <= len(y) - 1:
+        raise UserError(
+            f"--val-fraction {fraction} of {len(y)} training samples leaves no validation or no training data: "
+            "use a fraction that holds out at least one sample and keeps one"
+        )
+    train, val = _stratified_split(y, k, seed, _VAL_STREAM)
+    train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
+    return dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train[train_t],
+        y_train=dataset.y_train[train_t],
+        x_val=dataset.x_train[val_t],
+        y_val=dataset.y_train[val_t],
+    )

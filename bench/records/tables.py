@@ -33,6 +33,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("epochs", "epochs", "d"),
         ("lr", "lr (peak)", ".4g"),
         ("test_acc", "test acc (avg model)", ".4f"),
+        ("val_acc", "val acc", ".4f"),
         ("best_test_acc", "best test acc", ".4f"),
         ("best_epoch", "at epoch", "d"),
         ("node_acc_mean", "node acc mean", ".4f"),

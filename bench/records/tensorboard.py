@@ -17,12 +17,26 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = "tensorboard"
-GLOBAL = ("test_acc", "test_loss", "consensus_distance")  # the averaged model's, per evaluated epoch
+GLOBAL = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "consensus_distance",
+)  # the averaged model's, per evaluated epoch
 PER_NODE = ("train_loss", "node_acc", "node_loss", "train_seconds")  # each node's, per epoch
 TOTALS = ("samples_per_s", "train_seconds", "bytes_per_node_per_step", "comm_fraction", "serve_seconds")
 HPARAMS = ("nodes", "topology", "bits", "local_steps", "seed", "epochs")  # summary columns kept as hyperparameters
 CONFIG_HPARAMS = ("lr", "momentum", "batch_size", "model", "dataset", "partition", "quantizer")
-FINAL = ("test_acc", "best_test_acc", "samples_per_s", "train_seconds", "bytes_per_node_per_step", "comm_fraction")
+FINAL = (
+    "val_acc",
+    "test_acc",
+    "best_test_acc",
+    "samples_per_s",
+    "train_seconds",
+    "bytes_per_node_per_step",
+    "comm_fraction",
+)
 
 
 def _number(value: Any) -> float | None:

@@ -41,6 +41,7 @@ SUMMARY_COLUMNS = [
     "train_seconds",
     "samples_per_s",
     "test_acc",
+    "val_acc",
     "best_test_acc",
     "best_epoch",
     "node_acc_mean",
@@ -264,7 +265,7 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         out["train_seconds"] = float(ts["value"].max())
         if samples is not None and out["train_seconds"] > 0:
             out["samples_per_s"] = out["samples"] / out["train_seconds"]
-    for key in ("test_acc", "test_loss", "consensus_distance"):
+    for key in ("test_acc", "test_loss", "val_acc", "consensus_distance"):
         g = final(key, scope_global=True)
         if g is not None:
             out[key] = float(g["value"].iloc[0])
@@ -383,14 +384,16 @@ SCALING_COLUMNS = [
 
 
 def time_to_target(records, algorithm: str, target: float) -> tuple[float | None, int | None]:
-    """(training seconds, epoch) when the averaged model's test accuracy first reached `target`, else (None, None).
+    """(training seconds, epoch) when the averaged model's validation accuracy (test accuracy when the run held no
+    validation split out) first reached `target`, else (None, None).
 
-    The seconds are the slowest node's cumulative training time at the end of that epoch (evaluation excluded).
+    The seconds are the slowest node's elapsed training time at the end of that epoch (evaluation excluded).
     """
     if records is None or not len(records):
         return None, None
     r = records[records["algorithm"] == algorithm]
-    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
+    metric = "val_acc" if (r["metric"] == "val_acc").any() else "test_acc"
+    acc = r[(r["metric"] == metric) & r["rank"].isna()].sort_values("epoch")
     hit = acc[acc["value"] >= target]
     if hit.empty:
         return None, None

@@ -23,7 +23,6 @@ from bench.base.console import RunUI
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_json
 from bench.core.comm import resolve_transport
-from bench.core.data import load_dataset
 from bench.core.models import build_model
 from bench.engine.processes import worker
 from bench.engine.processes.env import detect, under_mpi
@@ -34,13 +33,13 @@ from bench.records.write import build_meta, finalize, now_iso
 from bench.run.outcome import check_out_dir, statuses_for
 from bench.run.simulate import execute_sim
 from bench.training.config import RunConfig, load_toml, parse_set
-from bench.training.loop import make_shards
+from bench.training.loop import make_shards, run_data
 
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the data and the model: done before anything is written."""
 
-    dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download=cfg.download)
+    dataset = run_data(cfg, download=cfg.download)
     build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     make_shards(cfg, dataset)
 

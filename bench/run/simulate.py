@@ -16,7 +16,6 @@ from typing import Any
 from bench.base.console import RunUI
 from bench.base.errors import UserError, last_line
 from bench.base.files import atomic_write_frame, atomic_write_json
-from bench.core.data import load_dataset
 from bench.core.models import build_model
 from bench.core.topology import build_topology
 from bench.engine.processes.env import detect
@@ -34,14 +33,14 @@ from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
 from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame
 from bench.run.outcome import check_out_dir, statuses_for
-from bench.training.loop import evaluated_epochs
+from bench.training.loop import evaluated_epochs, run_data
 
 
 def prepare(cfg):
     """Everything checked and resolved before anything is written: (dataset, shard policy, the cost model of
     every node count, number of model parameters)."""
     series = cfg.node_series or (cfg.nodes,)
-    dataset = eval_subset(cfg, load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, cfg.download))
+    dataset = eval_subset(cfg, run_data(cfg, download=cfg.download))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     check_memory(n_params, max(series), evaluated_epochs(cfg.epochs, cfg.eval_every))

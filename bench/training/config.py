@@ -68,6 +68,9 @@ class RunConfig:
         False, "Let torchvision download an on-disk dataset into --data-dir (needs a network)."
     )  # let torchvision download an on-disk dataset into data_dir (needs a network)
     model: str = opt("mlp", "Model: mlp, lenet5, resnet20.")  # name in bench.core.models.MODELS
+    val_fraction: float = opt(
+        0.1, "Fraction of the training data held out (seeded, stratified) for validation; 0: none."
+    )  # held out of the training set: time-to-target and choices use it, the test set is only reported
     epochs: int = opt(8, "Passes of every node over its shard.")  # passes of every node over its own shard
     batch_size: int = opt(32, "Mini-batch size per node.")  # per node
     lr: float = opt(0.05, "Learning rate.")  # SGD learning rate
@@ -523,6 +526,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--alpha must be positive, got {cfg.alpha}")
     if cfg.timeout_s <= 0:
         raise UserError(f"timeout_s must be positive, got {cfg.timeout_s}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.eval_every < 1:
         raise UserError(f"eval_every must be at least 1, got {cfg.eval_every}")
     if cfg.dataset not in DATASETS:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
-from bench.core.data import Dataset, partition
+from bench.core.data import Dataset, hold_out, load_dataset, partition
 from bench.core.models import build_model
 from bench.core.protocol import Clock, Node, flatten_model
 from bench.training.config import Hyper, RunConfig, algo_config, hyper
@@ -77,6 +77,11 @@ class Sampler:
         sel = self.order[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return self.x[sel], self.y[sel]
+
+
+def run_data(cfg: RunConfig, *, download: bool = False) -> Dataset:
+    """The run's data: the dataset with its validation split (cfg.val_fraction) held out of the training set."""
+    return hold_out(load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download), cfg.val_fraction, cfg.seed)
 
 
 def make_codec(cfg: RunConfig) -> Codec | None:
@@ -160,9 +165,16 @@ def _load(model: torch.nn.Module, params: torch.Tensor, buffers: torch.Tensor) -
         offset += b.numel()
 
 
-def evaluate(comm: Comm, snap: Snapshot, scratch: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def evaluate(
+    comm: Comm,
+    snap: Snapshot,
+    scratch: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """One snapshot: the node's own model on the whole test set; the average of every node's snapshot of the
-    same epoch on this node's slice of the test set; the consensus distance.
+    same epoch on this node's slice of the test set (and of the validation set `val`); the consensus distance.
 
     Collective over the snapshots of one epoch (every node calls it for the same epochs, in order), run after
     training: it never synchronizes or delays training. Traffic is counted as kind "eval".
@@ -180,13 +192,21 @@ def evaluate(comm: Comm, snap: Snapshot, scratch: torch.nn.Module, x: torch.Tens
     _load(scratch, avg, flat_buf)
     xs, ys = x[r::n], y[r::n]
     avg_loss, avg_correct = _evaluate_model(scratch, xs, ys)
-    # One small allreduce gathers every node's own accuracy and the slices of the averaged model's score.
-    vec = torch.zeros(n + 4, dtype=torch.float64)
+    # One small allreduce gathers every node's own accuracy and the slices of the averaged model's scores.
+    vec = torch.zeros(n + 7, dtype=torch.float64)
     vec[r] = own_correct / len(y)
     vec[n] = float((mine - avg).pow(2).sum())
     vec[n + 1], vec[n + 2], vec[n + 3] = avg_correct, len(ys), avg_loss
+    if val is not None:
+        xv, yv = val[0][r::n], val[1][r::n]
+        val_loss, val_correct = _evaluate_model(scratch, xv, yv) if len(yv) else (0.0, 0)
+        vec[n + 4], vec[n + 5], vec[n + 6] = val_correct, len(yv), val_loss
     comm.allreduce_sum(vec, "eval")
+    validation = {}
+    if val is not None:
+        validation = {"val_acc": float(vec[n + 4] / vec[n + 5]), "val_loss": float(vec[n + 6] / vec[n + 5])}
     return {
+        **validation,
         "node_acc": own_correct / len(y),
         "node_loss": own_loss / len(y),
         "node_accs": vec[:n].tolist(),
@@ -236,6 +256,7 @@ class Cell:
     aug_gen: torch.Generator
     x_test: torch.Tensor
     y_test: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None  # the validation split, when one is held out
 
 
 def setup_cell(
@@ -260,7 +281,10 @@ def setup_cell(
         def lr_at(step: int) -> float:
             return h.lr_at(step / per_epoch, cfg.epochs, cfg.nodes)
 
-    return Cell(node, algo, h, lr_at, codec, scratch, sampler, aug_gen, x_test, y_test)
+    val = None
+    if dataset.x_val is not None and dataset.y_val is not None:
+        val = (dataset.x_val.to(device), dataset.y_val.to(device))
+    return Cell(node, algo, h, lr_at, codec, scratch, sampler, aug_gen, x_test, y_test, val)
 
 
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
@@ -287,14 +311,15 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
 def evaluate_snapshot(cell: Cell, record: Recorder, clock: Clock, snap: Snapshot, total_steps: int) -> None:
     """Per-node and (rank 0) averaged-model accuracy, loss and consensus distance of one epoch's snapshots."""
     t_eval = clock.now()
-    ev = evaluate(cell.node.comm, snap, cell.scratch, cell.x_test, cell.y_test)
+    ev = evaluate(cell.node.comm, snap, cell.scratch, cell.x_test, cell.y_test, cell.val)
     epoch, step = snap.epoch, snap.step
     record("node_acc", ev["node_acc"], epoch, step)
     record("node_loss", ev["node_loss"], epoch, step)
     record("eval_seconds", clock.now() - t_eval, epoch, step)
     if record.rank == 0:
-        for key in ("test_acc", "test_loss", "consensus_distance"):
-            record(key, ev[key], epoch, step, scope="global")
+        for key in ("test_acc", "test_loss", "val_acc", "val_loss", "consensus_distance"):
+            if key in ev:
+                record(key, ev[key], epoch, step, scope="global")
         record.progress(total_steps, total_steps, epoch=epoch, test_acc=ev["test_acc"])
 
 

@@ -31,14 +31,13 @@ import torch
 from bench.base.errors import UserError, last_line
 from bench.base.host import usable_cores
 from bench.core.comm import make_comm, resolve_transport
-from bench.core.data import load_dataset
 from bench.core.devices import resolve_backend, resolve_device, synchronized_clock
 from bench.core.protocol import Clock
 from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
 from bench.records.write import StagingWriter
 from bench.training.config import RunConfig
-from bench.training.loop import make_shards, run_cell
+from bench.training.loop import make_shards, run_cell, run_data
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -352,7 +351,7 @@ def train_all(
         on_responder_error=abort_from_thread,
         now=clock.now,  # comm timers synchronize the device too, or an enqueued allreduce would look free
     )
-    dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
+    dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
     writer = StagingWriter(out_dir, rank, run_id, world)
 

@@ -437,14 +437,17 @@ def make_sim_shards(cfg, dataset, policy: str):
 
 
 def eval_subset(cfg, dataset):
-    """The dataset with its test set cut to the first `eval_samples` (already a seeded shuffle)."""
+    """The dataset with its test set (and validation split) cut to the first `eval_samples` (seeded shuffles)."""
     if cfg.eval_samples is None:
         return dataset
     n_test = len(dataset.y_test)
     if cfg.eval_samples > n_test:
         raise UserError(f"--eval-samples {cfg.eval_samples} exceeds the {n_test} test samples: use {n_test} or less")
     k = cfg.eval_samples
-    return dataclasses.replace(dataset, x_test=dataset.x_test[:k], y_test=dataset.y_test[:k])
+    val = {}
+    if dataset.x_val is not None and dataset.y_val is not None:
+        val = {"x_val": dataset.x_val[:k], "y_val": dataset.y_val[:k]}
+    return dataclasses.replace(dataset, x_test=dataset.x_test[:k], y_test=dataset.y_test[:k], **val)
 
 
 def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1) -> int:
