@@ -273,7 +273,9 @@ class Cluster:
         partner = self.comms[peer]
         reply = partner.serve_average(msg)
         t0 = time.perf_counter()
-        serve = 2 * self.codec_seconds(partner.model_numel)  # the partner encodes its reply, decodes ours
+        # The partner encodes its reply, decodes it (the values we will see) and ours, and with the lattice
+        # quantizer decodes its reply once more against ours (to predict our failures).
+        serve = (4 if partner.codec.can_fail else 3) * self.codec_seconds(partner.model_numel)
         partner.stats.add_serve(serve)
         legs = self.cost.one_sided_legs("average", msg.numel())
         t = self.clock[rank]
@@ -315,8 +317,11 @@ class SimComm(Comm):
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         return self._cluster.read(self.rank, peer, nbytes)
 
-    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
-        return self._cluster.average(self.rank, peer, msg)
+    def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
+        reply = self._cluster.average(self.rank, peer, msg)
+        if reply.numel() != reply_bytes:
+            raise RuntimeError(f"rank {peer} replied {reply.numel()} bytes to an average, {reply_bytes} expected")
+        return reply
 
     def _barrier(self) -> None:
         c = self._cluster
