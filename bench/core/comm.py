@@ -29,7 +29,7 @@ lie in the owner's window, so the owner must encode before any read may arrive, 
 Time. `KindStats.seconds` is what this node's training thread spent blocked in calls of a kind (publish
 included), which `comm_fraction` sums. `CommStats.serve_seconds` is what this node spent serving peers apart
 from its own calls: the p2p responder encoding a copy for a read or averaging under the model lock, the RMA
-owner folding peers' deltas into its model and encoding its window copy. AllReduce SGD never serves.
+owner decoding and folding peers' deposits into its model and encoding its window copy. AllReduce SGD never serves.
 """
 
 from __future__ import annotations
