@@ -327,8 +327,8 @@ class Comm:
 
     def _decode_buckets(self, msg: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A peer's message decoded on the CPU against `reference`: (values, failed buckets); failures counted."""
-        ref = reference.detach().to("cpu", torch.float32)
-        values, failed = self.codec.decode_buckets(msg, ref.numel(), ref)
+        ref = reference.detach().to("cpu", torch.float32) if self.codec.can_fail else None  # only lattice needs it
+        values, failed = self.codec.decode_buckets(msg, reference.numel(), ref)
         self.decode_failures += int(failed.sum())
         return values, failed
 
