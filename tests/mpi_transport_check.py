@@ -10,6 +10,7 @@ import random
 import sys
 from datetime import timedelta
 
+import pairwise_scenarios  # next to this script, which is what sys.path[0] is
 import torch
 import torch.distributed as dist
 from mpi4py import MPI
@@ -66,6 +67,11 @@ def main() -> None:
                 "spread": spread,
                 "failures": comm.decode_failures,
             }
+    elif scenario == "radius":  # pairwise averages just outside the lattice's radius (tests/pairwise_scenarios.py)
+        out["one"] = pairwise_scenarios.one_average(comm)
+        out["many"] = pairwise_scenarios.many_averages(comm)
+        if comm.transport == "rma":
+            out["full"] = pairwise_scenarios.full_inbox(comm)
     comm.close()
     dist.destroy_process_group()
     # One file per rank: mpirun forwards stdout in chunks, so lines of different ranks can interleave.

@@ -93,19 +93,23 @@ def _codec_volumes(rank, world, comm, numel):
             if rank == 0:
                 comm.average_with(peer, "model")
             comm.fence()
-            out.append((bits, quantizer, codec.wire_bytes(numel), comm.stats.snapshot()["model"]))
+            out.append(
+                (bits, quantizer, codec.wire_bytes(numel), codec.bitmap_bytes(numel), comm.stats.snapshot()["model"])
+            )
     return out
 
 
 def test_bytes_per_exchange_match_closed_form_for_every_codec(tmp_path):
-    """read = 8 + m, neighbour exchange = m per neighbour, average = m each way; m = Codec.wire_bytes."""
+    """read = 8 + m, neighbour exchange = m per neighbour, average = m out and m + f back; m = Codec.wire_bytes,
+    f = Codec.bitmap_bytes (one bit per bucket for the lattice quantizer below 32 bits, else 0)."""
     numel = 5000
     results = run_world(_codec_volumes, 2, tmp_path, numel)
-    for _rank, rows in enumerate(results):
-        for bits, quantizer, m, model in rows:
-            averages = 1  # rank 0 initiates one average with rank 1, which serves it
-            assert model["bytes_recv"] == (8 + m) + m + averages * m, (bits, quantizer)
-            assert model["bytes_sent"] == (8 + m) + m + averages * m, (bits, quantizer)
+    for rank, rows in enumerate(results):
+        for bits, quantizer, m, f, model in rows:
+            # Rank 0 initiates one average with rank 1, which serves it and replies with the failure bitmap.
+            assert f == (1 if quantizer == "lattice" and bits < 32 else 0)  # 5 buckets of 1024: one byte
+            assert model["bytes_recv"] == (8 + m) + m + m + (f if rank == 0 else 0), (bits, quantizer)
+            assert model["bytes_sent"] == (8 + m) + m + m + (f if rank == 1 else 0), (bits, quantizer)
             if bits == 8:
                 assert 4 * numel / m >= 3.9
             if bits == 4:

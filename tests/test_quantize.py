@@ -206,6 +206,76 @@ def test_lattice_whole_model_far_away_fails_everywhere() -> None:
     assert torch.equal(out, ref)
 
 
+def test_decode_buckets_names_the_failed_buckets_and_bitmaps_carry_them() -> None:
+    """decode_buckets returns the failed buckets themselves; a failure bitmap has one bit per bucket, bucket i in
+    bit i % 8 of byte i // 8, and only lattice codecs below 32 bits send one."""
+    eps, bucket, n = 1e-3, 100, 1050  # 11 buckets: a 2-byte bitmap
+    codec = Codec(CodecConfig(bits=8, eps=eps, bucket=bucket))
+    x = _model(n, 7)
+    ref = _within(x, codec.radius, 8)
+    for i in (5, 310, 1049):  # buckets 0, 3 and 10 (the short tail)
+        ref[i] = x[i] - 3 * codec.radius
+    msg = codec.encode(x)
+    out, failed = codec.decode_buckets(msg, n, ref)
+    assert failed.dtype == torch.bool and failed.tolist() == [b in (0, 3, 10) for b in range(11)]
+    assert codec.decode(msg, n, ref)[1] == 3
+    assert torch.equal(out, codec.decode(msg, n, ref)[0])
+    assert codec.can_fail and codec.bitmap_bytes(n) == 2
+    bitmap = codec.pack_failures(failed)
+    assert bitmap.tolist() == [0b00001001, 0b00000100]
+    assert torch.equal(codec.unpack_failures(bitmap, n), failed)
+    with pytest.raises(ValueError, match="bitmap"):
+        codec.unpack_failures(bitmap[:1], n)
+    for other in (Codec(CodecConfig(bits=32)), Codec(CodecConfig(bits=8, quantizer="uniform", bucket=bucket))):
+        assert not other.can_fail and other.bitmap_bytes(n) == 0
+        _, none = other.decode_buckets(other.encode(x, generator=_gen(1)), n, ref)
+        assert none.tolist() == [False] * other.num_buckets(n)
+        assert other.pack_failures(none).numel() == 0
+        assert other.unpack_failures(torch.empty(0, dtype=torch.uint8), n).tolist() == none.tolist()
+
+
+def test_a_bucket_that_decodes_holds_the_senders_values_whatever_the_reference() -> None:
+    """What lets a sender predict its receiver's decode: buckets that pass their checksum decode to k * eps bit for
+    bit against any reference, so two references only differ in which buckets fail."""
+    bucket, n = 64, 2000
+    codec = Codec(CodecConfig(bits=4, eps=suggest_eps(4, 0.01), bucket=bucket))
+    x = _model(n, 21, scale=0.2)
+    msg = codec.encode(x, generator=_gen(3))
+    own, own_failed = codec.decode_buckets(msg, n, x)
+    assert not own_failed.any()  # a message always decodes against the model it encodes
+    for seed in (4, 5):
+        ref = x + (torch.rand(n, generator=_gen(seed)) * 2 - 1) * 0.9 * codec.radius
+        far = torch.randint(0, n, (10,), generator=_gen(seed))
+        ref[far] = x[far] + 1.5 * codec.radius  # these buckets fail
+        out, failed = codec.decode_buckets(msg, n, ref)
+        assert 0 < int(failed.sum()) < codec.num_buckets(n)
+        ok = ~codec.coordinates(failed, n)
+        assert torch.equal(out[ok], own[ok])
+
+
+def test_lattice_decode_rounds_like_unfused_float32_arithmetic() -> None:
+    """Near the decision boundary (references 128 lattice steps away, give or take float32 noise), the decode
+    matches numpy's float32 arithmetic with ref/eps and the subtraction rounded separately: the same bytes and
+    reference decode alike on CPUs with and without fused multiply-add."""
+    bits, eps, bucket, n = 8, 1e-3, 16, 4096
+    codec = Codec(CodecConfig(bits=bits, eps=eps, bucket=bucket))
+    x = _model(n, 31, scale=0.3)
+    msg = codec.encode(x)
+    k = np.round(x.numpy() * np.float32(1 / eps)).astype(np.int64)
+    jitter = torch.randn(n, generator=_gen(32)).numpy() * 5e-5
+    edge = np.arange(n) % bucket == 0  # one coordinate per bucket on the edge, the others decode
+    ref = torch.from_numpy(((k + np.where(edge, 128 + jitter, 0)) * eps).astype(np.float32))
+    out, failed = codec.decode_buckets(msg, n, ref)
+    c = (k % 2**bits).astype(np.float32)
+    s = np.round((c - ref.numpy() * np.float32(1 / eps)) * np.float32(2.0**-bits))
+    k_hat = (c - np.float32(2.0**bits) * s).astype(np.int64)
+    wrong = (k_hat != k).reshape(-1, bucket).any(1)
+    assert 0 < wrong.sum() < len(wrong)  # the boundary is exercised both ways
+    np.testing.assert_array_equal(failed.numpy(), wrong)
+    ok = ~codec.coordinates(failed, n).numpy()
+    np.testing.assert_array_equal(out.numpy()[ok], (k_hat.astype(np.float32) * np.float32(eps))[ok])
+
+
 def test_lattice_header_matches_numpy_reference() -> None:
     """The checksum is sum_i w_i * floor(k_i / 2**bits) mod 2**32, recomputed here in numpy."""
     from bench.core.codec import _checksum_weights

@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from pairwise_scenarios import BUCKET, NUMEL, expected_one_average, many_averages, one_average
 
 from bench.base.errors import UserError
-from bench.core.comm import resolve_transport
+from bench.core.comm import HEADER_BYTES, resolve_transport
+from bench.core.topology import build_topology
+from bench.engine.sim.cluster import Cluster
+from bench.engine.sim.costmodel import CostModel
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun")
@@ -77,6 +82,98 @@ def test_atomic_average_conserves_sum_on_each_transport(tmp_path, transport):
         # Initial models differ by ~0.3 in max-norm; RMA averages use the partner's last published copy (up to a
         # step stale), so consensus is reached more slowly there: 100 rounds bring both well inside 1e-2.
         assert row["32"]["spread"] < 1e-2
+
+
+def _total(rows: list[dict], key: str) -> torch.Tensor:
+    return torch.tensor([r[key] for r in rows], dtype=torch.float64).sum(0)
+
+
+def _check_one_average(rows: list[dict], transport: str) -> None:
+    """One average, rank 0 with rank 1, with buckets failing on the initiator only, the partner only, both, and
+    ties decoding on both (tests/pairwise_scenarios.py): both skip the union, conserve the sum bit for bit, and
+    count the closed-form bytes."""
+    exp = expected_one_average()
+    for rank in (0, 1):
+        row = rows[rank]
+        assert row["failures"] == exp["failures"][rank], (transport, rank)
+        assert row["skipped"] == exp["skipped"], (transport, rank)  # the union: failed on either side
+        assert row["final"] == exp["final"][rank], (transport, rank)  # midpoint outside the union, unmoved inside
+    assert 0 < exp["failures"][0] < exp["skipped"] and 0 < exp["failures"][1] < exp["skipped"]
+    assert torch.equal(_total(rows, "final"), _total(rows, "initial"))  # every operation exact (see the module)
+    m, f = exp["wire"], exp["bitmap"]
+    assert f == -(-NUMEL // BUCKET // 8)  # one bit per bucket
+    initiator, partner = rows[0]["stats"], rows[1]["stats"]
+    if transport == "rma":  # 8 + m in (version, message), 8 + f + m out (version, bitmap, message), counter 8 + 8
+        assert initiator["model"]["bytes_recv"] == partner["model"]["bytes_sent"] == 8 + m
+        assert initiator["model"]["bytes_sent"] == partner["model"]["bytes_recv"] == 8 + f + m
+        assert initiator["control"]["bytes_sent"] == partner["control"]["bytes_recv"] == 8
+        assert initiator["control"]["bytes_recv"] == partner["control"]["bytes_sent"] == 8
+    else:  # request header and m out, m and the bitmap back
+        assert initiator["model"]["bytes_sent"] == partner["model"]["bytes_recv"] == m
+        assert initiator["model"]["bytes_recv"] == partner["model"]["bytes_sent"] == m + f
+        assert initiator["control"]["bytes_sent"] == partner["control"]["bytes_recv"] == HEADER_BYTES
+
+
+def _check_many_averages(rows: list[dict], transport: str, rounds: int = 30) -> None:
+    """Concurrent averages near the radius: the sum is conserved bit for bit, some buckets failed, some on one side
+    only, and the bytes add up to the closed form per interaction."""
+    assert torch.equal(_total(rows, "final"), _total(rows, "initial"))
+    failures, skipped = sum(r["failures"] for r in rows), sum(r["skipped"] for r in rows)
+    # Per average, both sides count the union U and each its own failures F: 2|U| - |F_a| - |F_b| is the number of
+    # buckets that failed on one side only.
+    assert failures > 0 and skipped > failures, (transport, failures, skipped)
+    m, f = expected_one_average()["wire"], expected_one_average()["bitmap"]
+    interactions = rounds * len(rows)
+    sent = sum(r["stats"]["model"]["bytes_sent"] for r in rows)
+    assert sent == sum(r["stats"]["model"]["bytes_recv"] for r in rows)
+    if transport == "rma":
+        full = sum(r["inbox_full"] for r in rows)  # deposits that found no free slot went as 4 bytes per coordinate
+        assert sent == interactions * (2 * m + 16 + f) - full * (8 + f + m - 4 * NUMEL)
+        assert sum(r["stats"]["control"]["bytes_sent"] for r in rows) == interactions * 16
+    else:
+        assert sent == interactions * (2 * m + f)
+
+
+def test_averages_near_the_radius_conserve_the_sum_exactly_in_the_simulator():
+    """The simulated cluster runs the same scenarios as p2p and rma under mpirun (test below)."""
+    cost = CostModel(
+        compute="step-time",
+        fb_seconds=1e-3,
+        update_seconds=1e-4,
+        network="test",
+        bandwidth_gbps=10.0,
+        latency_us=20,
+        allreduce="ring",
+    )
+    rows: dict[str, list[dict]] = {"one": [{}] * 3, "many": [{}] * 3}
+
+    def body(rank: int) -> None:
+        comm = cluster.comms[rank]
+        rows["one"][rank] = one_average(comm)
+        rows["many"][rank] = many_averages(comm)
+
+    cluster = Cluster(3, build_topology("complete", 3), cost, seed=0)
+    cluster.run(body)
+    _check_one_average(rows["one"], "sim")
+    _check_many_averages(rows["many"], "sim")
+
+
+@needs_mpi
+@pytest.mark.parametrize("transport", ["p2p", "rma"])
+def test_averages_near_the_radius_conserve_the_sum_exactly(tmp_path, transport):
+    """Lattice failures on one side only: both sides skip the same buckets, so the sum of models stays exact."""
+    rows = _mpirun(tmp_path, 3, transport, "radius")
+    _check_one_average([r["one"] for r in rows], transport)
+    _check_many_averages([r["many"] for r in rows], transport)
+    if transport == "rma":  # rank 1 never drains while rank 0 averages with it INBOX_SLOTS + 2 times
+        full = [r["full"] for r in rows]
+        assert torch.equal(_total(full, "final"), _total(full, "initial"))
+        exp = expected_one_average()
+        m, f = exp["wire"], exp["bitmap"]
+        assert full[0]["inbox_full"] == 2
+        assert full[0]["stats"]["model"]["bytes_sent"] == full[1]["stats"]["model"]["bytes_recv"]
+        assert full[0]["stats"]["model"]["bytes_sent"] == 4 * (8 + f + m) + 2 * 4 * NUMEL
+        assert full[0]["stats"]["model"]["bytes_recv"] == full[1]["stats"]["model"]["bytes_sent"] == 6 * (8 + m)
 
 
 def test_resolve_transport():

@@ -71,6 +71,7 @@ _GOLDEN32 = 0x9E3779B9
 # words and 24 output bits is pairwise independent for up to 2**(33-24) = 512 inputs per key.
 _DITHER_BLOCK = 512
 _DITHER_SCALE = 2.0**-24  # dithers are 24-bit integers, exactly representable in float32
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)  # failure bitmaps: bucket i is bit i % 8 of byte i // 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,7 +453,8 @@ class Codec:
     failures, indices off by one wrap, have ``t = 0``: ``2**-62``. Hashing ``q`` rather than ``k``
     keeps all 32 bits: a shift of ``k`` by a multiple of ``2**bits`` would lose ``bits`` bits of each
     checksum. Failed buckets decode to the reference's own values (the receiver keeps its model
-    there, so the bucket is simply not averaged) and are counted.
+    there, so the bucket is simply not averaged) and are reported (``decode_buckets``; peers
+    exchange them as bitmaps, ``pack_failures``).
 
     ``uniform`` (stochastic rounding, as in QSGD, Alistarh et al. 2017): per bucket, with
     ``lo = min x`` and step ``s = (max x - lo) / (2**bits - 1)``, each coordinate is sent as
@@ -609,6 +611,23 @@ class Codec:
         ``reference`` (the receiver's own model, 1-D float32 of ``numel`` on msg's device) is
         required by ``lattice`` and ignored otherwise. Failed lattice buckets hold the reference's
         values; the count is always 0 for ``uniform`` and bits=32. The result is a fresh tensor.
+        ``decode_buckets`` says which buckets failed.
+        """
+        out, failed = self.decode_buckets(msg, numel, reference)
+        return out, int(failed.sum())
+
+    def decode_buckets(
+        self, msg: torch.Tensor, numel: int, reference: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Message -> (float32 model of ``numel``, bool per bucket: its lattice decode failed), on msg's device.
+
+        As ``decode``, with the failed buckets themselves (shape ``(num_buckets(numel),)``, all False
+        for ``uniform`` and bits=32). A bucket that passes its checksum holds the sender's lattice
+        values ``k * eps`` bit for bit, whatever the reference; a failed one holds the reference's
+        values. The outcome of each bucket depends only on the message bytes and on that bucket's
+        reference values, and every float32 step is one correctly rounded operation, so any two
+        decodes of the same bytes against the same reference agree exactly, on any CPU: a sender
+        can predict its receiver's decode (``bench.core.comm`` does, to skip the same buckets).
         """
         expected = self.wire_bytes(numel)
         if not isinstance(msg, torch.Tensor) or msg.dtype != torch.uint8 or msg.dim() != 1:
@@ -619,8 +638,9 @@ class Codec:
                 f"message has {msg.numel()} bytes but {expected} are expected for numel={numel} "
                 f"with {self.cfg}; sender and receiver must use the same codec and model size"
             )
+        none_failed = torch.zeros(self.num_buckets(numel), dtype=torch.bool, device=msg.device)
         if self.cfg.bits == 32:
-            return msg.clone().view(torch.float32), 0
+            return msg.clone().view(torch.float32), none_failed
         lattice = self.cfg.quantizer == "lattice"
         if lattice:
             if reference is None:
@@ -633,7 +653,7 @@ class Codec:
                 raise ValueError(f"reference is on {reference.device} but the message is on {msg.device}")
         out = torch.empty(numel, dtype=torch.float32, device=msg.device)
         if numel == 0:
-            return out, 0
+            return out, none_failed
         if msg.storage_offset() % 4 or not msg.is_contiguous():  # header dtype views need alignment
             msg = msg.clone()
         header, body = self._split(msg, numel)
@@ -641,9 +661,11 @@ class Codec:
             assert reference is not None
             return out, self._decode_lattice(header, body, reference.contiguous(), out)
         self._decode_uniform(header.view(torch.float32), body, out)
-        return out, 0
+        return out, none_failed
 
-    def _decode_lattice(self, header: torch.Tensor, body: torch.Tensor, ref: torch.Tensor, out: torch.Tensor) -> int:
+    def _decode_lattice(
+        self, header: torch.Tensor, body: torch.Tensor, ref: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
         bits, bucket, eps = self.cfg.bits, self.cfg.bucket, self.cfg.eps
         scale = 2.0**bits
         sc = _Scratch(out.device)
@@ -652,9 +674,13 @@ class Codec:
             c = out[a:b]
             _unpack(body[packed_bytes(a, bits) : packed_bytes(b, bits)], bits, b - a, c, sc)
             # s = round((c - ref/eps) / 2**bits) = -q_hat and k_hat = c - 2**bits * s. Every step is
-            # exact in float32 (power-of-two scalings of integers < 2**24) except ref/eps itself.
+            # exact in float32 (power-of-two scalings of integers < 2**24) except ref/eps and the
+            # subtraction, two correctly rounded ops. Not one ``sub(c, ref, alpha=1/eps)``: torch
+            # fuses that multiply-add on CPUs with FMA (its AVX2/AVX-512 kernels) and rounds twice
+            # elsewhere, so two hosts could decode the same bytes against the same reference apart.
             s = sc.get("floats", b - a, torch.float32)
-            torch.sub(c, ref[a:b], alpha=self._inv_eps, out=s)
+            torch.mul(ref[a:b], self._inv_eps, out=s)
+            torch.sub(c, s, out=s)
             s.mul_(1.0 / scale)
             s.round_()
             si = sc.get("ints", b - a, torch.int32)
@@ -665,12 +691,52 @@ class Codec:
             ok.append((((mine + sent) & _MASK32) == 0).all(1))
             c.add_(s, alpha=-scale).mul_(eps)
         bad = ~torch.cat(ok)
-        nfail = int(bad.sum())  # the one device sync of a decode
-        if nfail:
+        if bool(bad.any()):  # the one device sync of a decode
             # Keep the receiver's own values in failed buckets: they are then simply not averaged.
-            mask = bad.repeat_interleave(bucket)[: out.numel()]
+            mask = self.coordinates(bad, out.numel())
             out[mask] = ref[mask]
-        return nfail
+        return bad
+
+    # ---- failed buckets --------------------------------------------------------------------------
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether a decode can fail (lattice below 32 bits): only then do peers exchange failure bitmaps."""
+        return self.cfg.bits != 32 and self.cfg.quantizer == "lattice"
+
+    def bitmap_bytes(self, numel: int) -> int:
+        """Size of a failure bitmap for ``numel`` coordinates: one bit per bucket when decoding can fail, else 0."""
+        return -(-self.num_buckets(numel) // 8) if self.can_fail else 0
+
+    def coordinates(self, failed: torch.Tensor, numel: int) -> torch.Tensor:
+        """Bool per bucket -> bool per coordinate (the last bucket may be short)."""
+        return failed.repeat_interleave(self.cfg.bucket)[:numel]
+
+    def pack_failures(self, failed: torch.Tensor) -> torch.Tensor:
+        """Bool per bucket -> the failure bitmap, ``bitmap_bytes`` uint8 on the CPU: bucket i is bit i % 8 of
+        byte i // 8 (lowest bit first, as the codes are packed), the last byte zero-padded."""
+        failed = failed.to("cpu", torch.bool)
+        if not self.can_fail:
+            if bool(failed.any()):
+                raise ValueError(f"{self.cfg} cannot fail, but failed buckets were given")
+            return torch.empty(0, dtype=torch.uint8)
+        nbytes = -(-failed.numel() // 8)
+        bits = torch.zeros(8 * nbytes, dtype=torch.uint8)
+        bits[: failed.numel()] = failed
+        return (bits.view(nbytes, 8) << _BIT_SHIFTS).sum(1, dtype=torch.uint8)
+
+    def unpack_failures(self, bitmap: torch.Tensor, numel: int) -> torch.Tensor:
+        """Inverse of ``pack_failures`` for a model of ``numel`` coordinates: bool per bucket, on the CPU."""
+        buckets, nbytes = self.num_buckets(numel), self.bitmap_bytes(numel)
+        if bitmap.dtype != torch.uint8 or bitmap.shape != (nbytes,):
+            raise ValueError(
+                f"a failure bitmap for numel={numel} is uint8 of shape ({nbytes},), "
+                f"got {bitmap.dtype} {tuple(bitmap.shape)}"
+            )
+        if not self.can_fail:
+            return torch.zeros(buckets, dtype=torch.bool)
+        bits = (bitmap.to("cpu")[:, None] >> _BIT_SHIFTS) & 1
+        return bits.reshape(-1)[:buckets].bool()
 
     def _decode_uniform(self, header: torch.Tensor, body: torch.Tensor, out: torch.Tensor) -> None:
         bits, bucket = self.cfg.bits, self.cfg.bucket

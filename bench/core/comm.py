@@ -13,7 +13,9 @@ packed codes plus 8 header bytes per bucket when quantized):
   quantized.
 - neighbor_exchange: m sent to and received from each neighbour.
 - read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
-- average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.
+- average_with: header + m bytes to the peer, m + f bytes back (its model and the failure bitmap: f =
+  `Codec.bitmap_bytes`, one bit per bucket rounded up to whole bytes for the lattice quantizer below 32 bits, 0
+  otherwise); the peer counts the mirror image. RMA (`RmaComm`) differs and says how in its docstring.
 - publish: no bytes (the copy stays on this node until a peer reads it); its time is kind "publish".
 
 Lazy publish. `publish` keeps a raw float32 copy of the model and its stamp (a `Copy`); the copy is encoded only
@@ -27,7 +29,7 @@ lie in the owner's window, so the owner must encode before any read may arrive, 
 Time. `KindStats.seconds` is what this node's training thread spent blocked in calls of a kind (publish
 included), which `comm_fraction` sums. `CommStats.serve_seconds` is what this node spent serving peers apart
 from its own calls: the p2p responder encoding a copy for a read or averaging under the model lock, the RMA
-owner folding peers' deltas into its model and encoding its window copy. AllReduce SGD never serves.
+owner decoding and folding peers' deposits into its model and encoding its window copy. AllReduce SGD never serves.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class Comm:
         self.topology = topology
         self.stats = CommStats()
         self.codec = RAW
-        self.decode_failures = 0
+        self.decode_failures = 0  # buckets of peers' messages this node failed to decode
+        self.buckets_skipped = 0  # buckets left out of averages: failed on either side (counted by both sides)
         self._gen = torch.Generator().manual_seed(rank)
         self._cell_seed, self._publishes = 0, 0  # seed the codec of each published copy (see `Copy`)
         self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
@@ -234,37 +237,45 @@ class Comm:
         """Atomic pairwise average of this node's exposed model with `peer`'s (both move to the average).
 
         Each side moves by half the difference of the two *decoded* messages, so the sum of all models is
-        conserved exactly even with quantization (both sides decode the same bytes to the same values) and
-        even if a third node averaged with us meanwhile. No lock is held across nodes: no deadlock.
+        conserved exactly even with quantization and even if a third node averaged with us meanwhile: a bucket
+        that decodes at all decodes to the sender's lattice values whatever the reference, so both sides see the
+        same two values and move by exact negations of each other. A lattice bucket that fails to decode on
+        either side is skipped by both: we decode the peer's reply against the values our own message decodes
+        to, which the peer knows wherever it decoded us, so the peer predicts our failures, skips the union of
+        its and ours, and sends that union back as a bitmap (`_lead`, `_follow`). No lock is held across
+        nodes: no deadlock.
         """
         if self._live is None:
             raise RuntimeError("average_with() before expose(): expose this node's live model first")
         with self._timed(kind):
             with self._model_lock:
                 snap = self._live.detach().to("cpu", copy=True)
-            self._work("copy", snap.numel())
+            numel = snap.numel()
+            self._work("copy", numel)
             msg = self._encode(snap)
-            mine = self._decode(msg, snap) if self.codec is not RAW else snap
-            reply = self._average_with(peer, msg)
-            theirs = self._decode(reply, snap)
+            mine = self._own_values(msg, snap)
+            reply = self._average_with(peer, msg, msg.numel() + self.codec.bitmap_bytes(numel))
+            skip = self.codec.unpack_failures(reply[msg.numel() :], numel)
+            move = self._follow(reply[: msg.numel()], mine, skip)
             with self._model_lock:
-                self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
-            self._work("average", snap.numel())
+                self._live.add_(move.to(self._live.device))
+            self._work("average", numel)
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
             self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
 
     def serve_average(self, msg: torch.Tensor, kind: str = "model") -> torch.Tensor:
-        """The passive side of `average_with` (called by the engine for a peer's request): returns the reply."""
+        """The passive side of `average_with` (called by the engine for a peer's request): returns the reply, our
+        encoded model followed by the failure bitmap of the buckets both sides skip."""
         if self._live is None:
             raise RuntimeError(f"rank {self.rank} was asked to average before it exposed its model")
         with self._model_lock, self._serving():
             old = self._live.detach().to("cpu", copy=True)
             self._work("copy", old.numel())
-            reply = self._encode(old)
-            mine = self._decode(reply, old) if self.codec is not RAW else old
-            theirs = self._decode(msg, old)
-            self._live.add_(theirs.sub_(mine).mul_(0.5).to(self._live.device))
+            own = self._encode(old)
+            move, skip = self._lead(msg, own, self._own_values(own, old))
+            self._live.add_(move.to(self._live.device))
             self._work("average", old.numel())
+            reply = torch.cat([own, self.codec.pack_failures(skip)])
         self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
         self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
         return reply
@@ -298,7 +309,7 @@ class Comm:
         """Fresh counters, the cell's codec, no exposed/published model (between algorithms)."""
         self.stats.reset()
         self.codec = codec or RAW
-        self.decode_failures = 0
+        self.decode_failures = self.buckets_skipped = 0
         self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
         self._cell_seed, self._publishes = seed, 0
         self.live_step = 0
@@ -320,12 +331,66 @@ class Comm:
         return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._gen)
 
     def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return self._decode_buckets(msg, reference)[0].to(reference.device)
+
+    def _decode_buckets(self, msg: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A peer's message decoded on the CPU against `reference`: (values, failed buckets); failures counted."""
         self._work("decode", reference.numel())
+        ref = reference.detach().to("cpu", torch.float32) if self.codec.can_fail else None  # only lattice needs it
+        values, failed = self.codec.decode_buckets(msg, reference.numel(), ref)
+        self.decode_failures += int(failed.sum())
+        return values, failed
+
+    # ---- the pairwise average, both sides ---------------------------------------------------------
+    def _own_values(self, msg: torch.Tensor, snap: torch.Tensor) -> torch.Tensor:
+        """The values every receiver of `msg` (our encoding of `snap`) decodes it to, wherever it decodes.
+
+        A message always decodes against the model it encodes (|x - k*eps| < eps, far inside every radius), so
+        a failure here is a bug, not a far peer: raise instead of averaging with values nobody else has.
+        """
         if self.codec is RAW:
-            return msg.clone().view(torch.float32).to(reference.device)
-        out, failures = self.codec.decode(msg, reference.numel(), reference.detach().to("cpu", torch.float32))
-        self.decode_failures += failures
-        return out.to(reference.device)
+            return snap
+        self._work("decode", snap.numel())
+        values, failed = self.codec.decode_buckets(msg, snap.numel(), snap)
+        if bool(failed.any()):
+            raise RuntimeError(f"rank {self.rank}: {int(failed.sum())} buckets of its own message failed to decode")
+        return values
+
+    def _lead(self, msg: torch.Tensor, own_msg: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The side of an average that decides which buckets both sides skip: (our move, skipped buckets).
+
+        `msg` is the peer's message, `own_msg` ours and `own` the values it decodes to. The peer will decode
+        `own_msg` against the values of its own message, which we hold exactly wherever we decoded it; in the
+        buckets where we did not, we skip anyway. So decoding `own_msg` against what we decoded predicts the
+        peer's failures bucket for bucket (`Codec.decode_buckets` is exact and per bucket), and the union with
+        ours is what both sides skip.
+        """
+        theirs, failed = self._decode_buckets(msg, own)
+        skip = failed
+        if self.codec.can_fail:
+            self._work("decode", own.numel())  # predicting the peer's decode of our message
+            skip = failed | self.codec.decode_buckets(own_msg, own.numel(), theirs)[1]
+        return self._half_difference(theirs, own, skip), skip
+
+    def _follow(self, msg: torch.Tensor, own: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The other side: our move for the peer's `msg` (decoded against `own`) outside the buckets it skipped."""
+        theirs, failed = self._decode_buckets(msg, own)
+        if bool((failed & ~skip).any()):
+            raise RuntimeError(
+                f"rank {self.rank}: a peer's message failed to decode in buckets the peer did not predict; "
+                "both sides must run the same codec on the same bytes"
+            )
+        return self._half_difference(theirs, own, skip)
+
+    def _half_difference(self, theirs: torch.Tensor, own: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """(theirs - own) / 2, zero in the skipped buckets. The two sides of an average compute it with the
+        roles swapped on the same two float32 vectors, and fl(a - b) = -fl(b - a): exact negations."""
+        move = theirs.sub_(own).mul_(0.5)
+        skipped = int(skip.sum())
+        if skipped:
+            move[self.codec.coordinates(skip, move.numel())] = 0.0
+        self.buckets_skipped += skipped
+        return move
 
     def _work(self, op: str, numel: int) -> None:
         """The comm layer just did CPU work on `numel` coordinates: "copy", "average" (the pairwise-average
@@ -345,8 +410,8 @@ class Comm:
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
-        """Deliver `msg` to `peer`, have it run `serve_average`, return its reply."""
+    def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
+        """Deliver `msg` to `peer`, have it run `serve_average`, return its reply (`reply_bytes` long)."""
         raise NotImplementedError
 
     def _barrier(self) -> None:
@@ -494,10 +559,10 @@ class TorchComm(Comm):
         self._dist.recv(out, src=peer, group=self._rep)
         return out
 
-    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
+    def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
         self._request(_AVERAGE, peer, msg.numel())
         self._dist.send(msg, dst=peer, group=self._req)
-        reply = torch.empty_like(msg)
+        reply = torch.empty(reply_bytes, dtype=torch.uint8)
         self._dist.recv(reply, src=peer, group=self._rep)
         return reply
 
@@ -542,27 +607,62 @@ class TorchComm(Comm):
         self._responder = None
 
 
+@dataclass
+class _Kept:
+    """A model message an RMA node wrote into its window, kept while a peer's deposit may still name it."""
+
+    msg: torch.Tensor  # the encoded model, without the stamp
+    raw: torch.Tensor | None  # the model it encodes (its decode reference), dropped once decoded
+    values: torch.Tensor | None = None  # what every receiver decodes `msg` to (`Comm._own_values`)
+
+
 class RmaComm(TorchComm):
     """`Comm` whose one-sided operations use MPI RMA windows (mpi4py), passive target ("rma" transport).
 
-    Collectives still run on torch.distributed. Each node exposes one window laid out as
-    [reads served: int64 | averages received: int64 | live step: int64 | stamp: int64 | model message] and, for atomic
-    averages, an inbox window of float32 deltas. A `read` is Lock(peer, shared) / Get / Unlock: the peer's
-    process is not involved at all (Open MPI progresses passive-target RMA on one host without the target
-    calling MPI). `average_with` takes an exclusive lock on the partner (as the SwarmSGD authors' code did),
-    Gets its current model, Accumulates the partner's half of the difference into the partner's inbox and
-    moves itself by the other half; the partner folds its inbox into its model when it next enters
-    `exclusive()` and republishes its model when it leaves it. Both halves are computed from the same decoded
-    values, so the sum of models is conserved exactly; no two locks are taken in different orders.
+    Collectives still run on torch.distributed. Each node exposes a model window laid out as
+    [reads served: int64 | version: int64 | live step: int64 | stamp: int64 | model message] and, for atomic
+    averages, an inbox window [deposits: int64 | INBOX_SLOTS slots of (version: int64 | failure bitmap | message),
+    each padded to a multiple of 8 bytes | float32 delta, one per coordinate]. A `read` is Lock(peer, shared) /
+    Get / Unlock: the peer's process is not involved at all (Open MPI progresses passive-target RMA on one host
+    without the target calling MPI).
 
-    Byte accounting: a read costs the reader an 8-byte counter increment (control), the owner's 8-byte live step
+    `average_with` takes an exclusive lock on the partner's model window (as the SwarmSGD authors' code did) and
+    Gets the message there and its version number: the partner encodes its live model into the window at the
+    end of every `exclusive()` (and at `expose`), under that lock, numbering each write. The initiator decodes
+    it against the values its own message decodes to, predicts in which buckets the partner will fail to decode
+    the initiator's message (as the p2p partner does: `Comm._lead`), and moves by half the difference outside
+    the union of both failure sets. Before unlocking the partner's window it deposits its own *encoded* message,
+    that union as a bitmap and the version it read in a slot of the partner's inbox (the slot is the old value of
+    the deposit counter, taken with Fetch_and_op under an exclusive lock of the inbox). The partner drains its
+    inbox when it next enters `exclusive()` (and at `finish_cell`, after the last fence): it decodes each deposit
+    against the values of the version named and moves by half the difference outside the bitmap, the exact
+    negation of the initiator's move, so the sum of models is conserved exactly. A deposit can only name a
+    version written since the partner's previous drain (holding the window lock from Get to deposit keeps the
+    partner from writing a newer one in between), so those are all the partner keeps. No initiator ever waits
+    for a partner: when all slots are taken (the partner stopped draining: it is evaluating, or finished
+    training and waits at the last fence), the initiator accumulates its exact float32 move, negated, into the
+    delta area instead (MPI_SUM), which the partner adds at its drain; `inbox_full` counts those. Unquantized
+    averages (bits=32) always take that path (no slots): the float32 move is then the message. Locks are always
+    taken model window first, inbox second, and an owner holds its own inbox lock only to copy it: no deadlock.
+
+    Byte accounting, with m = `Codec.wire_bytes`, f = `Codec.bitmap_bytes` and n coordinates. A read costs the
+    reader an 8-byte increment of the owner's served-reads counter (control), the owner's 8-byte live step
     counter (control, which the owner writes after every step: `set_step`) and 8 + m bytes back (stamp,
-    message); the reader computes the read's staleness (live step - stamp); the owner learns from its counters
-    how many reads and averages it served.
+    message); the reader computes the read's staleness (live step - stamp); the owner learns from its counter
+    how many reads it served. An average costs the initiator 8 control bytes each way (the deposit counter's
+    Fetch_and_op: the increment, the old value back), 8 + m model bytes received (version, message) and
+    8 + f + m model bytes sent (version, bitmap, message), or 4n instead when the partner's slots were full or
+    bits=32; the partner counts the mirror image as it drains each deposit. A quantized average thus moves
+    2m + 16 + f model bytes, where a float32 delta would move m + 8 + 4n.
     """
 
     transport = "rma"
     request_bytes = 8  # the reader's increment of the owner's served-reads counter
+    INBOX_SLOTS = 4  # quantized deposits an inbox holds between two drains; averages beyond go as float32
+
+    _VERSION = 8  # offset of the version number of the message in the model window
+    _LIVE = 16  # offset of the owner's live step counter
+    _COUNTERS = 24  # reads served, version, live step (int64 each), then the stamp and the message
 
     def __init__(
         self, rank: int, size: int, topology: Topology, timeout_s: float, now: Callable[[], float] = time.perf_counter
@@ -578,16 +678,22 @@ class RmaComm(TorchComm):
                 "the rma transport needs the job started by mpirun with one rank per node"
             )
         self._win = None  # the model window
-        self._inbox = None  # float32 deltas from peers' atomic averages
+        self._inbox = None  # peers' deposits from their atomic averages
         self._buf = None  # numpy views of our own windows
         self._inbox_buf = None
+        self._reset_inbox_state()
 
-    _COUNTERS = 24  # reads served, averages received, live step (int64 each), then the stamp and the message
-    _LIVE = 16  # offset of the owner's live step counter
+    def _reset_inbox_state(self) -> None:
+        self._slots = self._slot_bytes = self._delta_at = 0  # inbox layout (set when the model is exposed)
+        self._version = 0  # number of the last message written into our window
+        self._kept: dict[int, _Kept] = {}  # version -> message, for the deposits that may still name it
+        self._averages_served = 0
+        self.inbox_full = 0  # averages initiated here whose partner had no free slot (sent as float32)
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         self._free_windows()
         super().start_cell(codec, seed)
+        self._reset_inbox_state()
 
     def _free_windows(self) -> None:
         # Collective: every rank calls it at the same point (start of a cell, close).
@@ -604,19 +710,24 @@ class RmaComm(TorchComm):
         self._buf = np.frombuffer(self._win.tomemory(), dtype=np.uint8)
         self._buf[:] = 0
         if numel_live is not None:
-            self._inbox = MPI.Win.Allocate(4 * numel_live, disp_unit=4, comm=self._mpi)
-            self._inbox_buf = np.frombuffer(self._inbox.tomemory(), dtype=np.float32)
+            self._slots = 0 if self.codec is RAW else self.INBOX_SLOTS
+            deposit = 8 + self.codec.bitmap_bytes(numel_live) + self.codec.wire_bytes(numel_live)
+            self._slot_bytes = -(-deposit // 8) * 8
+            self._delta_at = 8 + self._slots * self._slot_bytes
+            self._inbox = MPI.Win.Allocate(self._delta_at + 4 * numel_live, disp_unit=1, comm=self._mpi)
+            self._inbox_buf = np.frombuffer(self._inbox.tomemory(), dtype=np.uint8)
             self._inbox_buf[:] = 0
         self._mpi.Barrier()  # windows zeroed everywhere before anyone reads
 
     # ---- owner side --------------------------------------------------------------------------------
     def _publish(self, copy: Copy) -> None:
         # A passive-target read takes whatever lies in the window: encode now, at every publish (see the module doc).
+        raw = copy.raw
         blob = self.blob_of(copy)
         if self._win is None:  # first publish of the cell: every rank gets here in the same order
             self._allocate(blob.numel(), None)
         self._write_live_step()  # publish may have raised it to the stamp
-        self._write_own(blob)
+        self._write_own(blob, raw)
 
     def set_step(self, step: int) -> None:
         super().set_step(step)
@@ -631,11 +742,18 @@ class RmaComm(TorchComm):
         self._buf[self._LIVE : self._COUNTERS] = np.frombuffer(np.int64(self.live_step).tobytes(), dtype=np.uint8)
         self._win.Unlock(self.rank)
 
-    def _write_own(self, blob: torch.Tensor) -> None:
+    def _write_own(self, blob: torch.Tensor, raw: torch.Tensor | None) -> None:
+        """Put `blob` (stamp + message of `raw`) in our window under a new version number; keep it for deposits."""
+        import numpy as np
+
         MPI = self._MPI
+        self._version += 1
         self._win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        self._buf[self._VERSION : self._LIVE] = np.frombuffer(np.int64(self._version).tobytes(), dtype=np.uint8)
         self._buf[self._COUNTERS :] = blob.numpy()
         self._win.Unlock(self.rank)
+        if self._slots and raw is not None:
+            self._kept[self._version] = _Kept(blob[STAMP_BYTES:], raw)
 
     def expose(self, live: torch.Tensor) -> None:
         super().expose(live)
@@ -646,7 +764,9 @@ class RmaComm(TorchComm):
     def _republish(self) -> None:
         with self._serving():  # the window copy exists only for peers' averages
             stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
-            self._write_own(torch.cat([stamp, self._encode(self._live)]))
+            # Quantized: a copy, the reference that decodes the message when a deposit names it.
+            snap = self._live.detach().to("cpu", copy=True) if self._slots else self._live
+            self._write_own(torch.cat([stamp, self._encode(snap)]), snap)
 
     @contextlib.contextmanager
     def exclusive(self):
@@ -657,24 +777,62 @@ class RmaComm(TorchComm):
             if self._inbox is not None and self._live is not None:
                 self._republish()
 
+    def _values_of(self, version: int) -> torch.Tensor:
+        kept = self._kept.get(version)
+        if kept is None:
+            raise RuntimeError(
+                f"rank {self.rank}: a peer's average names message version {version}, which is no longer kept "
+                f"(kept: {sorted(self._kept)})"
+            )
+        if kept.values is None:
+            assert kept.raw is not None
+            kept.values, kept.raw = self._own_values(kept.msg, kept.raw), None
+        return kept.values
+
     def _drain_inbox(self) -> None:
+        """Fold in the averages peers deposited since the last drain (the caller holds the model lock)."""
+        import numpy as np
+
         MPI = self._MPI
+        buf, width = self._inbox_buf, self._slot_bytes
         with self._serving():  # folding in what peers' averages gave us: the owner's side of their averages
             self._inbox.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-            delta = torch.from_numpy(self._inbox_buf.copy())
-            self._inbox_buf[:] = 0
+            count = int(buf[:8].view(np.int64)[0])
+            slotted = min(count, self._slots)
+            deposits = [buf[8 + i * width : 8 + (i + 1) * width].copy() for i in range(slotted)]
+            delta = None
+            if count > slotted:
+                area = buf[self._delta_at :].view(np.float32)
+                delta = torch.from_numpy(area.copy())
+                area[:] = 0
+            buf[:8] = 0
             self._inbox.Unlock(self.rank)
-            self._live.add_(delta.to(self._live.device))
+            n = self._live.numel()
+            m, f = self.codec.wire_bytes(n), self.codec.bitmap_bytes(n)
+            for dep in deposits:
+                skip = self.codec.unpack_failures(torch.from_numpy(dep[8 : 8 + f]), n)
+                msg = torch.from_numpy(dep[8 + f : 8 + f + m].copy())  # aligned for the codec's header view
+                move = self._follow(msg, self._values_of(int(dep[:8].view(np.int64)[0])), skip)
+                self._live.add_(move.to(self._live.device))
+            if delta is not None:
+                self._live.add_(delta.to(self._live.device))
+            if count:
+                self._averages_served += count
+                self.stats.add("control", sent=8 * count, recv=8 * count, msgs_recv=count)
+                recv = (8 + f + m) * slotted + 4 * n * (count - slotted)
+                self.stats.add("model", sent=(8 + m) * count, recv=recv, msgs_sent=count, msgs_recv=count)
+        # Deposits still to come name the current version or a later one (see the class docstring).
+        self._kept = {v: kept for v, kept in self._kept.items() if v >= self._version}
 
     def served(self) -> tuple[int, int]:
-        """(reads served, averages received) so far, from our own window's counters."""
+        """(reads served, averages received) so far: reads from our window's counter, averages as drained."""
         import numpy as np
 
         MPI = self._MPI
         self._win.Lock(self.rank, MPI.LOCK_SHARED)
-        counts = np.frombuffer(self._buf[: self._LIVE].tobytes(), dtype=np.int64).copy()
+        reads = int(np.frombuffer(self._buf[:8].tobytes(), dtype=np.int64)[0])
         self._win.Unlock(self.rank)
-        return int(counts[0]), int(counts[1])
+        return reads, self._averages_served
 
     # ---- initiator side ----------------------------------------------------------------------------
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
@@ -703,43 +861,48 @@ class RmaComm(TorchComm):
                 self._drain_inbox()  # fold in what others already gave us, so our snapshot is current
                 snap = self._live.detach().to("cpu", copy=True)
             msg = self._encode(snap)
-            mine = self._decode(msg, snap) if self.codec is not RAW else snap
-            nbytes = STAMP_BYTES + self.codec.wire_bytes(snap.numel())
-            blob = np.empty(nbytes, dtype=np.uint8)
-            one = np.ones(1, dtype=np.int64)
+            mine = self._own_values(msg, snap)
+            m = msg.numel()
+            version = np.empty(8, dtype=np.uint8)  # the int64 version number of the partner's message
+            theirs = np.empty(m, dtype=np.uint8)
+            one, slot = np.ones(1, dtype=np.int64), np.empty(1, dtype=np.int64)
             self._win.Lock(peer, MPI.LOCK_EXCLUSIVE)
-            self._win.Get(blob, peer, target=(self._COUNTERS, nbytes, MPI.BYTE))
-            theirs = self._decode(torch.from_numpy(blob[STAMP_BYTES:]), snap)
-            delta = theirs.sub_(mine).mul_(0.5)  # our move; the partner moves by its negation
-            give = (-delta).numpy()
+            self._win.Get(version, peer, target=(self._VERSION, 8, MPI.BYTE))
+            self._win.Get(theirs, peer, target=(self._COUNTERS + STAMP_BYTES, m, MPI.BYTE))
+            self._win.Flush(peer)  # a Get's buffer is undefined until the operation completes
+            move, skip = self._lead(torch.from_numpy(theirs), msg, mine)
             self._inbox.Lock(peer, MPI.LOCK_EXCLUSIVE)
-            self._inbox.Accumulate(give, peer, op=MPI.SUM)
+            self._inbox.Fetch_and_op([one, 1, MPI.INT64_T], [slot, 1, MPI.INT64_T], peer, 0, op=MPI.SUM)
+            self._inbox.Flush(peer)
+            if int(slot[0]) < self._slots:
+                deposit = np.concatenate([version, self.codec.pack_failures(skip).numpy(), msg.numpy()])
+                at = 8 + int(slot[0]) * self._slot_bytes
+                self._inbox.Put(deposit, peer, target=(at, deposit.size, MPI.BYTE))
+            else:  # no free slot (or bits=32): the exact float32 move, negated, summed into the delta area
+                deposit = (-move).numpy()
+                self._inbox.Accumulate(
+                    [deposit, deposit.size, MPI.FLOAT],
+                    peer,
+                    target=(self._delta_at, deposit.size, MPI.FLOAT),
+                    op=MPI.SUM,
+                )
+                self.inbox_full += int(self._slots > 0)
             self._inbox.Unlock(peer)
-            self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(8, 1, MPI.INT64_T), op=MPI.SUM)
-            self._win.Unlock(peer)
+            self._win.Unlock(peer)  # only now may the partner write a newer version
             with self._model_lock:
-                self._live.add_(delta.to(self._live.device))
-            self.stats.add("control", sent=8, msgs_sent=1)
-            self.stats.add(kind, sent=give.nbytes, recv=nbytes, msgs_sent=1, msgs_recv=1)
+                self._live.add_(move.to(self._live.device))
+            self.stats.add("control", sent=8, recv=8, msgs_sent=1)
+            self.stats.add(kind, sent=deposit.nbytes, recv=8 + m, msgs_sent=1, msgs_recv=1)
 
     def finish_cell(self) -> None:
-        """Count what peers took from / gave to us through our windows (collective: after a fence)."""
+        """Count the reads peers took from our window and drain the last deposits (collective: after a fence)."""
         if self._win is None:
             return
-        reads, averages = self.served()
-        blob_bytes = self._buf.size - self._COUNTERS
+        reads, _ = self.served()
         if reads:
+            blob_bytes = self._buf.size - self._COUNTERS
             self.stats.add("control", recv=8 * reads, msgs_recv=reads)
             self.stats.add("model", sent=blob_bytes * reads, msgs_sent=reads)
-        if averages:
-            self.stats.add("control", recv=8 * averages, msgs_recv=averages)
-            self.stats.add(
-                "model",
-                sent=blob_bytes * averages,
-                recv=self._inbox_buf.nbytes * averages,
-                msgs_sent=averages,
-                msgs_recv=averages,
-            )
         if self._inbox is not None and self._live is not None:
             with self._model_lock:
                 self._drain_inbox()

@@ -310,8 +310,11 @@ class SimComm(Comm):
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         return self._cluster.read(self.rank, peer, nbytes)
 
-    def _average_with(self, peer: int, msg: torch.Tensor) -> torch.Tensor:
-        return self._cluster.average(self.rank, peer, msg)
+    def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
+        reply = self._cluster.average(self.rank, peer, msg)
+        if reply.numel() != reply_bytes:
+            raise RuntimeError(f"rank {peer} replied {reply.numel()} bytes to an average, {reply_bytes} expected")
+        return reply
 
     def _barrier(self) -> None:
         c = self._cluster
