@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -168,8 +168,25 @@ class Comm:
         with self._timed(kind):
             if self.size > 1:
                 self._allreduce_sum(t)
-            vol = ring_allreduce_bytes(_nbytes(t), self.size)
-            self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
+            self._count_allreduce(t, kind)
+
+    def allreduce_mean_async(self, t: torch.Tensor, kind: str) -> Pending:
+        """Start t <- mean over all nodes, in place, and return at once; `wait()` on the handle completes it.
+
+        For overlapping communication with computation (AllReduce SGD launches each gradient bucket from an
+        autograd hook while the backward pass goes on). Every node must start the same sequence of asynchronous
+        allreduces (same sizes, same order), and nobody may touch `t` before `wait()` returned. The bytes are
+        counted here, exactly as `allreduce_mean` counts them; the time counted under `kind` is what `wait()`
+        blocks (starting one blocks nothing, and reads no clock: on CUDA that would synchronize the device in the
+        middle of the backward pass).
+        """
+        work = self._allreduce_sum_async(t) if self.size > 1 else None
+        self._count_allreduce(t, kind)
+        return Pending(self, t, kind, work)
+
+    def _count_allreduce(self, t: torch.Tensor, kind: str) -> None:
+        vol = ring_allreduce_bytes(_nbytes(t), self.size)
+        self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
 
     def neighbor_exchange(self, t: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
         """Synchronous: send `t` (encoded) to every neighbour; return each neighbour's decoded model."""
@@ -322,6 +339,10 @@ class Comm:
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
+        """Start an in-place sum over all nodes; the returned work's `wait()` returns once `t` holds it."""
+        raise NotImplementedError
+
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
@@ -359,6 +380,46 @@ class Comm:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+class Work(Protocol):
+    """An engine's collective in flight (torch.distributed's `Work`, a Horovod handle, a simulated bucket)."""
+
+    def wait(self) -> object: ...
+
+
+class Pending:
+    """An allreduce in flight (`Comm.allreduce_mean_async`). `wait()` blocks until `t` holds the mean over all
+    nodes (timed under the allreduce's kind); waiting again returns at once."""
+
+    __slots__ = ("_comm", "_t", "_kind", "_work", "done")
+
+    def __init__(self, comm: Comm, t: torch.Tensor, kind: str, work: Work | None) -> None:
+        self._comm, self._t, self._kind, self._work = comm, t, kind, work
+        self.done = False
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        comm = self._comm
+        if self._work is not None:
+            with comm._timed(self._kind):
+                self._work.wait()
+        if comm.size > 1:
+            self._t.div_(comm.size)
+        self.done = True
+
+
+class _HorovodWork:
+    """A Horovod allreduce handle as a `Work`: `hvd.synchronize` waits for it (in place: `allreduce_async_`)."""
+
+    __slots__ = ("_hvd", "_handle")
+
+    def __init__(self, hvd, handle) -> None:
+        self._hvd, self._handle = hvd, handle
+
+    def wait(self) -> None:
+        self._hvd.synchronize(self._handle)
 
 
 # Request opcodes served by the responder thread.
@@ -450,6 +511,13 @@ class TorchComm(Comm):
             self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{self._hvd_calls}")
             return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
+
+    def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
+        if self._hvd is not None:
+            self._hvd_calls += 1
+            name = f"swarmbench.allreduce.{self._hvd_calls}"
+            return _HorovodWork(self._hvd, self._hvd.allreduce_async_(t, op=self._hvd.Sum, name=name))
+        return self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t), async_op=True)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         out = {p: torch.empty_like(msg) for p in peers}
