@@ -1,16 +1,18 @@
 """Communication: the one module that talks to torch.distributed, and counts every byte it moves.
 
 `Comm` is the engine-neutral interface every algorithm sees (see docs in README, "Architecture"):
-collectives (`allreduce_mean`, `neighbor_exchange`), the one-sided pair (`publish` / `read`) and the
-atomic pairwise average (`average_with`). `TorchComm` implements it on real processes; the simulated
-cluster implements the same interface with virtual time. Both count in the same way (`CommStats`).
+collectives (`allreduce_mean`, its asynchronous twin `allreduce_mean_async`, `neighbor_exchange`), the one-sided
+pair (`publish` / `read`) and the atomic pairwise average (`average_with`). `TorchComm` implements it on real
+processes; the simulated cluster implements the same interface with virtual time. Both count in the same way
+(`CommStats`).
 
 Byte accounting (per node, by kind; closed forms tested in tests/test_comm.py and tests/test_run.py).
 With m = the codec's message size for the model (`Codec.wire_bytes`: 4 bytes per parameter unquantized,
 packed codes plus 8 header bytes per bucket when quantized):
 - allreduce of b bytes over n nodes: the ring algorithm's volume, 2(n-1)/n * b sent and received per node
-  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference). Never
-  quantized.
+  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference), one message.
+  Never quantized. An asynchronous allreduce counts the same when it starts (AllReduce SGD's buckets: the sum over
+  its buckets per step).
 - neighbor_exchange: m sent to and received from each neighbour.
 - read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
 - average_with: header + m bytes to the peer, m bytes back; the peer counts the mirror image.

@@ -510,10 +510,105 @@ def bench_sim_validate(ctx: BenchContext) -> list[Row]:
     return validate_sim(pairs=min(ctx.repeats, 5))
 
 
+# --------------------------------------------------------------------------------------------------
+# AllReduce SGD against raw DDP and raw Horovod (bench/diagnostics/rawdp.py)
+# --------------------------------------------------------------------------------------------------
+
+DP_CASES = [  # (model, dataset, epochs): a few seconds of training per run on 2 CPU processes
+    ("mlp", "mnist", 6),
+    ("resnet20", "digits", 6),
+]
+DP_NODES = 2
+DP_BATCH = 32
+DP_TARGET = 0.97  # swarmbench's samples/s over the raw script's, median of alternating runs
+
+
+def _swarmbench_samples_per_s(opts: dict[str, Any], tmp: str, label: str) -> float:
+    import contextlib
+    import io
+
+    import pandas as pd
+
+    out = f"{tmp}/{label}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = execute(resolve(opts), out, argv=["bench.diagnostics.benchmarks", "ddp"], interactive=False)
+    if code != 0:
+        raise RuntimeError(f"swarmbench run {label} failed (exit {code})")
+    return float(pd.read_csv(f"{out}/summary.csv")["samples_per_s"].iloc[0])
+
+
+def compare_dp(device: str = "cpu", pairs: int = 3, cases=DP_CASES, horovod: bool | None = None) -> list[Row]:
+    """swarmbench's AllReduce SGD (`swarmbench run --algo allreduce`, its default buckets) against the raw scripts
+    of `bench.diagnostics.rawdp` on the same model, data, batch and world size: DDP with the local launcher on
+    torch.distributed (gloo on the CPU, nccl on CUDA), and, when Horovod is importable, Horovod's
+    DistributedOptimizer against `--launcher horovodrun --allreduce-impl horovod`. Each pair of runs goes back to
+    back and the pairs alternate, so a drift of a shared machine's speed hits both sides; the ratio is of the
+    medians over `pairs` pairs. Samples/s is the same quantity on both sides (all ranks' samples over the slowest
+    rank's training time, evaluation and start-up excluded)."""
+    import importlib.util
+    import tempfile
+
+    from bench.diagnostics import rawdp
+
+    if horovod is None:
+        horovod = importlib.util.find_spec("horovod") is not None and _horovod_runs_on(device)
+    backend = "nccl" if device == "cuda" else "gloo"
+    refs = [("DDP", "ddp", {"launcher": "local"})]
+    if horovod:
+        refs.append(("Horovod", "horovod", {"launcher": "horovodrun", "allreduce_impl": "horovod"}))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
+        for model, dataset, epochs in cases:
+            settings = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": DP_BATCH, "seed": 0}
+            settings.update(nodes=DP_NODES, lr=0.05, momentum=0.9)
+            for ref, impl, launch in refs:
+                ours, theirs = [], []
+                for k in range(pairs):
+                    opts = {**settings, **launch, "algorithms": ["allreduce"], "eval_every": epochs}
+                    opts.update(device=device, backend=backend)
+                    ours.append(_swarmbench_samples_per_s(opts, tmp, f"{model}-{impl}-{k}"))
+                    spec = {**settings, "impl": impl, "device": device, "backend": backend}
+                    theirs.append(rawdp.measure(spec))
+                ratio = statistics.median(ours) / statistics.median(theirs)
+                rows.append(
+                    {
+                        "bench": "ddp",
+                        "model": model,
+                        "dataset": dataset,
+                        "reference": ref,
+                        "device": device,
+                        "nodes": DP_NODES,
+                        "swarmbench samples/s": statistics.median(ours),
+                        "reference samples/s": statistics.median(theirs),
+                        "ratio": ratio,
+                        f">= {DP_TARGET}": ratio >= DP_TARGET,
+                        "pairs": pairs,
+                        "ratio range": f"{min(ours) / max(theirs):.2f}-{max(ours) / min(theirs):.2f}",
+                    }
+                )
+    return rows
+
+
+def _horovod_runs_on(device: str) -> bool:
+    """Horovod allreduces CUDA tensors only when built with NCCL (a CPU-only build has MPI and Gloo ops)."""
+    if device != "cuda":
+        return True
+    import horovod.torch as hvd
+
+    return bool(hvd.nccl_built())
+
+
+def bench_ddp(ctx: BenchContext) -> list[Row]:
+    """`compare_dp` on --device with min(--repeats, 3) pairs: AllReduce SGD's samples/s over raw DDP's and raw
+    Horovod's, on the MLP (MNIST) and ResNet-20 (8x8 digits), 2 processes; the target is a ratio >= 0.97."""
+    return compare_dp(ctx.device.type, pairs=min(ctx.repeats, 3))
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark("codec", "encode+decode GB/s per wire format, one CPU thread, 1M float32", bench_codec),
     Benchmark("sim", "simulated cluster: 256 nodes x 1 epoch, every algorithm: node-steps/s, overhead", bench_sim),
     Benchmark("sim-memory", "simulated cluster: peak memory of 512 MLP and 1,024 LeNet-5 nodes", bench_sim_memory),
+    Benchmark("ddp", "AllReduce SGD samples/s over raw DDP's and Horovod's: MLP and ResNet-20, 2 processes", bench_ddp),
     Benchmark("sim-profile", "compute profile of this machine for the simulator", bench_sim_profile, False),
     Benchmark("sim-network", "loopback network profile (gloo ping-pong) for the simulator", bench_sim_network, False),
     Benchmark("sim-validate", "simulated vs real throughput at 2 and 4 nodes (calibrated)", bench_sim_validate, False),
