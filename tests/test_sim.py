@@ -272,8 +272,8 @@ def test_simulated_buckets_keep_the_flat_trajectory_and_shorten_the_step(tmp_pat
     """In the simulator every bucket is summed in rank order, as the flat allreduce is: the same model at any node
     count. The default buckets hold the digits MLP's gradient (104 KB) in one (below DDP's 1 MiB first bucket): the
     same simulated time as the flat allreduce; three small buckets overlap the backward pass (2 ms of compute per
-    step, more than the flat allreduce's 1.3 ms on 1 GbE) and save more than their extra latencies cost (median step 3.04
-    instead of 3.32 ms)."""
+    step, more than the flat allreduce's 1.3 ms on 1 GbE) and save more than their extra latencies cost (median step
+    3.04 instead of 3.32 ms)."""
     flat, _, used_flat = _sim_allreduce(tmp_path, "flat", "--set", "allreduce.overlap=false")
     one, _, used_one = _sim_allreduce(tmp_path, "one")
     small, records, used_small = _sim_allreduce(

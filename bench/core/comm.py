@@ -415,13 +415,14 @@ class Pending:
 class _HorovodWork:
     """A Horovod allreduce handle as a `Work`: `hvd.synchronize` waits for it (in place: `allreduce_async_`)."""
 
-    __slots__ = ("_hvd", "_handle")
+    __slots__ = ("_comm", "_handle")
 
-    def __init__(self, hvd, handle) -> None:
-        self._hvd, self._handle = hvd, handle
+    def __init__(self, comm: TorchComm, handle) -> None:
+        self._comm, self._handle = comm, handle
 
     def wait(self) -> None:
-        self._hvd.synchronize(self._handle)
+        self._comm._hvd.synchronize(self._handle)
+        self._comm._hvd_open -= 1
 
 
 # Request opcodes served by the responder thread.
@@ -501,24 +502,31 @@ class TorchComm(Comm):
                 "start the workers with horovodrun or mpirun for --allreduce-impl horovod"
             )
         self._hvd = hvd
-        self._hvd_calls = 0
+        self._hvd_open = 0  # asynchronous allreduces started and not yet waited for
+        self._hvd_slot = 0  # the next one's place among those in flight together
 
     def _group_for(self, t: torch.Tensor):
         return self._cpu_group if t.device.type == "cpu" else None
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         if self._hvd is not None:
-            # Every rank issues the same sequence of allreduces, so a running counter names them alike.
-            self._hvd_calls += 1
-            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{self._hvd_calls}")
+            # Every rank issues the same sequence of allreduces, so names made of their size agree. The same name at
+            # every step (as Horovod's DistributedOptimizer names each parameter) lets Horovod's response cache
+            # skip the coordinator's negotiation: a fresh name per call cost about twice the time here.
+            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{t.numel()}")
             return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
 
     def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
         if self._hvd is not None:
-            self._hvd_calls += 1
-            name = f"swarmbench.allreduce.{self._hvd_calls}"
-            return _HorovodWork(self._hvd, self._hvd.allreduce_async_(t, op=self._hvd.Sum, name=name))
+            # Names must differ among the operations in flight together: add the place among them (bucket k of
+            # a step is the k-th in flight at every step, so its name is stable too).
+            if self._hvd_open == 0:
+                self._hvd_slot = 0
+            name = f"swarmbench.allreduce.{t.numel()}.{self._hvd_slot}"
+            self._hvd_slot += 1
+            self._hvd_open += 1
+            return _HorovodWork(self, self._hvd.allreduce_async_(t, op=self._hvd.Sum, name=name))
         return self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t), async_op=True)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:

@@ -523,7 +523,8 @@ DP_BATCH = 32
 DP_TARGET = 0.97  # swarmbench's samples/s over the raw script's, median of alternating runs
 
 
-def _swarmbench_samples_per_s(opts: dict[str, Any], tmp: str, label: str) -> float:
+def _swarmbench_throughput(opts: dict[str, Any], tmp: str, label: str) -> tuple[float, float]:
+    """(samples/s, median step seconds) of one `swarmbench run` of AllReduce SGD."""
     import contextlib
     import io
 
@@ -534,17 +535,21 @@ def _swarmbench_samples_per_s(opts: dict[str, Any], tmp: str, label: str) -> flo
         code = execute(resolve(opts), out, argv=["bench.diagnostics.benchmarks", "ddp"], interactive=False)
     if code != 0:
         raise RuntimeError(f"swarmbench run {label} failed (exit {code})")
-    return float(pd.read_csv(f"{out}/summary.csv")["samples_per_s"].iloc[0])
+    row = pd.read_csv(f"{out}/summary.csv").iloc[0]
+    return float(row["samples_per_s"]), float(row["step_seconds_median"])
 
 
 def compare_dp(device: str = "cpu", pairs: int = 3, cases=DP_CASES, horovod: bool | None = None) -> list[Row]:
     """swarmbench's AllReduce SGD (`swarmbench run --algo allreduce`, its default buckets) against the raw scripts
     of `bench.diagnostics.rawdp` on the same model, data, batch and world size: DDP with the local launcher on
     torch.distributed (gloo on the CPU, nccl on CUDA), and, when Horovod is importable, Horovod's
-    DistributedOptimizer against `--launcher horovodrun --allreduce-impl horovod`. Each pair of runs goes back to
-    back and the pairs alternate, so a drift of a shared machine's speed hits both sides; the ratio is of the
-    medians over `pairs` pairs. Samples/s is the same quantity on both sides (all ranks' samples over the slowest
-    rank's training time, evaluation and start-up excluded)."""
+    DistributedOptimizer against `--launcher horovodrun --allreduce-impl horovod`.
+
+    The runs of a pair go back to back, the order flipping from pair to pair, so that a drift of a shared machine's
+    speed hits both sides alike. ``ratio`` is swarmbench's median samples/s over the reference's (all ranks' samples
+    over the slowest rank's training time, evaluation and start-up excluded, the same quantity on both sides);
+    ``step ratio`` the reference's median step time over swarmbench's (the median over ranks of each rank's median
+    step after the warm-up steps), which a few slow steps move less."""
     import importlib.util
     import tempfile
 
@@ -562,14 +567,18 @@ def compare_dp(device: str = "cpu", pairs: int = 3, cases=DP_CASES, horovod: boo
             settings = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": DP_BATCH, "seed": 0}
             settings.update(nodes=DP_NODES, lr=0.05, momentum=0.9)
             for ref, impl, launch in refs:
+                opts = {**settings, **launch, "algorithms": ["allreduce"], "eval_every": epochs}
+                opts.update(device=device, backend=backend)
+                spec = {**settings, "impl": impl, "device": device, "backend": backend}
                 ours, theirs = [], []
                 for k in range(pairs):
-                    opts = {**settings, **launch, "algorithms": ["allreduce"], "eval_every": epochs}
-                    opts.update(device=device, backend=backend)
-                    ours.append(_swarmbench_samples_per_s(opts, tmp, f"{model}-{impl}-{k}"))
-                    spec = {**settings, "impl": impl, "device": device, "backend": backend}
-                    theirs.append(rawdp.measure(spec))
-                ratio = statistics.median(ours) / statistics.median(theirs)
+                    for side in ("ours", "theirs") if k % 2 == 0 else ("theirs", "ours"):
+                        if side == "ours":
+                            ours.append(_swarmbench_throughput(opts, tmp, f"{model}-{impl}-{k}"))
+                        else:
+                            theirs.append(rawdp.measure(spec))
+                sps = statistics.median(s for s, _ in ours), statistics.median(s for s, _ in theirs)
+                step = statistics.median(t for _, t in ours), statistics.median(t for _, t in theirs)
                 rows.append(
                     {
                         "bench": "ddp",
@@ -578,12 +587,15 @@ def compare_dp(device: str = "cpu", pairs: int = 3, cases=DP_CASES, horovod: boo
                         "reference": ref,
                         "device": device,
                         "nodes": DP_NODES,
-                        "swarmbench samples/s": statistics.median(ours),
-                        "reference samples/s": statistics.median(theirs),
-                        "ratio": ratio,
-                        f">= {DP_TARGET}": ratio >= DP_TARGET,
+                        "swarmbench samples/s": sps[0],
+                        "reference samples/s": sps[1],
+                        "ratio": sps[0] / sps[1],
+                        f">= {DP_TARGET}": sps[0] / sps[1] >= DP_TARGET,
+                        "swarmbench step ms": 1e3 * step[0],
+                        "reference step ms": 1e3 * step[1],
+                        "step ratio": step[1] / step[0],
                         "pairs": pairs,
-                        "ratio range": f"{min(ours) / max(theirs):.2f}-{max(ours) / min(theirs):.2f}",
+                        "pair ratios": " ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(ours, theirs, strict=True)),
                     }
                 )
     return rows

@@ -10,7 +10,7 @@ launcher is used. Started as
     horovodrun ... python -m bench.diagnostics.rawdp SPEC.json    Horovod: ranks from horovodrun (`run_horovod`)
 
 SPEC (JSON): impl (ddp | horovod), model, dataset, batch_size, lr, momentum, epochs, seed, nodes, threads, device,
-backend, store. Rank r writes SPEC.json.rank{r}.json: {"rank", "steps", "train_seconds"}.
+backend, store. Rank r writes SPEC.json.rank{r}.json: {"rank", "steps", "train_seconds", "step_median"}.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from bench.core.models import build_model
 from bench.engine.processes.launchers import LAUNCHERS, horovodrun_argv, require_binary
 from bench.engine.processes.spawn import worker_env
 from bench.training.config import RunConfig
-from bench.training.loop import Sampler, make_shards, node_seed
+from bench.training.loop import WARMUP_STEPS, Sampler, make_shards, node_seed
 
 Wrap = Callable[[torch.nn.Module, torch.optim.Optimizer], tuple[torch.nn.Module, torch.optim.Optimizer]]
 
@@ -61,19 +62,21 @@ def train(spec: dict[str, Any], rank: int, device: torch.device, wrap: Wrap, bar
     aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))
     now = synchronized_clock(device)
     barrier()  # every rank starts the clock together, as swarmbench's loop does
-    train_seconds, steps = 0.0, 0
+    train_seconds, step_times = 0.0, []
     for _ in range(cfg.epochs):
         t_epoch = now()
         for _ in range(shards.steps_per_epoch):
+            t_step = now()  # each step timed as swarmbench's loop times it (on CUDA: after a synchronize)
             xb, yb = sampler.next()
             if data.augment is not None:
                 xb = data.augment(xb, aug_gen)
             opt.zero_grad()
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
-            steps += 1
+            step_times.append(now() - t_step)
         train_seconds += now() - t_epoch
-    return {"rank": rank, "steps": steps, "train_seconds": train_seconds}
+    timed = step_times[WARMUP_STEPS:] or step_times
+    return {"rank": rank, "steps": len(step_times), "train_seconds": train_seconds, "step_median": median(timed)}
 
 
 def run_ddp(spec: dict[str, Any], rank: int) -> dict:
@@ -118,9 +121,10 @@ def run_horovod(spec: dict[str, Any]) -> dict:
     return train(spec, hvd.rank(), device, wrap, hvd.barrier)
 
 
-def measure(spec: dict[str, Any], timeout_s: float = 600) -> float:
-    """Run the raw script for `spec` (impl ddp or horovod) on `spec["nodes"]` local processes: samples per second
-    over the slowest rank's training time, as swarmbench's summary computes `samples_per_s`."""
+def measure(spec: dict[str, Any], timeout_s: float = 600) -> tuple[float, float]:
+    """Run the raw script for `spec` (impl ddp or horovod) on `spec["nodes"]` local processes: (samples per second
+    over the slowest rank's training time, the median over ranks of each rank's median step after the warm-up
+    steps), as swarmbench's summary computes `samples_per_s` and `step_seconds_median`."""
     nodes = int(spec["nodes"])
     env, threads = worker_env(nodes)
     with tempfile.TemporaryDirectory(prefix="rawdp-") as tmp:
@@ -144,7 +148,7 @@ def measure(spec: dict[str, Any], timeout_s: float = 600) -> float:
             raise RuntimeError(f"raw {spec['impl']} run failed (exit {failed[0]}):\n{outputs[0][-2000:]}")
         ranks = [json.loads(Path(f"{path}.rank{r}.json").read_text()) for r in range(nodes)]
     samples = sum(r["steps"] for r in ranks) * int(spec["batch_size"])
-    return samples / max(r["train_seconds"] for r in ranks)
+    return samples / max(r["train_seconds"] for r in ranks), median(r["step_median"] for r in ranks)
 
 
 _QUIET: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
