@@ -72,6 +72,17 @@ def main() -> None:
         out["many"] = pairwise_scenarios.many_averages(comm)
         if comm.transport == "rma":
             out["full"] = pairwise_scenarios.full_inbox(comm)
+    elif scenario == "allreduce":
+        # Collectives run on torch.distributed on both transports: the asynchronous allreduce of buffer slices
+        # (AllReduce SGD's buckets) equals the flat one, with one ring volume counted per slice.
+        comm.start_cell(None, 0)
+        buf = torch.arange(30, dtype=torch.float32) * (rank + 1)
+        flat = buf.clone()
+        comm.allreduce_mean(flat, "grad")
+        handles = [comm.allreduce_mean_async(p, "grad") for p in (buf[20:], buf[5:20], buf[:5])]
+        for h in handles:
+            h.wait()
+        out.update(flat=flat.tolist(), sliced=buf.tolist(), stats=comm.stats.snapshot())
     comm.close()
     dist.destroy_process_group()
     # One file per rank: mpirun forwards stdout in chunks, so lines of different ranks can interleave.

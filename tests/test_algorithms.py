@@ -43,6 +43,55 @@ def test_local_sgd_h1_equals_allreduce(tmp_path, world):
     assert all(torch.equal(results[0][0]["allreduce"], r[0]["allreduce"]) for r in results)
 
 
+# The MLP's gradient (26,122 parameters on 8x8 digits) in 3 buckets: [last layer], [middle layer], [first layer].
+SMALL_BUCKETS = {"first_bucket_mb": 0.002, "bucket_cap_mb": 0.02}
+
+
+def _allreduce_variants(rank, world, comm, cfg_dicts):
+    """AllReduce SGD once per config on the same world; final parameters (as lists) and the records."""
+    out = []
+    for cfg_dict in cfg_dicts:
+        (params, rows) = _train(rank, world, comm, cfg_dict, ["allreduce"])
+        out.append((params["allreduce"].tolist(), rows))
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bucketed_overlapped_allreduce_follows_the_flat_allreduce(tmp_path, world):
+    """DDP-style buckets, allreduced from autograd hooks during the backward pass, give the flat allreduce's
+    trajectory and its closed-form bytes (summed per bucket). Two summands add up the same in any order, so at 2
+    nodes the models are bitwise equal; at 3, gloo's ring starts each coordinate's sum at a rank that depends on
+    where the coordinate lies in the message, so slices may round the last bit differently."""
+    from baselines.allreduce import bucket_slices
+    from bench.core.comm import ring_allreduce_bytes
+    from bench.core.models import build_model
+
+    variants = [
+        {**_cfg(world, momentum=0.9), "algo_options": {"allreduce": {"overlap": False}}},
+        {**_cfg(world, momentum=0.9), "algo_options": {"allreduce": SMALL_BUCKETS}},
+    ]
+    results = run_world(_allreduce_variants, world, tmp_path, variants)
+    sizes = [p.numel() for p in build_model("mlp", (1, 8, 8), 10, 0).parameters()]
+    slices = bucket_slices(sizes, 4, int(0.002 * 2**20), int(0.02 * 2**20))
+    assert [b - a for a, b in slices] == [1290, 16512, 8320]
+    for (flat, flat_rows), (bucketed, rows) in results:
+        if world == 2:
+            assert bucketed == flat
+        else:
+            assert torch.allclose(torch.tensor(bucketed), torch.tensor(flat), rtol=0, atol=1e-5)
+        assert bucketed == results[0][1][0]  # all replicas identical
+
+        def value(records, metric, kind=None):
+            return next(r["value"] for r in records if r.get("metric") == metric and r.get("kind") == kind)
+
+        steps = value(rows, "steps")
+        assert value(rows, "algo_allreduces") == steps and value(rows, "algo_buckets") == 3 * steps
+        per_step = sum(ring_allreduce_bytes(4 * (b - a), world) for a, b in slices)
+        assert value(rows, "comm_bytes_sent", "grad") == steps * per_step
+        assert value(rows, "comm_msgs_sent", "grad") == 3 * steps
+        assert value(flat_rows, "comm_bytes_sent", "grad") == steps * ring_allreduce_bytes(4 * sum(sizes), world)
+
+
 def _naive_dpsgd(rank, world, comm, cfg_dict):
     """D-PSGD written directly on torch.distributed (reference for the registry's implementation)."""
     import torch.distributed as dist

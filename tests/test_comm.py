@@ -45,6 +45,34 @@ def test_collectives_and_reads(tmp_path, world):
         assert stats["control"]["bytes_recv"] == HEADER_BYTES * readers
 
 
+def _async_allreduce(rank, world, comm):
+    buf = torch.arange(30, dtype=torch.float32) * (rank + 1)  # integer sums: exact whatever the order of addition
+    flat = buf.clone()
+    comm.allreduce_mean(flat, "grad")
+    before = comm.stats.snapshot()["grad"]
+    pieces = [buf[20:], buf[5:20], buf[:5]]  # slices of one buffer from its end, as gradient buckets
+    handles = [comm.allreduce_mean_async(p, "grad") for p in pieces]
+    for h in handles:
+        h.wait()
+    handles[0].wait()  # waiting again neither blocks nor divides again
+    return flat.tolist(), buf.tolist(), before, comm.stats.snapshot()["grad"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_async_allreduce_of_slices_equals_the_flat_allreduce_and_counts_its_bytes(tmp_path, world):
+    results = run_world(_async_allreduce, world, tmp_path)
+    mean = sum(range(1, world + 1)) / world
+    for flat, sliced, before, after in results:
+        assert flat == [i * mean for i in range(30)]
+        assert sliced == flat
+        assert before["bytes_sent"] == ring_allreduce_bytes(120, world)
+        # Each asynchronous allreduce counts its own ring volume and one message, as a blocking one does.
+        sliced_bytes = sum(ring_allreduce_bytes(4 * n, world) for n in (10, 15, 5))
+        assert after["bytes_sent"] == after["bytes_recv"] == before["bytes_sent"] + sliced_bytes
+        assert after["msgs_sent"] == after["msgs_recv"] == 1 + 3
+        assert after["seconds"] >= before["seconds"]
+
+
 def _pairwise(rank, world, comm, rounds, seed):
     gen = torch.Generator().manual_seed(seed * 100 + rank)
     live = torch.randn(1000, generator=gen, dtype=torch.float32)

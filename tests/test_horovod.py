@@ -1,4 +1,4 @@
-"""--allreduce-impl horovod: the same AllReduce SGD through hvd.allreduce under horovodrun."""
+"""--allreduce-impl horovod: the same AllReduce SGD through Horovod's allreduces under horovodrun."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def test_horovod_allreduce_matches_torch(tmp_path):
         "digits",
         "--epochs",
         "1",
+        # AllReduce SGD's gradient in 3 buckets, so several asynchronous Horovod allreduces are in flight at once
+        "--set",
+        "allreduce.first_bucket_mb=0.002",
+        "--set",
+        "allreduce.bucket_cap_mb=0.02",
     ]
     frames = {}
     for impl in ("torch", "horovod"):

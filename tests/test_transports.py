@@ -176,6 +176,20 @@ def test_averages_near_the_radius_conserve_the_sum_exactly(tmp_path, transport):
         assert full[0]["stats"]["model"]["bytes_recv"] == full[1]["stats"]["model"]["bytes_sent"] == 6 * (8 + m)
 
 
+@needs_mpi
+@pytest.mark.parametrize("transport", ["p2p", "rma"])
+def test_async_allreduce_on_each_transport(tmp_path, transport):
+    from bench.core.comm import ring_allreduce_bytes
+
+    world = 3
+    for row in _mpirun(tmp_path, world, transport, "allreduce"):
+        assert row["transport"] == transport
+        assert row["sliced"] == row["flat"] == [i * 2.0 for i in range(30)]  # mean of 1, 2, 3 times i
+        volume = ring_allreduce_bytes(120, world) + sum(ring_allreduce_bytes(4 * n, world) for n in (10, 15, 5))
+        assert row["stats"]["grad"]["bytes_sent"] == volume
+        assert row["stats"]["grad"]["msgs_sent"] == 4
+
+
 def test_resolve_transport():
     assert resolve_transport("p2p", under_mpi=True, single_host=True) == "p2p"
     assert resolve_transport("auto", under_mpi=False, single_host=True) == "p2p"

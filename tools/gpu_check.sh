@@ -3,7 +3,9 @@
 #   1. what doctor sees; 2. every algorithm with one process per GPU on NCCL; 3. two ranks sharing GPU 0 on gloo
 #   (CUDA tensors, host-staged exchange); 4. a GPU timing table (ResNet-20, CPU vs CUDA, same run settings);
 #   5. synchronized timers: with more than one GPU, AllReduce SGD's comm_fraction on NCCL must be above zero (an
-#   unsynchronized timer reads ~0 because an NCCL allreduce returns when enqueued).
+#   unsynchronized timer reads ~0 because an NCCL allreduce returns when enqueued); 6. with more than one GPU,
+#   AllReduce SGD's samples/s over a raw DDP script's (and raw Horovod's, if built with NCCL) on NCCL, MLP and
+#   ResNet-20, 2 processes: fails below 0.97 (`make bench`'s `ddp` benchmark on CUDA).
 # Usage: tools/gpu_check.sh [OUT_DIR]   (python3 must have torch with CUDA, click, pandas, rich, scikit-learn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,5 +50,19 @@ print(s[["comm_fraction", "step_seconds_median"]].to_string())
 frac = s.loc["allreduce", "comm_fraction"]
 if not frac > 0.001:
     sys.exit(f"allreduce comm_fraction {frac} on NCCL: the comm timer does not wait for the GPU")
+PY
+fi
+if [ "$gpus" -ge 2 ]; then
+  echo "== AllReduce SGD vs raw DDP (and Horovod) on NCCL, 2 processes, one GPU each"
+  python3 - "$out" <<'PY'
+import sys
+from bench.diagnostics.benchmarks import DP_TARGET, compare_dp, render_table
+rows = compare_dp("cuda", pairs=3)
+text = render_table(rows)
+print(text)
+open(f"{sys.argv[1]}/ddp.txt", "w").write(text + "\n")
+low = [f"{r['model']} vs {r['reference']}: {r['ratio']:.3f}" for r in rows if r["ratio"] < DP_TARGET]
+if low:
+    sys.exit(f"AllReduce SGD below {DP_TARGET} of the raw reference's samples/s: {'; '.join(low)}")
 PY
 fi

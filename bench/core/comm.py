@@ -1,16 +1,18 @@
 """Communication: the one module that talks to torch.distributed, and counts every byte it moves.
 
 `Comm` is the engine-neutral interface every algorithm sees (see docs in README, "Architecture"):
-collectives (`allreduce_mean`, `neighbor_exchange`), the one-sided pair (`publish` / `read`) and the
-atomic pairwise average (`average_with`). `TorchComm` implements it on real processes; the simulated
-cluster implements the same interface with virtual time. Both count in the same way (`CommStats`).
+collectives (`allreduce_mean`, its asynchronous twin `allreduce_mean_async`, `neighbor_exchange`), the one-sided
+pair (`publish` / `read`) and the atomic pairwise average (`average_with`). `TorchComm` implements it on real
+processes; the simulated cluster implements the same interface with virtual time. Both count in the same way
+(`CommStats`).
 
 Byte accounting (per node, by kind; closed forms tested in tests/test_comm.py and tests/test_run.py).
 With m = the codec's message size for the model (`Codec.wire_bytes`: 4 bytes per parameter unquantized,
 packed codes plus 8 header bytes per bucket when quantized):
 - allreduce of b bytes over n nodes: the ring algorithm's volume, 2(n-1)/n * b sent and received per node
-  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference). Never
-  quantized.
+  (gloo picks its own algorithm internally; the ring volume is the bandwidth-optimal reference), one message.
+  Never quantized. An asynchronous allreduce counts the same when it starts (AllReduce SGD's buckets: the sum over
+  its buckets per step).
 - neighbor_exchange: m sent to and received from each neighbour.
 - read: a 32-byte request header (kind "control") to the peer, 8 + m bytes back (stamp + model).
 - average_with: header + m bytes to the peer, m + f bytes back (its model and the failure bitmap: f =
@@ -44,7 +46,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -172,8 +174,25 @@ class Comm:
         with self._timed(kind):
             if self.size > 1:
                 self._allreduce_sum(t)
-            vol = ring_allreduce_bytes(_nbytes(t), self.size)
-            self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
+            self._count_allreduce(t, kind)
+
+    def allreduce_mean_async(self, t: torch.Tensor, kind: str) -> Pending:
+        """Start t <- mean over all nodes, in place, and return at once; `wait()` on the handle completes it.
+
+        For overlapping communication with computation (AllReduce SGD launches each gradient bucket from an
+        autograd hook while the backward pass goes on). Every node must start the same sequence of asynchronous
+        allreduces (same sizes, same order), and nobody may touch `t` before `wait()` returned. The bytes are
+        counted here, exactly as `allreduce_mean` counts them; the time counted under `kind` is what `wait()`
+        blocks (starting one blocks nothing, and reads no clock: on CUDA that would synchronize the device in the
+        middle of the backward pass).
+        """
+        work = self._allreduce_sum_async(t) if self.size > 1 else None
+        self._count_allreduce(t, kind)
+        return Pending(self, t, kind, work)
+
+    def _count_allreduce(self, t: torch.Tensor, kind: str) -> None:
+        vol = ring_allreduce_bytes(_nbytes(t), self.size)
+        self.stats.add(kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
 
     def neighbor_exchange(self, t: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
         """Synchronous: send `t` (encoded) to every neighbour; return each neighbour's decoded model."""
@@ -401,6 +420,10 @@ class Comm:
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
+        """Start an in-place sum over all nodes; the returned work's `wait()` returns once `t` holds it."""
+        raise NotImplementedError
+
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
@@ -440,6 +463,47 @@ class Comm:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+class Work(Protocol):
+    """An engine's collective in flight (torch.distributed's `Work`, a Horovod handle, a simulated bucket)."""
+
+    def wait(self) -> object: ...
+
+
+class Pending:
+    """An allreduce in flight (`Comm.allreduce_mean_async`). `wait()` blocks until `t` holds the mean over all
+    nodes (timed under the allreduce's kind); waiting again returns at once."""
+
+    __slots__ = ("_comm", "_t", "_kind", "_work", "done")
+
+    def __init__(self, comm: Comm, t: torch.Tensor, kind: str, work: Work | None) -> None:
+        self._comm, self._t, self._kind, self._work = comm, t, kind, work
+        self.done = False
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        comm = self._comm
+        if self._work is not None:
+            with comm._timed(self._kind):
+                self._work.wait()
+        if comm.size > 1:
+            self._t.div_(comm.size)
+        self.done = True
+
+
+class _HorovodWork:
+    """A Horovod allreduce handle as a `Work`: `hvd.synchronize` waits for it (in place: `allreduce_async_`)."""
+
+    __slots__ = ("_comm", "_handle")
+
+    def __init__(self, comm: TorchComm, handle) -> None:
+        self._comm, self._handle = comm, handle
+
+    def wait(self) -> None:
+        self._comm._hvd.synchronize(self._handle)
+        self._comm._hvd_open -= 1
 
 
 # Request opcodes served by the responder thread.
@@ -519,18 +583,32 @@ class TorchComm(Comm):
                 "start the workers with horovodrun or mpirun for --allreduce-impl horovod"
             )
         self._hvd = hvd
-        self._hvd_calls = 0
+        self._hvd_open = 0  # asynchronous allreduces started and not yet waited for
+        self._hvd_slot = 0  # the next one's place among those in flight together
 
     def _group_for(self, t: torch.Tensor):
         return self._cpu_group if t.device.type == "cpu" else None
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         if self._hvd is not None:
-            # Every rank issues the same sequence of allreduces, so a running counter names them alike.
-            self._hvd_calls += 1
-            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{self._hvd_calls}")
+            # Every rank issues the same sequence of allreduces, so names made of their size agree. The same name at
+            # every step (as Horovod's DistributedOptimizer names each parameter) lets Horovod's response cache
+            # skip the coordinator's negotiation: a fresh name per call cost about twice the time here.
+            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{t.numel()}")
             return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
+
+    def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
+        if self._hvd is not None:
+            # Names must differ among the operations in flight together: add the place among them (bucket k of
+            # a step is the k-th in flight at every step, so its name is stable too).
+            if self._hvd_open == 0:
+                self._hvd_slot = 0
+            name = f"swarmbench.allreduce.{t.numel()}.{self._hvd_slot}"
+            self._hvd_slot += 1
+            self._hvd_open += 1
+            return _HorovodWork(self, self._hvd.allreduce_async_(t, op=self._hvd.Sum, name=name))
+        return self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t), async_op=True)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         out = {p: torch.empty_like(msg) for p in peers}

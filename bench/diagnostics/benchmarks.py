@@ -513,10 +513,117 @@ def bench_sim_validate(ctx: BenchContext) -> list[Row]:
     return validate_sim(pairs=min(ctx.repeats, 5))
 
 
+# --------------------------------------------------------------------------------------------------
+# AllReduce SGD against raw DDP and raw Horovod (bench/diagnostics/rawdp.py)
+# --------------------------------------------------------------------------------------------------
+
+DP_CASES = [  # (model, dataset, epochs): a few seconds of training per run on 2 CPU processes
+    ("mlp", "mnist", 6),
+    ("resnet20", "digits", 6),
+]
+DP_NODES = 2
+DP_BATCH = 32
+DP_TARGET = 0.97  # swarmbench's samples/s over the raw script's, median of alternating runs
+
+
+def _swarmbench_throughput(opts: dict[str, Any], tmp: str, label: str) -> tuple[float, float]:
+    """(samples/s, median step seconds) of one `swarmbench run` of AllReduce SGD."""
+    import contextlib
+    import io
+
+    import pandas as pd
+
+    out = f"{tmp}/{label}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = execute(resolve(opts), out, argv=["bench.diagnostics.benchmarks", "ddp"], interactive=False)
+    if code != 0:
+        raise RuntimeError(f"swarmbench run {label} failed (exit {code})")
+    row = pd.read_csv(f"{out}/summary.csv").iloc[0]
+    return float(row["samples_per_s"]), float(row["step_seconds_median"])
+
+
+def compare_dp(device: str = "cpu", pairs: int = 3, cases=DP_CASES, horovod: bool | None = None) -> list[Row]:
+    """swarmbench's AllReduce SGD (`swarmbench run --algo allreduce`, its default buckets) against the raw scripts
+    of `bench.diagnostics.rawdp` on the same model, data, batch and world size: DDP with the local launcher on
+    torch.distributed (gloo on the CPU, nccl on CUDA), and, when Horovod is importable, Horovod's
+    DistributedOptimizer against `--launcher horovodrun --allreduce-impl horovod`.
+
+    The runs of a pair go back to back, the order flipping from pair to pair, so that a drift of a shared machine's
+    speed hits both sides alike. ``ratio`` is swarmbench's median samples/s over the reference's (all ranks' samples
+    over the slowest rank's training time, evaluation and start-up excluded, the same quantity on both sides);
+    ``step ratio`` the reference's median step time over swarmbench's (the median over ranks of each rank's median
+    step after the warm-up steps), which a few slow steps move less."""
+    import importlib.util
+    import tempfile
+
+    from bench.diagnostics import rawdp
+
+    if horovod is None:
+        horovod = importlib.util.find_spec("horovod") is not None and _horovod_runs_on(device)
+    backend = "nccl" if device == "cuda" else "gloo"
+    refs = [("DDP", "ddp", {"launcher": "local"})]
+    if horovod:
+        refs.append(("Horovod", "horovod", {"launcher": "horovodrun", "allreduce_impl": "horovod"}))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
+        for model, dataset, epochs in cases:
+            settings = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": DP_BATCH, "seed": 0}
+            settings.update(nodes=DP_NODES, lr=0.05, momentum=0.9)
+            for ref, impl, launch in refs:
+                opts = {**settings, **launch, "algorithms": ["allreduce"], "eval_every": epochs}
+                opts.update(device=device, backend=backend)
+                spec = {**settings, "impl": impl, "device": device, "backend": backend}
+                ours, theirs = [], []
+                for k in range(pairs):
+                    for side in ("ours", "theirs") if k % 2 == 0 else ("theirs", "ours"):
+                        if side == "ours":
+                            ours.append(_swarmbench_throughput(opts, tmp, f"{model}-{impl}-{k}"))
+                        else:
+                            theirs.append(rawdp.measure(spec))
+                sps = statistics.median(s for s, _ in ours), statistics.median(s for s, _ in theirs)
+                step = statistics.median(t for _, t in ours), statistics.median(t for _, t in theirs)
+                rows.append(
+                    {
+                        "bench": "ddp",
+                        "model": model,
+                        "dataset": dataset,
+                        "reference": ref,
+                        "device": device,
+                        "nodes": DP_NODES,
+                        "swarmbench samples/s": sps[0],
+                        "reference samples/s": sps[1],
+                        "ratio": sps[0] / sps[1],
+                        f">= {DP_TARGET}": sps[0] / sps[1] >= DP_TARGET,
+                        "swarmbench step ms": 1e3 * step[0],
+                        "reference step ms": 1e3 * step[1],
+                        "step ratio": step[1] / step[0],
+                        "pairs": pairs,
+                        "pair ratios": " ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(ours, theirs, strict=True)),
+                    }
+                )
+    return rows
+
+
+def _horovod_runs_on(device: str) -> bool:
+    """Horovod allreduces CUDA tensors only when built with NCCL (a CPU-only build has MPI and Gloo ops)."""
+    if device != "cuda":
+        return True
+    import horovod.torch as hvd
+
+    return bool(hvd.nccl_built())
+
+
+def bench_ddp(ctx: BenchContext) -> list[Row]:
+    """`compare_dp` on --device with min(--repeats, 3) pairs: AllReduce SGD's samples/s over raw DDP's and raw
+    Horovod's, on the MLP (MNIST) and ResNet-20 (8x8 digits), 2 processes; the target is a ratio >= 0.97."""
+    return compare_dp(ctx.device.type, pairs=min(ctx.repeats, 3))
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark("codec", "encode+decode GB/s per wire format, one CPU thread, 1M float32", bench_codec),
     Benchmark("sim", "simulated cluster: 256 nodes x 1 epoch, every algorithm: node-steps/s, overhead", bench_sim),
     Benchmark("sim-memory", "simulated cluster: peak memory of 512 MLP and 1,024 LeNet-5 nodes", bench_sim_memory),
+    Benchmark("ddp", "AllReduce SGD samples/s over raw DDP's and Horovod's: MLP and ResNet-20, 2 processes", bench_ddp),
     Benchmark("sim-profile", "compute profile of this machine for the simulator", bench_sim_profile, False),
     Benchmark("sim-network", "loopback network profile (gloo ping-pong) for the simulator", bench_sim_network, False),
     Benchmark("sim-validate", "simulated vs real throughput at 2 and 4 nodes (calibrated)", bench_sim_validate, False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_mod
 import time
 import traceback
@@ -38,7 +39,9 @@ def _child(fn, rank: int, world: int, store: str, topology: tuple, threads: int,
         result = fn(rank, world, comm, *args)
         comm.close()
         dist.destroy_process_group()
-        queue.put((rank, "ok", result))
+        # Pickled by value: through the queue itself a tensor travels as a file descriptor that this process
+        # serves, and it may have exited before the parent asks for it (seen on a loaded machine).
+        queue.put((rank, "ok", pickle.dumps(result)))
     except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
 
@@ -85,7 +88,7 @@ def run_world(
                     errors.append(f"timed out after {timeout}s waiting for ranks (a deadlock or a hang)")
                 continue
             if status == "ok":
-                results[rank] = value
+                results[rank] = pickle.loads(value)
             else:
                 errors.append(f"rank {rank}:\n{value}")
     finally:

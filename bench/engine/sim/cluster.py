@@ -15,7 +15,13 @@ nothing after. Consequences:
   memory: the average then lands at the end of that section, and the initiator waits for it (with
   `--calibrate host` the measured round trip already holds that wait, `bench.engine.sim.hostcal`);
 - a synchronous collective completes when its last participant arrives: everyone leaves at
-  max(arrivals, link availability) + the collective's modelled time (`bench.engine.sim.costmodel`).
+  max(arrivals, link availability) + the collective's modelled time (`bench.engine.sim.costmodel`);
+- asynchronous allreduces (AllReduce SGD's gradient buckets, started from autograd hooks during the backward
+  pass) are recorded with the instant their bucket became ready, modelled from where the bucket lies in the flat
+  gradient buffer (`SimClock.ready_at`); the first `wait()` of a node joins them as one collective, which the last
+  node to wait completes: bucket k starts at max(its readiness on every node, the end of bucket k-1, link
+  availability) and takes its modelled time, and everyone leaves at max(arrivals, the last bucket's end). A
+  bucket's allreduce thus overlaps the rest of the backward pass, as with PyTorch's DDP.
 
 Time is only ever simulated: wall time is read for nothing but the benchmark's engine-overhead counters, which
 never reach the results folder.
@@ -50,6 +56,28 @@ NODE_OVERHEAD_BYTES = 100_000
 
 
 # ---- the cluster: clocks, links, scheduler ----------------------------------------------------------------------
+
+
+class _Bucket:
+    """An asynchronous allreduce of one node (`SimComm._allreduce_sum_async`): its tensor, the virtual instant it
+    was ready to go, its modelled seconds."""
+
+    __slots__ = ("tensor", "ready", "seconds")
+
+    def __init__(self, tensor: torch.Tensor, ready: float, seconds: float) -> None:
+        self.tensor, self.ready, self.seconds = tensor, ready, seconds
+
+
+class _BucketWork:
+    """The handle of a simulated asynchronous allreduce: `wait()` completes every bucket the node started."""
+
+    __slots__ = ("_cluster", "_rank")
+
+    def __init__(self, cluster: Cluster, rank: int) -> None:
+        self._cluster, self._rank = cluster, rank
+
+    def wait(self) -> None:
+        self._cluster.wait_buckets(self._rank)
 
 
 class _Collective:
@@ -88,6 +116,7 @@ class Cluster:
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
         self.allreduce_used: dict[int, str] = {}  # message bytes -> the allreduce algorithm the cost model chose
+        self.buckets: list[list[_Bucket]] = [[] for _ in range(nodes)]  # started asynchronous allreduces, per node
         speeds = self.speeds = cost.speed_factors(seed, nodes)
         self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
         self.clocks = [
@@ -187,14 +216,62 @@ class Cluster:
                 self.wake(r, end)
         self.overhead_s += time.perf_counter() - t0
         if op == "allreduce":
-            t1 = time.perf_counter()
-            tensors = [c.payloads[r] for r in range(self.n)]  # rank order: a deterministic sum
-            total = tensors[0].clone()
-            for x in tensors[1:]:
-                total.add_(x)
-            for x in tensors:
-                x.copy_(total)
-            self.payload_s += time.perf_counter() - t1
+            self._sum([c.payloads[r] for r in range(self.n)])
+        self.pause(rank, end)
+
+    def _sum(self, tensors: list[torch.Tensor]) -> None:
+        """Every tensor <- their sum, added in rank order (deterministic, and the same for any slice of them)."""
+        t1 = time.perf_counter()
+        total = tensors[0].clone()
+        for x in tensors[1:]:
+            total.add_(x)
+        for x in tensors:
+            x.copy_(total)
+        self.payload_s += time.perf_counter() - t1
+
+    def start_bucket(self, rank: int, t: torch.Tensor, ready: float, seconds: float) -> _BucketWork:
+        """Record an asynchronous allreduce of `rank`, ready to go at virtual time `ready` (no switch: this runs
+        inside autograd, in the middle of a compute section)."""
+        self.buckets[rank].append(_Bucket(t, ready, seconds))
+        return _BucketWork(self, rank)
+
+    def wait_buckets(self, rank: int) -> None:
+        """The node waits for its asynchronous allreduces: the first wait joins all it started as one collective
+        (later waits find them done). Bucket k starts once every node has it ready, the previous bucket is done
+        and the links are free; the last node to wait completes them all for everyone."""
+        mine = self.buckets[rank]
+        if not mine:
+            return
+        t0 = time.perf_counter()
+        self.buckets[rank] = []
+        c = self._coll
+        if c is None:
+            c = self._coll = _Collective("allreduce buckets")
+        elif c.op != "allreduce buckets":
+            raise RuntimeError(f"rank {rank} waited for allreduce buckets while others are in {c.op}: nodes diverged")
+        c.arrivals[rank] = self.clock[rank]
+        c.payloads[rank] = mine
+        if len(c.arrivals) < self.n:
+            self.overhead_s += time.perf_counter() - t0
+            self.block(rank, c.op)
+            return
+        self._coll = None
+        per_node = [c.payloads[r] for r in range(self.n)]
+        sizes = {tuple(b.tensor.numel() for b in buckets) for buckets in per_node}
+        if len(sizes) != 1:
+            raise RuntimeError(f"nodes started different asynchronous allreduces ({sorted(sizes)}): nodes diverged")
+        free = max(max(self.out_free), max(self.in_free))
+        for k, bucket in enumerate(per_node[0]):
+            free = max(free, *(buckets[k].ready for buckets in per_node)) + bucket.seconds
+        end = max(free, max(c.arrivals.values()))
+        self.out_free = [end] * self.n
+        self.in_free = [end] * self.n
+        for r in c.arrivals:
+            if r != rank:
+                self.wake(r, end)
+        self.overhead_s += time.perf_counter() - t0
+        for k in range(len(per_node[0])):
+            self._sum([buckets[k].tensor for buckets in per_node])
         self.pause(rank, end)
 
     def exchange(self, rank: int, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -289,16 +366,23 @@ class SimComm(Comm):
         self._codec_key: tuple[str | None, int] = (None, 32)
         self._pending = 0.0
 
-    def _allreduce_sum(self, t: torch.Tensor) -> None:
+    def _allreduce_seconds(self, t: torch.Tensor) -> float:
+        """An allreduce of `t`: the algorithm the cost model picks for its size (recorded for meta.json), its
+        modelled time, and the reduction's additions (comm-layer work "reduce") as each node of it performs them."""
         c = self._cluster
         nbytes = t.numel() * t.element_size()
         algorithm, seconds = c.cost.allreduce_choice(nbytes, c.n)
         c.allreduce_used[nbytes] = algorithm
-        # The reduction's additions (comm-layer work, "reduce"), as each node of that algorithm performs them.
         name = algorithm.removeprefix("hierarchical(").rstrip(")")
         adds = collectives.reduced_coordinates(name, c.n) * t.numel()
-        seconds += c.cost.work_seconds("reduce", round(adds)) if adds else 0.0
-        c.collective(self.rank, "allreduce", t, seconds)
+        return seconds + (c.cost.work_seconds("reduce", round(adds)) if adds else 0.0)
+
+    def _allreduce_sum(self, t: torch.Tensor) -> None:
+        self._cluster.collective(self.rank, "allreduce", t, self._allreduce_seconds(t))
+
+    def _allreduce_sum_async(self, t: torch.Tensor) -> _BucketWork:
+        c, seconds = self._cluster, self._allreduce_seconds(t)
+        return c.start_bucket(self.rank, t, c.clocks[self.rank].ready_at(backward_share(t)), seconds)
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return self._cluster.exchange(self.rank, msg, peers)
@@ -346,6 +430,16 @@ class SimComm(Comm):
         return seconds
 
 
+def backward_share(t: torch.Tensor) -> float:
+    """The share of the backward pass after which the gradients in `t` are all computed, read off where `t` lies
+    in its buffer: gradients are one flat buffer with the parameters in forward order (`flatten_model`), backward
+    produces them in about reverse order, so a slice from offset o of an N-element buffer is complete once the
+    last N - o of them are, i.e. after (N - o) / N of the backward pass (cost proportional to parameter count). A
+    tensor that is a whole buffer is complete at the end (1)."""
+    total = t.untyped_storage().nbytes() // t.element_size()
+    return (total - t.storage_offset()) / total if total else 1.0
+
+
 class SimClock:
     """A node's virtual clock. The training loop runs each SGD step as two `compute()` sections (forward/backward,
     then the optimizer update); each is charged its modelled time when it exits."""
@@ -360,9 +454,20 @@ class SimClock:
         self._phase = 0
         self._straggle = 1.0
         self._end = 0.0
+        self._backward: tuple[float, float] | None = None  # (start, end) of the forward/backward section we are in
 
     def now(self) -> float:
         return self._c.clock[self._rank]
+
+    def ready_at(self, share: float) -> float:
+        """The virtual instant when `share` of the backward pass of the running forward/backward section is done:
+        the section's first `forward_share` is the forward pass, the rest the backward pass (in proportion to
+        parameter count). Outside such a section: now."""
+        if self._backward is None:
+            return self.now()
+        start, end = self._backward
+        forward = self._c.cost.forward_share
+        return start + (end - start) * (forward + (1 - forward) * share)
 
     def compute(self) -> SimClock:
         return self
@@ -382,11 +487,13 @@ class SimClock:
             busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
             share = c.cost.share(1 + sum(1 for _ in busy))
         self._end = now + self._costs[self._phase] * self._straggle * share
+        self._backward = (now, self._end) if self._phase == 0 else None
         self._phase ^= 1
         c.busy_until[self._rank] = self._end
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._backward = None
         if exc_type is None:
             self._c.pause(self._rank, self._end)
         return False

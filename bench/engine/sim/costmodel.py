@@ -38,6 +38,13 @@ by `SimComm` wherever `bench.core.comm.Comm` does that work: on the node's own c
 (publish, read, exchange, average), as the partner's service time when it serves a peer (the reader or initiator
 waits for it, and it counts in the partner's serve_seconds).
 
+Overlap (AllReduce SGD's gradient buckets, as PyTorch's DDP). The first `forward_share` (1/3) of a forward/backward
+section is the forward pass and the rest the backward pass, which produces the gradients in reverse parameter
+order at a cost proportional to their number: a bucket holding the parameters from index i to the model's last is
+ready at start + fb * (1/3 + 2/3 * (parameters from i on) / parameters). Its allreduce (the formula above for its
+size) starts when every node has it ready and the previous bucket is done, so it overlaps the rest of the backward
+pass; the backward pass ends at max(compute end, last bucket done).
+
 Nothing here reads a wall clock except `calibrate` and `measure_step` (the profile benchmark), which exist to time
 real steps. The module imports no torch at import time: the CLI lists its profiles.
 """
@@ -283,6 +290,9 @@ def jitter_table(durations: list[float]) -> tuple[float, ...]:
     return tuple(round(x / mean, 6) for x in q)
 
 
+# The forward pass's share of a forward/backward section: a backward pass costs about twice the forward (it
+# computes the gradients with respect to both the inputs and the weights of every layer).
+FORWARD_SHARE = 1 / 3
 CALIBRATIONS = ("none", "node", "host")
 MAX_HOST_NODES = 16  # --calibrate host starts N real processes: beyond this the probe costs more than it tells
 
@@ -327,6 +337,9 @@ class CostModel:
             if name == op:
                 return fixed + per * numel
         return 0.0
+
+    # Share of a forward/backward section that is the forward pass; gradient buckets become ready during the rest.
+    forward_share: float = FORWARD_SHARE
 
     @property
     def bandwidth(self) -> float:
@@ -437,6 +450,11 @@ class CostModel:
             ),
             "barrier": f"{ar[0]:.6g} (measured allreduce alpha)" if ar else "ceil(log2 N) latency",
             "comm_work": "fixed + per_coordinate * numel per copy, averaging, encode, decode (times speed_r)",
+            "gradient_buckets": (
+                f"bucket ready at section start + fb * ({self.forward_share:.6g} + {1 - self.forward_share:.6g} * "
+                "parameters from the bucket's first to the model's last / all parameters); its allreduce starts "
+                "when every node has it ready and the previous bucket is done"
+            ),
         }
         for op in ("read", "average"):
             fit = self.fit(op)
