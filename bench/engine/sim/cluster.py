@@ -192,9 +192,9 @@ class Cluster:
         return done + cost[1]
 
     # ---- operations ----
-    def collective(self, rank: int, op: str, payload: Any, seconds: float) -> None:
-        """Join the current global collective; the last arrival completes it for everyone."""
-        t0 = time.perf_counter()
+    def _join(self, rank: int, op: str, payload: Any, t0: float) -> _Collective | None:
+        """Join the current global collective `op`. Every arrival but the last blocks until the last one wakes it
+        and gets None; the last gets the completed collective (then `_release` it)."""
         c = self._coll
         if c is None:
             c = self._coll = _Collective(op)
@@ -205,16 +205,27 @@ class Cluster:
         if len(c.arrivals) < self.n:
             self.overhead_s += time.perf_counter() - t0
             self.block(rank, op)
-            return
+            return None
         self._coll = None
-        start = max(max(c.arrivals.values()), max(self.out_free), max(self.in_free))
-        end = start + seconds
+        return c
+
+    def _release(self, rank: int, c: _Collective, end: float, t0: float) -> None:
+        """The collective holds every link until `end`, when everyone leaves it."""
         self.out_free = [end] * self.n
         self.in_free = [end] * self.n
         for r in c.arrivals:
             if r != rank:
                 self.wake(r, end)
         self.overhead_s += time.perf_counter() - t0
+
+    def collective(self, rank: int, op: str, payload: Any, seconds: float) -> None:
+        """Join the current global collective; the last arrival completes it for everyone."""
+        t0 = time.perf_counter()
+        c = self._join(rank, op, payload, t0)
+        if c is None:
+            return
+        end = max(max(c.arrivals.values()), max(self.out_free), max(self.in_free)) + seconds
+        self._release(rank, c, end, t0)
         if op == "allreduce":
             self._sum([c.payloads[r] for r in range(self.n)])
         self.pause(rank, end)
@@ -244,18 +255,9 @@ class Cluster:
             return
         t0 = time.perf_counter()
         self.buckets[rank] = []
-        c = self._coll
+        c = self._join(rank, "allreduce buckets", mine, t0)
         if c is None:
-            c = self._coll = _Collective("allreduce buckets")
-        elif c.op != "allreduce buckets":
-            raise RuntimeError(f"rank {rank} waited for allreduce buckets while others are in {c.op}: nodes diverged")
-        c.arrivals[rank] = self.clock[rank]
-        c.payloads[rank] = mine
-        if len(c.arrivals) < self.n:
-            self.overhead_s += time.perf_counter() - t0
-            self.block(rank, c.op)
             return
-        self._coll = None
         per_node = [c.payloads[r] for r in range(self.n)]
         sizes = {tuple(b.tensor.numel() for b in buckets) for buckets in per_node}
         if len(sizes) != 1:
@@ -264,12 +266,7 @@ class Cluster:
         for k, bucket in enumerate(per_node[0]):
             free = max(free, *(buckets[k].ready for buckets in per_node)) + bucket.seconds
         end = max(free, max(c.arrivals.values()))
-        self.out_free = [end] * self.n
-        self.in_free = [end] * self.n
-        for r in c.arrivals:
-            if r != rank:
-                self.wake(r, end)
-        self.overhead_s += time.perf_counter() - t0
+        self._release(rank, c, end, t0)
         for k in range(len(per_node[0])):
             self._sum([buckets[k].tensor for buckets in per_node])
         self.pause(rank, end)
