@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.engine.processes.launchers import Launcher, build_argv, require_binary, worker_command
-from bench.engine.processes.worker import EVENT_MARKER, threads_per_rank
+from bench.engine.processes.worker import EVENT_MARKER, PEER_LOSS_HINTS, threads_per_rank
 
 KILL_GRACE_S = 3.0  # SIGTERM -> SIGKILL; keeps "others stopped within 10 s" with room to spare
 ERROR_GRACE_S = 2.0  # a rank reported an error: its launcher has this long to end the job itself
@@ -37,9 +37,6 @@ ERROR_GRACE_S = 2.0  # a rank reported an error: its launcher has this long to e
 class LaunchUI(Protocol):
     def event(self, event: dict[str, Any]) -> None: ...
     def worker_line(self, rank: int, line: str) -> None: ...
-
-
-PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
 
 
 @dataclass

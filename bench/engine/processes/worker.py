@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ def send_event(event: dict[str, Any]) -> None:
             line = json.dumps(event)[:_EVENT_LINE_MAX]
         sys.stdout.flush()  # keep ordinary output before the event that follows it
         os.write(1, (EVENT_MARKER + line + "\n").encode())
+
+
+# Errors that only say a peer went away (the root cause is that peer), and how long a rank that saw one waits before
+# it ends the job: long enough for the launcher to see the rank that really died first and name it.
+PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
+PEER_LOSS_GRACE_S = 3.0
 
 
 def abort_job(code: int) -> None:
@@ -422,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(spec, rank if env is None else None, env)
     except BaseException as exc:
         traceback.print_exc()
-        send_event({"type": "error", "rank": rank, "error": last_line(exc)})
+        message = last_line(exc)
+        send_event({"type": "error", "rank": rank, "error": message})
+        if _mpi_comm is not None and any(h in message for h in PEER_LOSS_HINTS):
+            time.sleep(PEER_LOSS_GRACE_S)  # let mpirun report the rank that died before our Abort ends the job
         return end_failed_rank(1)
     return 0
 
