@@ -493,6 +493,11 @@ class Pending:
         self.done = True
 
 
+def _hvd_name(t: torch.Tensor) -> str:
+    """A Horovod operation's name from what Horovod's response cache checks of it: dtype and size."""
+    return f"swarmbench.allreduce.{str(t.dtype).removeprefix('torch.')}.{t.numel()}"
+
+
 class _HorovodWork:
     """A Horovod allreduce handle as a `Work`: `hvd.synchronize` waits for it (in place: `allreduce_async_`)."""
 
@@ -591,10 +596,10 @@ class TorchComm(Comm):
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         if self._hvd is not None:
-            # Every rank issues the same sequence of allreduces, so names made of their size agree. The same name at
+            # Every rank issues the same sequence of allreduces, so names made of dtype and size agree. The same name at
             # every step (as Horovod's DistributedOptimizer names each parameter) lets Horovod's response cache
             # skip the coordinator's negotiation: a fresh name per call cost about twice the time here.
-            self._hvd.allreduce_(t, op=self._hvd.Sum, name=f"swarmbench.allreduce.{t.numel()}")
+            self._hvd.allreduce_(t, op=self._hvd.Sum, name=_hvd_name(t))
             return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
 
@@ -604,7 +609,7 @@ class TorchComm(Comm):
             # a step is the k-th in flight at every step, so its name is stable too).
             if self._hvd_open == 0:
                 self._hvd_slot = 0
-            name = f"swarmbench.allreduce.{t.numel()}.{self._hvd_slot}"
+            name = f"{_hvd_name(t)}.{self._hvd_slot}"
             self._hvd_slot += 1
             self._hvd_open += 1
             return _HorovodWork(self, self._hvd.allreduce_async_(t, op=self._hvd.Sum, name=name))
