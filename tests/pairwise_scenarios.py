@@ -86,14 +86,20 @@ def _result(comm, live: torch.Tensor, initial: torch.Tensor) -> dict:
     }
 
 
-def one_average(comm) -> dict:
-    """Rank 0 averages once with rank 1 (other ranks idle); the partner's side lands by `finish_cell`."""
+def _start_near_radius(comm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks 0 and 1 expose the near-radius models (other ranks zeros), then meet: (live model, its initial copy)."""
     comm.start_cell(codec(), 0)
     k = near_radius_indices()
     live = (k[comm.rank].float() * EPS) if comm.rank < 2 else torch.zeros(NUMEL)
     initial = live.clone()
     comm.expose(live)
     comm.fence()
+    return live, initial
+
+
+def one_average(comm) -> dict:
+    """Rank 0 averages once with rank 1 (other ranks idle); the partner's side lands by `finish_cell`."""
+    live, initial = _start_near_radius(comm)
     if comm.rank == 0:
         comm.average_with(1, "model")
     comm.fence()
@@ -129,12 +135,7 @@ def many_averages(comm, rounds: int = 30) -> dict:
 def full_inbox(comm, extra: int = 2) -> dict:
     """rma only: rank 0 averages with rank 1, which never drains before `finish_cell`, `extra` more times than its
     inbox has slots; the deposits beyond go as exact float32 moves."""
-    comm.start_cell(codec(), 0)
-    k = near_radius_indices()
-    live = (k[comm.rank].float() * EPS) if comm.rank < 2 else torch.zeros(NUMEL)
-    initial = live.clone()
-    comm.expose(live)
-    comm.fence()
+    live, initial = _start_near_radius(comm)
     if comm.rank == 0:
         for _ in range(comm.INBOX_SLOTS + extra):
             comm.average_with(1, "model")
