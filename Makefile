@@ -4,6 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 HVD_STAMP := $(VENV)/.horovod
+KERNELS := $(VENV)/.kernels
 # Horovod (optional): auto = build once, and if that fails say so and carry on; required = a failed build fails
 # the setup; off = don't build it. Example: make setup HOROVOD=off
 HOROVOD ?= auto
@@ -13,7 +14,7 @@ APT_PKGS := openmpi-bin libopenmpi-dev
 
 .PHONY: setup horovod run test lint format bench stress clean reference
 
-setup: $(STAMP) $(HVD_STAMP)
+setup: $(STAMP) $(HVD_STAMP) $(KERNELS)
 
 # System packages (Open MPI for the mpirun launcher and RMA transport) when missing, then the venv.
 $(STAMP): pyproject.toml
@@ -45,6 +46,13 @@ BUILD_HOROVOD = case "$(HOROVOD)" in \
 $(HVD_STAMP): $(STAMP) tools/build_horovod.sh
 	@$(BUILD_HOROVOD)
 	@touch $(HVD_STAMP)
+
+# The codec's CPU kernels, compiled once into the checkout's numba cache (bench/core/__pycache__): a first run,
+# or mpirun starting several processes at once, then loads them instead of compiling (tens of seconds each).
+$(KERNELS): $(STAMP) bench/core/codec.py
+	@echo "== compiling the codec's CPU kernels (numba; once per checkout and codec change)"
+	$(BIN)/python -m bench.core.codec
+	@touch $(KERNELS)
 
 horovod: $(STAMP)
 	@$(BUILD_HOROVOD)

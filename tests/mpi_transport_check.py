@@ -50,9 +50,10 @@ def main() -> None:
             comm.expose(live)
             comm.fence()
             rng = random.Random(rank)
+            peak = float(live.abs().max())
             for _ in range(100):
                 with comm.exclusive():  # where a training step would run
-                    pass
+                    peak = max(peak, float(live.abs().max()))
                 comm.average_with(rng.choice(comm.neighbors()), "model")
             comm.fence()
             comm.finish_cell()
@@ -66,6 +67,7 @@ def main() -> None:
                 "drift": float((total - init_total).abs().max()),
                 "spread": spread,
                 "failures": comm.decode_failures,
+                "peak": peak,  # the largest |coordinate| this node's model reached during the averages
             }
     elif scenario == "radius":  # pairwise averages just outside the lattice's radius (tests/pairwise_scenarios.py)
         out["one"] = pairwise_scenarios.one_average(comm)

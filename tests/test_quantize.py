@@ -521,10 +521,244 @@ def test_chunking_does_not_change_bytes(quantizer: str, bits: int, monkeypatch: 
     ref[12_345] += 1.0  # one failed lattice bucket
     whole = codec.encode(x, generator=_gen(3))
     out_whole, fails_whole = codec.decode(whole, n, ref)
-    monkeypatch.setattr(q, "_CPU_CHUNK", 4000)
-    assert len(codec._chunks(n, x.device)) == 6
+    monkeypatch.setattr(q, "_CPU_CHUNK", 4000)  # the torch path's chunks
+    monkeypatch.setattr(q, "_KCHUNK", 4000)  # the CPU kernels' tiles
+    assert len(codec._chunks(n, x.device)) == 6 and q._kernel_chunk(codec.cfg.bucket) == 4000
     chunked = codec.encode(x, generator=_gen(3))
     out_chunked, fails_chunked = codec.decode(chunked, n, ref)
     assert torch.equal(whole, chunked)
     assert torch.equal(out_whole, out_chunked)
     assert fails_whole == fails_chunked == (1 if quantizer == "lattice" else 0)
+
+
+# ---- bit-identity with the frozen pre-numba implementation -------------------------------------
+#
+# A compact copy of the torch codec as it was before the fused CPU kernels (whole-tensor torch ops,
+# no chunks or scratch buffers). Every wire byte of ``encode`` and every decoded float and failed
+# bucket of ``decode_buckets`` must stay the same: the simulator's determinism and the committed CI
+# reference depend on it. Do not "fix" this reference; it defines the wire format's bytes. The lattice
+# decode rounds ``ref/eps`` and the subtraction separately (two float32 ops, no fused multiply-add).
+
+
+def _frozen_dither(n: int, keys: torch.Tensor) -> torch.Tensor:
+    blocks = keys.shape[1]
+    cols = torch.arange(512, dtype=torch.int32)[None, :]
+    h = (keys[0, :, None] * cols).add_(keys[1, :, None]).view(-1)[:n]
+    return h.bitwise_right_shift(8).bitwise_and_(0xFFFFFF).float() if blocks else torch.zeros(0)
+
+
+def _frozen_keys(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    shape = (2, -(-n // 512))
+    words = torch.randint(0, 2**32, shape, dtype=torch.int64, generator=generator)
+    return (words & 0xFFFFFFFF).to(torch.int32)
+
+
+def _frozen_checksums(q: torch.Tensor, bucket: int) -> torch.Tensor:
+    from bench.core.codec import _checksum_weights
+
+    w = _checksum_weights(bucket, torch.device("cpu")).to(torch.int64)
+    nb = -(-q.numel() // bucket)
+    padded = torch.zeros(nb * bucket, dtype=torch.int64)
+    padded[: q.numel()] = q
+    sums = torch.stack([(padded.view(nb, bucket) * w[j]).sum(1) & 0xFFFFFFFF for j in range(2)], 1)
+    return torch.from_numpy(sums.numpy().astype(np.uint32).view(np.int32))
+
+
+def _frozen_encode(cfg: CodecConfig, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    bits, bucket, n = cfg.bits, cfg.bucket, x.numel()
+    if bits == 32:
+        return x.view(torch.uint8).clone()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.uint8)
+    if cfg.quantizer == "lattice":
+        kf = torch.mul(x, 1.0 / float(cfg.eps))
+        if generator is None:
+            kf.round_()
+        else:
+            kf.add_(_frozen_dither(n, _frozen_keys(n, generator)), alpha=2.0**-24).floor_()
+        k = kf.to(torch.int32)
+        header = _frozen_checksums(k >> bits, bucket).view(torch.uint8).view(-1)
+    else:
+        keys = _frozen_keys(n, generator)
+        levels = float(2**bits - 1)
+        lo = torch.stack([x[a : a + bucket].amin() for a in range(0, n, bucket)])
+        hi = torch.stack([x[a : a + bucket].amax() for a in range(0, n, bucket)])
+        step = ((hi - lo).double() / levels).float()
+        inv = torch.where(step > 0, 1.0 / step.double(), 0.0).float()
+        reps = torch.tensor([min(bucket, n - a) for a in range(0, n, bucket)])
+        y = torch.sub(x, lo.repeat_interleave(reps)).mul_(inv.repeat_interleave(reps))
+        y.add_(_frozen_dither(n, keys), alpha=2.0**-24).floor_().clamp_max_(levels)
+        k = y.to(torch.int32)
+        header = torch.stack((lo, step), 1).view(torch.uint8).view(-1)
+    body = torch.from_numpy(_np_pack(k.numpy(), bits))
+    return torch.cat((header, body))
+
+
+def _frozen_decode(
+    cfg: CodecConfig, msg: torch.Tensor, n: int, ref: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    bits, bucket = cfg.bits, cfg.bucket
+    nb = -(-n // bucket) if bits < 32 else 0
+    none = torch.zeros(nb, dtype=torch.bool)
+    if bits == 32:
+        return msg.clone().view(torch.float32), none
+    header, body = msg[: 8 * nb], msg[8 * nb :].numpy()
+    if bits == 16:
+        codes = body.view("<u2").astype(np.float32)
+    else:
+        per = 8 // bits
+        codes = ((body[:, None] >> (np.arange(per) * bits)) & ((1 << bits) - 1)).reshape(-1)[:n].astype(np.float32)
+    c = torch.from_numpy(codes.copy())
+    reps = torch.tensor([min(bucket, n - a) for a in range(0, n, bucket)])
+    if cfg.quantizer == "uniform":
+        h = header.view(torch.float32).view(-1, 2)
+        return c.mul_(h[:, 1].repeat_interleave(reps)).add_(h[:, 0].repeat_interleave(reps)), none
+    assert ref is not None
+    scale = 2.0**bits
+    s = torch.sub(c, torch.mul(ref, 1.0 / float(cfg.eps))).mul_(1.0 / scale).round_()
+    mine = _frozen_checksums(s.to(torch.int32), bucket).to(torch.int64)
+    sent = header.view(torch.int32).view(-1, 2).to(torch.int64)
+    bad = ~(((mine + sent) & 0xFFFFFFFF) == 0).all(1)
+    out = c.add_(s, alpha=-scale).mul_(cfg.eps)
+    mask = bad.repeat_interleave(reps)
+    out[mask] = ref[mask]
+    return out, bad
+
+
+def _grid_model(n: int, seed: int, quantizer: str) -> torch.Tensor:
+    x = _model(n, seed, scale=0.05 if seed % 2 else 0.4)
+    if n > 8:
+        x[3] = 0.0
+        x[5] = -0.0
+    if quantizer == "uniform" and n >= 2100:
+        x[1024:2048] = -0.125  # a constant bucket (step 0)
+    return x
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("bucket", (1, 3, 100, 512, 1024, 1500))
+def test_bit_identical_to_frozen_reference(quantizer: str, bits: int, bucket: int) -> None:
+    """encode's bytes, decode's floats and failed buckets equal the frozen implementation's, across
+    sizes that are not multiples of the bucket or of the dither block, seeds, and both roundings."""
+    eps = suggest_eps(bits, 0.05) if bits < 32 else 1e-3
+    cfg = CodecConfig(bits=bits, quantizer=quantizer, eps=eps, bucket=bucket)
+    codec = Codec(cfg)
+    sizes = (1, 2, 5, 511, 1023, 1025, 4099, 70_001) if bucket > 3 else (1, 2, 5, 1025, 20_001)
+    for n in sizes:
+        for seed in (0, 1, 2):
+            x = _grid_model(n, seed, quantizer)
+            ref = _within(x, 0.04, seed + 50)
+            if n > 600:
+                ref[n // 2] += 1.0  # a failed lattice bucket
+                ref[n - 1] -= 0.3
+            for gen_seed in (None, 7 + seed) if quantizer == "lattice" else (7 + seed,):
+                g1 = None if gen_seed is None else _gen(gen_seed)
+                g2 = None if gen_seed is None else _gen(gen_seed)
+                msg = codec.encode(x, generator=g1)
+                want = _frozen_encode(cfg, x, g2)
+                assert torch.equal(msg, want), (n, seed, gen_seed)
+                out, failed = codec.decode_buckets(msg, n, ref)
+                want_out, want_failed = _frozen_decode(cfg, want, n, ref)
+                assert torch.equal(failed, want_failed), (n, seed, gen_seed)
+                assert torch.equal(out.view(torch.int32), want_out.view(torch.int32)), (n, seed, gen_seed)
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("bits", LOW_BITS)
+def test_bit_identical_on_odd_messages(quantizer: str, bits: int) -> None:
+    """Random wire bytes (corrupt checksums, wild codes, extreme float headers) decode as before."""
+    cfg = CodecConfig(bits=bits, quantizer=quantizer, eps=suggest_eps(bits, 0.05), bucket=300)
+    codec = Codec(cfg)
+    for n in (1, 299, 301, 3001):
+        g = _gen(n + bits)
+        msg = torch.randint(0, 256, (codec.wire_bytes(n),), generator=g, dtype=torch.uint8)
+        if quantizer == "uniform":  # keep the float headers finite (random bytes may spell NaN)
+            hdr = msg[: 8 * codec.num_buckets(n)].view(torch.float32)
+            hdr.copy_(torch.randn(hdr.numel(), generator=g))
+        ref = _model(n, n, scale=0.5)
+        out, failed = codec.decode_buckets(msg, n, ref)
+        want_out, want_failed = _frozen_decode(cfg, msg, n, ref)
+        assert torch.equal(failed, want_failed)
+        assert torch.equal(out.view(torch.int32), want_out.view(torch.int32))
+
+
+FROZEN_DIGESTS = {
+    "lattice2/None": "b434801991f9c8ec",
+    "lattice2/11": "fb061057670b39e6",
+    "lattice4/None": "d6801911bbda37b4",
+    "lattice4/11": "ca1313b482b7fbc5",
+    "lattice8/None": "6678eeea02eb5094",
+    "lattice8/11": "c4e83a7cb78331e6",
+    "lattice16/None": "043d17c642681f14",
+    "lattice16/11": "5d12d55beb63afd1",
+    "uniform2/11": "5c28c17835893c0c",
+    "uniform4/11": "9f4a99ed03186479",
+    "uniform8/11": "2338f9703aa75557",
+    "uniform16/11": "1106ef87ffba651f",
+}
+
+
+def test_frozen_encode_digests() -> None:
+    """sha256 of encode's bytes for a fixed grid, recorded from the implementation before the fused
+    CPU kernels: guards the frozen reference above against drifting along with the codec."""
+    import hashlib
+
+    got = {}
+    for quantizer in QUANTIZERS:
+        for bits in LOW_BITS:
+            codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=suggest_eps(bits, 0.05), bucket=1000))
+            x = _grid_model(5003, 3, quantizer)
+            for gen_seed in (None, 11) if quantizer == "lattice" else (11,):
+                msg = codec.encode(x, generator=None if gen_seed is None else _gen(gen_seed))
+                got[f"{quantizer}{bits}/{gen_seed}"] = hashlib.sha256(msg.numpy().tobytes()).hexdigest()[:16]
+    assert got == FROZEN_DIGESTS
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("bits", LOW_BITS)
+def test_torch_path_matches_cpu_kernels(quantizer: str, bits: int) -> None:
+    """The torch implementation (the path CUDA tensors take) run on CPU gives the same bytes as the
+    numba kernels, and decodes to the same floats and failed buckets."""
+
+    codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=suggest_eps(bits, 0.05), bucket=700))
+    n = 40_003
+    x = _grid_model(n, 5, quantizer)
+    ref = _within(x, 0.04, 6)
+    ref[9_999] += 1.0
+    for gen_seed in (None, 3) if quantizer == "lattice" else (3,):
+        msg = codec.encode(x, generator=None if gen_seed is None else _gen(gen_seed))
+        torch_msg = torch.empty_like(msg)
+        header, body = codec._split(torch_msg, n)
+        g = None if gen_seed is None else _gen(gen_seed)
+        if quantizer == "lattice":
+            codec._encode_lattice(x, header, body, g)
+        else:
+            codec._encode_uniform(x, header.view(torch.float32), body, g)
+        assert torch.equal(msg, torch_msg)
+        out, failed = codec.decode_buckets(msg, n, ref)
+        torch_out = torch.empty(n)
+        header, body = codec._split(msg, n)
+        if quantizer == "lattice":
+            torch_failed = codec._decode_lattice(header, body, ref, torch_out)
+        else:
+            torch_failed = torch.zeros(codec.num_buckets(n), dtype=torch.bool)
+            codec._decode_uniform(header.view(torch.float32), body, torch_out)
+        assert torch.equal(failed, torch_failed)
+        assert int(failed.sum()) == (1 if quantizer == "lattice" else 0)
+        assert torch.equal(out.view(torch.int32), torch_out.view(torch.int32))
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_warm_up_moves_no_random_stream(quantizer: str) -> None:
+    """The training loop warms the codec up before its clock starts; that must not change any draw of the run."""
+    codec = Codec(CodecConfig(bits=8, quantizer=quantizer, eps=suggest_eps(8, 1.0), bucket=64))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    codec.warm_up()
+    assert torch.equal(torch.rand(3), expected)
+    x = torch.randn(500)
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    fresh = Codec(codec.cfg).encode(x, generator=gen_a)
+    assert torch.equal(codec.encode(x, generator=gen_b), fresh)

@@ -75,10 +75,19 @@ def test_both_transports_give_the_same_reads(tmp_path, world):
 @pytest.mark.parametrize("transport", ["p2p", "rma"])
 def test_atomic_average_conserves_sum_on_each_transport(tmp_path, transport):
     """Learning rate 0: sum of models conserved (raw and 8-bit lattice), raw models reach the mean."""
-    for row in _mpirun(tmp_path, 3, transport, "average"):
+    rows = _mpirun(tmp_path, 3, transport, "average")
+    # 8 bits with eps 0.01 decode within (2**7 - 1/2) * 0.01 = 1.275 of the sender's values. Initial models are
+    # within about 0.4 of 0, and p2p's passive side averages atomically under its model lock, so it never leaves
+    # that. RMA's owner folds deposits in later, each computed against the version the initiator read: with every
+    # node averaging back to back (no steps in between), overlapping averages can overshoot (a node moved by its
+    # own average and by deposits naming its older version), and models can spread past the radius for a while.
+    # Such buckets fail on one side, are skipped by both, and the sum stays exact (drift) all the same.
+    apart = 2 * max(r["8"]["peak"] for r in rows)
+    for row in rows:
         for bits in ("32", "8"):
             assert row[bits]["drift"] < 1e-5, row
-            assert row[bits]["failures"] == 0
+        assert row["32"]["failures"] == 0
+        assert row["8"]["failures"] == 0 or (transport == "rma" and apart > 1.275), (apart, row)
         # Initial models differ by ~0.3 in max-norm; RMA averages use the partner's last published copy (up to a
         # step stale), so consensus is reached more slowly there: 100 rounds bring both well inside 1e-2.
         assert row["32"]["spread"] < 1e-2

@@ -12,8 +12,9 @@ of being silently wrong. A plain stochastic uniform quantizer (QSGD-style, Alist
 2017) is offered as the reference-free baseline.
 
 A codec turns a flat float32 tensor into the exact bytes that go on the wire (a 1-D ``uint8``
-tensor, header included) and back. All work is vectorized torch operations on the tensor's own
-device (CPU or CUDA); nothing loops over elements in Python.
+tensor, header included) and back. On CPU each encode and decode is one fused loop compiled by numba
+(see "fused CPU kernels" below); on other devices (CUDA) it is vectorized torch operations on the
+tensor's own device. Both give the same bytes; nothing loops over elements in Python.
 
 Wire format (little-endian throughout; every supported platform and CUDA is little-endian)::
 
@@ -41,6 +42,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -118,8 +120,9 @@ def suggest_eps(bits: int, radius: float) -> float:
 # scratch buffers and chunking
 # --------------------------------------------------------------------------------------------------
 
-# On CPU the codec works through the model in bucket-aligned chunks of about this many coordinates
-# with a few reusable per-thread scratch buffers (about 15 MB per thread at this size). Fresh
+# The torch path (CUDA tensors, and ``pack_bits``/``unpack_bits``; on CPU the codec itself now runs
+# the numba kernels below) works through the model in bucket-aligned chunks of about this many
+# coordinates with a few reusable per-thread scratch buffers (about 15 MB per thread at this size). Fresh
 # multi-megabyte allocations cost more than the arithmetic: glibc hands them back to the kernel on
 # free, so every temporary page-faults again (measured: 2-4x slower end to end). On CUDA the
 # caching allocator already recycles memory, so chunks there only bound the scratch size.
@@ -402,6 +405,283 @@ def _dither_cols(device: torch.device) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
+# fused CPU kernels (numba)
+# --------------------------------------------------------------------------------------------------
+#
+# On CPU, encode and decode run as single fused loops compiled by numba (one pass over the model
+# instead of a dozen torch passes). They compute bit for bit what the torch path computes (a test
+# compares both against a frozen copy of the torch implementation):
+#   * float32 arithmetic in the same order with the same roundings (numba does not contract
+#     ``a*b + c`` into an FMA unless told to); scalars are rounded to float32 first, as torch does;
+#   * the lattice decoder rounds ``ref/eps`` and the subtraction separately, as the torch path does
+#     (no fused multiply-add: every CPU decodes the same bytes against the same reference alike);
+#   * integer hashes and checksums wrap modulo 2**32 in uint32.
+# Torch's own ops remain the path for CUDA tensors. ``cache=True`` keeps the compiled code on disk,
+# so only the first process of a checkout pays the compile time.
+
+_KCHUNK = 1 << 14  # coordinates per kernel tile (whole buckets): the codes of one tile stay in L1/L2
+
+
+_njit = functools.partial(numba.njit, cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+
+@_njit
+def _nb_dither(a: int, b: int, keys: np.ndarray, d: np.ndarray) -> None:
+    """``d[i - a]`` = dither of coordinate i (float32 in [0, 2**24)), as ``_dither24`` defines it."""
+    for r in range(a // 512, (b + 511) // 512):
+        lo = max(a, r * 512)
+        hi = min(b, r * 512 + 512)
+        ka = keys[0, r]
+        kb = keys[1, r]
+        c0 = np.uint32(lo - r * 512)
+        dv = d[lo - a : hi - a]  # loops index views from 0: numba then emits no negative-index fix-up
+        for j in range(hi - lo):
+            h = np.uint32(np.uint32(ka * np.uint32(c0 + np.uint32(j))) + kb)
+            dv[j] = np.float32(np.int32(h >> np.uint32(8)))  # < 2**24: int32 converts in SIMD
+
+
+@_njit
+def _nb_pack(k: np.ndarray, m: int, bits: int, out: np.ndarray) -> None:
+    """Pack ``k[:m]`` (int32, taken modulo 2**bits) into ``out`` bytes (little-endian, first code lowest)."""
+    if bits == 8:
+        for i in range(m):
+            out[i] = np.uint8(k[i] & 0xFF)
+    elif bits == 16:
+        o16 = out[: 2 * m].view(np.uint16)
+        for i in range(m):
+            o16[i] = np.uint16(k[i] & 0xFFFF)
+    elif bits == 4:
+        full = m // 2
+        for i in range(full):
+            out[i] = np.uint8((k[2 * i] & 0xF) | ((k[2 * i + 1] & 0xF) << 4))
+        if m % 2:
+            out[full] = np.uint8(k[m - 1] & 0xF)
+    else:
+        full = m // 4
+        for i in range(full):
+            out[i] = np.uint8(
+                (k[4 * i] & 3) | ((k[4 * i + 1] & 3) << 2) | ((k[4 * i + 2] & 3) << 4) | ((k[4 * i + 3] & 3) << 6)
+            )
+        rest = m - 4 * full
+        if rest:
+            v = 0
+            for j in range(rest):
+                v |= (k[4 * full + j] & 3) << (2 * j)
+            out[full] = np.uint8(v)
+
+
+@_njit
+def _nb_unpack(packed: np.ndarray, m: int, bits: int, out: np.ndarray) -> None:
+    """The first ``m`` codes of ``packed`` as float32 into ``out``."""
+    if bits == 8:
+        for i in range(m):
+            out[i] = np.float32(np.int32(packed[i]))
+    elif bits == 16:
+        p16 = packed[: 2 * m].view(np.uint16)
+        for i in range(m):
+            out[i] = np.float32(np.int32(p16[i]))
+    elif bits == 4:
+        full = m // 2
+        for i in range(full):
+            v = np.int32(packed[i])
+            out[2 * i] = np.float32(v & 0xF)
+            out[2 * i + 1] = np.float32(v >> 4)
+        if m % 2:
+            out[m - 1] = np.float32(np.int32(packed[full]) & 0xF)
+    else:
+        full = m // 4
+        for i in range(full):
+            v = np.int32(packed[i])
+            out[4 * i] = np.float32(v & 3)
+            out[4 * i + 1] = np.float32((v >> 2) & 3)
+            out[4 * i + 2] = np.float32((v >> 4) & 3)
+            out[4 * i + 3] = np.float32(v >> 6)
+        for j in range(m - 4 * full):
+            out[4 * full + j] = np.float32((np.int32(packed[full]) >> (2 * j)) & 3)
+
+
+@_njit
+def _nb_encode_lattice(
+    x: np.ndarray,
+    inv_eps: float,
+    bits: int,
+    bucket: int,
+    w: np.ndarray,
+    keys: np.ndarray,
+    chunk: int,
+    header: np.ndarray,
+    body: np.ndarray,
+) -> bool:
+    """Lattice encode of ``x`` into ``header`` ((buckets, 2) uint32) and ``body``; randomized rounding
+    when ``keys`` has columns. Returns False when some ``|x|/eps`` is out of range or not finite."""
+    n = x.shape[0]
+    inv = np.float32(inv_eps)
+    limit = np.float32(LATTICE_INDEX_LIMIT)
+    rr = keys.shape[1] > 0
+    k = np.empty(min(chunk, n), np.int32)
+    d = np.zeros(min(chunk, n), np.float32)
+    w0 = w[0]
+    w1 = w[1]
+    ok = True
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        if rr:
+            _nb_dither(a, b, keys, d)
+        for s in range(a, b, bucket):
+            m = min(s + bucket, b) - s
+            xv = x[s : s + m]
+            kv = k[s - a : s - a + m]
+            h0 = np.uint32(0)
+            h1 = np.uint32(0)
+            good = True
+            if rr:
+                dv = d[s - a : s - a + m]
+                for j in range(m):
+                    kf = np.floor(xv[j] * inv + dv[j] * np.float32(_DITHER_SCALE))
+                    inside = (kf >= -limit) & (kf <= limit)
+                    good &= inside
+                    ki = np.int32(kf if inside else np.float32(0))
+                    kv[j] = ki
+                    q = np.uint32(ki >> bits)
+                    h0 += np.uint32(w0[j] * q)
+                    h1 += np.uint32(w1[j] * q)
+            else:
+                for j in range(m):
+                    kf = np.rint(xv[j] * inv)
+                    inside = (kf >= -limit) & (kf <= limit)
+                    good &= inside
+                    ki = np.int32(kf if inside else np.float32(0))
+                    kv[j] = ki
+                    q = np.uint32(ki >> bits)
+                    h0 += np.uint32(w0[j] * q)
+                    h1 += np.uint32(w1[j] * q)
+            ok &= good
+            header[s // bucket, 0] = h0
+            header[s // bucket, 1] = h1
+        _nb_pack(k, b - a, bits, body[(a * bits) // 8 :])
+    return ok
+
+
+@_njit
+def _nb_decode_lattice(
+    header: np.ndarray,
+    body: np.ndarray,
+    ref: np.ndarray,
+    inv_eps: float,
+    eps: float,
+    bits: int,
+    bucket: int,
+    w: np.ndarray,
+    chunk: int,
+    out: np.ndarray,
+    failed: np.ndarray,
+) -> int:
+    """Lattice decode into ``out``; failed buckets get ``ref``'s values and are flagged in ``failed`` (bool per
+    bucket, all False on entry). Returns the failed bucket count."""
+    n = out.shape[0]
+    inv = np.float32(inv_eps)
+    e32 = np.float32(eps)
+    scale = np.float32(2.0**bits)
+    inv_scale = np.float32(1.0 / 2.0**bits)
+    c = np.empty(min(chunk, n), np.float32)
+    w0 = w[0]
+    w1 = w[1]
+    fails = 0
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        _nb_unpack(body[(a * bits) // 8 :], b - a, bits, c)
+        for s in range(a, b, bucket):
+            m = min(s + bucket, b) - s
+            cv = c[s - a : s - a + m]
+            rv = ref[s : s + m]
+            ov = out[s : s + m]
+            h0 = np.uint32(0)
+            h1 = np.uint32(0)
+            for j in range(m):
+                cj = cv[j]
+                # ref/eps and the subtraction are two correctly rounded float32 ops (numba emits no FMA
+                # for them); the scaling by 2**-bits is exact.
+                r = rv[j] * inv
+                t = np.rint((cj - r) * inv_scale)
+                si = np.uint32(np.int32(t))
+                h0 += np.uint32(w0[j] * si)
+                h1 += np.uint32(w1[j] * si)
+                ov[j] = (cj - scale * t) * e32
+            # The receiver hashed -q_hat, so a correct bucket has H(-q_hat) + H(q) == 0 mod 2**32.
+            if np.uint32(h0 + header[s // bucket, 0]) != 0 or np.uint32(h1 + header[s // bucket, 1]) != 0:
+                fails += 1
+                failed[s // bucket] = True
+                ov[:] = rv
+    return fails
+
+
+@_njit
+def _nb_encode_uniform(
+    x: np.ndarray,
+    lo: np.ndarray,
+    inv: np.ndarray,
+    levels: float,
+    bits: int,
+    bucket: int,
+    keys: np.ndarray,
+    chunk: int,
+    body: np.ndarray,
+) -> None:
+    """Uniform encode of ``x`` (bucket minima ``lo`` and inverse steps ``inv`` already computed)."""
+    n = x.shape[0]
+    top = np.float32(levels)
+    k = np.empty(min(chunk, n), np.int32)
+    d = np.empty(min(chunk, n), np.float32)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        _nb_dither(a, b, keys, d)
+        for s in range(a, b, bucket):
+            m = min(s + bucket, b) - s
+            xv = x[s : s + m]
+            kv = k[s - a : s - a + m]
+            dv = d[s - a : s - a + m]
+            lb = lo[s // bucket]
+            ib = inv[s // bucket]
+            for j in range(m):
+                y = np.floor((xv[j] - lb) * ib + dv[j] * np.float32(_DITHER_SCALE))
+                kv[j] = np.int32(y if y < top else top)  # clamp_max; y is never NaN here
+        _nb_pack(k, b - a, bits, body[(a * bits) // 8 :])
+
+
+@_njit
+def _nb_decode_uniform(
+    header: np.ndarray, body: np.ndarray, bits: int, bucket: int, chunk: int, out: np.ndarray
+) -> None:
+    """Uniform decode into ``out``: ``code * step + minimum`` per bucket, two float32 roundings as in torch."""
+    n = out.shape[0]
+    c = np.empty(min(chunk, n), np.float32)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        _nb_unpack(body[(a * bits) // 8 :], b - a, bits, c)
+        for s in range(a, b, bucket):
+            m = min(s + bucket, b) - s
+            cv = c[s - a : s - a + m]
+            ov = out[s : s + m]
+            lb = header[s // bucket, 0]
+            st = header[s // bucket, 1]
+            for j in range(m):
+                ov[j] = cv[j] * st + lb
+
+
+def _kernel_chunk(bucket: int) -> int:
+    """Tile length of the CPU kernels: whole buckets and a multiple of 4 coordinates (byte-aligned codes)."""
+    per = 4 // math.gcd(bucket, 4)
+    m = max(1, _KCHUNK // bucket)
+    return bucket * (-(-m // per) * per)
+
+
+@functools.lru_cache(maxsize=32)
+def _checksum_weights_np(bucket: int) -> np.ndarray:
+    """``_checksum_weights`` as a uint32 numpy array for the CPU kernels."""
+    return _checksum_weights(bucket, torch.device("cpu")).numpy().view(np.uint32)
+
+
+# --------------------------------------------------------------------------------------------------
 # the codec
 # --------------------------------------------------------------------------------------------------
 
@@ -511,6 +791,18 @@ class Codec:
         hdr = HEADER_BYTES_PER_BUCKET * self.num_buckets(n)
         return msg[:hdr].view(torch.int32).view(-1, 2), msg[hdr:]
 
+    def warm_up(self) -> None:
+        """Load (or compile, the first time for a checkout) the CPU kernels of this configuration now: run
+        before the training clock starts, so that no algorithm's timed steps pay for it. Uses a private
+        generator, so no random stream of the run moves."""
+        if self.cfg.bits == 32:
+            return
+        x = torch.linspace(-1.0, 1.0, 2 * self.cfg.bucket + 3)
+        for generator in (None, torch.Generator().manual_seed(0)):
+            if generator is None and self.cfg.quantizer == "uniform":
+                continue  # uniform always rounds stochastically: without a generator it would draw from torch's
+            self.decode(self.encode(x, generator=generator), x.numel(), torch.zeros_like(x))
+
     # ---- encode ----------------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -532,11 +824,46 @@ class Codec:
         msg = torch.empty(self.wire_bytes(n), dtype=torch.uint8, device=x.device)
         if n:
             header, body = self._split(msg, n)
-            if self.cfg.quantizer == "lattice":
+            if x.device.type == "cpu":
+                self._encode_cpu(x.detach(), header, body, generator)
+            elif self.cfg.quantizer == "lattice":
                 self._encode_lattice(x, header, body, generator)
             else:
                 self._encode_uniform(x, header.view(torch.float32), body, generator)
         return msg
+
+    def _encode_cpu(
+        self, x: torch.Tensor, header: torch.Tensor, body: torch.Tensor, generator: torch.Generator | None
+    ) -> None:
+        """The fused numba kernels; bit-identical to ``_encode_lattice`` / ``_encode_uniform``."""
+        bits, bucket, eps = self.cfg.bits, self.cfg.bucket, self.cfg.eps
+        n = x.numel()
+        chunk = _kernel_chunk(bucket)
+        xs, hdr, out = x.numpy(), header.numpy().view(np.uint32), body.numpy()
+        if self.cfg.quantizer == "lattice":
+            if generator is None:
+                keys = np.zeros((2, 0), dtype=np.uint32)
+            else:
+                keys = _dither_keys(n, x.device, generator).numpy().view(np.uint32)
+            w = _checksum_weights_np(bucket)
+            if not _nb_encode_lattice(xs, self._inv_eps, bits, bucket, w, keys, chunk, hdr, out):
+                lo, hi = (v.item() for v in torch.aminmax(torch.mul(x, self._inv_eps)))
+                worst = hi * eps if -LATTICE_INDEX_LIMIT <= lo else lo * eps
+                raise UserError(
+                    f"model value {worst:g} is out of range for lattice eps={eps:g} (need finite |x|/eps <= 2^30);"
+                    " raise eps or check the run for divergence"
+                )
+            return
+        keys = _dither_keys(n, x.device, generator).numpy().view(np.uint32)
+        parts = _bucket_parts(x, bucket)
+        lo = torch.cat([v.amin(1) for v, _ in parts])
+        span = torch.cat([v.amax(1) for v, _ in parts]).sub_(lo).double()
+        step = (span / float(2**bits - 1)).float()
+        if not bool(torch.isfinite(step).all()):
+            raise UserError("model has non-finite values (NaN or inf); check the run for divergence")
+        header.view(torch.float32).copy_(torch.stack((lo, step), 1))
+        inv = torch.where(step > 0, 1.0 / step.double(), 0.0).float()
+        _nb_encode_uniform(xs, lo.numpy(), inv.numpy(), float(2**bits - 1), bits, bucket, keys, chunk, out)
 
     def _encode_lattice(
         self, x: torch.Tensor, header: torch.Tensor, body: torch.Tensor, generator: torch.Generator | None
@@ -657,6 +984,18 @@ class Codec:
         if msg.storage_offset() % 4 or not msg.is_contiguous():  # header dtype views need alignment
             msg = msg.clone()
         header, body = self._split(msg, numel)
+        if msg.device.type == "cpu":
+            chunk = _kernel_chunk(self.cfg.bucket)
+            hdr, codes, res = header.numpy(), body.numpy(), out.numpy()
+            if lattice:
+                assert reference is not None
+                w = _checksum_weights_np(self.cfg.bucket)
+                refs = reference.detach().contiguous().numpy()
+                args = (self._inv_eps, self.cfg.eps, self.cfg.bits, self.cfg.bucket, w, chunk, res)
+                _nb_decode_lattice(hdr.view(np.uint32), codes, refs, *args, none_failed.numpy())
+                return out, none_failed  # now flags the failed buckets
+            _nb_decode_uniform(hdr.view(np.float32), codes, self.cfg.bits, self.cfg.bucket, chunk, res)
+            return out, none_failed
         if lattice:
             assert reference is not None
             return out, self._decode_lattice(header, body, reference.contiguous(), out)
@@ -745,3 +1084,16 @@ class Codec:
         lo, step = header[:, 0], header[:, 1]
         for v, sl in _bucket_parts(out, bucket):
             v.mul_(step[sl, None]).add_(lo[sl, None])
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the on-disk cache) every CPU kernel now: `make setup` runs this once, so the first
+    run of a checkout, and processes started together under mpirun, load compiled code instead of each
+    compiling it at once. The kernels are typed by their arguments, not by the bit width, so one width of each
+    quantizer, with and without randomized rounding, covers every configuration."""
+    for quantizer in ("lattice", "uniform"):
+        Codec(CodecConfig(bits=8, quantizer=quantizer)).warm_up()
+
+
+if __name__ == "__main__":
+    compile_kernels()

@@ -265,6 +265,8 @@ def setup_cell(
     """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine)."""
     algo_cls = ALGORITHMS[algorithm]
     codec = make_codec(cfg) if algo_cls.quantizable else None
+    if codec is not None:
+        codec.warm_up()  # kernel loading (or a first compile) is not training time
     comm.start_cell(codec, cfg.seed)
     h = hyper(cfg, algorithm)
     node = make_node(cfg, dataset, rank, comm, clock, device, h)
