@@ -109,6 +109,17 @@ def split_values(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for raw in values for v in str(raw).split(",") if v.strip()]
 
 
+def parse_grid(items: tuple[str, ...]) -> dict[str, list[str]]:
+    """Repeated `--grid KEY=V1,V2` options -> {KEY: ['V1', 'V2']} (a later KEY replaces an earlier one)."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--grid '{item}' is not KEY=V1,V2: write e.g. --grid lr=0.05,0.1")
+        axes[key.strip()] = split_values((values,))
+    return axes
+
+
 def spec_from_toml(path: str) -> tuple[SweepSpec, str]:
     """A sweep file: top-level keys and [ALGO] tables are fixed settings, `[grid]` holds the axes."""
     p = Path(path)
@@ -141,11 +152,7 @@ def build_spec(
     for key, values in axes_from_options.items():
         if values:
             axes[key] = split_values(values)
-    for item in grid_items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--grid '{item}' is not KEY=V1,V2: write e.g. --grid lr=0.05,0.1")
-        axes[key.strip()] = split_values((values,))
+    axes.update(parse_grid(grid_items))
     fixed = parse_set(sets)
     if spec is None and not axes and not fixed:
         return None, text
@@ -409,8 +416,11 @@ def sweep_meta(spec: SweepSpec, cells: list[Cell], argv: list[str], extra: dict[
     }
 
 
-def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[Path, SweepSpec, dict | None]:
-    """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming."""
+def prepare_out(
+    out: str | None, resume: bool, spec: SweepSpec | None, own: tuple[str, ...] = ()
+) -> tuple[Path, SweepSpec, dict | None]:
+    """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming; entries
+    named in `own` (written there before the sweep starts, such as a suite's tuning folder) do not count."""
     if out is None:
         if resume:
             raise UserError("--resume needs --out DIR: the sweep folder to continue")
@@ -420,7 +430,7 @@ def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
-    empty = not path.exists() or not any(path.iterdir())
+    empty = not path.exists() or not any(p.name not in own for p in path.iterdir())
     if empty:
         if spec is None:
             raise UserError("nothing to sweep: pass a grid file (SPEC.toml) or axes such as --nodes 2,4 --seed 0,1")
