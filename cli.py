@@ -284,6 +284,10 @@ def _axis_option(name: str, help_text: str):
 @_axis_option("--seed", "Seeds (several seeds are aggregated: mean, std, 95 % t-interval).")
 @click.option("--grid", "grid_items", multiple=True, show_envvar=True, help="Any other axis: --grid lr=0.05,0.1.")
 @click.option("--set", "sets", multiple=True, show_envvar=True, help="A fixed setting for every cell: --set epochs=2.")
+@config_option(
+    "TOML file of settings for every cell (run keys, [ALGO] tables, e.g. a tune's tuned.toml); "
+    "SPEC.toml and --set override it."
+)
 @click.option("--out", default=None, show_envvar=True, help="Sweep folder.  [default: results/sweep-<timestamp>]")
 @click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
 def sweep_cmd(
@@ -296,6 +300,7 @@ def sweep_cmd(
     seed: tuple[str, ...],
     grid_items: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None,
     out: str | None,
     resume: bool,
 ) -> int:
@@ -309,7 +314,7 @@ def sweep_cmd(
 
     axes = {"algorithm": algo, "nodes": nodes, "bits": bits, "topology": topology, "local_steps": local_steps}
     axes["seed"] = seed
-    return sweep(spec_file, axes, grid_items, sets, out, resume, argv=sys.argv)
+    return sweep(spec_file, axes, grid_items, sets, out, resume, argv=sys.argv, config_file=config_file)
 
 
 def _echo_report(report_dir, notes: list[str]) -> None:
@@ -393,6 +398,9 @@ def compare_cmd(
 @click.option("--nodes", multiple=True, show_envvar=True, help="Replace every part's node counts (2,4): scale down.")
 @click.option("--seed", "seeds", multiple=True, show_envvar=True, help="Replace every part's seeds (0,1,2).")
 @click.option("--set", "sets", multiple=True, show_envvar=True, help="Override a shared setting: --set epochs=2.")
+@config_option(
+    "TOML file of settings over the suite's shared ones (run keys, [ALGO] tables, e.g. a tune's tuned.toml)."
+)
 @click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
 def reproduce_cmd(
     suite_name: str | None,
@@ -403,6 +411,7 @@ def reproduce_cmd(
     nodes: tuple[str, ...],
     seeds: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None,
     target_acc: float | None,
 ) -> int:
     """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
@@ -412,7 +421,9 @@ def reproduce_cmd(
         for line in list_suites():
             click.echo(line)
         return 0
-    code, report_dir, notes = reproduce(suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv)
+    code, report_dir, notes = reproduce(
+        suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv, config_file=config_file
+    )
     _echo_report(report_dir, notes)
     return code
 

@@ -19,7 +19,7 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.experiments.sweep import Grid, SweepSpec, execute_sweep, normalize, prepare_out, split_values
-from bench.training.config import RUN_FIELDS, parse_set
+from bench.training.config import RUN_FIELDS, config_settings, parse_set
 
 SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
 PART_KEYS = {"name", "title", "grid", "settings"}
@@ -178,11 +178,20 @@ def sim_available() -> bool:
     return found and "engine" in RUN_FIELDS
 
 
-def suite_spec(suite: Suite, engine: str, nodes: tuple[str, ...], seeds: tuple[str, ...], sets: tuple[str, ...]):
-    """The suite as a sweep: shared settings (+ the engine), one grid per part; --nodes/--seed replace axes."""
+def suite_spec(
+    suite: Suite,
+    engine: str,
+    nodes: tuple[str, ...],
+    seeds: tuple[str, ...],
+    sets: tuple[str, ...],
+    config: dict[str, Any] | None = None,
+):
+    """The suite as a sweep: shared settings (+ the engine) < `config` (a --config file's settings, e.g. a tune's
+    tuned.toml) < --set, one grid per part; --nodes/--seed replace axes."""
     fixed = dict(suite.settings)
     if engine == "sim":
         fixed["engine"] = "sim"
+    fixed.update(config or {})
     fixed.update(parse_set(sets))
     grids = []
     for p in suite.parts:
@@ -215,6 +224,7 @@ def reproduce(
     sets: tuple[str, ...],
     target_acc: float | None,
     argv: list[str],
+    config_file: str | None = None,
 ) -> tuple[int, Path, list[str]]:
     """`swarmbench reproduce SUITE`: run the suite as a sweep into `out` (default results/<suite>), then its report;
     (exit status: 0 every cell ok, else 1; the report folder; notes about the report)."""
@@ -227,7 +237,7 @@ def reproduce(
             f"suite '{suite.name}' runs on the simulator (--engine sim), which this swarmbench does not have yet: "
             "pass --engine processes to run it on real processes (noisy, not deterministic)"
         )
-    spec = normalize(suite_spec(suite, engine, nodes, seeds, sets))
+    spec = normalize(suite_spec(suite, engine, nodes, seeds, sets, config_settings(config_file)))
     out_dir, spec, stored = prepare_out(out or str(Path("results") / suite.name), resume, spec)
     extra = {"suite": suite.name, "suite_spec": suite.to_json(), "suite_engine": engine}
     code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)

@@ -43,7 +43,7 @@ from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.records.read import read_meta
 from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
 from bench.run import checks, orchestrate
-from bench.training.config import RunConfig, apply_overrides, parse_set
+from bench.training.config import RunConfig, apply_overrides, config_settings, parse_set
 from bench.training.registry import ALGORITHMS
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
@@ -145,8 +145,10 @@ def build_spec(
     axes_from_options: dict[str, tuple[str, ...]],
     grid_items: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None = None,
 ) -> tuple[SweepSpec | None, str]:
-    """File first, then command-line axes (replacing the file's axis of the same key), then --set."""
+    """Settings: --config < the file's < --set; axes: the file's, replaced by command-line axes of the same key."""
+    config = config_settings(config_file)
     spec, text = spec_from_toml(file) if file else (None, "")
     axes: dict[str, list[Any]] = {}
     for key, values in axes_from_options.items():
@@ -154,10 +156,11 @@ def build_spec(
             axes[key] = split_values(values)
     axes.update(parse_grid(grid_items))
     fixed = parse_set(sets)
-    if spec is None and not axes and not fixed:
+    if spec is None and not axes and not fixed and not config:
         return None, text
     if spec is None:
         spec = SweepSpec(fixed={}, grids=[Grid(axes={})])
+    spec.fixed = {**config, **spec.fixed}
     for key, values in axes.items():
         for g in spec.grids:
             for alias in ALGO_KEYS if key in ALGO_KEYS else (key,):
@@ -561,10 +564,12 @@ def sweep(
     out: str | None,
     resume: bool,
     argv: list[str],
+    config_file: str | None = None,
 ) -> int:
     """`swarmbench sweep`: the grid of SPEC.toml and the axes given as options (each replacing the file's axis of
-    the same key), run into `out` (or a new folder); exit status 0 (every cell ok) or 1."""
-    spec, text = build_spec(spec_file, axes, grid_items, sets)
+    the same key), over the settings of `config_file` (e.g. a tune's tuned.toml), run into `out` (or a new folder);
+    exit status 0 (every cell ok) or 1."""
+    spec, text = build_spec(spec_file, axes, grid_items, sets, config_file)
     spec = normalize(spec, text) if spec is not None else None
     out_dir, spec, stored = prepare_out(out, resume, spec)
     code, _ = execute_sweep(spec, out_dir, stored, argv=argv, text=text)

@@ -40,7 +40,7 @@ from bench.experiments.sweep import (
     prepare_out,
 )
 from bench.run import checks
-from bench.training.config import HYPER_KEYS, RunConfig, algo_fields, load_toml, parse_set
+from bench.training.config import HYPER_KEYS, RunConfig, algo_fields, config_settings, parse_set
 
 METRIC = "val_acc"  # the averaged model's accuracy on the validation split after the last epoch: higher wins
 TIE_BREAK = "val_loss"  # among equal accuracies: lower wins; then the first grid point
@@ -301,8 +301,7 @@ def tune(
 ) -> int:
     """`swarmbench tune`: defaults < --config < run options < --set, the --grid axes over them."""
     checks.resolve(given, config_file, sets)  # the settings without the grid: their mistakes named as `run` names them
-    fixed = dict(load_toml(config_file)) if config_file else {}
-    fixed |= given
+    fixed = config_settings(config_file) | given
     fixed |= parse_set(sets)
     code, _, _ = run_tuning(plan(fixed, parse_grid(grid_items)), out, resume, argv)
     return code

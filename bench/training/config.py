@@ -459,6 +459,16 @@ def load_toml(path: str) -> dict[str, Any]:
     return flatten_settings(load_toml_text(Path(path))[0])
 
 
+def config_settings(path: str | None) -> dict[str, Any]:
+    """A `--config` file's settings, flat (`[ALGO]` tables as `ALGO.key`), every key and value checked against the
+    fields (the error names the file); {} without a file. For commands that merge them into their own settings."""
+    if not path:
+        return {}
+    settings = load_toml(path)
+    apply_overrides(RunConfig().to_dict(), settings, f"config file '{path}'")
+    return settings
+
+
 def parse_set(items: typing.Iterable[str]) -> dict[str, str]:
     """`key=value` strings from repeated `--set` options."""
     out: dict[str, str] = {}
