@@ -185,3 +185,53 @@ def test_tuned_toml_header_is_valid_toml_for_every_value_type():
     text = "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
     back = tomllib.loads(text)
     assert back == {**values, "lr_milestones": [1, 2]} and math.isclose(back["lr"], 1e-05)
+
+
+SUITE = """
+[suite]
+name = "tuned-mini"
+engine = "sim"
+[settings]
+dataset = "digits"
+epochs = 1
+nodes = 2
+[tune]
+grid = { lr = [0.1, 0.3, 100.0] }
+[[parts]]
+name = "main"
+[parts.grid]
+algorithm = ["allreduce", "swarm"]
+seed = [0]
+[[tables]]
+name = "accuracy"
+title = "Test accuracy"
+part = "main"
+metric = "test_acc"
+columns = "nodes"
+"""
+
+
+def test_suite_with_a_tuning_budget(tmp_path):
+    """A suite's [tune] grid runs first (OUT/tune); the parts run at each method's chosen values and the report
+    says what each method was tuned on."""
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE)
+    out = tmp_path / "out"
+    result = invoke("reproduce", path, "--out", out)
+    assert result.exit_code == 0, result.output
+    chosen = tomllib.loads((out / "tune" / "tuned.toml").read_text())
+    hyper = json.loads((out / "cells" / "seed=0" / "meta.json").read_text())["hyperparameters"]
+    for algo in ("allreduce", "swarm"):
+        assert chosen[algo] == {"lr": expected_choice(out / "tune", algo, [0.1, 0.3, 100.0])}
+        assert hyper[algo]["lr"] == chosen[algo]["lr"]
+    text = "each method tuned on lr ∈ {0.1, 0.3, 100.0} (highest validation accuracy; tune/tuned.toml)"
+    assert text in (out / "report" / "report.md").read_text()
+    assert "E" + text[1:] + "." in (out / "report" / "tables" / "paper_accuracy.md").read_text()
+    # A bad [tune] grid is refused before anything is written.
+    path.write_text(SUITE.replace("lr = [0.1, 0.3, 100.0]", "lr = []"))
+    result = invoke("reproduce", path, "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "grid axis 'lr' has no values" in result.output
+    path.write_text(SUITE.replace("lr = [0.1, 0.3, 100.0]", "epochs = [1, 2]"))
+    result = invoke("reproduce", path, "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "grid axis 'epochs' is not a hyperparameter" in result.output
+    assert not (tmp_path / "bad").exists()
