@@ -216,8 +216,8 @@ def tuned_toml(choices: list[Choice], tuning: Tuning) -> str:
     settings = {k: v for k, v in tuning.spec.fixed.items() if k != "algorithms"}
     lines = [
         "# swarmbench tune: each algorithm's grid point with the highest validation accuracy",
-        f"# metric: {METRIC}, the averaged model's accuracy on the validation split ({cfg.val_fraction:g} of the "
-        "training data) after the last epoch;",
+        f"# metric: {METRIC}, the averaged model's validation accuracy after the last epoch (val_fraction "
+        f"{cfg.val_fraction:g}); highest wins;",
         f"#   ties: lower {TIE_BREAK}, then the first grid point; a diverged or failed trial is never chosen",
         f"# grid: {grid_text(tuning.axes)} ({len(tuning.cells)} trials per algorithm)",
         f"# budget: each trial {cfg.epochs} epoch(s) of {cfg.dataset} ({cfg.model}) on {cfg.nodes} nodes, "
