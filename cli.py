@@ -182,6 +182,14 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
 @config_option(RUN_CONFIG_HELP)
 @click.option("--set", "sets", multiple=True, show_envvar=True, help=SET_HELP)
 @click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the trials already finished ok.")
+@click.option(
+    "--halving/--no-halving",
+    default=False,
+    show_envvar=True,
+    help="Successive halving: every grid point for a fraction of the epochs, then the best 1/eta of each "
+    "algorithm's for eta times more, ... up to the full --epochs.",
+)
+@click.option("--eta", type=int, default=3, show_envvar=True, help="Successive halving keeps the best 1/eta per rung.")
 @click.pass_context
 def tune_cmd(
     ctx: click.Context,
@@ -190,6 +198,8 @@ def tune_cmd(
     config_file: str | None,
     sets: tuple[str, ...],
     resume: bool,
+    halving: bool,
+    eta: int,
     **opts,
 ) -> int:
     """Grid-search each algorithm's hyperparameters on validation accuracy; write DIR/tuned.toml.
@@ -200,7 +210,8 @@ def tune_cmd(
     """
     from bench.experiments.tune import tune
 
-    return tune(given_run_options(ctx, opts), grid_items, config_file, sets, out, resume, argv=sys.argv)
+    given = given_run_options(ctx, opts)
+    return tune(given, grid_items, config_file, sets, out, resume, argv=sys.argv, halving=halving, eta=eta)
 
 
 @cli.command("list")

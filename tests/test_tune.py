@@ -56,9 +56,12 @@ def test_tune_picks_the_best_validation_accuracy(tuned):
     for algo in ("allreduce", "swarm"):
         assert chosen[algo] == {"lr": expected_choice(out, algo, [0.1, 0.3, 100.0])}
     # The header says the grid, the metric and the budget.
-    assert "# grid: lr ∈ {0.1, 0.3, 100.0} (3 trials per algorithm)" in tuned_toml
+    assert "# grid: lr ∈ {0.1, 0.3, 100.0} (3 grid points)" in tuned_toml
     assert "# metric: val_acc" in tuned_toml and "ties: lower val_loss, then the first grid point" in tuned_toml
-    assert "# budget: each trial 1 epoch(s) of digits (mlp) on 2 nodes" in tuned_toml and "engine sim" in tuned_toml
+    assert (
+        "# budget: 3 trials per algorithm, each 1 epoch(s) of digits (mlp) on 2 nodes" in tuned_toml
+        and "engine sim" in tuned_toml
+    )
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials.columns) == ["algorithm", "cell", "lr", "val_acc", "val_loss", "status", "reason", "chosen"]
     assert len(trials) == 6 and trials.groupby("algorithm")["chosen"].sum().to_dict() == {"allreduce": 1, "swarm": 1}
@@ -235,3 +238,33 @@ def test_suite_with_a_tuning_budget(tmp_path):
     result = invoke("reproduce", path, "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "grid axis 'epochs' is not a hyperparameter" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_successive_halving(tmp_path):
+    """Rung 0 trains every grid point for 1 epoch; each algorithm's best (never the diverged lr = 100) trains the
+    full 2 epochs in rung 1 and is chosen."""
+    from bench.experiments.tune import halving_rungs
+
+    assert halving_rungs(6, 4, 2) == [(6, 1), (2, 2), (1, 4)]  # 6 -> 3 at 1 epoch as well: not run twice
+    assert halving_rungs(9, 9, 3) == [(9, 1), (3, 3), (1, 9)]
+    assert halving_rungs(1, 5, 3) == [(1, 5)]
+    out = tmp_path / "out"
+    args = [*SMALL[:-1], "2", "--algo", "allreduce", "--algo", "swarm", *GRID, "--halving", "--eta", "2"]
+    result = invoke("tune", *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(set(zip(trials["rung"], trials["epochs"], strict=True))) == [(0, 1), (1, 2)]
+    chosen = tomllib.loads((out / "tuned.toml").read_text())
+    for algo in ("allreduce", "swarm"):
+        best_of_rung_0 = expected_choice(out / "rung-0", algo, [0.1, 0.3, 100.0])
+        rung_1 = trials[(trials["rung"] == 1) & (trials["algorithm"] == algo)]
+        assert list(rung_1["lr"]) == [best_of_rung_0] and rung_1["chosen"].all()
+        assert chosen[algo] == {"lr": best_of_rung_0}
+        cell = out / "rung-1" / "cells" / f"lr={best_of_rung_0}"
+        assert json.loads((cell / "meta.json").read_text())["config"]["epochs"] == 2
+    assert (
+        "# budget: successive halving (eta 2): rungs of 3, 1 trials per algorithm, each 1, 2 epoch(s)"
+        in (out / "tuned.toml").read_text()
+    )
+    bad = invoke("tune", *args, "--eta", "1", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--eta must be at least 2" in bad.output and not (tmp_path / "bad").exists()

@@ -150,24 +150,31 @@ def choose(trials, algorithms: list[str]) -> list[Choice]:
     out = []
     for algo in algorithms:
         rows = trials[trials["algorithm"] == algo]
-        ranked = []
-        for _, row in rows.iterrows():
-            acc = _finite(row["val_acc"])
-            if row["status"] == "ok" and acc is not None:
-                loss = _finite(row["val_loss"])
-                ranked.append(((-acc, math.inf if loss is None else loss, int(row["order"])), row))
+        ranked = ranked_trials(rows)
         if not ranked:
             counts = rows["status"].value_counts()
             listing = ", ".join(f"{status}: {n}" for status, n in counts.items()) or "none ran"
             out.append(Choice(algo, why_none=f"none of its {len(rows)} trials finished ok ({listing})"))
             continue
-        _, best = min(ranked, key=lambda item: item[0])
+        best = ranked[0]
         values = {k: best[k] for k in axes if applies(k, algo)}
         out.append(Choice(algo, values, str(best["cell"]), _finite(best["val_acc"]), _finite(best["val_loss"])))
     return out
 
 
-TRIAL_COLUMNS = ("algorithm", "order", "cell", "val_acc", "val_loss", "status", "reason", "chosen")
+def ranked_trials(rows) -> list[Any]:
+    """The rows with status ok and a finite val_acc, best first: highest val_acc, then lowest val_loss (a missing
+    loss ranks last), then the lowest `order` (the grid's order)."""
+    ranked = []
+    for _, row in rows.iterrows():
+        acc = _finite(row["val_acc"])
+        if row["status"] == "ok" and acc is not None:
+            loss = _finite(row["val_loss"])
+            ranked.append(((-acc, math.inf if loss is None else loss, int(row["order"])), row))
+    return [row for _, row in sorted(ranked, key=lambda item: item[0])]
+
+
+TRIAL_COLUMNS = ("algorithm", "order", "cell", "val_acc", "val_loss", "status", "reason", "chosen", "rung", "epochs")
 
 
 def trials_frame(out_dir: Path, tuning: Tuning):
@@ -211,7 +218,7 @@ def grid_text(axes: dict[str, list[Any]]) -> str:
     return "; ".join(f"{k} ∈ {{{', '.join(toml_value(v) for v in values)}}}" for k, values in axes.items())
 
 
-def tuned_toml(choices: list[Choice], tuning: Tuning) -> str:
+def tuned_toml(choices: list[Choice], tuning: Tuning, budget: str) -> str:
     cfg = tuning.base
     settings = {k: v for k, v in tuning.spec.fixed.items() if k != "algorithms"}
     lines = [
@@ -219,8 +226,8 @@ def tuned_toml(choices: list[Choice], tuning: Tuning) -> str:
         f"# metric: {METRIC}, the averaged model's validation accuracy after the last epoch (val_fraction "
         f"{cfg.val_fraction:g}); highest wins;",
         f"#   ties: lower {TIE_BREAK}, then the first grid point; a diverged or failed trial is never chosen",
-        f"# grid: {grid_text(tuning.axes)} ({len(tuning.cells)} trials per algorithm)",
-        f"# budget: each trial {cfg.epochs} epoch(s) of {cfg.dataset} ({cfg.model}) on {cfg.nodes} nodes, "
+        f"# grid: {grid_text(tuning.axes)} ({len(tuning.cells)} grid points)",
+        f"# budget: {budget} of {cfg.dataset} ({cfg.model}) on {cfg.nodes} nodes, "
         f"batch {cfg.batch_size} per node, seed {cfg.seed}, engine {cfg.engine}",
     ]
     if settings:
@@ -239,10 +246,9 @@ def tuned_toml(choices: list[Choice], tuning: Tuning) -> str:
     return text
 
 
-def print_trials(trials, choices: list[Choice], axes: list[str]) -> None:
+def print_trials(trials, columns: list[str]) -> None:
+    """Every trial as one rich table: `columns` (the grid values, and rungs), the metric, the status, the choice."""
     from rich.console import Console
-
-    chosen = {(c.algorithm, c.cell) for c in choices if c.cell}
 
     def value(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
@@ -254,16 +260,43 @@ def print_trials(trials, choices: list[Choice], axes: list[str]) -> None:
     rows = [
         [
             r["algorithm"],
-            *(value(r[k]) for k in axes),
+            *(value(r[k]) for k in columns),
             metric(r["val_acc"]),
             metric(r["val_loss"]),
             str(r["status"]),
-            "◀ chosen" if (r["algorithm"], r["cell"]) in chosen else "",
+            "◀ chosen" if r["chosen"] else "",
         ]
         for _, r in trials.iterrows()
     ]
-    headers = ["algorithm", *axes, "val acc", "val loss", "status", ""]
+    headers = ["algorithm", *columns, "val acc", "val loss", "status", ""]
     print_table(headers, rows, title="tune: every trial", console=Console(highlight=False, width=180))
+
+
+def run_rung(tuning: Tuning, spec: SweepSpec, out: str, resume: bool, argv: list[str], rung: dict[str, Any]):
+    """One sweep of trials (the whole grid, or a rung of successive halving) into `out`: (exit status, trials)."""
+    out_dir, spec, stored = prepare_out(out, resume, spec)
+    extra = {"tune": {"metric": METRIC, "tie_break": TIE_BREAK, "algorithms": tuning.algorithms, **rung}}
+    code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
+    return code, trials_frame(out_dir, tuning)
+
+
+def finish(out_dir: Path, tuning: Tuning, trials, choices: list[Choice], columns: list[str], budget: str) -> None:
+    """Mark the chosen trials, write trials.csv and tuned.toml (atomically), print the table and the choices."""
+    chosen = {(c.algorithm, c.cell) for c in choices if c.cell}
+    rungs = trials["rung"] if "rung" in trials.columns else [0] * len(trials)
+    last = max(rungs, default=0)  # successive halving chooses in its last rung
+    trials["chosen"] = [
+        (a, c) in chosen and r == last for a, c, r in zip(trials["algorithm"], trials["cell"], rungs, strict=True)
+    ]
+    atomic_write_frame(out_dir / TRIALS_FILE, trials.drop(columns=["order"]))
+    atomic_write_text(out_dir / TUNED_FILE, tuned_toml(choices, tuning, budget))
+    print_trials(trials, columns)
+    for c in choices:
+        if c.cell:
+            print(f"tune: {c.algorithm}: {', '.join(f'{k}={v}' for k, v in c.values.items()) or 'no axis applies'}")
+        else:
+            print(f"tune: {c.algorithm}: not tuned: {c.why_none}")
+    print(f"tuned: {out_dir / TUNED_FILE} (use: swarmbench run --config {out_dir / TUNED_FILE})")
 
 
 def run_tuning(tuning: Tuning, out: str | None, resume: bool, argv: list[str]) -> tuple[int, Path, list[Choice]]:
@@ -271,23 +304,100 @@ def run_tuning(tuning: Tuning, out: str | None, resume: bool, argv: list[str]) -
     0 when every cell ran and every algorithm has a choice, else 1 (tuned.toml holds the choices there are)."""
     if out is None and not resume:
         out = str(new_results_folder("tune"))
-    out_dir, spec, stored = prepare_out(out, resume, tuning.spec)
-    extra = {"tune": {"metric": METRIC, "tie_break": TIE_BREAK, "algorithms": tuning.algorithms}}
-    code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
-    trials = trials_frame(out_dir, tuning)
+    code, trials = run_rung(tuning, tuning.spec, str(out), resume, argv, {})
     choices = choose(trials, tuning.algorithms)
-    chosen = {(c.algorithm, c.cell) for c in choices if c.cell}
-    trials["chosen"] = [(a, c) in chosen for a, c in zip(trials["algorithm"], trials["cell"], strict=True)]
-    atomic_write_frame(out_dir / TRIALS_FILE, trials.drop(columns=["order"]))
-    atomic_write_text(out_dir / TUNED_FILE, tuned_toml(choices, tuning))
-    print_trials(trials, choices, list(tuning.axes))
+    budget = f"{len(tuning.cells)} trials per algorithm, each {tuning.base.epochs} epoch(s)"
+    finish(Path(str(out)), tuning, trials, choices, list(tuning.axes), budget)
+    return (1 if code or any(not c.cell for c in choices) else 0), Path(str(out)), choices
+
+
+# ---- successive halving -------------------------------------------------------------------------------------------
+
+
+def halving_rungs(n: int, epochs: int, eta: int) -> list[tuple[int, int]]:
+    """(configurations, epochs per trial) of each rung of successive halving: n configurations, then the best
+    ceil(n / eta) of them, ... down to one; the last rung trains the full `epochs`, each earlier one eta times fewer
+    (at least one). A rung that would train as long as the one before is not run: the one before keeps fewer."""
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(math.ceil(sizes[-1] / eta))
+    last = len(sizes) - 1
+    rungs = [(size, max(1, round(epochs / eta ** (last - i)))) for i, size in enumerate(sizes)]
+    return [rung for i, rung in enumerate(rungs) if i == 0 or rung[1] != rungs[i - 1][1]]
+
+
+def rung_spec(tuning: Tuning, survivors: dict[str, list[int]], epochs: int) -> SweepSpec:
+    """The grid points some algorithm still holds, each run with those algorithms only, at `epochs`."""
+    grids = []
+    for i, cell in enumerate(tuning.cells):
+        algos = [a for a in tuning.algorithms if i in survivors[a]]
+        if algos:
+            grids.append(Grid(axes={"algorithm": algos, **{k: [cell.params[k]] for k in tuning.axes}}))
+    return normalize(SweepSpec(fixed={**tuning.spec.fixed, "epochs": epochs}, grids=grids, source=tuning.spec.source))
+
+
+def check_halving(tuning: Tuning, eta: int) -> list[tuple[int, int]]:
+    """The rungs, every grid point checked at every rung's epochs (a warmup or milestone past a short rung)."""
+    if eta < 2:
+        raise UserError(f"--eta must be at least 2 (keep the best 1/eta of each rung), got {eta}")
+    rungs = halving_rungs(len(tuning.cells), tuning.base.epochs, eta)
+    everyone = {a: list(range(len(tuning.cells))) for a in tuning.algorithms}
+    for r, (_, epochs) in enumerate(rungs):
+        cells = expand(rung_spec(tuning, everyone, epochs))
+        for cell, cfg in zip(cells, check_cells(cells), strict=True):
+            if cfg is None:
+                raise UserError(
+                    f"successive halving trains rung {r} for {epochs} epoch(s), where grid point {cell.id} cannot "
+                    f"run: {cell.error}: raise --epochs or drop --halving"
+                )
+    return rungs
+
+
+def run_halving(
+    tuning: Tuning, eta: int, out: str | None, resume: bool, argv: list[str]
+) -> tuple[int, Path, list[Choice]]:
+    """Successive halving (Jamieson and Talwalkar 2016; Li et al. 2018, Hyperband's inner loop) per algorithm:
+    rung r runs each algorithm's surviving grid points for rung r's epochs into DIR/rung-r/ and keeps the best
+    1/eta of them by the same rule as the grid (diverged or failed trials never survive); the last rung trains the
+    full epochs and its best is chosen."""
+    import pandas as pd
+
+    rungs = check_halving(tuning, eta)
+    if out is None and not resume:
+        out = str(new_results_folder("tune"))
+    out_dir = Path(str(out))
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(
+            f"--out '{out}' exists and is not empty: pass --resume to continue that tuning, or a new folder"
+        )
+    survivors = {a: list(range(len(tuning.cells))) for a in tuning.algorithms}
+    dropped: dict[str, str] = {}
+    frames, codes = [], []
+    for r, (_, epochs) in enumerate(rungs):
+        spec = rung_spec(tuning, survivors, epochs)
+        if not spec.grids:
+            break
+        rung = {"rung": r, "epochs": epochs, "eta": eta}
+        code, trials = run_rung(tuning, spec, str(out_dir / f"rung-{r}"), resume, argv, rung)
+        codes.append(code)
+        frames.append(trials.assign(rung=r, epochs=epochs))
+        keep = rungs[r + 1][0] if r + 1 < len(rungs) else 1
+        for algo in tuning.algorithms:
+            ranked = ranked_trials(trials[trials["algorithm"] == algo])
+            if survivors[algo] and not ranked:
+                dropped[algo] = f"no trial of rung {r} ({epochs} epoch(s)) finished ok"
+            survivors[algo] = [int(row["order"]) for row in ranked[:keep]]
+    trials = pd.concat(frames, ignore_index=True)
+    last = frames[-1]
+    choices = choose(last[last["rung"] == len(frames) - 1], tuning.algorithms)
     for c in choices:
-        if c.cell:
-            print(f"tune: {c.algorithm}: {', '.join(f'{k}={v}' for k, v in c.values.items()) or 'no axis applies'}")
-        else:
-            print(f"tune: {c.algorithm}: not tuned: {c.why_none}")
-    print(f"tuned: {out_dir / TUNED_FILE} (use: swarmbench run --config {out_dir / TUNED_FILE})")
-    return (1 if code or any(not c.cell for c in choices) else 0), out_dir, choices
+        if not c.cell and c.algorithm in dropped:
+            c.why_none = dropped[c.algorithm]
+    sizes = ", ".join(str(size) for size, _ in rungs)
+    budget = f"successive halving (eta {eta}): rungs of {sizes} trials per algorithm, each "
+    budget += f"{', '.join(str(epochs) for _, epochs in rungs)} epoch(s)"
+    finish(out_dir, tuning, trials, choices, ["rung", "epochs", *tuning.axes], budget)
+    return (1 if any(codes) or any(not c.cell for c in choices) else 0), out_dir, choices
 
 
 def tune(
@@ -298,10 +408,17 @@ def tune(
     out: str | None,
     resume: bool,
     argv: list[str],
+    halving: bool = False,
+    eta: int = 3,
 ) -> int:
-    """`swarmbench tune`: defaults < --config < run options < --set, the --grid axes over them."""
+    """`swarmbench tune`: defaults < --config < run options < --set, the --grid axes over them; with `halving`
+    (eta >= 2) successive halving instead of the full grid at full epochs."""
     checks.resolve(given, config_file, sets)  # the settings without the grid: their mistakes named as `run` names them
     fixed = config_settings(config_file) | given
     fixed |= parse_set(sets)
-    code, _, _ = run_tuning(plan(fixed, parse_grid(grid_items)), out, resume, argv)
+    tuning = plan(fixed, parse_grid(grid_items))
+    if halving:
+        code, _, _ = run_halving(tuning, eta, out, resume, argv)
+    else:
+        code, _, _ = run_tuning(tuning, out, resume, argv)
     return code
