@@ -19,12 +19,12 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.experiments.sweep import Grid, SweepSpec, execute_sweep, normalize, prepare_out, split_values
-from bench.experiments.tune import TUNED_FILE, Tuning, grid_text, plan, run_tuning
+from bench.experiments.tune import TUNED_FILE, Tuning, grid_text, plan, run_halving, run_tuning
 from bench.training.config import RUN_FIELDS, config_settings, parse_set
 
 SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
 PART_KEYS = {"name", "title", "grid", "settings"}
-TUNE_KEYS = {"grid", "settings", "algorithms"}
+TUNE_KEYS = {"grid", "settings", "algorithms", "halving", "eta"}
 TUNE_FOLDER = "tune"  # inside the suite's folder: the tuning sweep, its tuned.toml and trials.csv
 TABLE_KEYS = {"name", "title", "part", "metric", "columns", "format", "scale", "algorithms", "note", "descending"}
 
@@ -59,6 +59,7 @@ class TuneBudget:
     grid: dict[str, list[Any]]
     settings: dict[str, Any] = field(default_factory=dict)
     algorithms: list[str] = field(default_factory=list)  # empty: every algorithm of the suite's parts
+    eta: int = 0  # successive halving keeping the best 1/eta per rung; 0: the full grid at the full epochs
 
 
 @dataclass
@@ -139,10 +140,15 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
         if not isinstance(table, dict) or not isinstance(table.get("grid"), dict):
             raise UserError(f"{source}: [tune] needs a grid table, e.g. [tune] grid = {{lr = [0.01, 0.05, 0.2]}}")
         check_keys(table, TUNE_KEYS, "[tune]")
+        if not isinstance(table.get("halving", False), bool):
+            raise bad("halving", "must be true or false: halving = true tunes by successive halving")
+        if isinstance(table.get("eta", 3), bool) or not isinstance(table.get("eta", 3), int):
+            raise bad("eta", "must be an integer of at least 2: the best 1/eta of each rung go on")
         tune = TuneBudget(
             grid={k: (v if isinstance(v, list) else [v]) for k, v in table["grid"].items()},
             settings=flatten_settings(table.get("settings", {})),
             algorithms=[str(a) for a in table.get("algorithms", [])],
+            eta=int(table.get("eta", 3)) if table.get("halving", False) else 0,
         )
     engine = head.get("engine", "processes")
     if engine not in ("sim", "processes"):
@@ -271,7 +277,11 @@ def reproduce(
         tuning = plan_suite_tuning(suite, spec)
         if not resume:
             prepare_out(out, resume, spec, own=())  # an existing results folder is refused before anything runs
-        tune_code, _, choices = run_tuning(tuning, str(Path(out) / TUNE_FOLDER), resume, argv)
+        tune_dir = str(Path(out) / TUNE_FOLDER)
+        if suite.tune.eta:
+            tune_code, _, choices = run_halving(tuning, suite.tune.eta, tune_dir, resume, argv)
+        else:
+            tune_code, _, choices = run_tuning(tuning, tune_dir, resume, argv)
         for choice in choices:
             for key, value in choice.values.items():
                 spec.fixed[f"{choice.algorithm}.{key.partition('.')[2] or key}"] = value
@@ -279,8 +289,10 @@ def reproduce(
         suite_json["tune"] = {
             "grid": [[k, v] for k, v in tuning.axes.items()],
             "chosen": {c.algorithm: c.values for c in choices},
-            "text": f"each method tuned on {grid_text(tuning.axes)} (highest validation accuracy; "
-            f"{TUNE_FOLDER}/{TUNED_FILE})" + (f"; not tuned: {', '.join(untuned)}" if untuned else ""),
+            "text": f"each method tuned on {grid_text(tuning.axes)} (highest validation accuracy"
+            + (f", successive halving with eta {suite.tune.eta}" if suite.tune.eta else "")
+            + f"; {TUNE_FOLDER}/{TUNED_FILE})"
+            + (f"; not tuned: {', '.join(untuned)}" if untuned else ""),
         }
     out_dir, spec, stored = prepare_out(out, resume, spec, own=(TUNE_FOLDER,))
     extra = {"suite": suite.name, "suite_spec": suite_json, "suite_engine": engine}

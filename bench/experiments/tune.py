@@ -220,7 +220,7 @@ def grid_text(axes: dict[str, list[Any]]) -> str:
 
 def tuned_toml(choices: list[Choice], tuning: Tuning, budget: str) -> str:
     cfg = tuning.base
-    settings = {k: v for k, v in tuning.spec.fixed.items() if k != "algorithms"}
+    settings = {k: v for k, v in tuning.spec.fixed.items() if k != "algorithms" and k not in tuning.axes}
     lines = [
         "# swarmbench tune: each algorithm's grid point with the highest validation accuracy",
         f"# metric: {METRIC}, the averaged model's validation accuracy after the last epoch (val_fraction "
