@@ -11,7 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from bench.base.tomlfile import tomllib
+from bench.experiments.reproduce import load_suite, suite_spec
+from bench.experiments.sweep import expand, normalize, resolve_cell
 from bench.experiments.tune import choose, plan
+from bench.training.config import config_settings, hyper
 from cli import cli
 
 pytest.importorskip("bench.engine.sim.cluster")
@@ -83,11 +86,11 @@ def test_tuned_toml_round_trips_into_run(tuned, tmp_path):
     algos = ["--algo", "allreduce", "--algo", "swarm"]
     result = invoke("run", *SMALL, *algos, "--config", out / "tuned.toml", "--out", run)
     assert result.exit_code == 0, result.output
-    hyper = json.loads((run / "meta.json").read_text())["hyperparameters"]
+    meta_hyper = json.loads((run / "meta.json").read_text())["hyperparameters"]
     summary = pd.read_csv(run / "summary.csv").set_index("algorithm")
     trials = pd.read_csv(out / "trials.csv")
     for algo in ("allreduce", "swarm"):
-        assert hyper[algo]["lr"] == chosen[algo]["lr"]
+        assert meta_hyper[algo]["lr"] == chosen[algo]["lr"]
         trial = trials[(trials["algorithm"] == algo) & trials["chosen"]].iloc[0]
         assert summary.loc[algo, "val_acc"] == pytest.approx(trial["val_acc"], abs=1e-12)
     # sweep and reproduce read it too.
@@ -97,6 +100,11 @@ def test_tuned_toml_round_trips_into_run(tuned, tmp_path):
     assert result.exit_code == 0, result.output
     cell_hyper = json.loads((sweep / "cells" / "nodes=2" / "meta.json").read_text())["hyperparameters"]
     assert cell_hyper["swarm"]["lr"] == chosen["swarm"]["lr"]
+    suite = suite_spec(load_suite("ci-smoke"), "sim", (), (), (), config_settings(str(out / "tuned.toml")))
+    for cell in expand(normalize(suite)):
+        cfg = resolve_cell(cell)
+        assert {a: hyper(cfg, a).lr for a in ("allreduce", "swarm")} == {a: chosen[a]["lr"] for a in chosen}
+        assert hyper(cfg, "dpsgd").lr == cfg.lr == 0.05  # the suite's own lr for the methods not tuned
     bad = tmp_path / "bad.toml"
     bad.write_text("[swarm]\nlrr = 0.1\n")
     result = invoke("reproduce", "ci-smoke", "--config", bad, "--out", tmp_path / "rep")
@@ -223,10 +231,10 @@ def test_suite_with_a_tuning_budget(tmp_path):
     result = invoke("reproduce", path, "--out", out)
     assert result.exit_code == 0, result.output
     chosen = tomllib.loads((out / "tune" / "tuned.toml").read_text())
-    hyper = json.loads((out / "cells" / "seed=0" / "meta.json").read_text())["hyperparameters"]
+    meta_hyper = json.loads((out / "cells" / "seed=0" / "meta.json").read_text())["hyperparameters"]
     for algo in ("allreduce", "swarm"):
         assert chosen[algo] == {"lr": expected_choice(out / "tune", algo, [0.1, 0.3, 100.0])}
-        assert hyper[algo]["lr"] == chosen[algo]["lr"]
+        assert meta_hyper[algo]["lr"] == chosen[algo]["lr"]
     text = "each method tuned on lr ∈ {0.1, 0.3, 100.0} (highest validation accuracy; tune/tuned.toml)"
     assert text in (out / "report" / "report.md").read_text()
     assert "E" + text[1:] + "." in (out / "report" / "tables" / "paper_accuracy.md").read_text()
@@ -237,6 +245,9 @@ def test_suite_with_a_tuning_budget(tmp_path):
     path.write_text(SUITE.replace("lr = [0.1, 0.3, 100.0]", "epochs = [1, 2]"))
     result = invoke("reproduce", path, "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "grid axis 'epochs' is not a hyperparameter" in result.output
+    path.write_text(SUITE.replace("[tune]\n", '[tune]\nhalving = "yes"\n'))
+    result = invoke("reproduce", path, "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "(key 'halving'): must be true or false" in result.output
     assert not (tmp_path / "bad").exists()
 
 
