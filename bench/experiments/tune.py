@@ -12,6 +12,9 @@ chosen, whatever its accuracy.
                      metric and the budget
     DIR/trials.csv   every trial: algorithm, the grid values, val_acc, val_loss, status, reason, chosen
     DIR/...          the sweep's own files (meta.json with a `tune` entry, cells/, logs/, summary.csv, tables)
+
+With successive halving (`--halving`) each rung is such a sweep folder, DIR/rung-<r>/, and trials.csv says each
+trial's rung and epochs.
 """
 
 from __future__ import annotations
