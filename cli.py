@@ -116,34 +116,18 @@ def run_options(func):
     return func
 
 
-@cli.command("run")
-@run_options
-@click.option(
-    "--out",
-    default=None,
-    show_envvar=True,
-    help="Results folder (must not exist or be empty).  [default: results/<timestamp>]",
-)
-@click.option(
-    "--config",
-    "config_file",
-    default=None,
-    show_envvar=True,
-    help="TOML file with run keys (and [ALGO] tables).",
-)
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    show_envvar=True,
-    help="Override a key: --set lr=0.1, --set swarm.local_steps=8 (repeatable).",
-)
-@click.pass_context
-def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
-    """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
-    from bench.run.checks import resolve
-    from bench.run.orchestrate import execute, nodes_from_launcher
+def config_option(what: str):
+    """--config FILE.toml: the settings of `run`, `tune`, `sweep` and `reproduce` (a tune's tuned.toml among them)."""
+    return click.option("--config", "config_file", default=None, show_envvar=True, help=what)
 
+
+RUN_CONFIG_HELP = "TOML file with run keys (and [ALGO] tables, e.g. a tune's tuned.toml)."
+SET_HELP = "Override a key: --set lr=0.1, --set swarm.local_steps=8 (repeatable)."
+
+
+def given_run_options(ctx: click.Context, opts: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """The RunConfig options given on the command line or in the environment, by field (defaults left out, so a
+    config file's values stand)."""
     given = {}
     for name, value in opts.items():
         source = ctx.get_parameter_source(name)
@@ -153,9 +137,81 @@ def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: 
     if isinstance(given.get("nodes"), tuple):  # --nodes 8,16,32: a simulated scaling series
         given["node_series"] = given["nodes"]
         given["nodes"] = given["nodes"][0]
+    return given
+
+
+@cli.command("run")
+@run_options
+@click.option(
+    "--out",
+    default=None,
+    show_envvar=True,
+    help="Results folder (must not exist or be empty).  [default: results/<timestamp>]",
+)
+@config_option(RUN_CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, show_envvar=True, help=SET_HELP)
+@click.pass_context
+def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
+    """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
+    from bench.run.checks import resolve
+    from bench.run.orchestrate import execute, nodes_from_launcher
+
+    given = given_run_options(ctx, opts)
     given = nodes_from_launcher(given, config_file, sets)  # under mpirun -np N etc., --nodes defaults to N
     cfg = resolve(given, config_file, sets)
     return execute(cfg, out, argv=sys.argv)
+
+
+@cli.command("tune")
+@run_options
+@click.option(
+    "--grid",
+    "grid_items",
+    multiple=True,
+    show_envvar=True,
+    help="An axis to search: --grid lr=0.01,0.05,0.2 (repeatable; every combination is one trial). Any "
+    "hyperparameter (lr, momentum, ...) or algorithm key (swarm.local_steps).",
+)
+@click.option(
+    "--out",
+    default=None,
+    show_envvar=True,
+    help="Tuning folder (must not exist or be empty): tuned.toml, trials.csv and every trial's run.  "
+    "[default: results/tune-<timestamp>]",
+)
+@config_option(RUN_CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, show_envvar=True, help=SET_HELP)
+@click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the trials already finished ok.")
+@click.option(
+    "--halving/--no-halving",
+    default=False,
+    show_envvar=True,
+    help="Successive halving: every grid point for a fraction of the epochs, then the best 1/eta of each "
+    "algorithm's for eta times more, ... up to the full --epochs.",
+)
+@click.option("--eta", type=int, default=3, show_envvar=True, help="Successive halving keeps the best 1/eta per rung.")
+@click.pass_context
+def tune_cmd(
+    ctx: click.Context,
+    grid_items: tuple[str, ...],
+    out: str | None,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    resume: bool,
+    halving: bool,
+    eta: int,
+    **opts,
+) -> int:
+    """Grid-search each algorithm's hyperparameters on validation accuracy; write DIR/tuned.toml.
+
+    Every combination of the --grid axes runs once with every --algo (the other options as for `swarmbench run`,
+    on the engine they select). Each algorithm gets the trial with the highest val_acc that finished ok (ties:
+    lower val_loss, then the first grid point); `swarmbench run --config DIR/tuned.toml` runs at those values.
+    """
+    from bench.experiments.tune import tune
+
+    given = given_run_options(ctx, opts)
+    return tune(given, grid_items, config_file, sets, out, resume, argv=sys.argv, halving=halving, eta=eta)
 
 
 @cli.command("list")
@@ -239,6 +295,10 @@ def _axis_option(name: str, help_text: str):
 @_axis_option("--seed", "Seeds (several seeds are aggregated: mean, std, 95 % t-interval).")
 @click.option("--grid", "grid_items", multiple=True, show_envvar=True, help="Any other axis: --grid lr=0.05,0.1.")
 @click.option("--set", "sets", multiple=True, show_envvar=True, help="A fixed setting for every cell: --set epochs=2.")
+@config_option(
+    "TOML file of settings for every cell (run keys, [ALGO] tables, e.g. a tune's tuned.toml); "
+    "SPEC.toml and --set override it."
+)
 @click.option("--out", default=None, show_envvar=True, help="Sweep folder.  [default: results/sweep-<timestamp>]")
 @click.option("--resume", is_flag=True, show_envvar=True, help="Continue --out: skip the cells already finished ok.")
 def sweep_cmd(
@@ -251,6 +311,7 @@ def sweep_cmd(
     seed: tuple[str, ...],
     grid_items: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None,
     out: str | None,
     resume: bool,
 ) -> int:
@@ -264,7 +325,7 @@ def sweep_cmd(
 
     axes = {"algorithm": algo, "nodes": nodes, "bits": bits, "topology": topology, "local_steps": local_steps}
     axes["seed"] = seed
-    return sweep(spec_file, axes, grid_items, sets, out, resume, argv=sys.argv)
+    return sweep(spec_file, axes, grid_items, sets, out, resume, argv=sys.argv, config_file=config_file)
 
 
 def _echo_report(report_dir, notes: list[str]) -> None:
@@ -348,6 +409,9 @@ def compare_cmd(
 @click.option("--nodes", multiple=True, show_envvar=True, help="Replace every part's node counts (2,4): scale down.")
 @click.option("--seed", "seeds", multiple=True, show_envvar=True, help="Replace every part's seeds (0,1,2).")
 @click.option("--set", "sets", multiple=True, show_envvar=True, help="Override a shared setting: --set epochs=2.")
+@config_option(
+    "TOML file of settings over the suite's shared ones (run keys, [ALGO] tables, e.g. a tune's tuned.toml)."
+)
 @click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
 def reproduce_cmd(
     suite_name: str | None,
@@ -358,6 +422,7 @@ def reproduce_cmd(
     nodes: tuple[str, ...],
     seeds: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None,
     target_acc: float | None,
 ) -> int:
     """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
@@ -367,7 +432,9 @@ def reproduce_cmd(
         for line in list_suites():
             click.echo(line)
         return 0
-    code, report_dir, notes = reproduce(suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv)
+    code, report_dir, notes = reproduce(
+        suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv, config_file=config_file
+    )
     _echo_report(report_dir, notes)
     return code
 

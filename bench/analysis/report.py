@@ -215,7 +215,9 @@ def paper_tables(results) -> list[Table]:
             rows = rows[rows["algorithm"].isin(wanted)]
         agg = aggregate(rows, ["algorithm", t["columns"]], [t["metric"]])
         many = len(agg) and int(agg["n"].max()) > 1
-        note = " ".join(x for x in (t.get("note", ""), CI_NOTE if many else "") if x)
+        tuned = (suite_json.get("tune") or {}).get("text", "")
+        tuned = tuned[:1].upper() + tuned[1:] + "." if tuned else ""
+        note = " ".join(x for x in (t.get("note", ""), tuned, CI_NOTE if many else "") if x)
         # The settings the part ran at, as run (after --nodes/--seed/--set): part of the title.
         held = {k: v for k, v in fixed.items() if k in ("nodes", "bits", "local_steps", "topology")}
         held |= {k: v[0] for k, v in axes.items() if len(v) == 1 and k not in ("algorithm", "seed", t["columns"])}
@@ -289,6 +291,9 @@ def facts(results) -> list[str]:
         lines.append(f"- grid keys: {', '.join(results.grid_keys)}")
     if meta.get("suite"):
         lines.append(f"- suite: {meta['suite']}")
+    tuned = ((meta.get("suite_spec") or {}).get("tune") or {}).get("text")
+    if tuned:
+        lines.append(f"- tuning: {tuned}")
     host = meta.get("host") or {}
     if host:
         lines.append(

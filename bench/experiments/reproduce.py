@@ -19,10 +19,13 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.experiments.sweep import Grid, SweepSpec, execute_sweep, normalize, prepare_out, split_values
-from bench.training.config import RUN_FIELDS, parse_set
+from bench.experiments.tune import TUNED_FILE, Tuning, grid_text, plan, run_halving, run_tuning
+from bench.training.config import RUN_FIELDS, config_settings, parse_set
 
 SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
 PART_KEYS = {"name", "title", "grid", "settings"}
+TUNE_KEYS = {"grid", "settings", "algorithms", "halving", "eta"}
+TUNE_FOLDER = "tune"  # inside the suite's folder: the tuning sweep, its tuned.toml and trials.csv
 TABLE_KEYS = {"name", "title", "part", "metric", "columns", "format", "scale", "algorithms", "note", "descending"}
 
 
@@ -49,6 +52,17 @@ class SuiteTable:
 
 
 @dataclass
+class TuneBudget:
+    """A suite's `[tune]` table: every method is tuned on `grid` (at the shared settings plus `settings`) before the
+    parts run, and runs them at its chosen values."""
+
+    grid: dict[str, list[Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    algorithms: list[str] = field(default_factory=list)  # empty: every algorithm of the suite's parts
+    eta: int = 0  # successive halving keeping the best 1/eta per rung; 0: the full grid at the full epochs
+
+
+@dataclass
 class Suite:
     name: str
     title: str
@@ -59,6 +73,7 @@ class Suite:
     tables: list[SuiteTable]
     target_acc: float | None = None
     source: str = ""
+    tune: TuneBudget | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,10 +130,26 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
     if not isinstance(head, dict) or "name" not in head:
         raise UserError(f'{source}: needs a [suite] table with at least name = "..."')
     check_keys(head, SUITE_KEYS, "[suite]")
-    unknown = set(data) - {"suite", "settings", "parts", "tables"}
+    unknown = set(data) - {"suite", "settings", "parts", "tables", "tune"}
     if unknown:
         key = sorted(unknown)[0]
-        raise bad(key, "unknown table: a suite has [suite], [settings], [[parts]] and [[tables]]")
+        raise bad(key, "unknown table: a suite has [suite], [settings], [tune], [[parts]] and [[tables]]")
+    tune = None
+    if "tune" in data:
+        table = data["tune"]
+        if not isinstance(table, dict) or not isinstance(table.get("grid"), dict):
+            raise UserError(f"{source}: [tune] needs a grid table, e.g. [tune] grid = {{lr = [0.01, 0.05, 0.2]}}")
+        check_keys(table, TUNE_KEYS, "[tune]")
+        if not isinstance(table.get("halving", False), bool):
+            raise bad("halving", "must be true or false: halving = true tunes by successive halving")
+        if isinstance(table.get("eta", 3), bool) or not isinstance(table.get("eta", 3), int):
+            raise bad("eta", "must be an integer of at least 2: the best 1/eta of each rung go on")
+        tune = TuneBudget(
+            grid={k: (v if isinstance(v, list) else [v]) for k, v in table["grid"].items()},
+            settings=flatten_settings(table.get("settings", {})),
+            algorithms=[str(a) for a in table.get("algorithms", [])],
+            eta=int(table.get("eta", 3)) if table.get("halving", False) else 0,
+        )
     engine = head.get("engine", "processes")
     if engine not in ("sim", "processes"):
         raise bad("engine", f"engine must be 'sim' or 'processes', got {engine!r}")
@@ -166,6 +197,7 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
         tables=tables,
         target_acc=float(target) if target is not None else None,
         source=source,
+        tune=tune,
     )
 
 
@@ -178,11 +210,20 @@ def sim_available() -> bool:
     return found and "engine" in RUN_FIELDS
 
 
-def suite_spec(suite: Suite, engine: str, nodes: tuple[str, ...], seeds: tuple[str, ...], sets: tuple[str, ...]):
-    """The suite as a sweep: shared settings (+ the engine), one grid per part; --nodes/--seed replace axes."""
+def suite_spec(
+    suite: Suite,
+    engine: str,
+    nodes: tuple[str, ...],
+    seeds: tuple[str, ...],
+    sets: tuple[str, ...],
+    config: dict[str, Any] | None = None,
+):
+    """The suite as a sweep: shared settings (+ the engine) < `config` (a --config file's settings, e.g. a tune's
+    tuned.toml) < --set, one grid per part; --nodes/--seed replace axes."""
     fixed = dict(suite.settings)
     if engine == "sim":
         fixed["engine"] = "sim"
+    fixed.update(config or {})
     fixed.update(parse_set(sets))
     grids = []
     for p in suite.parts:
@@ -215,6 +256,7 @@ def reproduce(
     sets: tuple[str, ...],
     target_acc: float | None,
     argv: list[str],
+    config_file: str | None = None,
 ) -> tuple[int, Path, list[str]]:
     """`swarmbench reproduce SUITE`: run the suite as a sweep into `out` (default results/<suite>), then its report;
     (exit status: 0 every cell ok, else 1; the report folder; notes about the report)."""
@@ -227,9 +269,46 @@ def reproduce(
             f"suite '{suite.name}' runs on the simulator (--engine sim), which this swarmbench does not have yet: "
             "pass --engine processes to run it on real processes (noisy, not deterministic)"
         )
-    spec = normalize(suite_spec(suite, engine, nodes, seeds, sets))
-    out_dir, spec, stored = prepare_out(out or str(Path("results") / suite.name), resume, spec)
-    extra = {"suite": suite.name, "suite_spec": suite.to_json(), "suite_engine": engine}
+    spec = normalize(suite_spec(suite, engine, nodes, seeds, sets, config_settings(config_file)))
+    out = out or str(Path("results") / suite.name)
+    suite_json = suite.to_json()
+    tune_code = 0
+    if suite.tune is not None:  # tune every method first, then run the parts at the chosen values
+        tuning = plan_suite_tuning(suite, spec)
+        if not resume:
+            prepare_out(out, resume, spec, own=())  # an existing results folder is refused before anything runs
+        tune_dir = str(Path(out) / TUNE_FOLDER)
+        if suite.tune.eta:
+            tune_code, _, choices = run_halving(tuning, suite.tune.eta, tune_dir, resume, argv)
+        else:
+            tune_code, _, choices = run_tuning(tuning, tune_dir, resume, argv)
+        for choice in choices:
+            for key, value in choice.values.items():
+                spec.fixed[f"{choice.algorithm}.{key.partition('.')[2] or key}"] = value
+        untuned = [c.algorithm for c in choices if not c.cell]
+        suite_json["tune"] = {
+            "grid": [[k, v] for k, v in tuning.axes.items()],
+            "chosen": {c.algorithm: c.values for c in choices},
+            "text": f"each method tuned on {grid_text(tuning.axes)} (highest validation accuracy"
+            + (f", successive halving with eta {suite.tune.eta}" if suite.tune.eta else "")
+            + f"; {TUNE_FOLDER}/{TUNED_FILE})"
+            + (f"; not tuned: {', '.join(untuned)}" if untuned else ""),
+        }
+    out_dir, spec, stored = prepare_out(out, resume, spec, own=(TUNE_FOLDER,))
+    extra = {"suite": suite.name, "suite_spec": suite_json, "suite_engine": engine}
     code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
     report_dir, notes = build_report(out_dir, target_acc=target_acc if target_acc is not None else suite.target_acc)
-    return code, report_dir, notes
+    return max(code, tune_code), report_dir, notes
+
+
+def plan_suite_tuning(suite: Suite, spec: SweepSpec) -> Tuning:
+    """The suite's [tune] grid at its shared settings (after --config and --set) plus the [tune] settings, for the
+    algorithms of every part (or the [tune] list); checked before anything runs."""
+    assert suite.tune is not None
+    algorithms = list(suite.tune.algorithms)
+    for grid in spec.grids:
+        algorithms += [a for a in grid.axes.get("algorithm", []) if a not in algorithms]
+    fixed = {**spec.fixed, **suite.tune.settings}
+    if algorithms:
+        fixed["algorithms"] = algorithms
+    return plan(fixed, suite.tune.grid, source=f"{suite.source} [tune]")

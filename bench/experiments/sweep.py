@@ -43,7 +43,7 @@ from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.records.read import read_meta
 from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
 from bench.run import checks, orchestrate
-from bench.training.config import RunConfig, apply_overrides, parse_set
+from bench.training.config import RunConfig, apply_overrides, config_settings, parse_set
 from bench.training.registry import ALGORITHMS
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
@@ -109,6 +109,17 @@ def split_values(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for raw in values for v in str(raw).split(",") if v.strip()]
 
 
+def parse_grid(items: tuple[str, ...]) -> dict[str, list[str]]:
+    """Repeated `--grid KEY=V1,V2` options -> {KEY: ['V1', 'V2']} (a later KEY replaces an earlier one)."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--grid '{item}' is not KEY=V1,V2: write e.g. --grid lr=0.05,0.1")
+        axes[key.strip()] = split_values((values,))
+    return axes
+
+
 def spec_from_toml(path: str) -> tuple[SweepSpec, str]:
     """A sweep file: top-level keys and [ALGO] tables are fixed settings, `[grid]` holds the axes."""
     p = Path(path)
@@ -134,23 +145,22 @@ def build_spec(
     axes_from_options: dict[str, tuple[str, ...]],
     grid_items: tuple[str, ...],
     sets: tuple[str, ...],
+    config_file: str | None = None,
 ) -> tuple[SweepSpec | None, str]:
-    """File first, then command-line axes (replacing the file's axis of the same key), then --set."""
+    """Settings: --config < the file's < --set; axes: the file's, replaced by command-line axes of the same key."""
+    config = config_settings(config_file)
     spec, text = spec_from_toml(file) if file else (None, "")
     axes: dict[str, list[Any]] = {}
     for key, values in axes_from_options.items():
         if values:
             axes[key] = split_values(values)
-    for item in grid_items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--grid '{item}' is not KEY=V1,V2: write e.g. --grid lr=0.05,0.1")
-        axes[key.strip()] = split_values((values,))
+    axes.update(parse_grid(grid_items))
     fixed = parse_set(sets)
-    if spec is None and not axes and not fixed:
+    if spec is None and not axes and not fixed and not config:
         return None, text
     if spec is None:
         spec = SweepSpec(fixed={}, grids=[Grid(axes={})])
+    spec.fixed = {**config, **spec.fixed}
     for key, values in axes.items():
         for g in spec.grids:
             for alias in ALGO_KEYS if key in ALGO_KEYS else (key,):
@@ -409,8 +419,11 @@ def sweep_meta(spec: SweepSpec, cells: list[Cell], argv: list[str], extra: dict[
     }
 
 
-def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[Path, SweepSpec, dict | None]:
-    """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming."""
+def prepare_out(
+    out: str | None, resume: bool, spec: SweepSpec | None, own: tuple[str, ...] = ()
+) -> tuple[Path, SweepSpec, dict | None]:
+    """The sweep folder, the spec to run (a resumed sweep may omit it) and the stored meta when resuming; entries
+    named in `own` (written there before the sweep starts, such as a suite's tuning folder) do not count."""
     if out is None:
         if resume:
             raise UserError("--resume needs --out DIR: the sweep folder to continue")
@@ -420,7 +433,7 @@ def prepare_out(out: str | None, resume: bool, spec: SweepSpec | None) -> tuple[
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
-    empty = not path.exists() or not any(path.iterdir())
+    empty = not path.exists() or not any(p.name not in own for p in path.iterdir())
     if empty:
         if spec is None:
             raise UserError("nothing to sweep: pass a grid file (SPEC.toml) or axes such as --nodes 2,4 --seed 0,1")
@@ -551,10 +564,12 @@ def sweep(
     out: str | None,
     resume: bool,
     argv: list[str],
+    config_file: str | None = None,
 ) -> int:
     """`swarmbench sweep`: the grid of SPEC.toml and the axes given as options (each replacing the file's axis of
-    the same key), run into `out` (or a new folder); exit status 0 (every cell ok) or 1."""
-    spec, text = build_spec(spec_file, axes, grid_items, sets)
+    the same key), over the settings of `config_file` (e.g. a tune's tuned.toml), run into `out` (or a new folder);
+    exit status 0 (every cell ok) or 1."""
+    spec, text = build_spec(spec_file, axes, grid_items, sets, config_file)
     spec = normalize(spec, text) if spec is not None else None
     out_dir, spec, stored = prepare_out(out, resume, spec)
     code, _ = execute_sweep(spec, out_dir, stored, argv=argv, text=text)

@@ -42,6 +42,7 @@ SUMMARY_COLUMNS = [
     "samples_per_s",
     "test_acc",
     "val_acc",
+    "val_loss",
     "best_test_acc",
     "best_epoch",
     "node_acc_mean",
@@ -265,7 +266,7 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         out["train_seconds"] = float(ts["value"].max())
         if samples is not None and out["train_seconds"] > 0:
             out["samples_per_s"] = out["samples"] / out["train_seconds"]
-    for key in ("test_acc", "test_loss", "val_acc", "consensus_distance"):
+    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "consensus_distance"):
         g = final(key, scope_global=True)
         if g is not None:
             out[key] = float(g["value"].iloc[0])

@@ -409,10 +409,12 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
     return raw
 
 
-def _algo_config_types(algorithm: str) -> dict[str, Any]:
+def algo_fields(algorithm: str) -> dict[str, Any]:
+    """The keys an `[ALGO]` table (or `--set ALGO.key`) accepts for `algorithm` -> their types: the optimizer's
+    hyperparameters, then the algorithm's own Config fields."""
     from bench.training.registry import ALGORITHMS
 
-    return typing.get_type_hints(ALGORITHMS[algorithm].Config)
+    return {**{key: RUN_FIELDS[key] for key in HYPER_KEYS}, **typing.get_type_hints(ALGORITHMS[algorithm].Config)}
 
 
 def _check_algorithm(name: str) -> None:
@@ -432,13 +434,13 @@ def apply_overrides(base: dict[str, Any], pairs: dict[str, Any], source: str) ->
         if "." in key:
             algo, _, sub = key.partition(".")
             _check_algorithm(algo)
-            algo_fields = {**{key: RUN_FIELDS[key] for key in HYPER_KEYS}, **_algo_config_types(algo)}
-            if sub not in algo_fields:
-                valid = list(algo_fields)
+            accepted = algo_fields(algo)
+            if sub not in accepted:
+                valid = list(accepted)
                 hint = closest(sub, valid)
                 listing = ", ".join(f"{algo}.{f}" for f in valid) or "none"
                 raise UserError(f"unknown key '{key}' in {source}{hint}: valid keys for {algo} are {listing}")
-            algo_opts.setdefault(algo, {})[sub] = _coerce(key, raw, algo_fields[sub])
+            algo_opts.setdefault(algo, {})[sub] = _coerce(key, raw, accepted[sub])
         else:
             if key not in RUN_FIELDS:
                 raise UserError(
@@ -455,6 +457,16 @@ def load_toml(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UserError(f"config file '{path}' does not exist: pass an existing TOML file to --config")
     return flatten_settings(load_toml_text(Path(path))[0])
+
+
+def config_settings(path: str | None) -> dict[str, Any]:
+    """A `--config` file's settings, flat (`[ALGO]` tables as `ALGO.key`), every key and value checked against the
+    fields (the error names the file); {} without a file. For commands that merge them into their own settings."""
+    if not path:
+        return {}
+    settings = load_toml(path)
+    apply_overrides(RunConfig().to_dict(), settings, f"config file '{path}'")
+    return settings
 
 
 def parse_set(items: typing.Iterable[str]) -> dict[str, str]:
