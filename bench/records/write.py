@@ -86,7 +86,9 @@ class StagingWriter:
         try:
             self.log = LineLog(path)
         except OSError as exc:
-            raise ResultsUnwritable(f"cannot write the records to '{path}': {exc.strerror or exc}") from exc
+            raise ResultsUnwritable(
+                f"cannot write the records to '{path}': {exc.strerror or exc}: choose a folder you can write to"
+            ) from exc
         self.base = {"run_id": run_id, "nodes": nodes}
 
     def write(self, row: dict[str, Any]) -> None:
@@ -94,7 +96,10 @@ class StagingWriter:
         try:
             self.log.write(json.dumps(row))
         except OSError as exc:
-            raise ResultsUnwritable(f"cannot write the records to '{self.log.path}': {exc.strerror or exc}") from exc
+            raise ResultsUnwritable(
+                f"cannot write the records to '{self.log.path}': {exc.strerror or exc}: "
+                "free some space or choose another --out"
+            ) from exc
 
     def close(self) -> None:
         self.log.close()
