@@ -466,7 +466,7 @@ def _meta_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8")).get("config")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise UserError(f"'{path}' is not a readable meta.json ({exc}): pass a run's meta.json or a TOML file") from None
+        raise UserError(f"'{path}' is not a readable meta.json ({exc}): pass a run's meta.json") from None
     if not isinstance(config, dict):
         raise UserError(f"'{path}' holds no run configuration (a sweep's meta.json?): pass a run's meta.json")
     flat = {k: v for k, v in config.items() if k != "algo_options"}
