@@ -205,5 +205,14 @@ def test_line_log_lines_are_complete_or_absent(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": ')  # a writer killed mid-line
     log = LineLog(path)
     log.write('{"a": 3}')
-    log.close()
-    assert path.read_bytes() == b'{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+    whole = b'{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+    assert path.read_bytes() == whole
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 10, hard))  # room for 10 bytes of the next line
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            log.write('{"a": "' + "x" * 100 + '"}')
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        log.close()
+    assert path.read_bytes() == whole  # the 10 bytes written were taken back

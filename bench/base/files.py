@@ -4,7 +4,6 @@ a file), line logs whose lines are complete or absent, and the lock that keeps t
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -42,8 +41,8 @@ def atomic_write_frame(path: Path, frame) -> None:
 
 
 class LineLog:
-    """Append whole lines to one file (one writer per file): each line is a single write(2) at the end, and a failed
-    or short write (a full disk, a file-size limit) is cut back, so a line is either complete or absent.
+    """Append whole lines to one file (one writer per file, so nothing lands between two parts of a line): a line
+    that cannot be written in full (a full disk, a file-size limit) is cut back, so a line is complete or absent.
 
     Opening a file that ends in a partial line (its writer was killed mid-write) first cuts that line off.
     """
@@ -60,10 +59,10 @@ class LineLog:
         data = line.encode("utf-8")
         if not data.endswith(b"\n"):
             data += b"\n"
+        written = 0
         try:
-            written = os.write(self.fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)", str(self.path))
+            while written < len(data):  # a short write (the disk filling up) is followed by one that says why
+                written += os.write(self.fd, data[written:])
         except OSError:
             # Take the torn line back before reporting the error; if even that fails, readers skip it (no newline).
             with contextlib.suppress(OSError):
