@@ -36,15 +36,13 @@ def claimed_out_dir(out: str | None) -> Iterator[Path]:
     path = Path(out) if out is not None else new_results_folder()
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
-    created = not path.exists()
+    created = [p for p in (path, *path.parents) if not p.exists()]  # this folder and its missing parents
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(path)
         locked = lock.acquire()
     except OSError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        _remove_empty(created)
         why = exc.strerror or str(exc)
         raise UserError(f"--out '{path}' is not writable ({why}): choose a folder you can write to") from None
     if not locked:
@@ -56,9 +54,16 @@ def claimed_out_dir(out: str | None) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
-        if created:
-            with contextlib.suppress(OSError):  # not empty: the run wrote results, which stay
-                path.rmdir()
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a run created, deepest first, as long as they are empty (a run's results stay)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def statuses_for(
