@@ -216,3 +216,18 @@ def test_line_log_lines_are_complete_or_absent(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         log.close()
     assert path.read_bytes() == whole  # the 10 bytes written were taken back
+
+
+def test_a_signal_while_the_results_are_written_is_raised_once_they_are():
+    from bench.base.signals import Interrupted, deferred, stop_signals
+
+    finished = []
+    with pytest.raises(Interrupted) as caught, stop_signals(), deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler has run by now: it must not have raised
+        finished.append(True)
+    assert finished == [True] and caught.value.exit_code == 143
+    with pytest.raises(Interrupted), stop_signals():  # outside deferred(): at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -32,6 +32,7 @@ class Interrupted(KeyboardInterrupt):
 _received: list[int] = []
 _force: list[Callable[[], None]] = []
 _depth = 0
+_deferring = 0  # > 0 inside `deferred()`: the first signal waits for the block to end
 
 
 def _handler(signum: int, frame: object) -> None:
@@ -43,7 +44,23 @@ def _handler(signum: int, frame: object) -> None:
         os.write(2, f"\n{signal.Signals(signum).name} again: exiting now\n".encode())
         os._exit(128 + signum)
     _received.append(signum)
-    raise Interrupted(signum)
+    if not _deferring:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside `stop_signals`: a first signal during this block (writing the results) is raised when it ends, so the
+    files are finished first; a second one still exits at once."""
+    global _deferring
+    before = len(_received)
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if len(_received) > before and not _deferring:
+        raise Interrupted(_received[-1])
 
 
 @contextlib.contextmanager

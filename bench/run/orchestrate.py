@@ -23,7 +23,7 @@ from typing import Any
 from bench.base.console import RunUI
 from bench.base.errors import ResultsUnwritable, UserError
 from bench.base.files import atomic_write_json
-from bench.base.signals import Interrupted, stop_signals
+from bench.base.signals import Interrupted, deferred, stop_signals
 from bench.core.comm import resolve_transport
 from bench.core.models import build_model
 from bench.engine.processes import worker
@@ -99,17 +99,19 @@ def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, a
                 outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)
             except Interrupted as exc:  # between two steps of the launch: nothing is left running
                 outcome = Outcome(interrupted=exc.name)
-        failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
-        who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
-        failure = (who, error) if outcome.failed else None
-        statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, failure, outcome.interrupted)
-        meta["hosts"] = outcome.launch.pop("hosts", None)
-        meta["transport"] = outcome.launch.pop("transport", transport)
-        meta["backend"] = outcome.launch.pop("backend", meta["backend"])
-        meta["devices"] = outcome.launch.pop("devices", None)
-        meta["launch"].update(outcome.launch)
-        status = run_status(outcome.failed, outcome.interrupted)
-        summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
+        # A Ctrl-C from here on lets the results be finished first (a second one still exits at once).
+        with deferred():
+            failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
+            who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
+            failure = (who, error) if outcome.failed else None
+            statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, failure, outcome.interrupted)
+            meta["hosts"] = outcome.launch.pop("hosts", None)
+            meta["transport"] = outcome.launch.pop("transport", transport)
+            meta["backend"] = outcome.launch.pop("backend", meta["backend"])
+            meta["devices"] = outcome.launch.pop("devices", None)
+            meta["launch"].update(outcome.launch)
+            status = run_status(outcome.failed, outcome.interrupted)
+            summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
     ui.console.print(f"results: {out_dir}")
     print_tables(summary, ui.console)
     if outcome.interrupted:

@@ -17,7 +17,7 @@ from typing import Any
 from bench.base.console import RunUI
 from bench.base.errors import ResultsUnwritable, UserError, last_line
 from bench.base.files import atomic_write_frame, atomic_write_json
-from bench.base.signals import Interrupted, stop_signals
+from bench.base.signals import Interrupted, deferred, stop_signals
 from bench.core.models import build_model
 from bench.core.topology import build_topology
 from bench.engine.processes.env import detect
@@ -191,7 +191,8 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     signal_name = interrupted.name if interrupted is not None else None
     statuses, reasons = statuses_for(cfg, started, done, failure, signal_name)
     status = run_status(failure is not None, signal_name)
-    summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
+    with deferred():  # a Ctrl-C now lets the results be finished first (a second one still exits at once)
+        summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
     if unwritable is not None:
         raise unwritable
     if failure:
