@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.base.console import RunUI
-from bench.base.errors import ResultsUnwritable, UserError
+from bench.base.errors import UserError
 from bench.base.files import atomic_write_json
 from bench.base.signals import Interrupted, deferred, stop_signals
 from bench.core.comm import resolve_transport
@@ -37,6 +37,7 @@ from bench.run.outcome import (
     interrupted_lines,
     run_status,
     statuses_for,
+    unwritable,
     write_results,
 )
 from bench.run.simulate import execute_sim
@@ -93,7 +94,7 @@ def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, a
         try:
             atomic_write_json(out_dir / "meta.json", meta)
         except OSError as exc:
-            raise ResultsUnwritable(f"cannot write the results to '{out_dir}': {exc.strerror or exc}") from exc
+            raise unwritable(out_dir, exc) from exc
         with RunUI(cfg.algorithms, interactive) as ui:
             try:
                 outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)

@@ -97,6 +97,12 @@ def statuses_for(
     return statuses, reasons
 
 
+def unwritable(folder: Path, exc: OSError) -> ResultsUnwritable:
+    """The one line for a results folder that stopped taking writes."""
+    why = exc.strerror or str(exc)
+    return ResultsUnwritable(f"cannot write the results to '{folder}': {why}: free some space or choose another --out")
+
+
 def run_status(failed: bool, interrupted: str | None) -> str:
     return "interrupted" if interrupted else "failed" if failed else "ok"
 

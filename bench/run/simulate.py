@@ -34,7 +34,14 @@ from bench.engine.sim.cluster import (
 from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
 from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame
-from bench.run.outcome import claimed_out_dir, interrupted_lines, run_status, statuses_for, write_results
+from bench.run.outcome import (
+    claimed_out_dir,
+    interrupted_lines,
+    run_status,
+    statuses_for,
+    unwritable,
+    write_results,
+)
 from bench.training.loop import evaluated_epochs, run_data
 
 
@@ -136,7 +143,7 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
     try:
         atomic_write_json(out_dir / "meta.json", meta)
     except OSError as exc:
-        raise ResultsUnwritable(f"cannot write the results to '{out_dir}': {exc.strerror or exc}") from exc
+        raise unwritable(out_dir, exc) from exc
     return scaling
 
 
@@ -158,7 +165,7 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     try:
         atomic_write_json(out_dir / "meta.json", meta)
     except OSError as exc:
-        raise ResultsUnwritable(f"cannot write the results to '{out_dir}': {exc.strerror or exc}") from exc
+        raise unwritable(out_dir, exc) from exc
     writer = StagingWriter(out_dir, "-all", out_dir.name, cfg.nodes)  # one file, rows in event order
     started: list[str] = []
     done: list[str] = []
@@ -173,14 +180,14 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         (started if event["type"] == "cell_start" else done).append(event["algorithm"])
         ui.event(event)
 
-    failure, interrupted, unwritable = None, None, None
+    failure, interrupted, lost = None, None, None
     try:
         with OneTorchThread():
             stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
         used = {size: name for s in stats for size, name in s.allreduce_used.items()}
         meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
     except ResultsUnwritable as exc:  # the disk, not the algorithm: no traceback, the run ends
-        failure, unwritable = ("results folder", str(exc)), exc
+        failure, lost = ("results folder", str(exc)), exc
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))
@@ -193,8 +200,8 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     status = run_status(failure is not None, signal_name)
     with deferred():  # a Ctrl-C now lets the results be finished first (a second one still exits at once)
         summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
-    if unwritable is not None:
-        raise unwritable
+    if lost is not None:
+        raise lost
     if failure:
         from rich.markup import escape
 
