@@ -231,3 +231,14 @@ def test_a_signal_while_the_results_are_written_is_raised_once_they_are():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_the_printed_command_runs_the_same_configuration(tmp_path):
+    """`--config DIR/meta.json` (what an interrupted run prints) resolves to the configuration that run had."""
+    from bench.records.write import build_meta
+    from bench.training.config import resolve
+
+    cfg = resolve({"algorithms": ["swarm", "allreduce"], "nodes": 3}, None, ["swarm.local_steps=8", "lr=0.1"])
+    meta = build_meta(cfg, run_id="x", argv=[], engine="processes", backend="gloo", transport="p2p")
+    (tmp_path / "meta.json").write_text(json.dumps(meta, default=str))
+    assert resolve({}, str(tmp_path / "meta.json")) == cfg
