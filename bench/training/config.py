@@ -98,9 +98,10 @@ class RunConfig:
     )  # swarm: fixed H, or geometric with mean H
     swarm_mode: str = opt(
         "nonblocking",
-        "swarm: only the initiator averages (non-blocking) or both atomically (blocking).",
-        choices=("nonblocking", "blocking"),
-    )  # swarm: nonblocking (initiator only) | blocking (both, atomically)
+        "swarm: only the initiator averages (non-blocking), both atomically (blocking), or both without waiting: "
+        "the partner folds the initiator's deposit in before its next step (pushpull).",
+        choices=("nonblocking", "blocking", "pushpull"),
+    )  # swarm: nonblocking (initiator only) | blocking (both, atomically) | pushpull (both, via a deposit)
     bits: int = opt(
         32, "Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization)."
     )  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
