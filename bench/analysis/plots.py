@@ -162,15 +162,21 @@ def _time_label(results) -> str:
 def accuracy_vs_time(results, **_: Any):
 
     data = curves(results, "test_acc")
+    title, label = "Test accuracy", "test accuracy of the averaged model"
+    if data.empty:  # a language model: perplexity in accuracy's place (bench.records.tables)
+        data = curves(results, "test_ppl")
+        title, label = "Test perplexity", "test perplexity of the averaged model (lower is better, log scale)"
     if data.empty:
-        raise Absent("no test accuracy records (records.jsonl has no test_acc rows)")
+        raise Absent("no test accuracy or perplexity records (records.jsonl has no test_acc or test_ppl rows)")
     data = with_keys(results, data)
     data, pinned = _pin(results, data, free=[])
-    fig, ax = _figure("Test accuracy vs training time", _join(pinned, _seeds_note(data)))
+    fig, ax = _figure(f"{title} vs training time", _join(pinned, _seeds_note(data)))
     _epoch_lines(ax, data)
     ax.set_xlim(left=0)
     ax.set_xlabel(_time_label(results))
-    ax.set_ylabel("test accuracy of the averaged model")
+    ax.set_ylabel(label)
+    if title == "Test perplexity":
+        ax.set_yscale("log")
     ax.legend(title="algorithm")
     return fig
 

@@ -21,7 +21,7 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_bytes, atomic_write_text
 from bench.base.formatting import fmt_key, fmt_value
-from bench.records.tables import FORMATS, latex, markdown
+from bench.records.tables import FORMATS, is_language_model, latex, markdown
 
 KEY_HEADERS = {"local_steps": "H"}
 CI_NOTE = (
@@ -35,6 +35,7 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         "Throughput (training only)",
         [
             ("samples_per_s", "samples/s", ",.0f", 1.0),
+            ("tokens_per_s", "tokens/s", ",.0f", 1.0),
             ("speedup_vs_allreduce", "vs allreduce (same run)", ".2f", 1.0),
             ("train_seconds", "train s", ".2f", 1.0),
             ("step_seconds_median", "step ms (median)", ".2f", 1e3),
@@ -45,6 +46,8 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         [
             ("test_acc", "test acc (avg model)", ".4f", 1.0),
             ("node_acc_mean", "node acc mean", ".4f", 1.0),
+            ("test_ppl", "test ppl (avg model)", ".2f", 1.0),
+            ("node_ppl_mean", "node ppl mean", ".2f", 1.0),
             ("final_loss", "train loss", ".4f", 1.0),
             ("consensus_distance", "consensus dist", ".3g", 1.0),
             ("time_to_target_s", "s to target acc", ".2f", 1.0),
@@ -61,6 +64,10 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         ],
     ),
 }
+
+
+LM_ONLY = {"test_ppl", "node_ppl_mean", "tokens_per_s"}
+CLASSIFIER_ONLY = {"test_acc", "node_acc_mean"}
 
 
 @dataclass
@@ -97,8 +104,10 @@ def build_tables(results, target_acc: float | None = None) -> list[Table]:
     agg = aggregate(results.summary, results.group_keys)
     many_seeds = len(agg) and int(agg["n"].max()) > 1
     tables = []
+    # A language model's cells have perplexities and tokens/s, a classifier's accuracies (bench.records.tables).
+    other_task = CLASSIFIER_ONLY if is_language_model(results.summary) else LM_ONLY
     for name, (title, metrics) in TABLE_METRICS.items():
-        metrics = [m for m in metrics if f"{m[0]}_mean" in agg.columns]
+        metrics = [m for m in metrics if f"{m[0]}_mean" in agg.columns and m[0] not in other_task]
         if target_acc is None:
             metrics = [m for m in metrics if m[0] != "time_to_target_s"]
         headers = ["algorithm", *(KEY_HEADERS.get(k, k) for k in keys), *(["seeds"] if many_seeds else [])]

@@ -40,6 +40,7 @@ SUMMARY_COLUMNS = [
     "samples",
     "train_seconds",
     "samples_per_s",
+    "tokens_per_s",
     "test_acc",
     "val_acc",
     "val_loss",
@@ -48,6 +49,12 @@ SUMMARY_COLUMNS = [
     "node_acc_mean",
     "node_acc_min",
     "node_acc_max",
+    "test_ppl",
+    "val_ppl",
+    "best_test_ppl",
+    "node_ppl_mean",
+    "node_ppl_min",
+    "node_ppl_max",
     "final_loss",
     "bytes_sent_total",
     "bytes_per_node_per_step",
@@ -59,6 +66,7 @@ SUMMARY_COLUMNS = [
     "step_seconds_p10",
     "step_seconds_p90",
     "steps_per_node",
+    "tokens",
     "eval_seconds",
     "bytes_grad",
     "bytes_model",
@@ -266,20 +274,27 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         out["train_seconds"] = float(ts["value"].max())
         if samples is not None and out["train_seconds"] > 0:
             out["samples_per_s"] = out["samples"] / out["train_seconds"]
-    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "consensus_distance"):
+    tokens = final("tokens")  # language models: every token of a window is a prediction
+    if tokens is not None:
+        out["tokens"] = int(tokens["value"].sum())
+        if out.get("train_seconds"):
+            out["tokens_per_s"] = out["tokens"] / out["train_seconds"]
+    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "test_ppl", "val_ppl", "consensus_distance"):
         g = final(key, scope_global=True)
         if g is not None:
             out[key] = float(g["value"].iloc[0])
-    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
-    if not acc.empty:  # the first epoch at the highest accuracy: an oscillating run shows what it had reached
-        best = acc.loc[acc["value"].idxmax()]
-        out["best_test_acc"] = float(best["value"])
-        out["best_epoch"] = int(best["epoch"])
-    acc = final("node_acc")
-    if acc is not None:
-        out["node_acc_mean"] = float(acc["value"].mean())
-        out["node_acc_min"] = float(acc["value"].min())
-        out["node_acc_max"] = float(acc["value"].max())
+    # Accuracy for classification, perplexity (lower is better) for language models: a run records one of the two.
+    for score, pick in (("acc", "idxmax"), ("ppl", "idxmin")):
+        curve = r[(r["metric"] == f"test_{score}") & r["rank"].isna()].sort_values("epoch")
+        if not curve.empty:  # the first epoch at the best value: an oscillating run shows what it had reached
+            best = curve.loc[getattr(curve["value"], pick)()]
+            out[f"best_test_{score}"] = float(best["value"])
+            out["best_epoch"] = int(best["epoch"])
+        node = final(f"node_{score}")
+        if node is not None:
+            out[f"node_{score}_mean"] = float(node["value"].mean())
+            out[f"node_{score}_min"] = float(node["value"].min())
+            out[f"node_{score}_max"] = float(node["value"].max())
     loss = final("train_loss")
     if loss is not None:
         out["final_loss"] = float(loss["value"].mean())
