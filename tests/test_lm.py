@@ -1,0 +1,148 @@
+"""Language modelling: the WikiText-2 reader, perplexity, short simulated runs and their perplexity verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.core.data import EOS, UNK, load_dataset
+from bench.core.models import build_model
+from bench.training.loop import perplexity, score
+from cli import cli
+
+TRAIN = "the cat sat\n\n the dog sat on the mat\n"
+VALID = "the cow sat\n"
+TEST = "a dog sat on the cat mat\n"
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def write_wikitext(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        (folder / f"wiki.{name}.tokens").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_wikitext_reader_vocabulary_from_train_unk_eos_and_windows(tmp_path):
+    ds = load_dataset("wikitext2", data_dir=str(write_wikitext(tmp_path / "wikitext-2")), bptt=3)
+    # Training words in order of first appearance after <eos> and <unk>; 'cow' and 'a' appear outside train only.
+    assert ds.vocab == (EOS, UNK, "the", "cat", "sat", "dog", "on", "mat")
+    assert ds.num_classes == 8 and ds.task == "language-model" and ds.input_shape == (3,)
+    ids = {w: i for i, w in enumerate(ds.vocab)}
+    # Every line ends in <eos>, the blank one too: 12 train tokens make (12 - 1) // 3 = 3 windows.
+    stream = [ids[w] for w in "the cat sat <eos> <eos> the dog sat on the mat <eos>".split()]
+    assert ds.x_train.tolist() == [stream[0:3], stream[3:6], stream[6:9]]
+    assert ds.y_train.tolist() == [stream[1:4], stream[4:7], stream[7:10]]
+    # The validation split is WikiText's own valid file, unknown words mapped to <unk>.
+    assert ds.x_val.tolist() == [[ids["the"], ids[UNK], ids["sat"]]]
+    assert ds.y_val.tolist() == [[ids[UNK], ids["sat"], ids[EOS]]]
+    assert ds.x_test[0].tolist() == [ids[UNK], ids["dog"], ids["sat"]]
+    # The folder above wikitext-2/ (where the release's zip extracts) works too.
+    assert torch.equal(load_dataset("wikitext2", data_dir=str(tmp_path), bptt=3).x_train, ds.x_train)
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    ds = load_dataset("embedded-text")
+    model = build_model("lstm-lm", ds.input_shape, ds.num_classes, seed=0)
+    with torch.no_grad():  # all-zero logits (the decoder is tied to the embedding): a uniform next-token guess
+        model.out.weight.zero_()
+        model.out.bias.zero_()
+    loss, _, count = score(model, ds.x_test, ds.y_test)
+    assert count == ds.y_test.numel()
+    assert perplexity(loss / count) == pytest.approx(ds.num_classes, rel=1e-4)
+    assert ds.num_classes > 1000  # real text: a vocabulary of CPython's documentation
+
+
+# (model, algorithm, lr): the largest of 0.1, 0.2, 0.5 at which 13 steps do not diverge.
+RUNS = [("transformer-lm", "swarm", 0.1), ("lstm-lm", "allreduce", 0.2)]
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=lambda p: p[0])
+def sim_run(request, tmp_path_factory):
+    model, algo, lr = request.param
+    out = tmp_path_factory.mktemp("lm") / model
+    # 1,759 train windows over 2 nodes of 64: 13 steps per node.
+    r = invoke(
+        "run", "--engine", "sim", "--nodes", 2, "--algo", algo, "--dataset", "embedded-text", "--model", model,
+        "--epochs", 1, "--batch-size", 64, "--lr", lr, "--step-time", 0.01, "--out", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_short_simulated_run_writes_perplexity_below_the_vocabulary_size(sim_run):
+    vocab = load_dataset("embedded-text").num_classes
+    row = pd.read_csv(sim_run / "summary.csv").iloc[0]
+    assert row["status"] == "ok"
+    assert 1 < row["test_ppl"] < vocab and 1 < row["val_ppl"] < vocab
+    assert row["test_ppl"] == pytest.approx(row["best_test_ppl"])
+    assert math.isnan(row["test_acc"]) and math.isnan(row["val_acc"])  # no accuracy for a language model
+    assert row["tokens"] == row["samples"] * 35
+    assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * 35)
+    records = [json.loads(line) for line in (sim_run / "records.jsonl").read_text().splitlines()]
+    test_ppl = [r["value"] for r in records if r["metric"] == "test_ppl"]
+    test_loss = [r["value"] for r in records if r["metric"] == "test_loss" and r["rank"] is None]
+    assert test_ppl == pytest.approx([math.exp(v) for v in test_loss])
+    accuracy = (sim_run / "accuracy.md").read_text()
+    assert "test ppl (avg model)" in accuracy and "test acc" not in accuracy
+    assert "tokens/s" in (sim_run / "throughput.md").read_text()
+
+
+def _edit(folder: Path, column: str, factor: float, engine: str | None = None) -> Path:
+    summary = pd.read_csv(folder / "summary.csv")
+    summary[column] *= factor
+    summary.to_csv(folder / "summary.csv", index=False)
+    if engine:
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["engine"] = engine
+        (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_compare_flags_a_perplexity_rise(sim_run, tmp_path):
+    rise = _edit(shutil.copytree(sim_run, tmp_path / "rise"), "test_ppl", 1.2)
+    r = invoke("compare", sim_run, rise)
+    assert r.exit_code == 1, r.output
+    assert "test_ppl" in r.output and "changed" in r.output
+    # On real processes perplexity is noisy: lower is better, so a rise regresses and a fall improves.
+    base = _edit(shutil.copytree(sim_run, tmp_path / "base"), "test_ppl", 1.0, engine="processes")
+    worse = _edit(shutil.copytree(base, tmp_path / "worse"), "test_ppl", 1.2)
+    r = invoke("compare", base, worse)
+    assert r.exit_code == 1 and "regressed" in r.output, r.output
+    better = _edit(shutil.copytree(base, tmp_path / "better"), "test_ppl", 0.8)
+    r = invoke("compare", base, better)
+    assert r.exit_code == 0 and "improved" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--dataset", "wikitext2", "--model", "lstm-lm", "--data-dir", "{empty}"], "wiki.train.tokens (3 of"),
+        (["--dataset", "wikitext2", "--model", "lstm-lm"], "pass --data-dir FOLDER"),
+        (["--model", "transformer-lm"], "use --dataset embedded-text"),
+        (["--model", "lstm-lm", "--dataset", "digits"], "is a language model"),
+        (["--dataset", "embedded-text"], "use --model transformer-lm or --model lstm-lm"),
+        (["--dataset", "embedded-text", "--model", "lstm-lm", "--partition", "dirichlet"], "--partition iid"),
+        (["--bptt", "8"], "--bptt applies to language-model datasets only"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, args, needle):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    r = invoke("run", "--engine", "sim", "--nodes", 2, "--algo", "allreduce", "--step-time", 0.01, *args, "--out", out)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
