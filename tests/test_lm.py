@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from bench.core.data import EOS, UNK, load_dataset
 from bench.core.models import build_model
+from bench.records.write import time_to_target
 from bench.training.loop import perplexity, score
 from cli import cli
 
@@ -134,6 +135,8 @@ def test_compare_flags_a_perplexity_rise(sim_run, tmp_path):
         (["--dataset", "embedded-text"], "use --model transformer-lm or --model lstm-lm"),
         (["--dataset", "embedded-text", "--model", "lstm-lm", "--partition", "dirichlet"], "--partition iid"),
         (["--bptt", "8"], "--bptt applies to language-model datasets only"),
+        (["--target-ppl", "100"], "use --target-acc"),
+        (["--dataset", "embedded-text", "--model", "lstm-lm", "--target-ppl", "0.5"], "at least 1"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
@@ -146,3 +149,19 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert needle in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_time_to_a_perplexity_target_means_falling_to_it():
+    rows = [
+        {"algorithm": "swarm", "rank": None, "epoch": e, "metric": "val_ppl", "value": v}
+        for e, v in ((1, 900.0), (2, 400.0), (3, 250.0), (4, 300.0))
+    ]
+    rows += [
+        {"algorithm": "swarm", "rank": 0, "epoch": e, "metric": "train_seconds", "value": 10.0 * e}
+        for e in (1, 2, 3, 4)
+    ]
+    records = pd.DataFrame(rows)
+    assert time_to_target(records, "swarm", 400.0) == (20.0, 2)
+    assert time_to_target(records, "swarm", 260.0) == (30.0, 3)
+    assert time_to_target(records, "swarm", 200.0) == (None, None)
+    assert time_to_target(records, "swarm", None) == (None, None)

@@ -184,18 +184,22 @@ SCALING: list[tuple[str, str, str]] = [
 ]
 
 
-def _scaling_formatted(frame, target: float) -> tuple[list[str], list[list[str]]]:
-    headers = [h.replace("target", f"acc {target:g}") for _, h, _ in SCALING]
-    rows = [[fmt_spec(row[c], f) for c, _, f in SCALING] for row in frame.to_dict("records")]
+def _scaling_formatted(frame, goal: str) -> tuple[list[str], list[list[str]]]:
+    cols = SCALING
+    if is_language_model(frame):  # perplexity in accuracy's place, as in the accuracy table
+        cols = [("test_ppl", "final test ppl", ".2f") if c == "test_acc" else (c, h, f) for c, h, f in SCALING]
+    headers = [h.replace("target", goal) for _, h, _ in cols]
+    rows = [[fmt_spec(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
     return headers, rows
 
 
-def write_scaling(out_dir: Path, frame, target: float) -> None:
-    """scaling.csv (raw numbers) and scaling.md (the formatted table) of a simulated series."""
+def write_scaling(out_dir: Path, frame, goal: str) -> None:
+    """scaling.csv (raw numbers) and scaling.md (the formatted table) of a simulated series; `goal` names the
+    time-to-target columns' target (e.g. 'acc 0.9', 'ppl 300')."""
     atomic_write_frame(out_dir / "scaling.csv", frame)
-    atomic_write_text(out_dir / "scaling.md", markdown(*_scaling_formatted(frame, target)))
+    atomic_write_text(out_dir / "scaling.md", markdown(*_scaling_formatted(frame, goal)))
 
 
-def print_scaling(frame, target: float, console=None) -> None:
-    headers, rows = _scaling_formatted(frame, target)
+def print_scaling(frame, goal: str, console=None) -> None:
+    headers, rows = _scaling_formatted(frame, goal)
     print_table(headers, rows, title="scaling (simulated seconds)", title_justify="left", console=console)

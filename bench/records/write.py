@@ -393,24 +393,29 @@ SCALING_COLUMNS = [
     "time_to_target_s",
     "epochs_to_target",
     "test_acc",
+    "test_ppl",
     "train_seconds",
     "steps_per_node",
     "bytes_per_node_per_step",
 ]
 
 
-def time_to_target(records, algorithm: str, target: float) -> tuple[float | None, int | None]:
+def time_to_target(records, algorithm: str, target: float | None) -> tuple[float | None, int | None]:
     """(training seconds, epoch) when the averaged model's validation accuracy (test accuracy when the run held no
-    validation split out) first reached `target`, else (None, None).
+    validation split out) first reached `target`, else (None, None). For a language model (records of perplexity),
+    `target` is a perplexity and reaching it means falling to it or below.
 
     The seconds are the slowest node's elapsed training time at the end of that epoch (evaluation excluded).
     """
-    if records is None or not len(records):
+    if records is None or not len(records) or target is None:
         return None, None
     r = records[records["algorithm"] == algorithm]
-    metric = "val_acc" if (r["metric"] == "val_acc").any() else "test_acc"
-    acc = r[(r["metric"] == metric) & r["rank"].isna()].sort_values("epoch")
-    hit = acc[acc["value"] >= target]
+    metrics = set(r["metric"])
+    lm = bool(metrics & {"test_ppl", "val_ppl"})
+    score = "ppl" if lm else "acc"
+    metric = f"val_{score}" if f"val_{score}" in metrics else f"test_{score}"
+    curve = r[(r["metric"] == metric) & r["rank"].isna()].sort_values("epoch")
+    hit = curve[curve["value"] <= target] if lm else curve[curve["value"] >= target]
     if hit.empty:
         return None, None
     epoch = int(hit["epoch"].iloc[0])
@@ -418,7 +423,17 @@ def time_to_target(records, algorithm: str, target: float) -> tuple[float | None
     return (float(secs.max()) if len(secs) else None), epoch
 
 
-def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_node_samples_per_s: float):
+def series_target(cfg) -> tuple[float | None, str]:
+    """A simulated series' time-to-target goal and its name in the scaling table: --target-acc for a classifier,
+    --target-ppl for a language model (None when not given: the columns stay empty)."""
+    from bench.core.data import DATASETS, LANGUAGE_MODEL
+
+    if DATASETS[cfg.dataset].task != LANGUAGE_MODEL:
+        return cfg.target_acc, f"acc {cfg.target_acc:g}"
+    return cfg.target_ppl, f"ppl {cfg.target_ppl:g}" if cfg.target_ppl is not None else "target (no --target-ppl)"
+
+
+def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float | None, one_node_samples_per_s: float):
     """One row per (algorithm, node count) of a simulated series, from the per-count summaries and records.
 
     speedup_vs_one_node = samples/s / one nominal node's samples/s (batch / its modelled step time: no
@@ -450,6 +465,7 @@ def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_
                 "time_to_target_s": seconds,
                 "epochs_to_target": epoch,
                 "test_acc": row.get("test_acc"),
+                "test_ppl": row.get("test_ppl"),
                 "train_seconds": row.get("train_seconds"),
                 "steps_per_node": row.get("steps_per_node"),
                 "bytes_per_node_per_step": row.get("bytes_per_node_per_step"),

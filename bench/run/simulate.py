@@ -31,7 +31,7 @@ from bench.engine.sim.cluster import (
 )
 from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
-from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame
+from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame, series_target
 from bench.run.outcome import check_out_dir, statuses_for
 from bench.training.loop import evaluated_epochs, run_data
 
@@ -98,7 +98,7 @@ def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None 
         return 1 if failed else 0
     scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, failed)
     console.print(f"results: {out_dir}")
-    print_scaling(scaling, cfg.target_acc, console)
+    print_scaling(scaling, series_target(cfg)[1], console)
     return 1 if failed else 0
 
 
@@ -110,8 +110,9 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
     cost = costs[series[0]]
     combined = pd.concat(summaries, ignore_index=True)
     atomic_write_frame(out_dir / "summary.csv", combined)
-    scaling = scaling_frame(combined, records, cfg.target_acc, cost.one_node_samples_per_s(cfg.batch_size))
-    write_scaling(out_dir, scaling, cfg.target_acc)
+    target, goal = series_target(cfg)
+    scaling = scaling_frame(combined, records, target, cost.one_node_samples_per_s(cfg.batch_size))
+    write_scaling(out_dir, scaling, goal)
     first = dataclasses.replace(cfg, nodes=series[0])
     meta = build_meta(first, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
     meta["topology"] = {

@@ -249,6 +249,12 @@ class RunConfig:
     target_acc: float = opt(
         0.9, "sim series: the test accuracy whose time-to-reach scaling.csv reports.", sim=True
     )  # sim series: the test accuracy whose time-to-reach the scaling table reports
+    target_ppl: float | None = opt(
+        None,
+        "sim series, language models: the validation perplexity whose time-to-reach scaling.csv reports (lower is "
+        "better).  [default: none]",
+        sim=True,
+    )  # sim series of a language model: the perplexity whose time-to-reach the scaling table reports
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
@@ -611,6 +617,10 @@ def check_task(dataset: str, model_task: str, cfg: RunConfig) -> None:
         raise UserError(f"--bptt applies to language-model datasets only, not to '{dataset}': drop --bptt")
     if cfg.bptt is not None and cfg.bptt < 1:
         raise UserError(f"--bptt must be at least 1 token, got {cfg.bptt}")
+    if cfg.target_ppl is not None and not lm:
+        raise UserError(f"--target-ppl is a language model's goal, not '{dataset}''s: use --target-acc")
+    if cfg.target_ppl is not None and not cfg.target_ppl >= 1:
+        raise UserError(f"--target-ppl must be a perplexity (at least 1), got {cfg.target_ppl}")
     if lm and cfg.partition != "iid":
         raise UserError(
             f"--partition {cfg.partition} skews class labels, which token windows do not have: use --partition iid"
