@@ -165,3 +165,13 @@ def test_time_to_a_perplexity_target_means_falling_to_it():
     assert time_to_target(records, "swarm", 260.0) == (30.0, 3)
     assert time_to_target(records, "swarm", 200.0) == (None, None)
     assert time_to_target(records, "swarm", None) == (None, None)
+
+
+def test_report_shows_perplexity_where_accuracy_would_be(sim_run, tmp_path):
+    out = tmp_path / "report"
+    r = invoke("report", sim_run, "--plot", "accuracy_vs_time", "--format", "md", "--out", out)
+    assert r.exit_code == 0, r.output
+    text = (out / "report.md").read_text()
+    assert "### Perplexity (lower is better)" in text and "test ppl (avg model)" in text and "tokens/s" in text
+    assert "test acc" not in text
+    assert (out / "plots" / "accuracy_vs_time.png").stat().st_size > 0

@@ -177,6 +177,7 @@ def accuracy_vs_time(results, **_: Any):
     ax.set_ylabel(label)
     if title == "Test perplexity":
         ax.set_yscale("log")
+        _readable_log(ax.yaxis, float(data["value"].min()), float(data["value"].max()))
     ax.legend(title="algorithm")
     return fig
 
@@ -323,7 +324,7 @@ def consensus(results, **_: Any):
 
 
 PLOTS: dict[str, Plot] = {
-    "accuracy_vs_time": Plot("Test accuracy vs training time", accuracy_vs_time),
+    "accuracy_vs_time": Plot("Test accuracy (perplexity for a language model) vs training time", accuracy_vs_time),
     "throughput_scaling": Plot("Throughput vs node count (log-log, ideal linear line)", throughput_scaling),
     "bytes_per_sample": Plot("Bytes sent per training sample, by algorithm and bits", bytes_per_sample),
     "time_to_target": Plot("Training time to the target test accuracy vs node count", time_to_target),

@@ -105,8 +105,10 @@ def build_tables(results, target_acc: float | None = None) -> list[Table]:
     many_seeds = len(agg) and int(agg["n"].max()) > 1
     tables = []
     # A language model's cells have perplexities and tokens/s, a classifier's accuracies (bench.records.tables).
-    other_task = CLASSIFIER_ONLY if is_language_model(results.summary) else LM_ONLY
+    lm = is_language_model(results.summary)
+    other_task = CLASSIFIER_ONLY if lm else LM_ONLY
     for name, (title, metrics) in TABLE_METRICS.items():
+        title = "Perplexity (lower is better)" if lm and name == "accuracy" else title
         metrics = [m for m in metrics if f"{m[0]}_mean" in agg.columns and m[0] not in other_task]
         if target_acc is None:
             metrics = [m for m in metrics if m[0] != "time_to_target_s"]
