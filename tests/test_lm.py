@@ -1,4 +1,5 @@
-"""Language modelling: the WikiText-2 reader, perplexity, short simulated runs and their perplexity verdicts."""
+"""Language modelling: the WikiText-2 reader, perplexity, short simulated runs and their perplexity verdicts (bad
+input: tests/test_sim.py, BAD_SIM_INPUTS)."""
 
 from __future__ import annotations
 
@@ -123,32 +124,6 @@ def test_compare_flags_a_perplexity_rise(sim_run, tmp_path):
     better = _edit(shutil.copytree(base, tmp_path / "better"), "test_ppl", 0.8)
     r = invoke("compare", base, better)
     assert r.exit_code == 0 and "improved" in r.output, r.output
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["--dataset", "wikitext2", "--model", "lstm-lm", "--data-dir", "{empty}"], "wiki.train.tokens (3 of"),
-        (["--dataset", "wikitext2", "--model", "lstm-lm"], "pass --data-dir FOLDER"),
-        (["--model", "transformer-lm"], "use --dataset embedded-text"),
-        (["--model", "lstm-lm", "--dataset", "digits"], "is a language model"),
-        (["--dataset", "embedded-text"], "use --model transformer-lm or --model lstm-lm"),
-        (["--dataset", "embedded-text", "--model", "lstm-lm", "--partition", "dirichlet"], "--partition iid"),
-        (["--bptt", "8"], "--bptt applies to language-model datasets only"),
-        (["--target-ppl", "100"], "use --target-acc"),
-        (["--dataset", "embedded-text", "--model", "lstm-lm", "--target-ppl", "0.5"], "at least 1"),
-    ],
-)
-def test_bad_input_one_line_exit_2(tmp_path, args, needle):
-    (tmp_path / "empty").mkdir()
-    out = tmp_path / "out"
-    args = [a.format(empty=tmp_path / "empty") for a in args]
-    r = invoke("run", "--engine", "sim", "--nodes", 2, "--algo", "allreduce", "--step-time", 0.01, *args, "--out", out)
-    assert r.exit_code == 2, r.output
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    assert needle in lines[0], lines[0]
-    assert not out.exists()
 
 
 def test_time_to_a_perplexity_target_means_falling_to_it():
