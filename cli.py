@@ -14,7 +14,8 @@ from dataclasses import fields
 import click
 from click.core import ParameterSource
 
-from bench.base.errors import UserError
+from bench.base.errors import ResultsUnwritable, UserError
+from bench.base.signals import Interrupted
 from bench.diagnostics import doctor
 from bench.engine.processes.launchers import LAUNCHERS
 from bench.records.tables import FORMATS
@@ -24,16 +25,23 @@ ENV_PREFIX = "SWARMBENCH"
 
 
 class SwarmGroup(click.Group):
-    """Every user-fixable error is one line on stderr and exit status 2, never a traceback."""
+    """Every user-fixable error is one line on stderr and exit status 2, never a traceback. A run stopped by SIGINT
+    or SIGTERM exits 130 or 143 (it has said what it kept); a results folder that stops taking writes is one line
+    and exit status 1."""
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
         kwargs.setdefault("auto_envvar_prefix", ENV_PREFIX)
         try:
             rv = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__, Interrupted):
+                sys.exit(exc.__cause__.exit_code)
             click.echo("aborted", err=True)
             sys.exit(130)
+        except ResultsUnwritable as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()} (see --help)", err=True)
             sys.exit(2)
@@ -121,7 +129,10 @@ def config_option(what: str):
     return click.option("--config", "config_file", default=None, show_envvar=True, help=what)
 
 
-RUN_CONFIG_HELP = "TOML file with run keys (and [ALGO] tables, e.g. a tune's tuned.toml)."
+RUN_CONFIG_HELP = (
+    "TOML file with run keys (and [ALGO] tables, e.g. a tune's tuned.toml), or a results folder's meta.json "
+    "(that run's configuration)."
+)
 SET_HELP = "Override a key: --set lr=0.1, --set swarm.local_steps=8 (repeatable)."
 
 

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from bench.core.protocol import Algorithm
 
 LOCAL_STEPS_DISTS = ("fixed", "geometric")
-SWARM_MODES = ("nonblocking", "blocking")
+SWARM_MODES = ("nonblocking", "blocking", "pushpull")
 
 
 @dataclass(frozen=True)
 class SwarmConfig:
     local_steps: int = 4  # H: (mean) local SGD steps between two interactions
     local_steps_dist: str = "fixed"  # fixed: exactly H; geometric: random with mean H (the paper's analysis)
-    swarm_mode: str = "nonblocking"  # nonblocking: only the initiator moves; blocking: both move atomically
+    # nonblocking: only the initiator moves (the authors' code); blocking: both move atomically; pushpull: both
+    # move, the partner when it next steps (the paper's analysis), neither waits for the other
+    swarm_mode: str = "nonblocking"
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
@@ -34,7 +36,11 @@ class SwarmSGD(Algorithm):
     at random and averages with it. Non-blocking (default): it reads the neighbour's most recently published
     (possibly quantized) model without interrupting it — the neighbour keeps computing, so the copy may be
     stale — and only the initiator moves to the average. Blocking: both move to the average atomically.
-    Every node publishes its model after each step. Optimizer state stays local.
+    Pull-push: the initiator reads the neighbour's published copy as in non-blocking mode, moves to the average
+    and leaves the opposite move in the neighbour's inbox, which the neighbour folds in before its next step, so
+    both endpoints move and the sum of models is conserved, as in the paper's analysis, without either waiting
+    for the other (`Comm.pull_push`). Every node publishes its model after each step (non-blocking, pull-push).
+    Optimizer state stays local.
     """
 
     name = "swarm"
@@ -45,9 +51,10 @@ class SwarmSGD(Algorithm):
     def start(self) -> None:
         self.steps_done = 0
         self.until = self._draw()
-        if self.config.swarm_mode == "blocking":
+        mode = self.config.swarm_mode
+        if mode != "nonblocking":
             self.node.comm.expose(self.node.params)
-        else:
+        if mode != "blocking":
             self.node.comm.publish(self.node.params, stamp=0)
 
     def _draw(self) -> int:
@@ -67,14 +74,18 @@ class SwarmSGD(Algorithm):
             self.until = self._draw()
             peer = node.random_neighbor()
             if peer is not None:
-                if self.config.swarm_mode == "blocking":
+                mode = self.config.swarm_mode
+                if mode == "blocking":
                     node.comm.average_with(peer, "model")
                 else:
-                    theirs, stamp = node.comm.read(peer, "model", node.params)
-                    node.params.add_(theirs).mul_(0.5)
+                    if mode == "pushpull":
+                        stamp = node.comm.pull_push(peer, "model")
+                    else:
+                        theirs, stamp = node.comm.read(peer, "model", node.params)
+                        node.params.add_(theirs).mul_(0.5)
                     # Relative progress (may be negative); the copy's age is measured by the comm layer.
                     self.count("step_lag_sum", self.steps_done - stamp)
                     self.count("reads")
                 self.count("interactions")
-        if self.config.swarm_mode == "nonblocking":
+        if self.config.swarm_mode != "blocking":
             node.comm.publish(node.params, stamp=self.steps_done)

@@ -41,20 +41,26 @@ def main() -> None:
         comm.finish_cell()
         out.update(peer=peer, got=got.tolist(), stamp=stamp, stats=comm.stats.snapshot())
         out.update(staleness_sum=comm.stats.staleness_sum, staleness_reads=comm.stats.staleness_reads)
-    elif scenario == "average":
+    elif scenario in ("average", "pushpull"):  # atomic pairwise averages, or SwarmSGD's pull-push interaction
         for bits in (32, 8):
             codec = None if bits == 32 else Codec(CodecConfig(bits=8, eps=0.01))
             comm.start_cell(codec, 0)
             live = torch.randn(3000, generator=torch.Generator().manual_seed(rank)) * 0.1
             initial = live.clone().double()
             comm.expose(live)
+            if scenario == "pushpull":
+                comm.publish(live, stamp=0)
             comm.fence()
             rng = random.Random(rank)
             peak = float(live.abs().max())
-            for _ in range(100):
+            for i in range(100):
                 with comm.exclusive():  # where a training step would run
                     peak = max(peak, float(live.abs().max()))
-                comm.average_with(rng.choice(comm.neighbors()), "model")
+                if scenario == "pushpull":
+                    comm.pull_push(rng.choice(comm.neighbors()), "model")
+                    comm.publish(live, stamp=i + 1)
+                else:
+                    comm.average_with(rng.choice(comm.neighbors()), "model")
             comm.fence()
             comm.finish_cell()
             with comm.exclusive():
@@ -68,6 +74,7 @@ def main() -> None:
                 "spread": spread,
                 "failures": comm.decode_failures,
                 "peak": peak,  # the largest |coordinate| this node's model reached during the averages
+                "stats": comm.stats.snapshot(),
             }
     elif scenario == "radius":  # pairwise averages just outside the lattice's radius (tests/pairwise_scenarios.py)
         out["one"] = pairwise_scenarios.one_average(comm)

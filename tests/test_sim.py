@@ -130,6 +130,55 @@ def test_pairwise_averages_conserve_the_sum_and_reach_the_mean():
     assert served == 2 * n * 60  # every average: one message in each direction
 
 
+@pytest.mark.parametrize("bits", [32, 8])
+def test_pull_push_conserves_the_sum_and_reaches_the_mean(bits):
+    """SwarmSGD's pull-push interaction: the initiator moves at once, the partner folds the deposit in before its
+    next compute section. Learning rate 0, uneven compute: the sum is conserved (exactly up to float32 rounding,
+    quantized too), raw models reach the mean, and every byte sent is received."""
+    from bench.core.codec import Codec, CodecConfig
+
+    n, dim = 6, 3000
+    codec = None if bits == 32 else Codec(CodecConfig(bits=bits, eps=0.01))
+    cluster = _cluster(n, speed_sigma=0.5, straggler_p=0.2, straggler_k=4.0)
+    start = [torch.randn(dim, generator=torch.Generator().manual_seed(r)) * 0.1 for r in range(n)]
+    live = [x.clone() for x in start]
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(codec, 0)
+        comm.expose(live[rank])
+        comm.publish(live[rank], stamp=0)
+        comm.fence()
+        rng = random.Random(rank)
+        for i in range(60):
+            for _ in range(2):
+                with comm.exclusive(), clock.compute():
+                    pass
+            comm.pull_push(rng.choice(comm.neighbors()), "model")
+            comm.publish(live[rank], stamp=i + 1)
+        comm.fence()
+        comm.finish_cell()
+
+    cluster.run(body)
+    total0, total = torch.stack(start).double().sum(0), torch.stack(live).double().sum(0)
+    assert torch.allclose(total, total0, atol=1e-5)
+    if bits == 32:
+        assert max(float((x.double() - total0 / n).abs().max()) for x in live) < 1e-3
+    else:
+        # Slower to agree: each interaction adds rounding noise of order eps, and when several peers read a slow
+        # node's copy before it folds their deposits in, it moves by all their half-differences at once (its own
+        # weight can go negative): a deposit cannot be rebased without breaking the exact sum.
+        deviation = [float((x.double() - total0 / n).abs().mean()) for x in live]
+        initial = [float((x.double() - total0 / n).abs().mean()) for x in start]
+        assert max(deviation) < 0.5 * min(initial), (deviation, initial)
+    stats = [c.stats.snapshot() for c in cluster.comms]
+    for kind in ("model", "control"):
+        sent = sum(s[kind]["bytes_sent"] for s in stats)
+        assert sent > 0 and sent == sum(s[kind]["bytes_recv"] for s in stats)
+    assert sum(s["model"]["msgs_recv"] for s in stats) == 2 * n * 60  # a copy read and a deposit folded in each
+    assert all(not c._held and not c._deposits for c in cluster.comms)  # nothing kept past the cell
+
+
 def test_one_sided_read_sees_exactly_what_was_published_by_the_readers_instant():
     """Never the future, never staler than necessary: the stamp read is the peer's last publish at or before t."""
     n = 7

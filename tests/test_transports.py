@@ -61,7 +61,8 @@ def test_both_transports_give_the_same_reads(tmp_path, world):
         # Model bytes are the same on both; RMA's control message is an 8-byte counter increment.
         assert a["stats"]["model"]["bytes_recv"] == b["stats"]["model"]["bytes_recv"] == 8 + 40
         assert a["stats"]["model"]["bytes_sent"] == b["stats"]["model"]["bytes_sent"] == 8 + 40
-        assert a["stats"]["control"]["bytes_sent"] == 32 and b["stats"]["control"]["bytes_sent"] == 8
+        # (and the RMA owner sends its 8-byte live step counter with each read it serves)
+        assert a["stats"]["control"]["bytes_sent"] == 32 and b["stats"]["control"]["bytes_sent"] == 8 + 8
         # RMA's reader also gets the owner's live step counter (8 bytes) to measure the read's staleness.
         assert b["stats"]["control"]["bytes_recv"] == 8 + 8  # the increment of its own counter, the live step
     # Staleness = the owner's live step at read time - the stamp of the copy read = 4 for every read; p2p counts
@@ -72,10 +73,14 @@ def test_both_transports_give_the_same_reads(tmp_path, world):
 
 
 @needs_mpi
-@pytest.mark.parametrize("transport", ["p2p", "rma"])
-def test_atomic_average_conserves_sum_on_each_transport(tmp_path, transport):
-    """Learning rate 0: sum of models conserved (raw and 8-bit lattice), raw models reach the mean."""
-    rows = _mpirun(tmp_path, 3, transport, "average")
+@pytest.mark.parametrize(
+    ("transport", "scenario"), [("p2p", "average"), ("rma", "average"), ("p2p", "pushpull"), ("rma", "pushpull")]
+)
+def test_pairwise_averages_conserve_sum_on_each_transport(tmp_path, transport, scenario):
+    """Learning rate 0: sum of models conserved (raw and 8-bit lattice), raw models reach the mean; with
+    atomic averages (`average_with`) and with SwarmSGD's pull-push interaction (`pull_push`: the partner folds
+    the deposit in later). Every byte one node counts as sent another counts as received."""
+    rows = _mpirun(tmp_path, 3, transport, scenario)
     # 8 bits with eps 0.01 decode within (2**7 - 1/2) * 0.01 = 1.275 of the sender's values. Initial models are
     # within about 0.4 of 0, and p2p's passive side averages atomically under its model lock, so it never leaves
     # that. RMA's owner folds deposits in later, each computed against the version the initiator read: with every
@@ -88,6 +93,10 @@ def test_atomic_average_conserves_sum_on_each_transport(tmp_path, transport):
             assert row[bits]["drift"] < 1e-5, row
         assert row["32"]["failures"] == 0
         assert row["8"]["failures"] == 0 or (transport == "rma" and apart > 1.275), (apart, row)
+    for bits in ("32", "8"):
+        for kind in ("model", "control"):
+            sent = sum(r[bits]["stats"][kind]["bytes_sent"] for r in rows)
+            assert sent > 0 and sent == sum(r[bits]["stats"][kind]["bytes_recv"] for r in rows), (bits, kind)
         # Initial models differ by ~0.3 in max-norm; RMA averages use the partner's last published copy (up to a
         # step stale), so consensus is reached more slowly there: 100 rounds bring both well inside 1e-2.
         assert row["32"]["spread"] < 1e-2

@@ -15,3 +15,8 @@ def last_line(exc: BaseException) -> str:
     """The last line of an exception's message: what a failed rank or cell reports in one line."""
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
     return text[-1] if text else type(exc).__name__
+
+
+class ResultsUnwritable(Exception):
+    """The results folder stopped taking writes during a run (a full disk, a folder made read-only): the run ends
+    with this one line and exit status 1; whatever could still be written says status failed."""

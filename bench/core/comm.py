@@ -86,6 +86,7 @@ class Copy:
     stamp: int
     seed: int  # seeds the codec's randomness for this copy: the bytes depend on the copy alone
     blob: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # what `blob` decodes to (kept while a pull-push deposit may name the copy)
 
 
 class CommStats:
@@ -158,6 +159,10 @@ class Comm:
         self.model_numel = 0  # coordinates of the model this node publishes or exposes (sizes codec costs)
         self._now = now  # the engine's clock: wall time for processes, virtual time in the simulator
         self._service = 0  # > 0 while working for a peer (`_serving`)
+        # Pull-push (`pull_push`): copies read for a deposit, by stamp, with the deposits still to come, and the
+        # deposits received and not yet folded in (engines that deliver them here: p2p, the simulator).
+        self._held: dict[int, list] = {}
+        self._deposits: list[tuple[int, torch.Tensor]] = []
 
     # ---- the interface algorithms use -------------------------------------------------------------
     def neighbors(self) -> tuple[int, ...]:
@@ -220,13 +225,18 @@ class Comm:
             self._work("copy", t.numel())
             self._publish(Copy(raw, stamp, seed))
 
-    def blob_of(self, copy: Copy) -> torch.Tensor:
-        """The message a reader of `copy` receives (stamp + encoded model), encoded on first use and kept."""
+    def blob_of(self, copy: Copy, values: bool = False) -> torch.Tensor:
+        """The message a reader of `copy` receives (stamp + encoded model), encoded on first use and kept; with
+        `values`, also what it decodes to (`copy.values`: a pull-push deposit is decoded against them)."""
         if copy.blob is None:
             stamp_bytes = torch.tensor([copy.stamp], dtype=torch.int64).view(torch.uint8)
             gen = torch.Generator().manual_seed(copy.seed)
             copy.blob = torch.cat([stamp_bytes, self._encode(copy.raw, generator=gen)])
-            copy.raw = None  # encoded once: the raw values are not needed any more (the simulator's memory)
+        if values and copy.values is None:
+            if copy.raw is None:
+                raise RuntimeError(f"rank {self.rank}: copy {copy.stamp} was read plainly before a pull-push read")
+            copy.values = self._own_values(copy.blob[STAMP_BYTES:], copy.raw)
+        copy.raw = None  # encoded once: the raw values are not needed any more (the simulator's memory)
         return copy.blob
 
     def set_step(self, step: int) -> None:
@@ -282,6 +292,79 @@ class Comm:
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
             self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
 
+    def pull_push(self, peer: int, kind: str) -> int:
+        """The paper's interaction with both endpoints moving, neither waiting for the other: read `peer`'s last
+        published copy (one-sided, as `read`), move this node's exposed model to the average, and deposit the
+        opposite move with the peer, which folds it in when it next enters `exclusive()` (before its next step).
+        Returns the stamp of the copy read.
+
+        The deposit is this node's encoded model, the failure bitmap and the copy's stamp; the peer decodes it
+        against the values of the copy read (it keeps them until the deposit arrives: `serve_read(keep=True)`)
+        and moves by half the difference outside the skipped buckets, the exact negation of our move (`_lead`,
+        `_follow`), so the sum of models is conserved exactly. No lock is held across nodes. Bytes: the read's,
+        then a request header (control) and 8 + f + m model bytes sent; the peer counts the mirror image.
+        """
+        if self._live is None:
+            raise RuntimeError("pull_push() before expose(): expose this node's live model first")
+        with self._timed(kind):
+            with self._model_lock:
+                snap = self._live.detach().to("cpu", copy=True)
+            numel = snap.numel()
+            self._work("copy", numel)
+            msg = self._encode(snap)
+            mine = self._own_values(msg, snap)
+            moved: list[torch.Tensor] = []
+
+            def respond(blob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                move, skip = self._lead(blob[STAMP_BYTES:], msg, mine)
+                moved.append(move)
+                return torch.cat([blob[:STAMP_BYTES], self.codec.pack_failures(skip), msg]), move
+
+            blob = self._pull_push(peer, STAMP_BYTES + msg.numel(), respond)
+            self.stats.add("control", sent=self.request_bytes, msgs_sent=1)
+            self.stats.add(kind, recv=blob.numel(), msgs_recv=1)
+            with self._model_lock:
+                self._live.add_(moved[0].to(self._live.device))
+            self._work("average", numel)
+            stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
+        return stamp
+
+    def fold_deposits(self) -> None:
+        """Fold the pull-push deposits received so far into the exposed model (the caller holds the model lock)."""
+        if not self._deposits:
+            return
+        with self._deposit_lock():
+            deposits, self._deposits = self._deposits, []
+        numel = self._live.numel()
+        m, f = self.codec.wire_bytes(numel), self.codec.bitmap_bytes(numel)
+        with self._serving():  # the passive side of peers' pull-pushes
+            for stamp, dep in deposits:
+                with self._deposit_lock():
+                    held = self._held[stamp]
+                    held[1] -= 1
+                    if held[1] == 0:
+                        del self._held[stamp]
+                copy = held[0]
+                skip = self.codec.unpack_failures(dep[STAMP_BYTES : STAMP_BYTES + f], numel)
+                move = self._follow(dep[STAMP_BYTES + f :].clone(), copy.values, skip)
+                self._live.add_(move.to(self._live.device))
+                self._work("average", numel)
+                self.stats.add("control", recv=self.request_bytes, msgs_recv=1)
+                self.stats.add("model", recv=STAMP_BYTES + f + m, msgs_recv=1)
+
+    def _received_deposit(self, dep: torch.Tensor) -> None:
+        """An engine delivered a peer's pull-push deposit (stamp, bitmap, message): queue it for `fold_deposits`."""
+        stamp = int(dep[:STAMP_BYTES].clone().view(torch.int64)[0])
+        with self._deposit_lock():
+            self._deposits.append((stamp, dep))
+
+    def _deposit_lock(self) -> contextlib.AbstractContextManager:
+        """Guards the held copies and received deposits (a responder thread adds to them on real processes)."""
+        return contextlib.nullcontext()
+
+    def _await_deposits(self) -> None:
+        """At `finish_cell`: return once every read for a deposit has its deposit (engines where it may lag)."""
+
     def serve_average(self, msg: torch.Tensor, kind: str = "model") -> torch.Tensor:
         """The passive side of `average_with` (called by the engine for a peer's request): returns the reply, our
         encoded model followed by the failure bitmap of the buckets both sides skip."""
@@ -299,11 +382,21 @@ class Comm:
         self.stats.add(kind, sent=reply.numel(), recv=msg.numel(), msgs_sent=1, msgs_recv=1)
         return reply
 
-    def serve_read(self, copy: Copy, kind: str = "model") -> torch.Tensor:
+    def serve_read(self, copy: Copy, kind: str = "model", keep: bool = False) -> torch.Tensor:
         """The passive side of a `read` (engines call it when they serve one): the message for `copy`, encoded
-        here on its first read (timed as serve_seconds), and counted."""
+        here on its first read (timed as serve_seconds), and counted. `keep`: a pull-push read, whose deposit
+        will name the copy by its stamp; the copy's decoded values are kept until that deposit is folded in."""
         with self._serving():
-            blob = self.blob_of(copy)
+            blob = self.blob_of(copy, values=keep)
+        if keep:
+            with self._deposit_lock():
+                held = self._held.setdefault(copy.stamp, [copy, 0])
+                if held[0] is not copy:
+                    raise RuntimeError(
+                        f"rank {self.rank} published two copies with stamp {copy.stamp}: pull-push names copies by "
+                        "their stamps, which must grow from publish to publish"
+                    )
+                held[1] += 1
         self.stats.add_staleness(self.live_step - copy.stamp)  # the owner knows its live step: no bytes for it
         self.stats.add("control", recv=HEADER_BYTES, msgs_recv=1)
         self.stats.add(kind, sent=blob.numel(), msgs_sent=1)
@@ -320,9 +413,13 @@ class Comm:
         if self.size > 1:
             self._barrier()
 
-    def exclusive(self) -> contextlib.AbstractContextManager:
-        """Held by the training loop while it computes on or updates the model (passive averages wait)."""
-        return self._model_lock
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Held by the training loop while it computes on or updates the model (passive averages wait). On entry
+        the pull-push deposits peers left since the last time are folded into the exposed model."""
+        with self._model_lock:
+            self.fold_deposits()
+            yield
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         """Fresh counters, the cell's codec, no exposed/published model (between algorithms)."""
@@ -334,9 +431,16 @@ class Comm:
         self.live_step = 0
         with self._model_lock:
             self._live = None
+        with self._deposit_lock():
+            self._held, self._deposits = {}, []
 
     def finish_cell(self) -> None:
-        """After the end-of-cell fence: engines that learn late what they served count it here."""
+        """After the end-of-cell fence: engines that learn late what they served count it here, and the last
+        pull-push deposits are folded in (every read for a deposit has its deposit by now: `_await_deposits`)."""
+        if self._held:
+            self._await_deposits()
+        with self._model_lock:
+            self.fold_deposits()
 
     def close(self) -> None:
         """Release engine resources once all nodes stop issuing requests."""
@@ -437,6 +541,15 @@ class Comm:
         """Deliver `msg` to `peer`, have it run `serve_average`, return its reply (`reply_bytes` long)."""
         raise NotImplementedError
 
+    def _pull_push(self, peer: int, nbytes: int, respond) -> torch.Tensor:
+        """Read `peer`'s copy for a deposit (`nbytes`: stamp + message), call `respond(blob)` -> (deposit, our
+        move), deliver the deposit to `peer` and count it; return the blob (`pull_push` counts the read)."""
+        raise NotImplementedError
+
+    def _count_deposit(self, deposit: torch.Tensor) -> None:
+        self.stats.add("control", sent=self.request_bytes, msgs_sent=1)
+        self.stats.add("model", sent=deposit.numel(), msgs_sent=1)
+
     def _barrier(self) -> None:
         raise NotImplementedError
 
@@ -512,7 +625,7 @@ class _HorovodWork:
 
 
 # Request opcodes served by the responder thread.
-_READ, _AVERAGE, _STOP = 1, 2, 3
+_READ, _AVERAGE, _STOP, _DEPOSIT = 1, 2, 3, 4
 
 
 def exit_on_responder_error(exc: BaseException, rank: int) -> None:
@@ -555,6 +668,8 @@ class TorchComm(Comm):
         self._hvd = None  # horovod.torch when --allreduce-impl horovod
         self._model_lock = threading.Lock()
         self._pub_lock = threading.Lock()
+        self._dep_lock = threading.Lock()  # held copies and received deposits (`Comm.pull_push`)
+        self._timeout_s = timeout_s
         self._published: Copy | None = None
         self._responder: threading.Thread | None = None
         # Under nccl the default group only takes CUDA tensors; CPU tensors (encoded messages, evaluation
@@ -632,15 +747,37 @@ class TorchComm(Comm):
         with self._pub_lock:  # the responder encodes the copy when a read arrives (`serve_read`)
             self._published = copy
 
-    def _request(self, op: int, peer: int, nbytes: int) -> None:
-        header = torch.tensor([op, self.rank, nbytes, 0], dtype=torch.int64)
+    def _request(self, op: int, peer: int, nbytes: int, flag: int = 0) -> None:
+        header = torch.tensor([op, self.rank, nbytes, flag], dtype=torch.int64)
         self._dist.send(header, dst=peer, group=self._req)
 
-    def _read(self, peer: int, nbytes: int) -> torch.Tensor:
+    def _read(self, peer: int, nbytes: int, keep: bool = False) -> torch.Tensor:
         out = torch.empty(nbytes, dtype=torch.uint8)
-        self._request(_READ, peer, nbytes)
+        self._request(_READ, peer, nbytes, int(keep))
         self._dist.recv(out, src=peer, group=self._rep)
         return out
+
+    def _pull_push(self, peer: int, nbytes: int, respond) -> torch.Tensor:
+        blob = self._read(peer, nbytes, keep=True)
+        deposit, _ = respond(blob)
+        self._request(_DEPOSIT, peer, deposit.numel())
+        self._dist.send(deposit, dst=peer, group=self._req)
+        self._count_deposit(deposit)
+        return blob
+
+    def _deposit_lock(self) -> contextlib.AbstractContextManager:
+        return self._dep_lock
+
+    def _await_deposits(self) -> None:
+        # After the last fence every deposit has been sent; our responder may still be receiving the last ones.
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            with self._dep_lock:
+                if sum(n for _, n in self._held.values()) <= len(self._deposits):
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {self.rank}: pull-push deposits still missing after {self._timeout_s:g} s")
+            time.sleep(0.001)
 
     def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
         self._request(_AVERAGE, peer, msg.numel())
@@ -656,7 +793,7 @@ class TorchComm(Comm):
         try:
             while True:
                 src = dist.recv(header, src=None, group=self._req)
-                op, requester, nbytes, _ = header.tolist()
+                op, requester, nbytes, flag = header.tolist()
                 if op == _STOP:
                     return
                 if op == _READ:
@@ -664,7 +801,8 @@ class TorchComm(Comm):
                         copy = self._published
                     if copy is None:
                         raise RuntimeError(f"rank {requester} read from rank {self.rank}, which published nothing")
-                    blob = self.serve_read(copy)  # count first: the reader may read our counters once it has the reply
+                    # Count first: the reader may read our counters once it has the reply.
+                    blob = self.serve_read(copy, keep=bool(flag))
                     if blob.numel() != nbytes:
                         raise RuntimeError(
                             f"rank {requester} read {nbytes} bytes from rank {self.rank}, "
@@ -675,6 +813,10 @@ class TorchComm(Comm):
                     incoming = torch.empty(nbytes, dtype=torch.uint8)
                     dist.recv(incoming, src=src, group=self._req)
                     dist.send(self.serve_average(incoming), dst=src, group=self._rep)
+                elif op == _DEPOSIT:
+                    incoming = torch.empty(nbytes, dtype=torch.uint8)
+                    dist.recv(incoming, src=src, group=self._req)
+                    self._received_deposit(incoming)
                 else:
                     raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
         except BaseException as exc:  # the handler ends the process, so no peer waits forever for a reply
@@ -728,11 +870,17 @@ class RmaComm(TorchComm):
     averages (bits=32) always take that path (no slots): the float32 move is then the message. Locks are always
     taken model window first, inbox second, and an owner holds its own inbox lock only to copy it: no deadlock.
 
+    `pull_push` (SwarmSGD's pull-push mode) reads under a *shared* lock of the partner's window instead (readers
+    do not exclude each other), Gets the version with the copy, and deposits as above before unlocking: the
+    partner's next write into its window waits for that unlock, so the same two rules hold. The partner
+    publishes its copies itself then (`publish`), and its window is no longer rewritten at every `exclusive()`.
+
     Byte accounting, with m = `Codec.wire_bytes`, f = `Codec.bitmap_bytes` and n coordinates. A read costs the
     reader an 8-byte increment of the owner's served-reads counter (control), the owner's 8-byte live step
     counter (control, which the owner writes after every step: `set_step`) and 8 + m bytes back (stamp,
     message); the reader computes the read's staleness (live step - stamp); the owner learns from its counter
-    how many reads it served. An average costs the initiator 8 control bytes each way (the deposit counter's
+    how many reads it served and counts the mirror image. A pull-push is a read, the 8-byte version (control)
+    and a deposit as an average's. An average costs the initiator 8 control bytes each way (the deposit counter's
     Fetch_and_op: the increment, the old value back), 8 + m model bytes received (version, message) and
     8 + f + m model bytes sent (version, bitmap, message), or 4n instead when the partner's slots were full or
     bits=32; the partner counts the mirror image as it drains each deposit. A quantized average thus moves
@@ -771,6 +919,7 @@ class RmaComm(TorchComm):
         self._version = 0  # number of the last message written into our window
         self._kept: dict[int, _Kept] = {}  # version -> message, for the deposits that may still name it
         self._averages_served = 0
+        self._publishing = False  # the algorithm publishes copies itself (pull-push): no republish per section
         self.inbox_full = 0  # averages initiated here whose partner had no free slot (sent as float32)
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
@@ -807,6 +956,7 @@ class RmaComm(TorchComm):
         # A passive-target read takes whatever lies in the window: encode now, at every publish (see the module doc).
         raw = copy.raw
         blob = self.blob_of(copy)
+        self._publishing = True
         if self._win is None:  # first publish of the cell: every rank gets here in the same order
             self._allocate(blob.numel(), None)
         self._write_live_step()  # publish may have raised it to the stamp
@@ -857,7 +1007,7 @@ class RmaComm(TorchComm):
             if self._inbox is not None and self._live is not None:
                 self._drain_inbox()
             yield
-            if self._inbox is not None and self._live is not None:
+            if self._inbox is not None and self._live is not None and not self._publishing:
                 self._republish()
 
     def _values_of(self, version: int) -> torch.Tensor:
@@ -901,9 +1051,13 @@ class RmaComm(TorchComm):
                 self._live.add_(delta.to(self._live.device))
             if count:
                 self._averages_served += count
-                self.stats.add("control", sent=8 * count, recv=8 * count, msgs_recv=count)
+                # The deposit counter's old value out, its increment in; a pull-push reader also Got our version.
+                self.stats.add("control", sent=(16 if self._publishing else 8) * count, recv=8 * count, msgs_recv=count)
                 recv = (8 + f + m) * slotted + 4 * n * (count - slotted)
-                self.stats.add("model", sent=(8 + m) * count, recv=recv, msgs_sent=count, msgs_recv=count)
+                # average_with Gets our message outside the reads counter: its bytes are counted here. A pull-push
+                # read increments the counter, so `finish_cell` counts it with the other reads.
+                sent, msgs = (0, 0) if self._publishing else ((8 + m) * count, count)
+                self.stats.add("model", sent=sent, recv=recv, msgs_sent=msgs, msgs_recv=count)
         # Deposits still to come name the current version or a later one (see the class docstring).
         self._kept = {v: kept for v, kept in self._kept.items() if v >= self._version}
 
@@ -948,34 +1102,70 @@ class RmaComm(TorchComm):
             m = msg.numel()
             version = np.empty(8, dtype=np.uint8)  # the int64 version number of the partner's message
             theirs = np.empty(m, dtype=np.uint8)
-            one, slot = np.ones(1, dtype=np.int64), np.empty(1, dtype=np.int64)
             self._win.Lock(peer, MPI.LOCK_EXCLUSIVE)
             self._win.Get(version, peer, target=(self._VERSION, 8, MPI.BYTE))
             self._win.Get(theirs, peer, target=(self._COUNTERS + STAMP_BYTES, m, MPI.BYTE))
             self._win.Flush(peer)  # a Get's buffer is undefined until the operation completes
             move, skip = self._lead(torch.from_numpy(theirs), msg, mine)
-            self._inbox.Lock(peer, MPI.LOCK_EXCLUSIVE)
-            self._inbox.Fetch_and_op([one, 1, MPI.INT64_T], [slot, 1, MPI.INT64_T], peer, 0, op=MPI.SUM)
-            self._inbox.Flush(peer)
-            if int(slot[0]) < self._slots:
-                deposit = np.concatenate([version, self.codec.pack_failures(skip).numpy(), msg.numpy()])
-                at = 8 + int(slot[0]) * self._slot_bytes
-                self._inbox.Put(deposit, peer, target=(at, deposit.size, MPI.BYTE))
-            else:  # no free slot (or bits=32): the exact float32 move, negated, summed into the delta area
-                deposit = (-move).numpy()
-                self._inbox.Accumulate(
-                    [deposit, deposit.size, MPI.FLOAT],
-                    peer,
-                    target=(self._delta_at, deposit.size, MPI.FLOAT),
-                    op=MPI.SUM,
-                )
-                self.inbox_full += int(self._slots > 0)
-            self._inbox.Unlock(peer)
+            deposit = np.concatenate([version, self.codec.pack_failures(skip).numpy(), msg.numpy()])
+            sent = self._deposit(peer, deposit, move)
             self._win.Unlock(peer)  # only now may the partner write a newer version
             with self._model_lock:
                 self._live.add_(move.to(self._live.device))
-            self.stats.add("control", sent=8, recv=8, msgs_sent=1)
-            self.stats.add(kind, sent=deposit.nbytes, recv=8 + m, msgs_sent=1, msgs_recv=1)
+            self.stats.add(kind, sent=sent, recv=8 + m, msgs_sent=1, msgs_recv=1)
+
+    def _deposit(self, peer: int, deposit, move: torch.Tensor) -> int:
+        """Put `deposit` (version, bitmap, message) in a free slot of `peer`'s inbox, or, when none is free (or
+        bits=32), accumulate the exact float32 `move`, negated, into its delta area; the caller holds `peer`'s
+        model window lock. Counts the deposit counter's Fetch_and_op; returns the model bytes sent."""
+        import numpy as np
+
+        MPI = self._MPI
+        one, slot = np.ones(1, dtype=np.int64), np.empty(1, dtype=np.int64)
+        self._inbox.Lock(peer, MPI.LOCK_EXCLUSIVE)
+        self._inbox.Fetch_and_op([one, 1, MPI.INT64_T], [slot, 1, MPI.INT64_T], peer, 0, op=MPI.SUM)
+        self._inbox.Flush(peer)
+        if int(slot[0]) < self._slots:
+            at = 8 + int(slot[0]) * self._slot_bytes
+            self._inbox.Put(deposit, peer, target=(at, deposit.size, MPI.BYTE))
+        else:  # no free slot (or bits=32): the exact float32 move, negated, summed into the delta area
+            deposit = (-move).numpy()
+            self._inbox.Accumulate(
+                [deposit, deposit.size, MPI.FLOAT],
+                peer,
+                target=(self._delta_at, deposit.size, MPI.FLOAT),
+                op=MPI.SUM,
+            )
+            self.inbox_full += int(self._slots > 0)
+        self._inbox.Unlock(peer)
+        self.stats.add("control", sent=8, recv=8, msgs_sent=1)
+        return deposit.nbytes
+
+    def _pull_push(self, peer: int, nbytes: int, respond) -> torch.Tensor:
+        """Pull-push on RMA: under a shared lock of `peer`'s model window (readers do not exclude each other, the
+        partner's next write waits for it), Get its version, live step and copy, then deposit in its inbox as
+        `average_with` does. The deposit names the version, which the partner keeps until its next drain: it
+        cannot write a newer one before we unlock."""
+        import numpy as np
+
+        MPI = self._MPI
+        out = np.empty(16 + nbytes, dtype=np.uint8)  # version, the owner's live step, then stamp + message
+        one = np.ones(1, dtype=np.int64)
+        self._win.Lock(peer, MPI.LOCK_SHARED)
+        self._win.Get(out, peer, target=(self._VERSION, 16 + nbytes, MPI.BYTE))
+        self._win.Accumulate([one, 1, MPI.INT64_T], peer, target=(0, 1, MPI.INT64_T), op=MPI.SUM)
+        self._win.Flush(peer)
+        live, stamp = np.frombuffer(out[8:24].tobytes(), dtype=np.int64)
+        self.stats.add_staleness(int(live) - int(stamp))
+        self.stats.add("control", recv=16)  # the version and the live step
+        blob = torch.from_numpy(out[16:])
+        deposit, move = respond(blob)
+        deposit = deposit.numpy()
+        deposit[:8] = out[:8]  # the version read names the copy (not its stamp)
+        sent = self._deposit(peer, deposit, move)
+        self._win.Unlock(peer)
+        self.stats.add("model", sent=sent, msgs_sent=1)
+        return blob
 
     def finish_cell(self) -> None:
         """Count the reads peers took from our window and drain the last deposits (collective: after a fence)."""
@@ -984,7 +1174,8 @@ class RmaComm(TorchComm):
         reads, _ = self.served()
         if reads:
             blob_bytes = self._buf.size - self._COUNTERS
-            self.stats.add("control", recv=8 * reads, msgs_recv=reads)
+            # The readers' increments of the counter in, our live step counter out.
+            self.stats.add("control", recv=8 * reads, sent=8 * reads, msgs_recv=reads)
             self.stats.add("model", sent=blob_bytes * reads, msgs_sent=reads)
         if self._inbox is not None and self._live is not None:
             with self._model_lock:

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -39,6 +40,7 @@ from bench.base.console import LiveProgress, closest
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_frame, atomic_write_json
 from bench.base.host import new_results_folder
+from bench.base.signals import stop_signals
 from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.records.read import read_meta
 from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
@@ -493,7 +495,9 @@ def execute_sweep(
     if skipped:
         ui.line(f"sweep: {skipped} of {len(cells)} cells already finished in {out_dir}: skipped")
     try:
-        with ui:
+        # SIGTERM too becomes Interrupted (Ctrl-C already is a KeyboardInterrupt): the running cell writes its results
+        # with status interrupted and the sweep's meta.json says interrupted, so --resume reruns that cell.
+        with stop_signals(), ui:
             ui.done = skipped
             if ui.progress is not None:
                 ui.progress.update(ui.task, completed=skipped)
@@ -524,6 +528,8 @@ def execute_sweep(
                 info.update(status="interrupted", reason="the sweep was stopped while this cell ran")
         meta["ended_at"] = now_iso()
         atomic_write_json(out_dir / "meta.json", meta)
+        again = shlex.join(["swarmbench", "sweep", "--out", str(out_dir), "--resume"])
+        print(f"sweep interrupted: the finished cells are kept in {out_dir}; to continue: {again}", flush=True)
         raise
     failed = [c for c in cells if meta["cells"][c.id]["status"] != "ok"]
     meta["status"] = "failed" if failed else "ok"

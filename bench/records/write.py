@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-from bench.base.files import atomic_write_frame, atomic_write_json, atomic_write_text
+from bench.base.errors import ResultsUnwritable
+from bench.base.files import LineLog, atomic_write_frame, atomic_write_json, atomic_write_text
 from bench.records.tables import write_tables
 from bench.records.tensorboard import write_events
 from bench.training.config import hyper
@@ -86,21 +87,31 @@ SUMMARY_COLUMNS = [
 
 
 class StagingWriter:
-    """One worker's rows, appended and flushed line by line so a crash keeps everything recorded so far."""
+    """One worker's rows, one whole line per write (`LineLog`): a crash keeps everything recorded so far, and a full
+    disk ends the writer with `ResultsUnwritable`, never with half a line."""
 
-    def __init__(self, out_dir: Path, rank: int, run_id: str, nodes: int) -> None:
-        staging = out_dir / STAGING
-        staging.mkdir(parents=True, exist_ok=True)
-        self.f = open(staging / f"rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+    def __init__(self, out_dir: Path, rank: int | str, run_id: str, nodes: int) -> None:
+        path = out_dir / STAGING / f"rank{rank}.jsonl"
+        try:
+            self.log = LineLog(path)
+        except OSError as exc:
+            raise ResultsUnwritable(
+                f"cannot write the records to '{path}': {exc.strerror or exc}: choose a folder you can write to"
+            ) from exc
         self.base = {"run_id": run_id, "nodes": nodes}
 
     def write(self, row: dict[str, Any]) -> None:
         row = {**self.base, **{k: v for k, v in row.items() if k != "type"}}
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        try:
+            self.log.write(json.dumps(row))
+        except OSError as exc:
+            raise ResultsUnwritable(
+                f"cannot write the records to '{self.log.path}': {exc.strerror or exc}: "
+                "free some space or choose another --out"
+            ) from exc
 
     def close(self) -> None:
-        self.f.close()
+        self.log.close()
 
 
 def git_facts() -> dict[str, Any]:
@@ -348,10 +359,15 @@ def _derive(r, nodes: int) -> dict[str, Any]:
     return out
 
 
+RUN_STATUSES = ("ok", "failed", "interrupted")  # meta.json's run status once a run has ended
+
+
 def finalize(
-    out_dir: Path, cfg, meta: dict[str, Any], statuses: dict[str, str], reasons: dict[str, str], failed: bool
+    out_dir: Path, cfg, meta: dict[str, Any], statuses: dict[str, str], reasons: dict[str, str], status: str
 ) -> Any:
-    """Merge staging rows, write records/summary/tables/meta atomically; return the summary frame."""
+    """Merge staging rows, write records/summary/tables/meta atomically, with the run's `status` (RUN_STATUSES);
+    return the summary frame. The staging folder is removed only once everything else is written."""
+    assert status in RUN_STATUSES, status
     import pandas as pd
 
     rows = read_staging(out_dir)
@@ -371,7 +387,7 @@ def finalize(
         write_events(out_dir, records, summary, cfg)
     meta = dict(meta)
     meta["ended_at"] = now_iso()
-    meta["status"] = "failed" if failed else "ok"
+    meta["status"] = status
     meta["algorithms"] = {
         name: {"status": statuses.get(name, "skipped"), "reason": reasons.get(name, "")} for name in cfg.algorithms
     }

@@ -10,6 +10,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -22,15 +23,23 @@ from typing import Any
 from bench.base.console import RunUI
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_json
+from bench.base.signals import Interrupted, deferred, stop_signals
 from bench.core.comm import resolve_transport
 from bench.core.models import build_model
 from bench.engine.processes import worker
 from bench.engine.processes.env import detect, under_mpi
 from bench.engine.processes.launchers import LAUNCHERS, check_launcher
-from bench.engine.processes.spawn import PEER_LOSS_HINTS, launch
+from bench.engine.processes.spawn import PEER_LOSS_HINTS, Outcome, launch
 from bench.records.tables import print_tables
 from bench.records.write import build_meta, finalize, now_iso
-from bench.run.outcome import check_out_dir, statuses_for
+from bench.run.outcome import (
+    claimed_out_dir,
+    interrupted_lines,
+    run_status,
+    statuses_for,
+    unwritable,
+    write_results,
+)
 from bench.run.simulate import execute_sim
 from bench.training.config import RunConfig, load_toml, parse_set
 from bench.training.loop import make_shards, run_data
@@ -58,7 +67,8 @@ def nodes_from_launcher(given: dict[str, Any], config_file: str | None, sets: tu
 
 
 def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
-    """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed)."""
+    """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed). A SIGINT or
+    SIGTERM stops the workers, writes the results so far (status interrupted) and raises `Interrupted`."""
     if cfg.engine == "sim":  # virtual nodes in this process (bench.engine.sim.cluster); no launcher involved
         return execute_sim(cfg, out, argv, interactive)
 
@@ -70,26 +80,45 @@ def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool 
     # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
     launcher = LAUNCHERS[cfg.launcher]
     transport = resolve_transport(cfg.transport, under_mpi=under_mpi(cfg.launcher), single_host=launcher.single_host)
-    out_dir = check_out_dir(out)
-    preflight(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with claimed_out_dir(out) as out_dir:
+        preflight(cfg)
+        return _launch_and_write(cfg, launcher, transport, out_dir, argv, interactive)
+
+
+def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, argv: list[str], interactive) -> int:
     run_id = out_dir.name
     meta = build_meta(cfg, run_id=run_id, argv=argv, engine="processes", backend="gloo", transport=transport)
     meta["launch"] = {"mode": "spawned"}
-    atomic_write_json(out_dir / "meta.json", meta)
-    with RunUI(cfg.algorithms, interactive) as ui:
-        outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)
-    failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
-    who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
-    statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, (who, error) if outcome.failed else None)
-    meta["hosts"] = outcome.launch.pop("hosts", None)
-    meta["transport"] = outcome.launch.pop("transport", transport)
-    meta["backend"] = outcome.launch.pop("backend", meta["backend"])
-    meta["devices"] = outcome.launch.pop("devices", None)
-    meta["launch"].update(outcome.launch)
-    summary = finalize(out_dir, cfg, meta, statuses, reasons, outcome.failed)
+    # From here on a signal stops the run cleanly: the results so far are written with status interrupted.
+    with stop_signals():
+        try:
+            atomic_write_json(out_dir / "meta.json", meta)
+        except OSError as exc:
+            raise unwritable(out_dir, exc) from exc
+        with RunUI(cfg.algorithms, interactive) as ui:
+            try:
+                outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)
+            except Interrupted as exc:  # between two steps of the launch: nothing is left running
+                outcome = Outcome(interrupted=exc.name)
+        # A Ctrl-C from here on lets the results be finished first (a second one still exits at once).
+        with deferred():
+            failed_rank, error = outcome.root_cause() if outcome.failed else (None, "")
+            who = "the launcher" if failed_rank == -1 else f"rank {failed_rank}"
+            failure = (who, error) if outcome.failed else None
+            statuses, reasons = statuses_for(cfg, outcome.started, outcome.done, failure, outcome.interrupted)
+            meta["hosts"] = outcome.launch.pop("hosts", None)
+            meta["transport"] = outcome.launch.pop("transport", transport)
+            meta["backend"] = outcome.launch.pop("backend", meta["backend"])
+            meta["devices"] = outcome.launch.pop("devices", None)
+            meta["launch"].update(outcome.launch)
+            status = run_status(outcome.failed, outcome.interrupted)
+            summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
     ui.console.print(f"results: {out_dir}")
     print_tables(summary, ui.console)
+    if outcome.interrupted:
+        for line in interrupted_lines(out_dir, outcome.interrupted):
+            ui.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise Interrupted(getattr(signal, outcome.interrupted))
     if outcome.failed:
         from rich.markup import escape
 
@@ -131,11 +160,17 @@ class RankZeroResults:
                 quick = {**self.meta, "status": "failed", "ended_at": now_iso()}
                 quick["algorithms"] = {n: {"status": statuses[n], "reason": reasons[n]} for n in self.cfg.algorithms}
                 atomic_write_json(self.out_dir / "meta.json", quick)
-            return finalize(self.out_dir, self.cfg, self.meta, statuses, reasons, failure is not None)
+            return finalize(self.out_dir, self.cfg, self.meta, statuses, reasons, run_status(failure is not None, None))
 
 
 def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> int:
-    """One rank of `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun)."""
+    """One rank of `mpirun -np N swarmbench run ...` (or torchrun, srun, horovodrun). Rank 0 holds the results
+    folder's lock until it ends."""
+    with contextlib.ExitStack() as claim:
+        return _execute_launched(cfg, env, out, argv, claim)
+
+
+def _execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str], claim: contextlib.ExitStack) -> int:
     import torch.distributed as dist
 
     worker.check_world(cfg, env)
@@ -152,7 +187,7 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     meta: dict[str, Any] = {}
     if rank0:
         try:
-            decision["out_dir"] = str(check_out_dir(out))
+            decision["out_dir"] = str(claim.enter_context(claimed_out_dir(out)))
         except UserError as exc:
             decision["error"] = str(exc)
         else:
@@ -175,10 +210,7 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
         raise UserError(decision["error"])
     out_dir = Path(decision["out_dir"])
     transport = worker.session_transport(cfg, session)
-    created = False
     if rank0:
-        created = not out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
         meta["transport"] = transport
         meta["hosts"] = session.hosts
         meta["backend"], meta["devices"] = session.backend, session.devices
@@ -191,9 +223,7 @@ def execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str]) -> i
     if not all(seen):
         blind = sorted({session.hosts[r] for r, ok in enumerate(seen) if not ok})
         if rank0:
-            (out_dir / "meta.json").unlink()
-            if created:
-                out_dir.rmdir()
+            (out_dir / "meta.json").unlink()  # the folder itself goes with the claim if this run created it
         session.close()
         raise UserError(
             f"results folder '{out_dir}' is not visible on {', '.join(blind)}: "

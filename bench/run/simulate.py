@@ -8,14 +8,16 @@ and meta.json of its own. The simulated cluster itself (`bench.engine.sim.cluste
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from bench.base.console import RunUI
-from bench.base.errors import UserError, last_line
+from bench.base.errors import ResultsUnwritable, UserError, last_line
 from bench.base.files import atomic_write_frame, atomic_write_json
+from bench.base.signals import Interrupted, deferred, stop_signals
 from bench.core.models import build_model
 from bench.core.topology import build_topology
 from bench.engine.processes.env import detect
@@ -31,8 +33,15 @@ from bench.engine.sim.cluster import (
 )
 from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
-from bench.records.write import StagingWriter, build_meta, finalize, now_iso, scaling_frame, series_target
-from bench.run.outcome import check_out_dir, statuses_for
+from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame, series_target
+from bench.run.outcome import (
+    claimed_out_dir,
+    interrupted_lines,
+    run_status,
+    statuses_for,
+    unwritable,
+    write_results,
+)
 from bench.training.loop import evaluated_epochs, run_data
 
 
@@ -63,10 +72,13 @@ def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None 
     """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`)."""
     if detect() is not None:
         raise UserError("--engine sim runs every node in this one process: start it without mpirun/torchrun/srun")
-    out_dir = check_out_dir(out)
+    with claimed_out_dir(out) as out_dir, stop_signals():
+        return _simulate_into(cfg, out_dir, argv, interactive)
+
+
+def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None) -> int:
     dataset, policy, costs, n_params = prepare(cfg)
     series = tuple(sorted(cfg.node_series))
-    out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
         "shards": policy,
         "memory_estimate_bytes": estimate_bytes(
@@ -77,7 +89,7 @@ def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None 
         "torch_threads": 1,
         "time": "simulated seconds (virtual clocks); no wall-clock time in the results",
     }
-    summaries, records, failed = [], {}, False
+    summaries, records, status = [], {}, "ok"
     with RunUI(cfg.algorithms, interactive) as ui:
         console = ui.console
         for n in series or (cfg.nodes,):
@@ -85,24 +97,27 @@ def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None 
             world_dir = out_dir / f"n{n}" if series else out_dir
             if series:
                 console.print(f"{n} nodes -> {world_dir}")
-            summary, ok = _run_one(cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui)
+            summary, status, interrupted = _run_one(cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui)
             summaries.append(summary)
             if series:
                 records[n] = _read_records(world_dir)
-            if not ok:
-                failed = True
+            if status != "ok":
                 break
     if not series:
         console.print(f"results: {out_dir}")
         print_tables(summaries[0], console)
-        return 1 if failed else 0
-    scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, failed)
-    console.print(f"results: {out_dir}")
-    print_scaling(scaling, series_target(cfg)[1], console)
-    return 1 if failed else 0
+    else:
+        scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, status)
+        console.print(f"results: {out_dir}")
+        print_scaling(scaling, series_target(cfg)[1], console)
+    if interrupted is not None:
+        for line in interrupted_lines(out_dir, interrupted.name):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise interrupted
+    return 0 if status == "ok" else 1
 
 
-def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int, CostModel], facts, failed: bool):
+def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int, CostModel], facts, status: str):
     """The series folder's own files: summary.csv (every node count), scaling.csv/.md and meta.json."""
     import pandas as pd
 
@@ -124,27 +139,34 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
     meta["sim"] = facts
     meta["series"] = {str(n): f"n{n}" for n in series[: len(summaries)]}
     meta["ended_at"] = now_iso()
-    meta["status"] = "failed" if failed else "ok"
+    meta["status"] = status
     meta["algorithms"] = {name: {"status": _worst(combined, name), "reason": ""} for name in cfg.algorithms}
-    atomic_write_json(out_dir / "meta.json", meta)
+    try:
+        atomic_write_json(out_dir / "meta.json", meta)
+    except OSError as exc:
+        raise unwritable(out_dir, exc) from exc
     return scaling
 
 
 def _worst(summary, algorithm: str) -> str:
     statuses = set(summary.loc[summary["algorithm"] == algorithm, "status"])
-    for s in ("failed", "diverged", "skipped"):
+    for s in ("failed", "interrupted", "diverged", "skipped"):
         if s in statuses:
             return s
     return "ok" if statuses else "skipped"
 
 
 def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, facts, ui):
-    """One node count: the full results contract in `out_dir`. Returns (summary, ok)."""
+    """One node count: the full results contract in `out_dir`. Returns (summary, run status, the Interrupted
+    exception when a signal stopped it)."""
     shards = make_sim_shards(cfg, dataset, policy)
     meta = build_meta(cfg, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
     meta["cost_model"] = cost.to_dict()
     meta["sim"] = {**facts, "steps_per_epoch": shards.steps_per_epoch}
-    atomic_write_json(out_dir / "meta.json", meta)
+    try:
+        atomic_write_json(out_dir / "meta.json", meta)
+    except OSError as exc:
+        raise unwritable(out_dir, exc) from exc
     writer = StagingWriter(out_dir, "-all", out_dir.name, cfg.nodes)  # one file, rows in event order
     started: list[str] = []
     done: list[str] = []
@@ -159,28 +181,33 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         (started if event["type"] == "cell_start" else done).append(event["algorithm"])
         ui.event(event)
 
-    failure, interrupted = None, None
+    failure, interrupted, lost = None, None, None
     try:
         with OneTorchThread():
             stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
         used = {size: name for s in stats for size, name in s.allreduce_used.items()}
         meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
+    except ResultsUnwritable as exc:  # the disk, not the algorithm: no traceback, the run ends
+        failure, lost = ("results folder", str(exc)), exc
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))
-    except BaseException as exc:  # Ctrl-C: keep what was recorded, marked failed, then stop
-        failure, interrupted = ("simulator", f"interrupted ({type(exc).__name__})"), exc
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what was recorded, marked interrupted, then stop
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
     finally:
         writer.close()
-    statuses, reasons = statuses_for(cfg, started, done, failure)
-    summary = finalize(out_dir, cfg, meta, statuses, reasons, failure is not None)
-    if interrupted is not None:
-        raise interrupted
+    signal_name = interrupted.name if interrupted is not None else None
+    statuses, reasons = statuses_for(cfg, started, done, failure, signal_name)
+    status = run_status(failure is not None, signal_name)
+    with deferred():  # a Ctrl-C now lets the results be finished first (a second one still exits at once)
+        summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
+    if lost is not None:
+        raise lost
     if failure:
         from rich.markup import escape
 
         ui.console.print(f"[bold red]failed:[/] {escape(failure[1])}", highlight=False)
-    return summary, failure is None
+    return summary, status, interrupted
 
 
 def _read_records(out_dir: Path):

@@ -103,9 +103,10 @@ class RunConfig:
     )  # swarm: fixed H, or geometric with mean H
     swarm_mode: str = opt(
         "nonblocking",
-        "swarm: only the initiator averages (non-blocking) or both atomically (blocking).",
-        choices=("nonblocking", "blocking"),
-    )  # swarm: nonblocking (initiator only) | blocking (both, atomically)
+        "swarm: only the initiator averages (non-blocking), both atomically (blocking), or both without waiting: "
+        "the partner folds the initiator's deposit in before its next step (pushpull).",
+        choices=("nonblocking", "blocking", "pushpull"),
+    )  # swarm: nonblocking (initiator only) | blocking (both, atomically) | pushpull (both, via a deposit)
     bits: int = opt(
         32, "Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization)."
     )  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
@@ -464,9 +465,12 @@ def apply_overrides(base: dict[str, Any], pairs: dict[str, Any], source: str) ->
 
 
 def load_toml(path: str) -> dict[str, Any]:
-    """Flatten a TOML config file into `key -> value` (tables become `table.key`)."""
+    """Flatten a TOML config file into `key -> value` (tables become `table.key`); a results folder's meta.json
+    gives the resolved configuration of that run (`swarmbench run --config DIR/meta.json` runs it again)."""
     if not Path(path).is_file():
         raise UserError(f"config file '{path}' does not exist: pass an existing TOML file to --config")
+    if Path(path).name == "meta.json":
+        return _meta_config(Path(path))
     return flatten_settings(load_toml_text(Path(path))[0])
 
 
@@ -478,6 +482,21 @@ def config_settings(path: str | None) -> dict[str, Any]:
     settings = load_toml(path)
     apply_overrides(RunConfig().to_dict(), settings, f"config file '{path}'")
     return settings
+
+
+def _meta_config(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"'{path}' is not a readable meta.json ({exc}): pass a run's meta.json") from None
+    if not isinstance(config, dict):
+        raise UserError(f"'{path}' holds no run configuration (a sweep's meta.json?): pass a run's meta.json")
+    flat = {k: v for k, v in config.items() if k != "algo_options"}
+    for algo, opts in (config.get("algo_options") or {}).items():
+        flat.update({f"{algo}.{key}": value for key, value in opts.items()})
+    return flat
 
 
 def parse_set(items: typing.Iterable[str]) -> dict[str, str]:

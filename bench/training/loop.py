@@ -301,7 +301,8 @@ def setup_cell(
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
     """One SGD step with the algorithm's hooks around it; returns the (undetached) loss."""
     node, algo = cell.node, cell.algo
-    with clock.compute(), comm.exclusive():
+    # The model lock first: folding in what peers deposited (pull-push, RMA averages) precedes the compute section.
+    with comm.exclusive(), clock.compute():
         xb, yb = cell.sampler.next()
         if dataset.augment is not None:
             xb = dataset.augment(xb, cell.aug_gen)
@@ -309,7 +310,7 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
         loss = loss_of(node.model(xb), yb)
         loss.backward()
     algo.after_backward(step)
-    with clock.compute(), comm.exclusive():
+    with comm.exclusive(), clock.compute():
         if cell.lr_at is not None:
             for group in node.optimizer.param_groups:
                 group["lr"] = cell.lr_at(step)

@@ -6,6 +6,9 @@ forwarded in several chunks. A line holding `worker.EVENT_MARKER` is an event (r
 error); every other line is shown with its rank. One mechanism for every launcher: no extra file descriptors,
 sockets or files, and it works wherever the launcher forwards output.
 
+Interruption: SIGINT (Ctrl-C) or SIGTERM to this process stops every child and everything it started the same way
+(SIGTERM, then SIGKILL) and the outcome says which signal; a second signal SIGKILLs them all and exits at once.
+
 Watchdog: if a child exits with an error, or a rank reports an error and its launcher does not end the job by
 itself within ERROR_GRACE_S, every child and everything it started is stopped (SIGTERM, then SIGKILL after
 KILL_GRACE_S) so that nobody hangs in a collective; the launch reports the failed rank and its error.
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.base.signals import Interrupted, stop_signals
 from bench.engine.processes.launchers import Launcher, build_argv, require_binary, worker_command
 from bench.engine.processes.worker import EVENT_MARKER, PEER_LOSS_HINTS, threads_per_rank
 
@@ -49,6 +53,7 @@ class Outcome:
     signalled: list[int] = field(default_factory=list)  # ranks killed by a signal
     last_lines: dict[int, str] = field(default_factory=dict)
     launch: dict[str, Any] = field(default_factory=dict)  # rank 0's launch facts (rendezvous, hosts, env)
+    interrupted: str | None = None  # the signal that stopped the launch ("SIGINT", "SIGTERM"), if one did
 
     @property
     def failed(self) -> bool:
@@ -211,6 +216,9 @@ def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str =
             for rank in range(cfg.nodes):
                 argv = [sys.executable, "-m", "bench.engine.processes.worker", str(spec_path), str(rank)]
                 children.append(Child(_popen(argv, env), rank, StreamParser(None, rank)))
+        except KeyboardInterrupt as exc:  # stopped while starting them: stop the ones started, report it
+            _stop(children)
+            return Outcome(interrupted=exc.name if isinstance(exc, Interrupted) else "SIGINT")
         except BaseException:
             _stop(children)
             raise
@@ -249,31 +257,21 @@ def _supervise(children: list[Child], ui: LaunchUI, name: str) -> Outcome:
     pumps = [threading.Thread(target=_pump, args=(c, items), daemon=True) for c in children]
     for t in pumps:
         t.start()
-    # The children live in sessions of their own (so a launcher's teardown never signals us): a SIGTERM to
-    # this process must stop them explicitly, or they would run on as orphans.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # The children live in sessions of their own (so a launcher's teardown never signals us, and a terminal's
+    # Ctrl-C reaches only this process): a SIGINT or SIGTERM to this process must stop them explicitly, or they
+    # would run on as orphans; a second one kills them outright (`_kill_now`) before this process exits.
     try:
-        _watch(children, pumps, items, ui, outcome, name)
-    except (KeyboardInterrupt, Terminated) as exc:
-        outcome.errors.setdefault(-1, "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc))
-        _stop(children)
+        with stop_signals(force=lambda: _kill_now(children)):
+            try:
+                _watch(children, pumps, items, ui, outcome, name)
+            except KeyboardInterrupt as exc:
+                outcome.interrupted = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+                _stop(children)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         for t in pumps:
             t.join(timeout=5)
         _drain(items, ui, outcome, name, LauncherLog())
     return outcome
-
-
-class Terminated(Exception):
-    """This process got SIGTERM while watching a launch."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated("stopped by SIGTERM")
 
 
 def _pump(child: Child, items: queue.Queue) -> None:
@@ -425,6 +423,17 @@ def _stop(children: list[Child]) -> None:
     for pid in tree:
         if _alive(pid):
             _signal_pid(pid, signal.SIGKILL)
+
+
+def _kill_now(children: list[Child]) -> None:
+    """SIGKILL every child's process group and every process below the children, without waiting."""
+    tree: set[int] = set()
+    for c in children:
+        tree |= _descendants(c.proc.pid)
+    for c in children:
+        _signal_group(c.proc.pid, signal.SIGKILL)
+    for pid in tree:
+        _signal_pid(pid, signal.SIGKILL)
 
 
 def _descendants(pid: int) -> set[int]:

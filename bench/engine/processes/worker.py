@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.base.errors import UserError, last_line
+from bench.base.errors import ResultsUnwritable, UserError, last_line
 from bench.base.host import usable_cores
 from bench.core.comm import make_comm, resolve_transport
 from bench.core.devices import resolve_backend, resolve_device, synchronized_clock
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             rank = env.rank
         run_worker(spec, rank if env is None else None, env)
     except BaseException as exc:
-        traceback.print_exc()
+        if not isinstance(exc, ResultsUnwritable):  # a full disk is not a bug: its one line says it all
+            traceback.print_exc()
         message = last_line(exc)
         send_event({"type": "error", "rank": rank, "error": message})
         if _mpi_comm is not None and any(h in message for h in PEER_LOSS_HINTS):

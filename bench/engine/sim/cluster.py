@@ -312,13 +312,13 @@ class Cluster:
         else:
             self.wake(r, end)
 
-    def read(self, rank: int, peer: int, nbytes: int) -> torch.Tensor:
+    def read(self, rank: int, peer: int, nbytes: int, keep: bool = False) -> torch.Tensor:
         t0 = time.perf_counter()
         copy = self.published[peer]  # as of this instant: every earlier event has run, no later one has
         if copy is None:
             raise RuntimeError(f"rank {rank} read from rank {peer}, which published nothing")
         owner = self.comms[peer]
-        blob = owner.serve_read(copy)  # encodes the copy on its first read only (lazy publish)
+        blob = owner.serve_read(copy, keep=keep)  # encodes the copy on its first read only (lazy publish)
         if blob.numel() != nbytes:
             raise RuntimeError(f"rank {rank} read {nbytes} bytes from rank {peer}, which published {blob.numel()}")
         serve = owner.take_service()  # the owner's encoding, if this read was the copy's first
@@ -332,6 +332,13 @@ class Cluster:
         self.overhead_s += time.perf_counter() - t0
         self.pause(rank, t)
         return blob  # a copy's message is never written again: no copy needed (the reader decodes a clone)
+
+    def deposit(self, rank: int, peer: int, deposit: torch.Tensor) -> None:
+        """A pull-push deposit: a one-way message (header + deposit); the sender is done when its link is, the
+        partner folds it in at its first model-lock section after it arrives (`SimComm.fold_deposits`)."""
+        arrival = self.p2p(rank, peer, HEADER_BYTES + deposit.numel(), self.clock[rank])
+        self.comms[peer].arrive(arrival, deposit)
+        self.pause(rank, arrival - self.cost.latency)
 
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
         partner = self.comms[peer]
@@ -362,6 +369,7 @@ class SimComm(Comm):
         self._cluster = cluster
         self._codec_key: tuple[str | None, int] = (None, 32)
         self._pending = 0.0
+        self._arriving: list[tuple[float, torch.Tensor]] = []
 
     def _allreduce_seconds(self, t: torch.Tensor) -> float:
         """An allreduce of `t`: the algorithm the cost model picks for its size (recorded for meta.json), its
@@ -391,6 +399,37 @@ class SimComm(Comm):
     def _read(self, peer: int, nbytes: int) -> torch.Tensor:
         return self._cluster.read(self.rank, peer, nbytes)
 
+    def _pull_push(self, peer: int, nbytes: int, respond) -> torch.Tensor:
+        blob = self._cluster.read(self.rank, peer, nbytes, keep=True)
+        deposit, _ = respond(blob)
+        self._cluster.deposit(self.rank, peer, deposit)
+        self._count_deposit(deposit)
+        return blob
+
+    def arrive(self, at: float, deposit: torch.Tensor) -> None:
+        """A peer's pull-push deposit reaches this node at virtual time `at`."""
+        self._arriving.append((at, deposit))
+
+    def fold_deposits(self, everything: bool = False) -> None:
+        """Fold in the deposits that have arrived by now (all of them at the end of the cell); the work is this
+        node's, done before its next compute section, and counted as serving peers."""
+        c, now = self._cluster, self._cluster.clock[self.rank]
+        due = [d for at, d in self._arriving if everything or at <= now]
+        if not due:
+            return
+        self._arriving = [(at, d) for at, d in self._arriving if not (everything or at <= now)]
+        for dep in due:
+            self._received_deposit(dep)
+        super().fold_deposits()
+        seconds = self.take_service()
+        if seconds > 0 and not everything:
+            c.pause(self.rank, now + seconds)
+
+    def finish_cell(self) -> None:
+        with self._model_lock:
+            self.fold_deposits(everything=True)
+        super().finish_cell()
+
     def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
         reply = self._cluster.average(self.rank, peer, msg)
         if reply.numel() != reply_bytes:
@@ -406,6 +445,7 @@ class SimComm(Comm):
         super().start_cell(codec, seed)
         self._codec_key = (self.codec.cfg.quantizer, self.codec.cfg.bits)
         self._pending = 0.0
+        self._arriving: list[tuple[float, torch.Tensor]] = []  # pull-push deposits on their way here
 
     def _work(self, op: str, numel: int) -> None:
         c = self._cluster

@@ -161,29 +161,30 @@ _H200 = _steps(
 )
 
 # `python -m bench.diagnostics.benchmarks sim-profile --repeats 20` (its "work" rows): op, fixed microseconds,
-# nanoseconds per coordinate; one torch thread, torch 2.14.1, 2026-12-03, on the dev VM with other jobs running
-# (an upper bound of the quiet machine's costs).
+# nanoseconds per coordinate; one torch thread, torch 2.14.1, numba 0.68.1 (the fused CPU codec kernels),
+# 2026-12-03, on the dev VM with other jobs running (load average 2: an upper bound of the quiet machine's costs;
+# three runs agreed within 10 % on every per-coordinate figure but the 2-bit uniform encode's).
 _VM_CORE_WORK = _work(
     """
-    copy               2.06    0.371
-    average            0.00    1.469
-    reduce             2.47    0.186
-    encode lattice 2   309.86  5.225
-    decode lattice 2   154.39  11.415
-    encode lattice 4   187.46  5.225
-    decode lattice 4   204.75  7.465
-    encode lattice 8   219.95  4.205
-    decode lattice 8   274.56  6.122
-    encode lattice 16  205.90  5.122
-    decode lattice 16  298.93  5.656
-    encode uniform 2   566.53  7.759
-    decode uniform 2   152.91  0.737
-    encode uniform 4   537.56  6.028
-    decode uniform 4   116.14  0.445
-    encode uniform 8   496.86  5.052
-    decode uniform 8   59.85   0.415
-    encode uniform 16  495.42  6.955
-    decode uniform 16  67.56   0.476
+    copy               2.32    0.157
+    average            6.68    0.558
+    reduce             0.50    0.138
+    encode lattice 2   27.60   0.674
+    decode lattice 2   50.53   0.454
+    encode lattice 4   28.02   0.570
+    decode lattice 4   51.69   0.411
+    encode lattice 8   27.88   0.547
+    decode lattice 8   51.60   0.296
+    encode lattice 16  27.96   0.540
+    decode lattice 16  53.17   0.313
+    encode uniform 2   198.58  0.707
+    decode uniform 2   42.12   0.315
+    encode uniform 4   198.85  0.624
+    decode uniform 4   40.16   0.292
+    encode uniform 8   195.68  0.603
+    decode uniform 8   42.57   0.179
+    encode uniform 16  205.96  0.563
+    decode uniform 16  42.47   0.184
     """
 )
 
