@@ -150,3 +150,18 @@ def test_report_shows_perplexity_where_accuracy_would_be(sim_run, tmp_path):
     assert "### Perplexity (lower is better)" in text and "test ppl (avg model)" in text and "tokens/s" in text
     assert "test acc" not in text
     assert (out / "plots" / "accuracy_vs_time.png").stat().st_size > 0
+
+
+def test_report_time_to_a_perplexity_target(sim_run, tmp_path):
+    out = tmp_path / "report"
+    r = invoke("report", sim_run, "--plot", "time_to_target", "--target-ppl", 5000, "--format", "md", "--out", out)
+    assert r.exit_code == 0, r.output
+    text = (out / "report.md").read_text()
+    assert (
+        "s to ppl 5000" in text
+        and "Training time to test perplexity 5000" in (out / "plots/time_to_target.svg").read_text()
+    )
+    r = invoke("report", sim_run, "--plot", "time_to_target", "--target-ppl", 2, "--out", tmp_path / "none")
+    assert r.exit_code == 2 and "no algorithm reached test perplexity 2" in r.output, r.output
+    r = invoke("report", sim_run, "--target-acc", 0.5, "--out", tmp_path / "acc")
+    assert r.exit_code == 2 and "use --target-ppl P" in r.output, r.output

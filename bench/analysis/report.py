@@ -96,8 +96,9 @@ def shown_keys(results) -> list[str]:
     return ["nodes", *results.varying(rest)]
 
 
-def build_tables(results, target_acc: float | None = None) -> list[Table]:
-    """The throughput / accuracy / comm tables with seeds aggregated, a nodes pivot, and failed cells."""
+def build_tables(results, target_acc: float | None = None, goal: str | None = None) -> list[Table]:
+    """The throughput / accuracy / comm tables with seeds aggregated, a nodes pivot, and failed cells. `goal` names a
+    language model's target ('ppl 150'; `target_acc` is then that perplexity)."""
     if target_acc is not None and "time_to_target_s" not in results.summary.columns:
         add_time_to_target(results, target_acc)
     keys = shown_keys(results)
@@ -113,7 +114,8 @@ def build_tables(results, target_acc: float | None = None) -> list[Table]:
         if target_acc is None:
             metrics = [m for m in metrics if m[0] != "time_to_target_s"]
         headers = ["algorithm", *(KEY_HEADERS.get(k, k) for k in keys), *(["seeds"] if many_seeds else [])]
-        headers += [h if m != "time_to_target_s" else f"s to acc {target_acc:g}" for m, h, _, _ in metrics]
+        reach = f"s to {goal or f'acc {target_acc:g}'}" if target_acc is not None else ""
+        headers += [h if m != "time_to_target_s" else reach for m, h, _, _ in metrics]
         rows = []
         for row in agg.to_dict("records"):
             cells = [str(row["algorithm"]), *(fmt_key(row.get(k)) for k in keys)]
@@ -343,27 +345,43 @@ def build_report(
     formats: tuple[str, ...] = tuple(FORMATS),
     plots: tuple[str, ...] = (),
     target_acc: float | None = None,
+    target_ppl: float | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes)."""
+    """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes). Time to target: a
+    test accuracy `target_acc` for classifiers, a perplexity `target_ppl` (reached by falling to it) for language
+    models."""
     for name in plots:
         if name not in PLOTS:
             raise UserError(f"unknown plot '{name}'{closest(name, PLOTS)}: choose from {', '.join(PLOTS)}")
     if target_acc is not None and not 0 < target_acc <= 1:
         raise UserError(f"--target-acc must be a test accuracy in (0, 1], got {target_acc}")
+    if target_ppl is not None and not target_ppl >= 1:
+        raise UserError(f"--target-ppl must be a perplexity (at least 1), got {target_ppl}")
     results = load_results(folder)
+    lm = is_language_model(results.summary)
+    if lm and target_acc is not None:
+        raise UserError(f"'{folder}' holds language models, scored by perplexity: use --target-ppl P, not --target-acc")
+    if not lm and target_ppl is not None:
+        raise UserError(f"'{folder}' holds classifiers, scored by accuracy: use --target-acc A, not --target-ppl")
     suite = results.meta.get("suite_spec")
     if target_acc is None and suite and suite.get("target_acc") is not None:
         target_acc = float(suite["target_acc"])
+    goal = None
+    if lm:  # time_to_target reads a perplexity target for a language model's records (bench.records.write)
+        target_acc, goal = target_ppl, (f"ppl {target_ppl:g}" if target_ppl is not None else None)
     if "time_to_target" in plots and target_acc is None:
-        raise UserError("--plot time_to_target needs --target-acc A (a test accuracy such as 0.9)")
-    tables = build_tables(results, target_acc)
+        need = "--target-ppl P (a perplexity such as 150)" if lm else "--target-acc A (a test accuracy such as 0.9)"
+        raise UserError(f"--plot time_to_target needs {need}")
+    tables = build_tables(results, target_acc, goal)
     if suite:  # a `swarmbench reproduce` folder: the paper-style tables first
         tables = paper_tables(results) + tables
     wanted = plots or tuple(PLOTS)
     figures, skipped = {}, {}
     for name in wanted:
         try:
-            figures[name] = PLOTS[name].make(results, target_acc=target_acc)
+            figures[name] = PLOTS[name].make(
+                results, target_acc=target_acc, goal=goal and f"test perplexity {target_acc:g}"
+            )
         except Absent as exc:
             if plots:
                 raise UserError(f"--plot {name}: {exc} in '{folder}': choose another plot or folder") from None
