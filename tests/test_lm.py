@@ -65,24 +65,48 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     assert ds.num_classes > 1000  # real text: a vocabulary of CPython's documentation
 
 
+@pytest.mark.parametrize("name", ["transformer-lm", "lstm-lm"])
+def test_language_models_are_causal_and_seeded(name):
+    model = build_model(name, (12,), 50, seed=3).eval()
+    x = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    later = x.clone()
+    later[:, 7:] = (later[:, 7:] + 1) % 50  # change only the tokens from position 7 on
+    with torch.no_grad():
+        out, out_later = model(x), model(later)
+    assert out.shape == (2, 12, 50)
+    assert torch.allclose(out[:, :7], out_later[:, :7], atol=1e-6)  # a prediction never sees a later token
+    assert not torch.equal(out[:, 7:], out_later[:, 7:])
+    assert model.out.weight is model.embed.weight  # tied embeddings
+    same = build_model(name, (12,), 50, seed=3).state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in model.state_dict().items())
+
+
 # (model, algorithm, lr): the largest of 0.1, 0.2, 0.5 at which 13 steps do not diverge.
 RUNS = [("transformer-lm", "swarm", 0.1), ("lstm-lm", "allreduce", 0.2)]
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=lambda p: p[0])
-def sim_run(request, tmp_path_factory):
-    model, algo, lr = request.param
-    out = tmp_path_factory.mktemp("lm") / model
-    # 1,759 train windows over 2 nodes of 64: 13 steps per node.
-    r = invoke(
-        "run", "--engine", "sim", "--nodes", 2, "--algo", algo, "--dataset", "embedded-text", "--model", model,
-        "--epochs", 1, "--batch-size", 64, "--lr", lr, "--step-time", 0.01, "--out", out,
-    )  # fmt: skip
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture(scope="module")
+def sim_runs(tmp_path_factory) -> dict[str, Path]:
+    """Each model's short simulated run on 2 nodes (1,759 train windows, 64 per node: 13 steps per node)."""
+    runs = {}
+    for model, algo, lr in RUNS:
+        runs[model] = out = tmp_path_factory.mktemp("lm") / model
+        r = invoke(
+            "run", "--engine", "sim", "--nodes", 2, "--algo", algo, "--dataset", "embedded-text", "--model", model,
+            "--epochs", 1, "--batch-size", 64, "--lr", lr, "--step-time", 0.01, "--out", out,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+    return runs
 
 
-def test_short_simulated_run_writes_perplexity_below_the_vocabulary_size(sim_run):
+@pytest.fixture
+def sim_run(sim_runs) -> Path:
+    return sim_runs["transformer-lm"]
+
+
+@pytest.mark.parametrize("model", [model for model, _, _ in RUNS])
+def test_short_simulated_run_writes_perplexity_below_the_vocabulary_size(sim_runs, model):
+    sim_run = sim_runs[model]
     vocab = load_dataset("embedded-text").num_classes
     row = pd.read_csv(sim_run / "summary.csv").iloc[0]
     assert row["status"] == "ok"

@@ -290,7 +290,10 @@ class TransformerLM(nn.Module):
         nn.init.normal_(self.pos, std=0.02)
         if tie:
             self.out.weight = self.embed.weight
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
+        # True above the diagonal: position i attends to positions <= i. A bool buffer, so the evaluation's averaging
+        # of floating-point buffers (BatchNorm statistics) leaves it alone.
+        causal = torch.ones(length, length, dtype=torch.bool).triu(1)
+        self.register_buffer("mask", causal, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
