@@ -274,8 +274,8 @@ def _build_torchvision_placeholder(input_shape: tuple[int, ...], num_classes: in
 class TransformerLM(nn.Module):
     """A small causal Transformer language model (Vaswani et al. 2017, decoder-only as in GPT): token and learned
     position embeddings, pre-norm `nn.TransformerEncoder` layers under a causal mask, and an output layer that shares
-    the token embedding's weights when `tie` (Press & Wolf 2017). The SwarmSGD paper trains a Transformer on
-    WMT; this is the same kind of model at a size a CPU trains in minutes."""
+    the token embedding's weights when `tie` (Press & Wolf 2017). The SwarmSGD paper's experiments include Transformer
+    models; this is the same kind of model at a size a CPU trains in minutes."""
 
     def __init__(
         self, vocab: int, length: int, dim: int = 128, layers: int = 2, heads: int = 4, ff: int = 256, tie: bool = True
