@@ -364,14 +364,23 @@ def _echo_report(report_dir, notes: list[str]) -> None:
     "consensus. A requested plot whose metric is absent is an error.  [default: every plot the data allows]",
 )
 @click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
+@click.option(
+    "--target-ppl", type=float, default=None, show_envvar=True, help="Language models: perplexity for time-to-target."
+)
 @click.option("--out", default=None, show_envvar=True, help="Report folder.  [default: DIR/report]")
 def report_cmd(
-    formats: tuple[str, ...], plots: tuple[str, ...], target_acc: float | None, out: str | None, folder: str
+    formats: tuple[str, ...],
+    plots: tuple[str, ...],
+    target_acc: float | None,
+    target_ppl: float | None,
+    out: str | None,
+    folder: str,
 ) -> int:
     """Tables (Markdown, CSV, LaTeX, Parquet) and plots (PNG, SVG) for a run or sweep folder, in one report.md."""
     from bench.analysis.report import build_report
 
-    report_dir, notes = build_report(folder, out, tuple(dict.fromkeys(formats)) or tuple(FORMATS), plots, target_acc)
+    formats = tuple(dict.fromkeys(formats)) or tuple(FORMATS)
+    report_dir, notes = build_report(folder, out, formats, plots, target_acc, target_ppl)
     _echo_report(report_dir, notes)
     return 0
 

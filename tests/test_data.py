@@ -16,7 +16,8 @@ EXPECTED = {
 }
 # Read from --data-dir through torchvision's loaders; tested with tiny real-format files in
 # tests/test_torchvision_data.py.
-ON_DISK = {"cifar10", "cifar100", "mnist-full", "fashion-mnist", "imagefolder", "imagefolder-64"}
+ON_DISK = {"cifar10", "cifar100", "mnist-full", "fashion-mnist", "imagefolder", "imagefolder-64", "wikitext2"}
+TEXT = {"embedded-text"}  # language modelling, embedded: tests/test_lm.py
 
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED))
@@ -25,7 +26,7 @@ def dataset(request: pytest.FixtureRequest) -> Dataset:
 
 
 def test_registry_matches_expected() -> None:
-    assert set(DATASETS) == set(EXPECTED) | ON_DISK
+    assert set(DATASETS) == set(EXPECTED) | ON_DISK | TEXT
     assert DEFAULT_DATASET in EXPECTED
     for name, spec in DATASETS.items():
         assert spec.name == name
@@ -92,7 +93,8 @@ def test_deterministic_per_seed(name: str) -> None:
 def test_unknown_dataset_suggests_closest() -> None:
     with pytest.raises(UserError, match="did you mean 'mnist'") as info:
         load_dataset("mnsit")
-    choices = "cifar10, cifar100, digits, fashion-mnist, imagefolder, imagefolder-64, mnist, mnist-full, synthetic"
+    choices = "cifar10, cifar100, digits, embedded-text, fashion-mnist, imagefolder, imagefolder-64, mnist, "
+    choices += "mnist-full, synthetic, wikitext2"
     assert "\n" not in str(info.value) and choices in str(info.value)
     with pytest.raises(UserError, match="did you mean 'imagefolder'"):
         load_dataset("imagenet")

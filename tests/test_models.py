@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.base.errors import UserError
-from bench.core.data import load_dataset
+from bench.core.data import LANGUAGE_MODEL, load_dataset
 from bench.core.models import MODELS, TORCHVISION_PREFIX, build_model, model_spec
 
 MNIST, DIGITS, SYNTHETIC, CIFAR = (1, 28, 28), (1, 8, 8), (32,), (3, 32, 32)
@@ -20,12 +20,15 @@ COMPATIBLE = {
     # A small torchvision classifier through the generic scheme; 1-channel inputs are repeated to 3.
     f"{TORCHVISION_PREFIX}mobilenet_v3_small": [MNIST, CIFAR],
 }
-NAMED = sorted(n for n in MODELS if not n.startswith(TORCHVISION_PREFIX))  # buildable registry keys
+# Language models (token windows in): tests/test_lm.py.
+LANGUAGE_MODELS = sorted(n for n, spec in MODELS.items() if spec.task == LANGUAGE_MODEL)
+NAMED = sorted(n for n in MODELS if not n.startswith(TORCHVISION_PREFIX) and n not in LANGUAGE_MODELS)
 BUILDABLE = sorted(COMPATIBLE)  # NAMED plus one torchvision:NAME model
 
 
 def test_registry() -> None:
-    assert set(MODELS) == set(NAMED) | {f"{TORCHVISION_PREFIX}NAME"}
+    assert LANGUAGE_MODELS == ["lstm-lm", "transformer-lm"]
+    assert set(MODELS) == set(NAMED) | set(LANGUAGE_MODELS) | {f"{TORCHVISION_PREFIX}NAME"}
     assert set(NAMED) | {f"{TORCHVISION_PREFIX}mobilenet_v3_small"} == set(COMPATIBLE)
     for name, spec in MODELS.items():
         assert spec.name == name
@@ -181,7 +184,7 @@ def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> No
 
 
 def test_unknown_model_suggests_closest() -> None:
-    ours = "lenet5, mlp, resnet18, resnet20, resnet50, or torchvision:NAME"
+    ours = "lenet5, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-lm, or torchvision:NAME"
     with pytest.raises(UserError, match=f"did you mean 'lenet5'.*--model with one of: {ours}"):
         build_model("lenet", MNIST, 10, seed=0)
     # A torchvision name without the prefix is pointed at the prefixed form.

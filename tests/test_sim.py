@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,6 +22,7 @@ from bench.training.config import RunConfig
 from bench.training.registry import ALGORITHMS
 from cli import cli
 
+HERE = str(Path(__file__).resolve().parent)
 BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
 SMALL = ["--dataset", "digits", "--epochs", "1"]
 
@@ -599,6 +601,20 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--gpus-per-host", "2", "--intra-host", "nvlinc"], "nvlink4"),
     (["--engine", "sim", "--gpus-per-host", "2", "--calibrate", "host"], "--gpus-per-host"),
     (["--gpus-per-host", "8"], "--engine sim"),
+    # Language modelling (tests/test_lm.py): WikiText-2 files missing from --data-dir (this folder has none), a model
+    # of the other task, options of the other task.
+    (
+        ["--engine", "sim", "--dataset", "wikitext2", "--model", "lstm-lm", "--data-dir", HERE],
+        "wiki.train.tokens (3 of",
+    ),
+    (["--engine", "sim", "--dataset", "wikitext2", "--model", "lstm-lm"], "pass --data-dir FOLDER"),
+    (["--engine", "sim", "--model", "transformer-lm"], "use --dataset embedded-text"),
+    (["--engine", "sim", "--model", "lstm-lm", "--dataset", "digits"], "is a language model"),
+    (["--engine", "sim", "--dataset", "embedded-text"], "use --model transformer-lm or --model lstm-lm"),
+    (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--partition", "dirichlet"], "iid"),
+    (["--engine", "sim", "--bptt", "8"], "--bptt applies to language-model datasets only"),
+    (["--engine", "sim", "--target-ppl", "100"], "use --target-acc"),
+    (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--target-ppl", "0.5"], "at least 1"),
 ]
 
 

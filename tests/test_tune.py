@@ -137,6 +137,20 @@ def test_choice_rule_never_picks_a_diverged_or_failed_trial():
     assert "diverged: 1" in dpsgd.why_none and "failed: 1" in dpsgd.why_none
 
 
+def test_a_language_model_is_tuned_on_its_validation_loss():
+    nan = float("nan")  # a language model's trials have perplexity, no accuracy: the lowest val_loss wins
+    trials = pd.DataFrame(
+        [
+            trial("swarm", 0, 0.1, nan, 6.46),
+            trial("swarm", 1, 0.2, nan, 5.90),
+            trial("swarm", 2, 0.5, nan, 5.10, status="diverged"),
+            trial("swarm", 3, 1.0, nan, 39.75),
+        ]
+    )
+    (swarm,) = choose(trials, ["swarm"])
+    assert (swarm.values, swarm.val_acc, swarm.val_loss) == ({"lr": 0.2}, None, 5.90)
+
+
 def test_algorithm_without_an_ok_trial_exits_1(tmp_path):
     out = tmp_path / "out"
     result = invoke("tune", *SMALL, "--algo", "swarm", "--grid", "lr=100", "--out", out)

@@ -69,6 +69,9 @@ RULES: dict[str, list[Rule]] = {
         # Accuracy and losses come out of float reductions whose last bits may differ between CPU instruction
         # sets: 0.001 accuracy is one test image in a thousand.
         Rule("test_acc", 1e-3, absolute=True, needs=("test_acc",)),
+        # A language model's perplexity in accuracy's place (no column check: a classifier's summary leaves it empty,
+        # and older summaries lack it).
+        Rule("test_ppl", 1e-3),
         Rule("final_loss", 1e-3, needs=("final_loss",)),
         # allreduce's models agree up to rounding: 3e-13 on one CPU may be 5e-13 on another.
         Rule("consensus_distance", 1e-3, atol=1e-9, needs=("consensus_distance",)),
@@ -77,6 +80,7 @@ RULES: dict[str, list[Rule]] = {
         *DETERMINISTIC,
         Rule("samples_per_s", 0.3, better="higher", ratio=True, needs=("samples_per_s",)),
         Rule("test_acc", 0.05, absolute=True, better="higher", needs=("test_acc",)),
+        Rule("test_ppl", 0.05, better="lower"),  # relative: 5 % of the baseline's perplexity
     ],
 }
 # Metrics a user may ask for with --metric that are not judged by default on real runs.

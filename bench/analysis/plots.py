@@ -162,15 +162,22 @@ def _time_label(results) -> str:
 def accuracy_vs_time(results, **_: Any):
 
     data = curves(results, "test_acc")
+    title, label = "Test accuracy", "test accuracy of the averaged model"
+    if data.empty:  # a language model: perplexity in accuracy's place (bench.records.tables)
+        data = curves(results, "test_ppl")
+        title, label = "Test perplexity", "test perplexity of the averaged model (lower is better, log scale)"
     if data.empty:
-        raise Absent("no test accuracy records (records.jsonl has no test_acc rows)")
+        raise Absent("no test accuracy or perplexity records (records.jsonl has no test_acc or test_ppl rows)")
     data = with_keys(results, data)
     data, pinned = _pin(results, data, free=[])
-    fig, ax = _figure("Test accuracy vs training time", _join(pinned, _seeds_note(data)))
+    fig, ax = _figure(f"{title} vs training time", _join(pinned, _seeds_note(data)))
     _epoch_lines(ax, data)
     ax.set_xlim(left=0)
     ax.set_xlabel(_time_label(results))
-    ax.set_ylabel("test accuracy of the averaged model")
+    ax.set_ylabel(label)
+    if title == "Test perplexity":
+        ax.set_yscale("log")
+        _readable_log(ax.yaxis, float(data["value"].min()), float(data["value"].max()))
     ax.legend(title="algorithm")
     return fig
 
@@ -252,24 +259,26 @@ def bytes_per_sample(results, **_: Any):
     return fig
 
 
-def time_to_target(results, target_acc: float | None = None, **_: Any):
+def time_to_target(results, target_acc: float | None = None, goal: str | None = None, **_: Any):
+    # `goal` names a language model's target ("test perplexity 150"); `target_acc` is then that perplexity.
 
     if target_acc is None:
-        raise Absent("needs a target: pass --target-acc A")
+        raise Absent("needs a target: pass --target-acc A (--target-ppl P for a language model)")
     if "time_to_target_s" not in results.summary.columns:
         add_time_to_target(results, target_acc)
     ok = results.ok_rows()
     if ok["time_to_target_s"].notna().sum() == 0:
-        if results.records().empty or "test_acc" not in set(results.records()["metric"]):
+        if results.records().empty or not {"test_acc", "test_ppl"} & set(results.records()["metric"]):
             raise Absent("no test accuracy records (records.jsonl has no test_acc rows)")
-        raise Absent(f"no algorithm reached test accuracy {target_acc:g}")
+        raise Absent(f"no algorithm reached {goal or f'test accuracy {target_acc:g}'}")
     ok, pinned = _pin(results, ok, free=["nodes"])
     agg = aggregate(ok, ["algorithm", "nodes"], ["time_to_target_s"]).sort_values("nodes")
     never = sorted(set(ok["algorithm"]) - set(agg.loc[agg["time_to_target_s_mean"].notna(), "algorithm"]))
     note = f"never reached: {', '.join(never)}" if never else ""
     if agg["time_to_target_s_mean"].isna().any():
         note = _join(note, "a missing point: not reached in the run")
-    fig, ax = _figure(f"Training time to {target_acc:g} test accuracy", _join(pinned, _seeds_note(ok), note))
+    goal = goal or f"{target_acc:g} test accuracy"
+    fig, ax = _figure(f"Training time to {goal}", _join(pinned, _seeds_note(ok), note))
     colors = _colors(list(agg["algorithm"].unique()))
     for algo, g in _by_algorithm(agg):
         g = g[g["time_to_target_s_mean"].notna()]
@@ -284,7 +293,7 @@ def time_to_target(results, target_acc: float | None = None, **_: Any):
     ax.xaxis.set_minor_formatter("")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("nodes")
-    ax.set_ylabel(f"time to {target_acc:g} test accuracy ({_time_label(results).split(' (')[0]}, s)")
+    ax.set_ylabel(f"time to {goal} ({_time_label(results).split(' (')[0]}, s)")
     ax.legend(title="algorithm")
     return fig
 
@@ -317,7 +326,7 @@ def consensus(results, **_: Any):
 
 
 PLOTS: dict[str, Plot] = {
-    "accuracy_vs_time": Plot("Test accuracy vs training time", accuracy_vs_time),
+    "accuracy_vs_time": Plot("Test accuracy (perplexity for a language model) vs training time", accuracy_vs_time),
     "throughput_scaling": Plot("Throughput vs node count (log-log, ideal linear line)", throughput_scaling),
     "bytes_per_sample": Plot("Bytes sent per training sample, by algorithm and bits", bytes_per_sample),
     "time_to_target": Plot("Training time to the target test accuracy vs node count", time_to_target),

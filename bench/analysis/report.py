@@ -21,7 +21,7 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_bytes, atomic_write_text
 from bench.base.formatting import fmt_key, fmt_value
-from bench.records.tables import FORMATS, latex, markdown
+from bench.records.tables import FORMATS, is_language_model, latex, markdown
 
 KEY_HEADERS = {"local_steps": "H"}
 CI_NOTE = (
@@ -35,6 +35,7 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         "Throughput (training only)",
         [
             ("samples_per_s", "samples/s", ",.0f", 1.0),
+            ("tokens_per_s", "tokens/s", ",.0f", 1.0),
             ("speedup_vs_allreduce", "vs allreduce (same run)", ".2f", 1.0),
             ("train_seconds", "train s", ".2f", 1.0),
             ("step_seconds_median", "step ms (median)", ".2f", 1e3),
@@ -45,6 +46,8 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         [
             ("test_acc", "test acc (avg model)", ".4f", 1.0),
             ("node_acc_mean", "node acc mean", ".4f", 1.0),
+            ("test_ppl", "test ppl (avg model)", ".2f", 1.0),
+            ("node_ppl_mean", "node ppl mean", ".2f", 1.0),
             ("final_loss", "train loss", ".4f", 1.0),
             ("consensus_distance", "consensus dist", ".3g", 1.0),
             ("time_to_target_s", "s to target acc", ".2f", 1.0),
@@ -61,6 +64,10 @@ TABLE_METRICS: dict[str, tuple[str, list[tuple[str, str, str, float]]]] = {
         ],
     ),
 }
+
+
+LM_ONLY = {"test_ppl", "node_ppl_mean", "tokens_per_s"}
+CLASSIFIER_ONLY = {"test_acc", "node_acc_mean"}
 
 
 @dataclass
@@ -89,20 +96,26 @@ def shown_keys(results) -> list[str]:
     return ["nodes", *results.varying(rest)]
 
 
-def build_tables(results, target_acc: float | None = None) -> list[Table]:
-    """The throughput / accuracy / comm tables with seeds aggregated, a nodes pivot, and failed cells."""
+def build_tables(results, target_acc: float | None = None, goal: str | None = None) -> list[Table]:
+    """The throughput / accuracy / comm tables with seeds aggregated, a nodes pivot, and failed cells. `goal` names a
+    language model's target ('ppl 150'; `target_acc` is then that perplexity)."""
     if target_acc is not None and "time_to_target_s" not in results.summary.columns:
         add_time_to_target(results, target_acc)
     keys = shown_keys(results)
     agg = aggregate(results.summary, results.group_keys)
     many_seeds = len(agg) and int(agg["n"].max()) > 1
     tables = []
+    # A language model's cells have perplexities and tokens/s, a classifier's accuracies (bench.records.tables).
+    lm = is_language_model(results.summary)
+    other_task = CLASSIFIER_ONLY if lm else LM_ONLY
     for name, (title, metrics) in TABLE_METRICS.items():
-        metrics = [m for m in metrics if f"{m[0]}_mean" in agg.columns]
+        title = "Perplexity (lower is better)" if lm and name == "accuracy" else title
+        metrics = [m for m in metrics if f"{m[0]}_mean" in agg.columns and m[0] not in other_task]
         if target_acc is None:
             metrics = [m for m in metrics if m[0] != "time_to_target_s"]
         headers = ["algorithm", *(KEY_HEADERS.get(k, k) for k in keys), *(["seeds"] if many_seeds else [])]
-        headers += [h if m != "time_to_target_s" else f"s to acc {target_acc:g}" for m, h, _, _ in metrics]
+        reach = f"s to {goal or f'acc {target_acc:g}'}" if target_acc is not None else ""
+        headers += [h if m != "time_to_target_s" else reach for m, h, _, _ in metrics]
         rows = []
         for row in agg.to_dict("records"):
             cells = [str(row["algorithm"]), *(fmt_key(row.get(k)) for k in keys)]
@@ -332,27 +345,43 @@ def build_report(
     formats: tuple[str, ...] = tuple(FORMATS),
     plots: tuple[str, ...] = (),
     target_acc: float | None = None,
+    target_ppl: float | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes)."""
+    """Write report.md, tables/ and plots/ for a results folder; returns (report folder, notes). Time to target: a
+    test accuracy `target_acc` for classifiers, a perplexity `target_ppl` (reached by falling to it) for language
+    models."""
     for name in plots:
         if name not in PLOTS:
             raise UserError(f"unknown plot '{name}'{closest(name, PLOTS)}: choose from {', '.join(PLOTS)}")
     if target_acc is not None and not 0 < target_acc <= 1:
         raise UserError(f"--target-acc must be a test accuracy in (0, 1], got {target_acc}")
+    if target_ppl is not None and not target_ppl >= 1:
+        raise UserError(f"--target-ppl must be a perplexity (at least 1), got {target_ppl}")
     results = load_results(folder)
+    lm = is_language_model(results.summary)
+    if lm and target_acc is not None:
+        raise UserError(f"'{folder}' holds language models, scored by perplexity: use --target-ppl P, not --target-acc")
+    if not lm and target_ppl is not None:
+        raise UserError(f"'{folder}' holds classifiers, scored by accuracy: use --target-acc A, not --target-ppl")
     suite = results.meta.get("suite_spec")
     if target_acc is None and suite and suite.get("target_acc") is not None:
         target_acc = float(suite["target_acc"])
+    goal = None
+    if lm:  # time_to_target reads a perplexity target for a language model's records (bench.records.write)
+        target_acc, goal = target_ppl, (f"ppl {target_ppl:g}" if target_ppl is not None else None)
     if "time_to_target" in plots and target_acc is None:
-        raise UserError("--plot time_to_target needs --target-acc A (a test accuracy such as 0.9)")
-    tables = build_tables(results, target_acc)
+        need = "--target-ppl P (a perplexity such as 150)" if lm else "--target-acc A (a test accuracy such as 0.9)"
+        raise UserError(f"--plot time_to_target needs {need}")
+    tables = build_tables(results, target_acc, goal)
     if suite:  # a `swarmbench reproduce` folder: the paper-style tables first
         tables = paper_tables(results) + tables
     wanted = plots or tuple(PLOTS)
     figures, skipped = {}, {}
     for name in wanted:
         try:
-            figures[name] = PLOTS[name].make(results, target_acc=target_acc)
+            figures[name] = PLOTS[name].make(
+                results, target_acc=target_acc, goal=goal and f"test perplexity {target_acc:g}"
+            )
         except Absent as exc:
             if plots:
                 raise UserError(f"--plot {name}: {exc} in '{folder}': choose another plot or folder") from None

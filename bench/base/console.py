@@ -8,6 +8,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 
+def _score(event: dict[str, Any]) -> str:
+    """An evaluated epoch's headline: test accuracy, or test perplexity for a language model."""
+    return f"test_ppl {event['test_ppl']:.2f}" if "test_ppl" in event else f"test_acc {event['test_acc']:.4f}"
+
+
 class LiveProgress:
     """A rich progress display (set `self.progress` when the terminal is interactive) started and stopped as a
     context manager; None off a terminal, where the subclasses print plain lines instead."""
@@ -54,16 +59,12 @@ class RunUI(LiveProgress):
         if self.progress is not None and algo in self.tasks:
             task = self.tasks[algo]
             if kind == "progress":
-                note = f"epoch {event['epoch']} acc {event['test_acc']:.3f}" if "epoch" in event else "training"
+                note = f"epoch {event['epoch']} {_score(event)}" if "epoch" in event else "training"
                 self.progress.update(task, completed=event["step"], total=event["total"], note=note)
             elif kind == "cell_done":
                 self.progress.update(task, note="done")
         elif kind == "progress" and "epoch" in event:
-            print(
-                f"{algo}: epoch {event['epoch']} step {event['step']}/{event['total']} "
-                f"test_acc {event['test_acc']:.4f}",
-                flush=True,
-            )
+            print(f"{algo}: epoch {event['epoch']} step {event['step']}/{event['total']} {_score(event)}", flush=True)
         elif kind == "cell_start":
             print(f"{algo}: started", flush=True)
 

@@ -10,14 +10,19 @@ torchvision's own loaders from `data_dir` and keep their official train/test fil
 seed changes nothing. They are loaded whole into memory as float32 tensors (CIFAR-10 train is about
 0.6 GB per process); sets much larger than that (full ImageNet) would need a streaming loader, which
 this module does not provide. Nothing is ever downloaded unless `load_dataset(..., download=True)`.
+
+Language-model datasets (`task == LANGUAGE_MODEL`: `wikitext2` from `data_dir`, `embedded-text` from CPython's own
+documentation) hold token windows instead: inputs and targets are int64 (N, L) tensors, the targets being the
+inputs shifted by one token, and `num_classes` is the vocabulary size.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +34,9 @@ from bench.base.console import suggestion
 from bench.base.errors import UserError
 
 DEFAULT_DATASET = "mnist"
+CLASSIFICATION = "classification"  # a Dataset's / model's task: images or vectors -> one class each
+LANGUAGE_MODEL = "language-model"  # token windows -> the next token at every position
+DEFAULT_BPTT = 35  # tokens per language-model window (the PyTorch word_language_model example's length)
 PARTITION_SCHEMES = ("iid", "dirichlet")
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state cannot take more
 
@@ -40,7 +48,8 @@ _PARTITION_STREAM = 2
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test pair of float32 inputs and int64 labels in 0..num_classes-1."""
+    """A train/test pair of float32 inputs and int64 labels in 0..num_classes-1; for a language-model dataset,
+    int64 token windows (N, L) and their next tokens (N, L), with num_classes the vocabulary size."""
 
     name: str
     x_train: torch.Tensor  # (N, C, H, W) for images, (N, D) for vectors
@@ -57,24 +66,33 @@ class Dataset:
     # the test set is only ever reported. None when none is held out.
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    task: str = CLASSIFICATION  # or LANGUAGE_MODEL (token windows)
+    vocab: tuple[str, ...] = ()  # a language-model dataset's words, by token id
 
     def __post_init__(self) -> None:
         # A loader that breaks these is a bug, so this is a ValueError rather than a UserError.
         splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
         if self.x_val is not None and self.y_val is not None:
             splits.append(("val", self.x_val, self.y_val))
+        lm = self.task == LANGUAGE_MODEL
         for split, x, y in splits:
-            if x.dtype != torch.float32 or y.dtype != torch.int64:
-                raise ValueError(f"{self.name} {split}: want float32 inputs, int64 labels; got {x.dtype}, {y.dtype}")
-            if y.ndim != 1 or x.shape[0] != y.shape[0]:
-                raise ValueError(f"{self.name} {split}: {x.shape[0]} inputs but labels of shape {tuple(y.shape)}")
+            if x.dtype != (torch.int64 if lm else torch.float32) or y.dtype != torch.int64:
+                want = "int64 token windows" if lm else "float32 inputs"
+                raise ValueError(f"{self.name} {split}: want {want}, int64 labels; got {x.dtype}, {y.dtype}")
+            if (x.shape != y.shape or y.ndim != 2) if lm else (y.ndim != 1 or x.shape[0] != y.shape[0]):
+                raise ValueError(f"{self.name} {split}: inputs {tuple(x.shape)} but labels of shape {tuple(y.shape)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"{self.name}: train inputs {self.x_train.shape[1:]} != test {self.x_test.shape[1:]}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, e.g. (1, 28, 28) or (32,)."""
+        """Shape of one input, e.g. (1, 28, 28) or (32,); (L,) for windows of L tokens."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def targets_per_sample(self) -> int:
+        """Predictions scored per sample: 1 label, or L next tokens of a window (tokens/s = samples/s x this)."""
+        return math.prod(self.y_train.shape[1:])
 
 
 class Loader(Protocol):
@@ -92,6 +110,7 @@ class DatasetSpec:
     load: Loader
     # True when the files come from data_dir, so a launcher can refuse a missing --data-dir up front.
     needs_data_dir: bool = False
+    task: str = CLASSIFICATION  # what its models must do: the run refuses a model of another task up front
 
 
 def check_seed(seed: int) -> None:
@@ -448,6 +467,118 @@ def _load_imagefolder64(seed: int, data_dir: str | None, download: bool = False)
     return _load_imagefolder("imagefolder-64", seed, data_dir, download)
 
 
+# ---------------------------------------------------------------------------------------------- language models
+
+EOS, UNK = "<eos>", "<unk>"
+WIKITEXT_FILES = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
+EMBEDDED_MIN_COUNT = 3  # embedded-text: rarer training words become <unk> (keeps its vocabulary near 2,900)
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of a text file as Python iterates over them: a final newline ends the last line, it starts none."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def tokenize(lines: Sequence[str]) -> list[str]:
+    """WikiText's standard tokenization: whitespace-split words and `<eos>` at the end of every line (blank ones
+    included), as the PyTorch word_language_model example reads the files."""
+    tokens: list[str] = []
+    for line in lines:
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
+
+
+def build_vocab(train: Sequence[str], min_count: int = 1) -> tuple[str, ...]:
+    """`<eos>` and `<unk>` (ids 0 and 1), then every training word seen at least `min_count` times, in order of
+    first appearance. Built from the training split only: other splits' unseen words become `<unk>`."""
+    counts = collections.Counter(train)
+    kept = (w for w in dict.fromkeys(train) if counts[w] >= min_count and w not in (EOS, UNK))
+    return (EOS, UNK, *kept)
+
+
+def token_windows(ids: np.ndarray, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive, non-overlapping windows of `bptt` tokens (inputs) and the same windows one token later (targets);
+    the tail shorter than a window is dropped."""
+    n = (len(ids) - 1) // bptt
+    x = torch.from_numpy(ids[: n * bptt].reshape(n, bptt).copy())
+    y = torch.from_numpy(ids[1 : n * bptt + 1].reshape(n, bptt).copy())
+    return x, y
+
+
+def lm_dataset(name: str, splits: Sequence[Sequence[str]], bptt: int, min_count: int = 1) -> Dataset:
+    """A language-model Dataset from the lines of its train, validation and test splits (in that order)."""
+    if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
+        raise UserError(f"bptt {bptt!r} is not a window length: set --set bptt=N with an integer N >= 1")
+    tokens = [tokenize(lines) for lines in splits]
+    vocab = build_vocab(tokens[0], min_count)
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index[UNK]
+    windows = []
+    for split, toks in zip(("train", "validation", "test"), tokens, strict=True):
+        if len(toks) <= bptt:
+            raise UserError(
+                f"{name}: the {split} split holds {len(toks)} tokens, not one window of bptt = {bptt} plus one; "
+                "use a smaller --set bptt=N or more text"
+            )
+        ids = np.fromiter((index.get(t, unk) for t in toks), dtype=np.int64, count=len(toks))
+        windows.append(token_windows(ids, bptt))
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = windows
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=len(vocab),
+        x_val=x_val,
+        y_val=y_val,
+        task=LANGUAGE_MODEL,
+        vocab=vocab,
+    )
+
+
+def _load_wikitext2(seed: int, data_dir: str | None, download: bool = False, bptt: int = DEFAULT_BPTT) -> Dataset:
+    """WikiText-2 (Merity et al. 2016) from its raw token files, with its own train/validation/test split."""
+    holds = ", ".join(WIKITEXT_FILES)
+    if download:
+        raise UserError(
+            f"wikitext2 is not downloaded by swarmbench: drop --download, put {holds} in a folder and "
+            "pass it as --data-dir"
+        )
+    root = _data_root("wikitext2", data_dir, holds, download=False)
+    # The release's zip extracts to wikitext-2/: either that folder or the one above it will do.
+    folder = (
+        root / "wikitext-2" if not (root / WIKITEXT_FILES[0]).is_file() and (root / "wikitext-2").is_dir() else root
+    )
+    missing = [f for f in WIKITEXT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise UserError(
+            f"wikitext2: expected {folder / missing[0]} ({len(missing)} of {holds} missing); pass --data-dir "
+            "pointing at the folder that holds them (wikitext-2/ of the WikiText-2 release)"
+        )
+    splits = [text_lines((folder / f).read_text(encoding="utf-8")) for f in WIKITEXT_FILES]
+    return lm_dataset("wikitext2", splits, bptt)
+
+
+def _load_embedded_text(seed: int, data_dir: str | None, download: bool = False, bptt: int = DEFAULT_BPTT) -> Dataset:
+    """CPython's own documentation text (`pydoc_data.topics`, the help() topics shipped with every CPython), its
+    topics in name order cut into contiguous 80 % train / 10 % validation / 10 % test line ranges."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # some distributions strip the stdlib's pydoc_data
+        raise UserError(
+            "embedded-text reads the standard library's pydoc_data, which this Python lacks: "
+            "install the full standard library or use --dataset wikitext2 --data-dir FOLDER"
+        ) from e
+    lines = [line for key in sorted(topics) for line in text_lines(topics[key])]
+    a, b = round(0.8 * len(lines)), round(0.9 * len(lines))
+    return lm_dataset("embedded-text", [lines[:a], lines[a:b], lines[b:]], bptt, EMBEDDED_MIN_COUNT)
+
+
 # One entry per dataset; keys are the CLI choices. The embedded sets are split with the seed; the
 # on-disk ones (needs_data_dir) keep their official train/test files and read data_dir.
 DATASETS: dict[str, DatasetSpec] = {
@@ -502,6 +633,19 @@ DATASETS: dict[str, DatasetSpec] = {
         load=_load_imagefolder64,
         needs_data_dir=True,
     ),
+    "wikitext2": DatasetSpec(
+        name="wikitext2",
+        description="WikiText-2 language modelling from --data-dir/wiki.{train,valid,test}.tokens; token windows",
+        load=_load_wikitext2,
+        needs_data_dir=True,
+        task=LANGUAGE_MODEL,
+    ),
+    "embedded-text": DatasetSpec(
+        name="embedded-text",
+        description="language modelling on CPython's own documentation (pydoc_data.topics); token windows",
+        load=_load_embedded_text,
+        task=LANGUAGE_MODEL,
+    ),
 }
 
 
@@ -512,17 +656,22 @@ def _unknown_choice(kind: str, name: str, choices: list[str], flag: str) -> User
     return UserError(f"unknown {kind} '{name}'; {hint}use {flag} with one of: {', '.join(sorted(choices))}")
 
 
-def load_dataset(name: str, seed: int = 0, data_dir: str | None = None, download: bool = False) -> Dataset:
+def load_dataset(
+    name: str, seed: int = 0, data_dir: str | None = None, download: bool = False, bptt: int | None = None
+) -> Dataset:
     """Load dataset `name` with a seeded split; UserError for an unknown name, bad seed or missing files.
 
     `data_dir` is the folder the on-disk datasets read (`DATASETS[name].needs_data_dir`); the embedded
     ones ignore it. `download=True` lets torchvision fetch a missing CIFAR/MNIST set into `data_dir`:
-    it needs a network, so it is never the default.
+    it needs a network, so it is never the default. `bptt`: tokens per window of a language-model dataset
+    (None: DEFAULT_BPTT); other datasets ignore it.
     """
     spec = DATASETS.get(name)
     if spec is None:
         raise _unknown_choice("dataset", name, list(DATASETS), "--dataset")
     check_seed(seed)
+    if spec.task == LANGUAGE_MODEL:
+        return spec.load(int(seed), data_dir, bool(download), bptt=DEFAULT_BPTT if bptt is None else bptt)
     return spec.load(int(seed), data_dir, bool(download))
 
 
@@ -531,12 +680,17 @@ def partition(labels: torch.Tensor, nodes: int, scheme: str, alpha: float, seed:
 
     `iid` shuffles and cuts into shards whose sizes differ by at most one. `dirichlet` gives each node
     a Dir(alpha) share of every class (small alpha = strong label skew); `alpha` is ignored for `iid`.
-    Both are disjoint and cover every sample.
+    Both are disjoint and cover every sample. Language-model windows (2-D labels: a next token per position)
+    have no class to skew, so they take `iid` only: each node gets a shuffled set of whole windows.
     """
     if scheme not in PARTITION_SCHEMES:
         raise _unknown_choice("partition scheme", scheme, list(PARTITION_SCHEMES), "--partition")
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+    if labels.ndim == 2 and scheme != "iid":
+        raise UserError(
+            f"--partition {scheme} skews class labels, which token windows do not have: use --partition iid"
+        )
+    if labels.ndim not in (1, 2):
+        raise ValueError(f"labels must be 1-D (or 2-D token windows), got shape {tuple(labels.shape)}")
     n = labels.shape[0]
     if isinstance(nodes, bool) or not isinstance(nodes, int | np.integer) or nodes < 1:
         raise UserError(f"cannot partition over {nodes!r} nodes; use --nodes with an integer >= 1")
@@ -577,7 +731,12 @@ def _dirichlet_shards(y: np.ndarray, nodes: int, alpha: float, rng: np.random.Ge
 
 def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """The dataset with a seeded, stratified `fraction` of its training set moved to a validation split (the same
-    samples for every algorithm and engine of a run); `fraction` 0 returns it unchanged."""
+    samples for every algorithm and engine of a run); `fraction` 0 returns it unchanged.
+
+    A dataset that comes with its own validation split (the language-model ones: WikiText-2's valid file) keeps it
+    whatever the fraction, except 0, which drops it (no validation, as for the others)."""
+    if dataset.x_val is not None:
+        return dataset if fraction > 0 else dataclasses.replace(dataset, x_val=None, y_val=None)
     if fraction <= 0:
         return dataset
     y = dataset.y_train.numpy()

@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.base.console import suggestion
 from bench.base.errors import UserError
-from bench.core.data import check_seed
+from bench.core.data import CLASSIFICATION, LANGUAGE_MODEL, check_seed
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ModelSpec:
     name: str
     description: str  # one line for `swarmbench list`
     build: Callable[[tuple[int, ...], int], nn.Module]
+    task: str = CLASSIFICATION  # the datasets it fits (bench.core.data: CLASSIFICATION or LANGUAGE_MODEL)
 
 
 def _shape_error(model: str, need: str, input_shape: tuple[int, ...], instead: str) -> UserError:
@@ -264,6 +265,86 @@ def _build_torchvision_placeholder(input_shape: tuple[int, ...], num_classes: in
     )
 
 
+# ------------------------------------------------------------------------------------------ language models
+# Input: (B, L) int64 token ids; output: (B, L, vocab) next-token logits. No dropout: the training loop's randomness
+# comes from seeded generators only, and the short runs of a benchmark barely overfit. No hidden state is carried from
+# one window to the next (each node draws shuffled windows), so the LSTM starts every window from zeros.
+
+
+class TransformerLM(nn.Module):
+    """A small causal Transformer language model (Vaswani et al. 2017, decoder-only as in GPT): token and learned
+    position embeddings, pre-norm `nn.TransformerEncoder` layers under a causal mask, and an output layer that shares
+    the token embedding's weights when `tie` (Press & Wolf 2017). The SwarmSGD paper's experiments include Transformer
+    models; this is the same kind of model at a size a CPU trains in minutes."""
+
+    def __init__(
+        self, vocab: int, length: int, dim: int = 128, layers: int = 2, heads: int = 4, ff: int = 256, tie: bool = True
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.zeros(length, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        self.out = nn.Linear(dim, vocab)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+        if tie:
+            self.out.weight = self.embed.weight
+        # True above the diagonal: position i attends to positions <= i. A bool buffer, so the evaluation's averaging
+        # of floating-point buffers (BatchNorm statistics) leaves it alone.
+        causal = torch.ones(length, length, dtype=torch.bool).triu(1)
+        self.register_buffer("mask", causal, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        h = self.embed(x) + self.pos[:length]
+        h = self.encoder(h, mask=self.mask[:length, :length], is_causal=True)
+        return self.out(h)
+
+
+class LSTMLM(nn.Module):
+    """An LSTM language model as MLBench's reference task (Merity et al.'s AWD-LSTM without its dropouts): embedding,
+    stacked LSTM, linear decoder tied to the embedding when `tie` (Inan et al. 2017; needs hidden == dim)."""
+
+    def __init__(self, vocab: int, dim: int = 128, hidden: int = 128, layers: int = 2, tie: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        if tie:
+            if hidden != dim:
+                raise ValueError(f"tied weights need hidden == dim, got {hidden} and {dim}")  # a caller bug
+            self.out.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(x))
+        return self.out(h)
+
+
+def _check_tokens(name: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 1:
+        raise _shape_error(
+            name, "token windows (L,)", input_shape, "use a language-model dataset such as embedded-text"
+        )
+
+
+def _build_transformer_lm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    _check_tokens("transformer-lm", input_shape)
+    return TransformerLM(num_classes, input_shape[0])
+
+
+def _build_lstm_lm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    _check_tokens("lstm-lm", input_shape)
+    return LSTMLM(num_classes)
+
+
+def loss_of(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of a model's logits against its targets: (B, C) logits and one label per sample, or a
+    language model's (B, L, V) logits and a next token per position (each token is one prediction)."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction=reduction)
+
+
 # -------------------------------------------------------------------------------------------------- registry
 
 MODELS: dict[str, ModelSpec] = {
@@ -297,6 +378,18 @@ MODELS: dict[str, ModelSpec] = {
         description="any torchvision classifier as is, e.g. torchvision:mobilenet_v3_small; random init, "
         "1-channel images repeated to 3",
         build=_build_torchvision_placeholder,
+    ),
+    "transformer-lm": ModelSpec(
+        name="transformer-lm",
+        description="causal Transformer LM: 2 pre-norm layers, d=128, 4 heads, ff 256, tied embeddings; token windows",
+        build=_build_transformer_lm,
+        task=LANGUAGE_MODEL,
+    ),
+    "lstm-lm": ModelSpec(
+        name="lstm-lm",
+        description="LSTM LM (MLBench): embedding 128, 2 LSTM layers of 128, tied decoder; token windows",
+        build=_build_lstm_lm,
+        task=LANGUAGE_MODEL,
     ),
 }
 

@@ -26,11 +26,10 @@ from statistics import median
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from bench.core.data import load_dataset
 from bench.core.devices import synchronized_clock
-from bench.core.models import build_model
+from bench.core.models import build_model, loss_of
 from bench.engine.processes.launchers import LAUNCHERS, horovodrun_argv, require_binary
 from bench.engine.processes.spawn import worker_env
 from bench.training.config import RunConfig
@@ -52,7 +51,7 @@ def train(spec: dict[str, Any], rank: int, device: torch.device, wrap: Wrap, bar
         seed=spec["seed"],
         epochs=spec["epochs"],
     )
-    data = load_dataset(cfg.dataset, cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, bptt=cfg.bptt)
     shards = make_shards(cfg, data)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -71,7 +70,7 @@ def train(spec: dict[str, Any], rank: int, device: torch.device, wrap: Wrap, bar
             if data.augment is not None:
                 xb = data.augment(xb, aug_gen)
             opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
+            loss_of(model(xb), yb).backward()
             opt.step()
             step_times.append(now() - t_step)
         train_seconds += now() - t_epoch

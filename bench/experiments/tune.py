@@ -6,7 +6,8 @@ one identical launch, per-cell folders, `--resume`), so a tuning folder is an or
 `swarmbench report` reads. For each algorithm the chosen grid point is the trial whose averaged model has the
 highest validation accuracy (`val_acc` after the last epoch) among the trials that finished `ok`; ties go to the
 lower validation loss, then to the first grid point in the grid's order. A trial that diverged or failed is never
-chosen, whatever its accuracy.
+chosen, whatever its accuracy. A language model has no accuracy: its lowest validation loss (the lowest validation
+perplexity) wins.
 
     DIR/tuned.toml   one [ALGO] table per algorithm with its chosen values; a comment header says the grid, the
                      metric and the budget
@@ -167,13 +168,15 @@ def choose(trials, algorithms: list[str]) -> list[Choice]:
 
 def ranked_trials(rows) -> list[Any]:
     """The rows with status ok and a finite val_acc, best first: highest val_acc, then lowest val_loss (a missing
-    loss ranks last), then the lowest `order` (the grid's order)."""
+    loss ranks last), then the lowest `order` (the grid's order). A language model's rows (no val_acc, a finite
+    val_loss): lowest val_loss (= lowest validation perplexity), then `order`."""
     ranked = []
     for _, row in rows.iterrows():
-        acc = _finite(row["val_acc"])
-        if row["status"] == "ok" and acc is not None:
-            loss = _finite(row["val_loss"])
-            ranked.append(((-acc, math.inf if loss is None else loss, int(row["order"])), row))
+        acc, loss = _finite(row["val_acc"]), _finite(row["val_loss"])
+        if row["status"] != "ok" or (acc is None and loss is None):
+            continue
+        # A language model has no accuracy: the lowest validation loss wins, which is the lowest perplexity.
+        ranked.append(((-acc if acc is not None else 0.0, math.inf if loss is None else loss, int(row["order"])), row))
     return [row for _, row in sorted(ranked, key=lambda item: item[0])]
 
 
@@ -229,6 +232,7 @@ def tuned_toml(choices: list[Choice], tuning: Tuning, budget: str) -> str:
         f"# metric: {METRIC}, the averaged model's validation accuracy after the last epoch (val_fraction "
         f"{cfg.val_fraction:g}); highest wins;",
         f"#   ties: lower {TIE_BREAK}, then the first grid point; a diverged or failed trial is never chosen",
+        f"#   (a language model has no {METRIC}: lowest {TIE_BREAK}, i.e. validation perplexity, wins)",
         f"# grid: {grid_text(tuning.axes)} ({len(tuning.cells)} grid points)",
         f"# budget: {budget} of {cfg.dataset} ({cfg.model}) on {cfg.nodes} nodes, "
         f"batch {cfg.batch_size} per node, seed {cfg.seed}, engine {cfg.engine}",
@@ -243,7 +247,8 @@ def tuned_toml(choices: list[Choice], tuning: Tuning, budget: str) -> str:
         lines.append(f"[{c.algorithm}]")
         lines += [f"{k.partition('.')[2] or k} = {toml_value(v)}" for k, v in c.values.items()]
         loss = f", {TIE_BREAK} {c.val_loss:.4f}" if c.val_loss is not None else ""
-        lines += [f"# trial {c.cell}: {METRIC} {c.val_acc:.4f}{loss}", ""]
+        score = f"{METRIC} {c.val_acc:.4f}{loss}" if c.val_acc is not None else f"{TIE_BREAK} {c.val_loss:.4f}"
+        lines += [f"# trial {c.cell}: {score}", ""]
     text = "\n".join(lines)
     tomllib.loads(text)  # what run --config will read back: a bug here must not write a broken file
     return text

@@ -63,6 +63,38 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
+# A language model's summary has perplexities (exp of the mean token cross-entropy; lower is better) where a
+# classifier's has accuracies, which it leaves empty: next-token accuracy says little about a language model, and the LM
+# literature (MLBench, the SwarmSGD paper) reports perplexity. Its accuracy table shows them in the accuracy columns'
+# places, and its throughput table adds tokens/s.
+_PERPLEXITY = {
+    "test_acc": ("test_ppl", "test ppl (avg model)"),
+    "val_acc": ("val_ppl", "val ppl"),
+    "best_test_acc": ("best_test_ppl", "best test ppl"),
+    "node_acc_mean": ("node_ppl_mean", "node ppl mean"),
+    "node_acc_min": ("node_ppl_min", "min"),
+    "node_acc_max": ("node_ppl_max", "max"),
+}
+LM_TABLES: dict[str, list[tuple[str, str, str]]] = {
+    "throughput": [
+        col
+        for c, h, f in TABLES["throughput"]
+        for col in ([(c, h, f), ("tokens_per_s", "tokens/s", ",.0f")] if c == "samples_per_s" else [(c, h, f)])
+    ],
+    "accuracy": [(*_PERPLEXITY[c], ".2f") if c in _PERPLEXITY else (c, h, f) for c, h, f in TABLES["accuracy"]],
+}
+
+
+def is_language_model(summary) -> bool:
+    """Whether the summary's rows are a language model's (they have perplexities; a classifier's have accuracies)."""
+    return any(c in summary.columns and summary[c].notna().any() for c in ("test_ppl", "val_ppl", "tokens"))
+
+
+def table_columns(summary) -> dict[str, list[tuple[str, str, str]]]:
+    """The tables' columns for this summary: perplexity and tokens/s for a language model."""
+    return {**TABLES, **LM_TABLES} if is_language_model(summary) else TABLES
+
+
 def speedup_vs_allreduce(summary, by: tuple[str, ...] = ("nodes",)):
     """Each row's samples/s over allreduce's in the same run (the rows that agree on `by`): the same-run reference
     for noisy throughput. NaN where that run has no allreduce row with a positive throughput."""
@@ -81,11 +113,12 @@ def table_frames(summary) -> dict[str, Any]:
     s["speedup_vs_allreduce"] = speedup_vs_allreduce(s)
     for q in ("median", "p10", "p90"):
         s[f"step_ms_{q}"] = s[f"step_seconds_{q}"] * 1000.0
-    return {name: s[[c for c, _, _ in cols]] for name, cols in TABLES.items()}
+    return {name: s[[c for c, _, _ in cols]] for name, cols in table_columns(summary).items()}
 
 
 def formatted(name: str, frame) -> tuple[list[str], list[list[str]]]:
-    cols = TABLES[name]
+    lm = LM_TABLES.get(name)
+    cols = lm if lm and list(frame.columns) == [c for c, _, _ in lm] else TABLES[name]
     headers = [h for _, h, _ in cols]
     rows = [[fmt_spec(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
     return headers, rows
@@ -151,18 +184,22 @@ SCALING: list[tuple[str, str, str]] = [
 ]
 
 
-def _scaling_formatted(frame, target: float) -> tuple[list[str], list[list[str]]]:
-    headers = [h.replace("target", f"acc {target:g}") for _, h, _ in SCALING]
-    rows = [[fmt_spec(row[c], f) for c, _, f in SCALING] for row in frame.to_dict("records")]
+def _scaling_formatted(frame, goal: str) -> tuple[list[str], list[list[str]]]:
+    cols = SCALING
+    if is_language_model(frame):  # perplexity in accuracy's place, as in the accuracy table
+        cols = [("test_ppl", "final test ppl", ".2f") if c == "test_acc" else (c, h, f) for c, h, f in SCALING]
+    headers = [h.replace("target", goal) for _, h, _ in cols]
+    rows = [[fmt_spec(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
     return headers, rows
 
 
-def write_scaling(out_dir: Path, frame, target: float) -> None:
-    """scaling.csv (raw numbers) and scaling.md (the formatted table) of a simulated series."""
+def write_scaling(out_dir: Path, frame, goal: str) -> None:
+    """scaling.csv (raw numbers) and scaling.md (the formatted table) of a simulated series; `goal` names the
+    time-to-target columns' target (e.g. 'acc 0.9', 'ppl 300')."""
     atomic_write_frame(out_dir / "scaling.csv", frame)
-    atomic_write_text(out_dir / "scaling.md", markdown(*_scaling_formatted(frame, target)))
+    atomic_write_text(out_dir / "scaling.md", markdown(*_scaling_formatted(frame, goal)))
 
 
-def print_scaling(frame, target: float, console=None) -> None:
-    headers, rows = _scaling_formatted(frame, target)
+def print_scaling(frame, goal: str, console=None) -> None:
+    headers, rows = _scaling_formatted(frame, goal)
     print_table(headers, rows, title="scaling (simulated seconds)", title_justify="left", console=console)

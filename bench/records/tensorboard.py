@@ -1,10 +1,11 @@
 """TensorBoard event files beside records.jsonl, written from the records with torch's `SummaryWriter`.
 
 One TensorBoard run per algorithm under `DIR/tensorboard/` (a simulated series has one folder per node count):
-the averaged model's accuracy, loss and consensus distance per epoch (`avg_model/...`), every node's training loss,
-own-model accuracy and elapsed training time per epoch (`node<r>/...`), and the run's totals (`run/...`:
-throughput, bytes, communication share). Each run also carries its hyperparameters and final metrics for the HParams
-view, so `tensorboard --logdir` on a sweep's or a suite's folder compares every cell side by side.
+the averaged model's accuracy (perplexity for a language model), loss and consensus distance per epoch
+(`avg_model/...`), every node's training loss, own-model accuracy (perplexity) and elapsed training time per epoch
+(`node<r>/...`), and the run's totals (`run/...`: throughput, bytes, communication share). Each run also carries
+its hyperparameters and final metrics for the HParams view, so `tensorboard --logdir` on a sweep's or a suite's
+folder compares every cell side by side.
 
 Written into a temporary folder and renamed into place: a crash never leaves half of it.
 """
@@ -19,19 +20,24 @@ from typing import Any
 FOLDER = "tensorboard"
 GLOBAL = (
     "test_acc",
+    "test_ppl",
     "test_loss",
     "val_acc",
+    "val_ppl",
     "val_loss",
     "consensus_distance",
 )  # the averaged model's, per evaluated epoch
-PER_NODE = ("train_loss", "node_acc", "node_loss", "train_seconds")  # each node's, per epoch
-TOTALS = ("samples_per_s", "train_seconds", "bytes_per_node_per_step", "comm_fraction", "serve_seconds")
+PER_NODE = ("train_loss", "node_acc", "node_ppl", "node_loss", "train_seconds")  # each node's, per epoch
+TOTALS = ("samples_per_s", "tokens_per_s", "train_seconds", "bytes_per_node_per_step", "comm_fraction", "serve_seconds")
 HPARAMS = ("nodes", "topology", "bits", "local_steps", "seed", "epochs")  # summary columns kept as hyperparameters
 CONFIG_HPARAMS = ("lr", "momentum", "batch_size", "model", "dataset", "partition", "quantizer")
 FINAL = (
     "val_acc",
     "test_acc",
     "best_test_acc",
+    "val_ppl",
+    "test_ppl",
+    "best_test_ppl",
     "samples_per_s",
     "train_seconds",
     "bytes_per_node_per_step",

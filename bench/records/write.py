@@ -41,6 +41,7 @@ SUMMARY_COLUMNS = [
     "samples",
     "train_seconds",
     "samples_per_s",
+    "tokens_per_s",
     "test_acc",
     "val_acc",
     "val_loss",
@@ -49,6 +50,12 @@ SUMMARY_COLUMNS = [
     "node_acc_mean",
     "node_acc_min",
     "node_acc_max",
+    "test_ppl",
+    "val_ppl",
+    "best_test_ppl",
+    "node_ppl_mean",
+    "node_ppl_min",
+    "node_ppl_max",
     "final_loss",
     "bytes_sent_total",
     "bytes_per_node_per_step",
@@ -60,6 +67,7 @@ SUMMARY_COLUMNS = [
     "step_seconds_p10",
     "step_seconds_p90",
     "steps_per_node",
+    "tokens",
     "eval_seconds",
     "bytes_grad",
     "bytes_model",
@@ -277,20 +285,27 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         out["train_seconds"] = float(ts["value"].max())
         if samples is not None and out["train_seconds"] > 0:
             out["samples_per_s"] = out["samples"] / out["train_seconds"]
-    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "consensus_distance"):
+    tokens = final("tokens")  # language models: every token of a window is a prediction
+    if tokens is not None:
+        out["tokens"] = int(tokens["value"].sum())
+        if out.get("train_seconds"):
+            out["tokens_per_s"] = out["tokens"] / out["train_seconds"]
+    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "test_ppl", "val_ppl", "consensus_distance"):
         g = final(key, scope_global=True)
         if g is not None:
             out[key] = float(g["value"].iloc[0])
-    acc = r[(r["metric"] == "test_acc") & r["rank"].isna()].sort_values("epoch")
-    if not acc.empty:  # the first epoch at the highest accuracy: an oscillating run shows what it had reached
-        best = acc.loc[acc["value"].idxmax()]
-        out["best_test_acc"] = float(best["value"])
-        out["best_epoch"] = int(best["epoch"])
-    acc = final("node_acc")
-    if acc is not None:
-        out["node_acc_mean"] = float(acc["value"].mean())
-        out["node_acc_min"] = float(acc["value"].min())
-        out["node_acc_max"] = float(acc["value"].max())
+    # Accuracy for classification, perplexity (lower is better) for language models: a run records one of the two.
+    for score, pick in (("acc", "idxmax"), ("ppl", "idxmin")):
+        curve = r[(r["metric"] == f"test_{score}") & r["rank"].isna()].sort_values("epoch")
+        if not curve.empty:  # the first epoch at the best value: an oscillating run shows what it had reached
+            best = curve.loc[getattr(curve["value"], pick)()]
+            out[f"best_test_{score}"] = float(best["value"])
+            out["best_epoch"] = int(best["epoch"])
+        node = final(f"node_{score}")
+        if node is not None:
+            out[f"node_{score}_mean"] = float(node["value"].mean())
+            out[f"node_{score}_min"] = float(node["value"].min())
+            out[f"node_{score}_max"] = float(node["value"].max())
     loss = final("train_loss")
     if loss is not None:
         out["final_loss"] = float(loss["value"].mean())
@@ -394,24 +409,29 @@ SCALING_COLUMNS = [
     "time_to_target_s",
     "epochs_to_target",
     "test_acc",
+    "test_ppl",
     "train_seconds",
     "steps_per_node",
     "bytes_per_node_per_step",
 ]
 
 
-def time_to_target(records, algorithm: str, target: float) -> tuple[float | None, int | None]:
+def time_to_target(records, algorithm: str, target: float | None) -> tuple[float | None, int | None]:
     """(training seconds, epoch) when the averaged model's validation accuracy (test accuracy when the run held no
-    validation split out) first reached `target`, else (None, None).
+    validation split out) first reached `target`, else (None, None). For a language model (records of perplexity),
+    `target` is a perplexity and reaching it means falling to it or below.
 
     The seconds are the slowest node's elapsed training time at the end of that epoch (evaluation excluded).
     """
-    if records is None or not len(records):
+    if records is None or not len(records) or target is None:
         return None, None
     r = records[records["algorithm"] == algorithm]
-    metric = "val_acc" if (r["metric"] == "val_acc").any() else "test_acc"
-    acc = r[(r["metric"] == metric) & r["rank"].isna()].sort_values("epoch")
-    hit = acc[acc["value"] >= target]
+    metrics = set(r["metric"])
+    lm = bool(metrics & {"test_ppl", "val_ppl"})
+    score = "ppl" if lm else "acc"
+    metric = f"val_{score}" if f"val_{score}" in metrics else f"test_{score}"
+    curve = r[(r["metric"] == metric) & r["rank"].isna()].sort_values("epoch")
+    hit = curve[curve["value"] <= target] if lm else curve[curve["value"] >= target]
     if hit.empty:
         return None, None
     epoch = int(hit["epoch"].iloc[0])
@@ -419,7 +439,17 @@ def time_to_target(records, algorithm: str, target: float) -> tuple[float | None
     return (float(secs.max()) if len(secs) else None), epoch
 
 
-def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_node_samples_per_s: float):
+def series_target(cfg) -> tuple[float | None, str]:
+    """A simulated series' time-to-target goal and its name in the scaling table: --target-acc for a classifier,
+    --target-ppl for a language model (None when not given: the columns stay empty)."""
+    from bench.core.data import DATASETS, LANGUAGE_MODEL
+
+    if DATASETS[cfg.dataset].task != LANGUAGE_MODEL:
+        return cfg.target_acc, f"acc {cfg.target_acc:g}"
+    return cfg.target_ppl, f"ppl {cfg.target_ppl:g}" if cfg.target_ppl is not None else "target (no --target-ppl)"
+
+
+def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float | None, one_node_samples_per_s: float):
     """One row per (algorithm, node count) of a simulated series, from the per-count summaries and records.
 
     speedup_vs_one_node = samples/s / one nominal node's samples/s (batch / its modelled step time: no
@@ -451,6 +481,7 @@ def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float, one_
                 "time_to_target_s": seconds,
                 "epochs_to_target": epoch,
                 "test_acc": row.get("test_acc"),
+                "test_ppl": row.get("test_ppl"),
                 "train_seconds": row.get("train_seconds"),
                 "steps_per_node": row.get("steps_per_node"),
                 "bytes_per_node_per_step": row.get("bytes_per_node_per_step"),

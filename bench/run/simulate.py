@@ -33,7 +33,7 @@ from bench.engine.sim.cluster import (
 )
 from bench.engine.sim.costmodel import CostModel, node_threads
 from bench.records.tables import print_scaling, print_tables, write_scaling
-from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame
+from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame, series_target
 from bench.run.outcome import (
     claimed_out_dir,
     interrupted_lines,
@@ -109,7 +109,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
     else:
         scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, status)
         console.print(f"results: {out_dir}")
-        print_scaling(scaling, cfg.target_acc, console)
+        print_scaling(scaling, series_target(cfg)[1], console)
     if interrupted is not None:
         for line in interrupted_lines(out_dir, interrupted.name):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -125,8 +125,9 @@ def _finish_series(cfg, out_dir: Path, argv, summaries, records, costs: dict[int
     cost = costs[series[0]]
     combined = pd.concat(summaries, ignore_index=True)
     atomic_write_frame(out_dir / "summary.csv", combined)
-    scaling = scaling_frame(combined, records, cfg.target_acc, cost.one_node_samples_per_s(cfg.batch_size))
-    write_scaling(out_dir, scaling, cfg.target_acc)
+    target, goal = series_target(cfg)
+    scaling = scaling_frame(combined, records, target, cost.one_node_samples_per_s(cfg.batch_size))
+    write_scaling(out_dir, scaling, goal)
     first = dataclasses.replace(cfg, nodes=series[0])
     meta = build_meta(first, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
     meta["topology"] = {

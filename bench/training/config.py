@@ -67,7 +67,12 @@ class RunConfig:
     download: bool = opt(
         False, "Let torchvision download an on-disk dataset into --data-dir (needs a network)."
     )  # let torchvision download an on-disk dataset into data_dir (needs a network)
-    model: str = opt("mlp", "Model: mlp, lenet5, resnet20.")  # name in bench.core.models.MODELS
+    model: str = opt(
+        "mlp", "Model: mlp, lenet5, resnet20, ...; transformer-lm or lstm-lm for a language-model dataset."
+    )  # name in bench.core.models.MODELS
+    bptt: int | None = opt(
+        None, "Tokens per sample of a language-model dataset (a window of its token stream).  [default: 35]"
+    )  # window length of language-model samples (None: bench.core.data.DEFAULT_BPTT); other datasets: unused
     val_fraction: float = opt(
         0.1, "Fraction of the training data held out (seeded, stratified) for validation; 0: none."
     )  # held out of the training set: time-to-target and choices use it, the test set is only reported
@@ -245,6 +250,12 @@ class RunConfig:
     target_acc: float = opt(
         0.9, "sim series: the test accuracy whose time-to-reach scaling.csv reports.", sim=True
     )  # sim series: the test accuracy whose time-to-reach the scaling table reports
+    target_ppl: float | None = opt(
+        None,
+        "sim series, language models: the validation perplexity whose time-to-reach scaling.csv reports (lower is "
+        "better).  [default: none]",
+        sim=True,
+    )  # sim series of a language model: the perplexity whose time-to-reach the scaling table reports
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
@@ -565,7 +576,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"unknown dataset '{cfg.dataset}'{closest(cfg.dataset, DATASETS)}: choose from {', '.join(DATASETS)}"
         )
-    model_spec(cfg.model)  # unknown names (incl. torchvision:NAME) -> UserError with the closest match
+    check_task(cfg.dataset, model_spec(cfg.model).task, cfg)  # unknown models (incl. torchvision:NAME): closest match
     if DATASETS[cfg.dataset].needs_data_dir and cfg.data_dir is None:
         raise UserError(
             f"dataset '{cfg.dataset}' is read from disk: pass --data-dir FOLDER (add --download to fetch it there)"
@@ -603,6 +614,36 @@ def validate(cfg: RunConfig) -> None:
             algo_config(cfg, name)
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid options for {name}: {exc} (fix --set {name}.KEY or the [{name}] table)") from None
+
+
+def check_task(dataset: str, model_task: str, cfg: RunConfig) -> None:
+    """A model fits its dataset's task (classification or language modelling), and the options that only one task
+    understands are left alone for the other."""
+    from bench.core.data import DATASETS, LANGUAGE_MODEL
+
+    lm = DATASETS[dataset].task == LANGUAGE_MODEL
+    if lm and model_task != LANGUAGE_MODEL:
+        raise UserError(
+            f"model '{cfg.model}' classifies images or vectors but dataset '{dataset}' holds text (token windows): "
+            "use --model transformer-lm or --model lstm-lm, or an image dataset such as --dataset mnist"
+        )
+    if not lm and model_task == LANGUAGE_MODEL:
+        raise UserError(
+            f"model '{cfg.model}' is a language model but dataset '{dataset}' holds images or vectors: use "
+            "--dataset embedded-text (or --dataset wikitext2 --data-dir FOLDER), or a classifier such as --model mlp"
+        )
+    if cfg.bptt is not None and not lm:
+        raise UserError(f"--bptt applies to language-model datasets only, not to '{dataset}': drop --bptt")
+    if cfg.bptt is not None and cfg.bptt < 1:
+        raise UserError(f"--bptt must be at least 1 token, got {cfg.bptt}")
+    if cfg.target_ppl is not None and not lm:
+        raise UserError(f"--target-ppl is a language model's goal, not '{dataset}''s: use --target-acc")
+    if cfg.target_ppl is not None and not cfg.target_ppl >= 1:
+        raise UserError(f"--target-ppl must be a perplexity (at least 1), got {cfg.target_ppl}")
+    if lm and cfg.partition != "iid":
+        raise UserError(
+            f"--partition {cfg.partition} skews class labels, which token windows do not have: use --partition iid"
+        )
 
 
 ENGINES = ("processes", "sim")

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
-from bench.core.data import Dataset, hold_out, load_dataset, partition
-from bench.core.models import build_model
+from bench.core.data import CLASSIFICATION, LANGUAGE_MODEL, Dataset, hold_out, load_dataset, partition
+from bench.core.models import build_model, loss_of
 from bench.core.protocol import Clock, Node, flatten_model
 from bench.training.config import Hyper, RunConfig, algo_config, hyper
 from bench.training.registry import ALGORITHMS
@@ -81,7 +80,8 @@ class Sampler:
 
 def run_data(cfg: RunConfig, *, download: bool = False) -> Dataset:
     """The run's data: the dataset with its validation split (cfg.val_fraction) held out of the training set."""
-    return hold_out(load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download), cfg.val_fraction, cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, download, bptt=cfg.bptt)
+    return hold_out(data, cfg.val_fraction, cfg.seed)
 
 
 def make_codec(cfg: RunConfig) -> Codec | None:
@@ -121,17 +121,24 @@ def make_node(
     return Node(rank, cfg.nodes, comm, clock, rng, model, params, grads, opt)
 
 
-def _evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, int]:
-    """(sum of losses, number correct) of `model` on (x, y)."""
+def score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, int, int]:
+    """(sum of losses, number correct, number of predictions) of `model` on (x, y): one prediction per sample, or
+    per token of a language model's windows. `batch` counts predictions, so a vocabulary-sized output stays small."""
     loss_sum, correct = 0.0, 0
+    per = max(1, batch // max(1, y[0].numel())) if len(y) else 1  # samples per forward pass
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(y), batch):
-            out = model(x[i : i + batch])
-            loss_sum += F.cross_entropy(out, y[i : i + batch], reduction="sum").item()
-            correct += int((out.argmax(1) == y[i : i + batch]).sum())
+        for i in range(0, len(y), per):
+            out, target = model(x[i : i + per]), y[i : i + per]
+            loss_sum += loss_of(out, target, reduction="sum").item()
+            correct += int((out.argmax(-1) == target).sum())
     model.train()
-    return loss_sum, correct
+    return loss_sum, correct, y.numel()
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp of a mean token cross-entropy (nats); inf where that overflows."""
+    return math.exp(mean_loss) if mean_loss < 700 else math.inf
 
 
 @dataclass
@@ -175,6 +182,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """One snapshot: the node's own model on the whole test set; the average of every node's snapshot of the
     same epoch on this node's slice of the test set (and of the validation set `val`); the consensus distance.
+    Accuracies for a classification set; perplexities (exp of the mean token cross-entropy) for token windows.
 
     Collective over the snapshots of one epoch (every node calls it for the same epochs, in order), run after
     training: it never synchronizes or delays training. Traffic is counted as kind "eval".
@@ -183,7 +191,7 @@ def evaluate(
     device = x.device
     mine = snap.params.to(device)
     _load(scratch, mine, snap.buffers.to(device))
-    own_loss, own_correct = _evaluate_model(scratch, x, y)
+    own_loss, own_correct, own_count = score(scratch, x, y)
     avg = mine.clone()
     comm.allreduce_mean(avg, "eval")
     flat_buf = snap.buffers.to(device)
@@ -191,29 +199,30 @@ def evaluate(
         comm.allreduce_mean(flat_buf, "eval")  # BatchNorm statistics of the averaged model
     _load(scratch, avg, flat_buf)
     xs, ys = x[r::n], y[r::n]
-    avg_loss, avg_correct = _evaluate_model(scratch, xs, ys)
+    avg_loss, avg_correct, avg_count = score(scratch, xs, ys)
     # One small allreduce gathers every node's own accuracy and the slices of the averaged model's scores.
     vec = torch.zeros(n + 7, dtype=torch.float64)
-    vec[r] = own_correct / len(y)
+    vec[r] = own_correct / own_count
     vec[n] = float((mine - avg).pow(2).sum())
-    vec[n + 1], vec[n + 2], vec[n + 3] = avg_correct, len(ys), avg_loss
+    vec[n + 1], vec[n + 2], vec[n + 3] = avg_correct, avg_count, avg_loss
     if val is not None:
         xv, yv = val[0][r::n], val[1][r::n]
-        val_loss, val_correct = _evaluate_model(scratch, xv, yv) if len(yv) else (0.0, 0)
-        vec[n + 4], vec[n + 5], vec[n + 6] = val_correct, len(yv), val_loss
+        vec[n + 6], vec[n + 4], vec[n + 5] = score(scratch, xv, yv) if len(yv) else (0.0, 0, 0)
     comm.allreduce_sum(vec, "eval")
-    validation = {}
-    if val is not None:
-        validation = {"val_acc": float(vec[n + 4] / vec[n + 5]), "val_loss": float(vec[n + 6] / vec[n + 5])}
-    return {
-        **validation,
-        "node_acc": own_correct / len(y),
-        "node_loss": own_loss / len(y),
-        "node_accs": vec[:n].tolist(),
+    out = {
+        "node_loss": own_loss / own_count,
         "consensus_distance": float(vec[n]) / n,
-        "test_acc": float(vec[n + 1] / vec[n + 2]),
         "test_loss": float(vec[n + 3] / vec[n + 2]),
     }
+    if val is not None:
+        out["val_loss"] = float(vec[n + 6] / vec[n + 5])
+    if y.ndim == 2:  # token windows: a language model is judged by perplexity, not by next-token accuracy
+        return {**out, **{key.replace("loss", "ppl"): perplexity(value) for key, value in out.items() if "loss" in key}}
+    out |= {"node_acc": own_correct / own_count, "node_accs": vec[:n].tolist()}
+    out["test_acc"] = float(vec[n + 1] / vec[n + 2])
+    if val is not None:
+        out["val_acc"] = float(vec[n + 4] / vec[n + 5])
+    return out
 
 
 @dataclass
@@ -298,7 +307,7 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
         if dataset.augment is not None:
             xb = dataset.augment(xb, cell.aug_gen)
         node.optimizer.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(node.model(xb), yb)
+        loss = loss_of(node.model(xb), yb)
         loss.backward()
     algo.after_backward(step)
     with comm.exclusive(), clock.compute():
@@ -312,18 +321,21 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
 
 
 def evaluate_snapshot(cell: Cell, record: Recorder, clock: Clock, snap: Snapshot, total_steps: int) -> None:
-    """Per-node and (rank 0) averaged-model accuracy, loss and consensus distance of one epoch's snapshots."""
+    """Per-node and (rank 0) averaged-model accuracy (perplexity for a language model), loss and consensus distance
+    of one epoch's snapshots."""
     t_eval = clock.now()
     ev = evaluate(cell.node.comm, snap, cell.scratch, cell.x_test, cell.y_test, cell.val)
     epoch, step = snap.epoch, snap.step
-    record("node_acc", ev["node_acc"], epoch, step)
-    record("node_loss", ev["node_loss"], epoch, step)
+    for key in ("node_acc", "node_ppl", "node_loss"):
+        if key in ev:
+            record(key, ev[key], epoch, step)
     record("eval_seconds", clock.now() - t_eval, epoch, step)
     if record.rank == 0:
-        for key in ("test_acc", "test_loss", "val_acc", "val_loss", "consensus_distance"):
+        for key in ("test_acc", "test_ppl", "test_loss", "val_acc", "val_ppl", "val_loss", "consensus_distance"):
             if key in ev:
                 record(key, ev[key], epoch, step, scope="global")
-        record.progress(total_steps, total_steps, epoch=epoch, test_acc=ev["test_acc"])
+        shown = "test_acc" if "test_acc" in ev else "test_ppl"
+        record.progress(total_steps, total_steps, epoch=epoch, **{shown: ev[shown]})
 
 
 def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[float], step: int, batch: int) -> None:
@@ -365,7 +377,7 @@ def run_cell(
     """
     cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
     record = Recorder(emit, algorithm, rank)
-    if rank == 0:  # what "no better than guessing" means for this data (the divergence check reads it)
+    if rank == 0 and dataset.task == CLASSIFICATION:  # "no better than guessing" (the divergence check reads it)
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     comm.fence()  # every node starts the clock together
@@ -404,4 +416,6 @@ def run_cell(
     for snap in snapshots:
         evaluate_snapshot(cell, record, clock, snap, total_steps)
     record_totals(cell, record, comm, step_times, step, cfg.batch_size)
+    if dataset.task == LANGUAGE_MODEL:  # tokens/s beside samples/s: every token of a window is a prediction
+        record("tokens", float(step * cfg.batch_size * dataset.targets_per_sample), None, step)
     return cell.node

@@ -499,9 +499,9 @@ def measure_step(
     import time
 
     import torch
-    import torch.nn.functional as F
 
-    from bench.core.models import build_model
+    from bench.core.data import LANGUAGE_MODEL
+    from bench.core.models import build_model, loss_of, model_spec
     from bench.core.protocol import flatten_model
 
     dev = torch.device(device)
@@ -509,8 +509,12 @@ def measure_step(
     flatten_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *input_shape), generator=gen).to(dev)
-    y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
+    if model_spec(model_name).task == LANGUAGE_MODEL:  # token windows in, a next token per position out
+        x = torch.randint(0, num_classes, (batch, *input_shape), generator=gen).to(dev)
+        y = torch.randint(0, num_classes, (batch, *input_shape), generator=gen).to(dev)
+    else:
+        x = torch.randn((batch, *input_shape), generator=gen).to(dev)
+        y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -521,7 +525,7 @@ def measure_step(
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_of(model(x), y)
         loss.backward()
         sync()
         t1 = time.perf_counter()

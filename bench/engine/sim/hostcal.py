@@ -44,7 +44,7 @@ from typing import Any
 
 from bench.base.host import usable_cores
 from bench.core.data import load_dataset
-from bench.core.models import build_model
+from bench.core.models import build_model, loss_of
 from bench.core.protocol import flatten_model
 from bench.core.topology import build_topology
 from bench.engine.processes.localworld import run_world
@@ -82,11 +82,10 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
     """One rank of the probe (runs in a spawned process; see the module docstring)."""
     import torch
-    import torch.nn.functional as F
 
     cfg = RunConfig.from_dict(spec["config"])
     torch.set_num_threads(spec["threads"])
-    dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir)
+    dataset = load_dataset(cfg.dataset, cfg.seed, cfg.data_dir, bptt=cfg.bptt)
     gate = Path(spec["gate"])
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     flatten_model(model)
@@ -98,7 +97,7 @@ def _probe(rank: int, world: int, comm, spec: dict[str, Any]) -> dict[str, Any]:
         with comm.exclusive():
             xb, yb = sampler.next()
             opt.zero_grad(set_to_none=False)
-            F.cross_entropy(model(xb), yb).backward()
+            loss_of(model(xb), yb).backward()
         with comm.exclusive():
             opt.step()
 
