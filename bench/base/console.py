@@ -65,7 +65,8 @@ class RunUI(LiveProgress):
                 flush=True,
             )
         elif kind == "cell_start":
-            print(f"{algo}: started", flush=True)
+            rounds = event.get("rounds", 1)
+            print(f"{algo}: started" + (f" (round {event['round']} of {rounds})" if rounds > 1 else ""), flush=True)
 
     def worker_line(self, rank: int, line: str) -> None:
         text = f"[rank {rank}] {line}"

@@ -73,12 +73,13 @@ def statuses_for(
     failure: tuple[str, str] | None,
     interrupted: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Per algorithm ok/failed/interrupted/skipped and the reason, from the progress seen, the failure (who, error)
-    and the signal that interrupted the run (e.g. "SIGINT"), if any."""
+    """Per algorithm ok/failed/interrupted/skipped and the reason, from the progress seen (one cell_start and one
+    cell_done per algorithm and round), the failure (who, error) and the signal that interrupted the run (e.g.
+    "SIGINT"), if any. An algorithm is ok once all its --repeat rounds are done."""
     statuses, reasons = {}, {}
     who, error = failure if failure else ("", "")
     for name in cfg.algorithms:
-        if name in done:
+        if done.count(name) >= cfg.repeat:
             statuses[name] = "ok"
         elif name in started and interrupted:
             statuses[name] = "interrupted"
