@@ -67,9 +67,11 @@ def test_rounds_on_real_processes(repeated_run):
 
 def test_simulated_rounds_agree_exactly(tmp_path):
     out = tmp_path / "sim"
-    args = ["run", "--engine", "sim", "--algo", "swarm", "--nodes", "2", *TINY, "--repeat", "2", "--out", str(out)]
+    args = ["run", "--engine", "sim", "--algo", "swarm", "--nodes", "2", *TINY[:-1], "--repeat", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    # TensorBoard: each round's curves in a run of its own under the algorithm's
+    assert {p.name for p in (out / "tensorboard" / "swarm").iterdir() if p.is_dir()} == {"round1", "round2"}
     row = pd.read_csv(out / "summary.csv").iloc[0]
     assert row["rounds"] == 2 and row["samples_per_s_drift"] == 1.0
     assert row["samples_per_s_lo"] == row["samples_per_s_median"] == row["samples_per_s_hi"] == row["samples_per_s"]
