@@ -63,6 +63,8 @@ def test_rounds_on_real_processes(repeated_run):
     ratios = rounds[rounds["algorithm"] == "swarm"].set_index("round")["samples_per_s"] / ref
     assert swarm["samples_per_s_ratio_median"] == pytest.approx(ratios.median())
     assert "95 % lo" in (out / "throughput.md").read_text()
+    table = pd.read_csv(out / "throughput.csv").set_index("algorithm")
+    assert table.loc["swarm", "speedup_vs_allreduce"] == pytest.approx(swarm["samples_per_s_ratio_median"])
 
 
 def test_simulated_rounds_agree_exactly(tmp_path):
