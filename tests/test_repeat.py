@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.records.rounds import combine, drift, median_interval
+from bench.run.outcome import statuses_for
 from bench.training.config import RunConfig
 from cli import cli
 
@@ -112,3 +113,16 @@ def test_median_interval():
     assert median_interval(values, seed=0) == (m, lo, hi)
     assert drift([10.0, 12.5, 11.0]) == pytest.approx(1.25) and math.isnan(drift([3.0]))
     assert combine({1: {"samples": 100, "x": 1.0}, 2: {"samples": 100, "x": 3.0}}) == {"samples": 100, "x": 2.0}
+
+
+def test_an_algorithm_is_ok_only_after_all_its_rounds():
+    cfg = RunConfig(algorithms=ALGOS, repeat=2)
+    # round 2: swarm ran first and finished, allreduce failed
+    started, done = ["allreduce", "swarm", "swarm", "allreduce"], ["allreduce", "swarm", "swarm"]
+    statuses, reasons = statuses_for(cfg, started, done, ("rank 1", "boom"))
+    assert statuses == {"allreduce": "failed", "swarm": "ok"}
+    assert reasons["allreduce"] == "rank 1: boom (1 of 2 rounds done)"
+    # Ctrl-C after swarm's second round, before allreduce's: allreduce was not running
+    statuses, reasons = statuses_for(cfg, started[:3], done, None, "SIGINT")
+    assert statuses == {"allreduce": "skipped", "swarm": "ok"}
+    assert reasons["allreduce"] == "the run was stopped by SIGINT between its rounds (1 of 2 rounds done)"

@@ -79,20 +79,26 @@ def statuses_for(
     statuses, reasons = {}, {}
     who, error = failure if failure else ("", "")
     for name in cfg.algorithms:
-        if done.count(name) >= cfg.repeat:
+        finished = done.count(name)
+        running = started.count(name) > finished  # it was in a round when the run ended
+        rounds = f" ({finished} of {cfg.repeat} rounds done)" if cfg.repeat > 1 else ""
+        if finished >= cfg.repeat:
             statuses[name] = "ok"
-        elif name in started and interrupted:
+        elif running and interrupted:
             statuses[name] = "interrupted"
-            reasons[name] = f"stopped by {interrupted}"
-        elif name in started and failure:
+            reasons[name] = f"stopped by {interrupted}{rounds}"
+        elif running and failure:
             statuses[name] = "failed"
-            reasons[name] = f"{who}: {error}"
+            reasons[name] = f"{who}: {error}{rounds}"
         else:
             statuses[name] = "skipped"
             if interrupted:
-                reasons[name] = f"the run was stopped by {interrupted} before it started"
+                when = "before it started" if not finished else "between its rounds"
+                reasons[name] = f"the run was stopped by {interrupted} {when}{rounds}"
+            elif failure:
+                reasons[name] = f"another algorithm failed{rounds}" if finished else "an earlier algorithm failed"
             else:
-                reasons[name] = "an earlier algorithm failed" if failure else ""
+                reasons[name] = ""
     if failure and not started and not interrupted:
         reasons = {name: f"workers failed before training: {who}: {error}" for name in cfg.algorithms}
     return statuses, reasons
