@@ -339,8 +339,9 @@ def train_all(
     send: Callable[[dict[str, Any]], None],
     transport: str,
 ) -> None:
-    """Run every algorithm of the invocation on this rank; records to the staging file, rank 0's progress to
-    `send`. Ends with a barrier, so every rank's staging file is complete when this returns on rank 0."""
+    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`);
+    records to the staging file, rank 0's progress to `send`. Ends with a barrier, so every rank's staging file is
+    complete when this returns on rank 0."""
     import torch
 
     rank, world = session.rank, session.world
@@ -369,7 +370,7 @@ def train_all(
             send(event)
 
     try:
-        # The rounds run on these same workers: one launch, K interleaved rounds (no restart between them).
+        # The rounds run on these same workers and process group: one launch, no restart between rounds.
         run_rounds(cfg, emit, lambda name, out: run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out))
         comm.close()
     finally:
