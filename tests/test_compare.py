@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.analysis.compare import Rule, judge
+from bench.analysis.compare import Rule, judge, judge_interval
 from cli import cli
 
 pytest.importorskip("bench.engine.sim.cluster", reason="the compare fixtures are simulator sweeps (--engine sim)")
@@ -147,6 +147,55 @@ def test_real_throughput_judged_as_ratio_to_allreduce(baseline, tmp_path):
     assert result.exit_code == 0 and "| improved" in result.output
 
 
+def with_rounds(intervals: dict[str, tuple[float, float, float]]):
+    """Give every row the round columns of a --repeat run: per algorithm (median, lo, hi) of its per-round ratio
+    to allreduce (allreduce itself: 1)."""
+
+    def fn(s):
+        s["rounds"] = 5
+        for algo, (median, lo, hi) in {"allreduce": (1.0, 1.0, 1.0), **intervals}.items():
+            rows = s["algorithm"] == algo
+            s.loc[rows, "samples_per_s_ratio_median"] = median
+            s.loc[rows, "samples_per_s_ratio_lo"] = lo
+            s.loc[rows, "samples_per_s_ratio_hi"] = hi
+        return s
+
+    return fn
+
+
+def test_rounds_judged_by_their_intervals(baseline, tmp_path):
+    base = copy(baseline, tmp_path / "base")
+    as_real_processes(base)
+    edit_summaries(base, with_rounds({"swarm": (1.5, 1.3, 1.7)}))
+
+    def verdict(name, interval, *extra):
+        cur = copy(base, tmp_path / name)
+        edit_summaries(cur, with_rounds({"swarm": interval}))
+        result = invoke("compare", str(base), str(cur), "--json", *extra)
+        data = json.loads(result.output)
+        checks = [c for c in data["checks"] if c["metric"] == "samples_per_s"]
+        assert len(checks) == 2 and len({c["verdict"] for c in checks}) == 1, checks  # swarm at 2 and 4 nodes
+        return result.exit_code, checks[0]
+
+    # The median fell by 40 % (far beyond the 0.3 band), but the intervals overlap: not a regression.
+    code, check = verdict("overlap", (0.9, 0.6, 1.35))
+    assert (code, check["verdict"]) == (0, "ok") and check["change"] == pytest.approx(-0.4)
+    assert check["baseline"] == 1.5 and "95 % intervals [1.3, 1.7] vs [0.6, 1.35]" in check["note"]
+    assert "do not overlap" in check["rule"]
+    # Only 15 % lower, but the intervals are apart: a regression, whatever the tolerance.
+    code, check = verdict("apart", (1.27, 1.22, 1.29))
+    assert (code, check["verdict"]) == (1, "regressed")
+    assert verdict("apart-tol", (1.27, 1.2, 1.29), "--tolerance", "samples_per_s=0.9")[1]["verdict"] == "regressed"
+    code, check = verdict("faster", (2.0, 1.8, 2.2))
+    assert (code, check["verdict"]) == (0, "improved")
+    # One side without rounds: the tolerance band on the plain ratio, as before.
+    plain = copy(baseline, tmp_path / "plain")
+    as_real_processes(plain)
+    result = invoke("compare", str(base), str(plain), "--json")
+    checks = [c for c in json.loads(result.output)["checks"] if c["metric"] == "samples_per_s"]
+    assert checks and all("intervals" not in c["note"] and "÷ allreduce in the same cell" in c["note"] for c in checks)
+
+
 def test_failed_and_missing_cells_regress(baseline, tmp_path):
     current = copy(baseline, tmp_path / "cur")
 
@@ -212,3 +261,15 @@ def test_judge_rules():
     assert judge(acc, 0.9, 0.86) == (pytest.approx(-0.04), "ok")
     assert judge(acc, 0.9, None)[1] == "missing"
     assert judge(Rule("consensus_distance", 1e-3, atol=1e-9), 3e-13, 5e-13)[1] == "ok"
+
+
+def test_judge_interval_rule():
+    higher = Rule("samples_per_s", 0.3, better="higher", ratio=True)
+    base = (1.0, 0.9, 1.1)
+    assert judge_interval(higher, base, (0.7, 0.5, 0.95)) == (pytest.approx(-0.3), "ok")  # overlap
+    assert judge_interval(higher, base, (0.85, 0.8, 0.89))[1] == "regressed"  # wholly below
+    assert judge_interval(higher, base, (1.2, 1.11, 1.3))[1] == "improved"  # wholly above
+    assert judge_interval(higher, base, (1.0, 1.0, 1.0))[1] == "ok"
+    lower = Rule("train_seconds", 0.3, better="lower", ratio=True)
+    assert judge_interval(lower, base, (1.2, 1.11, 1.3))[1] == "regressed"  # slower, wholly above
+    assert judge_interval(lower, base, (0.85, 0.8, 0.89))[1] == "improved"

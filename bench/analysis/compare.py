@@ -9,7 +9,10 @@ is, never on absolute numbers measured on two machines:
   regenerate the baseline;
 - noisy metrics of real runs (throughput) are judged as ratios to a reference measured in the same run
   (each algorithm's samples/s divided by allreduce's in the same cell) with a tolerance band; only a change in
-  the bad direction is a regression (`regressed`), one in the good direction is reported as `improved`.
+  the bad direction is a regression (`regressed`), one in the good direction is reported as `improved`;
+- when both sides ran with `--repeat` (several rounds), throughput is judged on its 95 % intervals instead of the
+  tolerance band: the per-round ratio to allreduce in the same round, regressed only when the current interval lies
+  wholly on the bad side of the baseline's (the two do not overlap), improved when wholly on the good side.
 
 Exit 0: nothing regressed; 1: a regression (also a cell missing or failed in CURRENT); 2: unusable input.
 """
@@ -356,9 +359,16 @@ def judge_metric(match: Match, k: tuple, rule: Rule, brow: dict[str, Any], crow:
     kd, label = match.cell(k), match.label(k)
     b, c = _value(brow, rule.metric), _value(crow, rule.metric)
     note = ""
+    if rule.ratio and kd["algorithm"] == REFERENCE:
+        return None  # its own reference: always 1
+    bi, ci = _interval(brow, rule), _interval(crow, rule)
+    if rule.better and bi is not None and ci is not None:
+        change, verdict = judge_interval(rule, bi, ci)
+        shown = " vs ".join(f"[{fmt_compact(lo)}, {fmt_compact(hi)}]" for _, lo, hi in (bi, ci))
+        basis = f"÷ {REFERENCE} in the same round, " if rule.ratio else ""
+        note = f"{basis}median of the rounds; 95 % intervals {shown}"
+        return Check(label, kd, rule.metric, bi[0], ci[0], change, verdict, rule.describe() + INTERVAL_RULE, note)
     if rule.ratio:
-        if kd["algorithm"] == REFERENCE:
-            return None  # its own reference: always 1
         rb = _reference(match.baseline, k, match.keys, rule.metric)
         rc = _reference(match.current, k, match.keys, rule.metric)
         if rb is None or rc is None:
@@ -371,6 +381,35 @@ def judge_metric(match: Match, k: tuple, rule: Rule, brow: dict[str, Any], crow:
     if verdict == "skipped":
         return None
     return Check(label, kd, rule.metric, b, c, change, verdict, rule.describe(), note)
+
+
+INTERVAL_RULE = "; with rounds on both sides: regressed only when the 95 % intervals do not overlap"
+
+
+def _interval(row: dict[str, Any], rule: Rule) -> tuple[float, float, float] | None:
+    """(median, lo, hi) over a --repeat run's rounds of what `rule` judges (for a ratio rule the per-round ratio
+    to the reference), or None when the row has no interval (one round, or an older summary)."""
+    prefix = f"{rule.metric}_ratio" if rule.ratio else rule.metric
+    values = [_value(row, f"{prefix}_{part}") for part in ("median", "lo", "hi")]
+    if any(v is None for v in values):
+        return None
+    median, lo, hi = values
+    return median, lo, hi  # type: ignore[return-value]
+
+
+def judge_interval(
+    rule: Rule, b: tuple[float, float, float], c: tuple[float, float, float]
+) -> tuple[float | None, str]:
+    """(change of the medians, verdict) from two (median, lo, hi) intervals: `regressed` only when the current
+    interval lies wholly on the bad side of the baseline's, `improved` wholly on the good side, else `ok` (they
+    overlap, whatever the medians did). The tolerance plays no part."""
+    (bm, blo, bhi), (cm, clo, chi) = b, c
+    change = cm - bm if rule.absolute else (cm - bm) / abs(bm) if bm else None
+    if chi < blo:
+        return change, "regressed" if rule.better == "higher" else "improved"
+    if clo > bhi:
+        return change, "improved" if rule.better == "higher" else "regressed"
+    return change, "ok"
 
 
 def _yes(value: Any) -> bool:

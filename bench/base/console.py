@@ -66,7 +66,8 @@ class RunUI(LiveProgress):
         elif kind == "progress" and "epoch" in event:
             print(f"{algo}: epoch {event['epoch']} step {event['step']}/{event['total']} {_score(event)}", flush=True)
         elif kind == "cell_start":
-            print(f"{algo}: started", flush=True)
+            rounds = event.get("rounds", 1)
+            print(f"{algo}: started" + (f" (round {event['round']} of {rounds})" if rounds > 1 else ""), flush=True)
 
     def worker_line(self, rank: int, line: str) -> None:
         text = f"[rank {rank}] {line}"

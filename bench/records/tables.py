@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.base.console import print_table
 from bench.base.files import atomic_write_frame, atomic_write_text
-from bench.base.formatting import fmt_spec
+from bench.base.formatting import fmt_spec, is_missing
 
 FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "parquet": ".parquet"}  # report table files: suffix
 REFERENCE_ALGORITHM = "allreduce"  # same-run reference for noisy throughput (ratios, never absolute numbers)
@@ -21,7 +21,11 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("samples", "samples", "d"),
         ("train_seconds", "train s", ".2f"),
         ("samples_per_s", "samples/s", ",.0f"),
-        ("speedup_vs_allreduce", "vs allreduce", ".2f"),
+        ("rounds", "rounds", "d"),  # the round columns: shown only when a run had --repeat > 1 (ROUND_COLUMNS)
+        ("samples_per_s_lo", "95 % lo", ",.0f"),
+        ("samples_per_s_hi", "95 % hi", ",.0f"),
+        ("samples_per_s_drift", "drift max/min", ".2f"),
+        ("speedup_vs_allreduce", "vs allreduce", ".2f"),  # with rounds: the median of the per-round ratios
         ("step_ms_median", "step ms (median)", ".2f"),
         ("step_ms_p10", "p10", ".2f"),
         ("step_ms_p90", "p90", ".2f"),
@@ -107,18 +111,45 @@ def speedup_vs_allreduce(summary, by: tuple[str, ...] = ("nodes",)):
     return pd.Series(sps.to_numpy() / ref_sps.where(ref_sps > 0).to_numpy(), index=summary.index)
 
 
+ROUND_COLUMNS = ("rounds", "samples_per_s_lo", "samples_per_s_hi", "samples_per_s_drift")
+
+
+def repeated(summary) -> bool:
+    """Whether some row of the summary is the median of several rounds (--repeat)."""
+    import pandas as pd
+
+    return "rounds" in summary.columns and bool((pd.to_numeric(summary["rounds"], errors="coerce") > 1).any())
+
+
 def table_frames(summary) -> dict[str, Any]:
-    """The three tables as DataFrames with raw (unformatted) numbers."""
+    """The three tables as DataFrames with raw (unformatted) numbers; with rounds, samples/s and the other
+    measurements are medians over the rounds, and the throughput table adds the interval and the drift."""
     s = summary.copy()
     s["speedup_vs_allreduce"] = speedup_vs_allreduce(s)
     for q in ("median", "p10", "p90"):
         s[f"step_ms_{q}"] = s[f"step_seconds_{q}"] * 1000.0
-    return {name: s[[c for c, _, _ in cols]] for name, cols in table_columns(summary).items()}
+    skip = () if repeated(s) else ROUND_COLUMNS
+    if repeated(s):  # the median of the per-round ratios: paired by round, a slow phase of the machine cancels
+        s["speedup_vs_allreduce"] = s["samples_per_s_ratio_median"].where(s["rounds"] > 1, s["speedup_vs_allreduce"])
+    return {name: s[[c for c, _, _ in cols if c not in skip]] for name, cols in table_columns(summary).items()}
+
+
+def drift_line(summary) -> str | None:
+    """One line: how far each algorithm's samples/s moved across the rounds of a --repeat run (max / min)."""
+    if not repeated(summary):
+        return None
+    rows = summary.to_dict("records")
+    drifts = [(r["algorithm"], r["samples_per_s_drift"]) for r in rows]
+    parts = [f"{name} {d:.2f}" for name, d in drifts if not is_missing(d)]
+    k = int(summary["rounds"].max())
+    return f"drift of samples/s over {k} rounds (max / min, 1.00 = none): " + ", ".join(parts)
 
 
 def formatted(name: str, frame) -> tuple[list[str], list[list[str]]]:
     lm = LM_TABLES.get(name)
-    cols = lm if lm and list(frame.columns) == [c for c, _, _ in lm] else TABLES[name]
+    present = list(frame.columns)
+    lm_frame = lm is not None and present == [c for c, _, _ in lm if c in present]
+    cols = [col for col in (lm if lm_frame else TABLES[name]) if col[0] in present]
     headers = [h for _, h, _ in cols]
     rows = [[fmt_spec(row[c], f) for c, _, f in cols] for row in frame.to_dict("records")]
     return headers, rows
@@ -141,6 +172,12 @@ def print_tables(summary, console=None) -> None:
     """Render the three tables with rich (plain text when the output is not a terminal)."""
     for name, frame in table_frames(summary).items():
         print_table(*formatted(name, frame), title=name, title_justify="left", console=console)
+    line = drift_line(summary)
+    if line:
+        if console is None:
+            print(line)
+        else:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}

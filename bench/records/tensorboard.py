@@ -30,7 +30,7 @@ GLOBAL = (
 PER_NODE = ("train_loss", "node_acc", "node_ppl", "node_loss", "train_seconds")  # each node's, per epoch
 TOTALS = ("samples_per_s", "tokens_per_s", "train_seconds", "bytes_per_node_per_step", "comm_fraction", "serve_seconds")
 HPARAMS = ("nodes", "topology", "bits", "local_steps", "seed", "epochs")  # summary columns kept as hyperparameters
-CONFIG_HPARAMS = ("lr", "momentum", "batch_size", "model", "dataset", "partition", "quantizer")
+CONFIG_HPARAMS = ("lr", "momentum", "batch_size", "model", "dataset", "partition", "quantizer", "repeat")
 FINAL = (
     "val_acc",
     "test_acc",
@@ -63,6 +63,18 @@ def _hparam(value: Any) -> Any:
     return int(number) if number.is_integer() else number
 
 
+def _curves(writer, r) -> None:
+    """The averaged model's and every node's per-epoch values of one algorithm (one round of it)."""
+    for metric in GLOBAL:
+        rows = r[(r["metric"] == metric) & r["rank"].isna()]
+        for epoch, value in zip(rows["epoch"], rows["value"], strict=True):
+            writer.add_scalar(f"avg_model/{metric}", float(value), int(epoch))
+    for metric in PER_NODE:
+        rows = r[(r["metric"] == metric) & r["rank"].notna() & r["epoch"].notna()]
+        for rank, epoch, value in zip(rows["rank"], rows["epoch"], rows["value"], strict=True):
+            writer.add_scalar(f"node{int(rank)}/{metric}", float(value), int(epoch))
+
+
 def write_events(out_dir: Path, records, summary, cfg) -> Path:
     """Write DIR/tensorboard from the run's records and summary; returns the folder."""
     from torch.utils.tensorboard import SummaryWriter
@@ -74,14 +86,13 @@ def write_events(out_dir: Path, records, summary, cfg) -> Path:
         r = records[records["algorithm"] == algorithm]
         writer = SummaryWriter(log_dir=str(tmp / algorithm))
         try:
-            for metric in GLOBAL:
-                rows = r[(r["metric"] == metric) & r["rank"].isna()]
-                for epoch, value in zip(rows["epoch"], rows["value"], strict=True):
-                    writer.add_scalar(f"avg_model/{metric}", float(value), int(epoch))
-            for metric in PER_NODE:
-                rows = r[(r["metric"] == metric) & r["rank"].notna() & r["epoch"].notna()]
-                for rank, epoch, value in zip(rows["rank"], rows["epoch"], rows["value"], strict=True):
-                    writer.add_scalar(f"node{int(rank)}/{metric}", float(value), int(epoch))
+            rounds = sorted(r["round"].dropna().unique()) if "round" in r.columns else []
+            if len(rounds) > 1:  # --repeat: each round's curves in a run of their own, the totals (medians) here
+                for number in rounds:
+                    with SummaryWriter(log_dir=str(tmp / algorithm / f"round{int(number)}")) as sub:
+                        _curves(sub, r[r["round"] == number])
+            else:
+                _curves(writer, r)
             last_epoch = int(_number(row.get("epochs")) or 0)
             for metric in TOTALS:
                 value = _number(row.get(metric))

@@ -23,7 +23,8 @@ from typing import Any
 from bench import __version__
 from bench.base.errors import ResultsUnwritable
 from bench.base.files import LineLog, atomic_write_frame, atomic_write_json, atomic_write_text
-from bench.records.tables import write_tables
+from bench.records.rounds import INTERVAL_METHOD, combine, throughput_columns
+from bench.records.tables import REFERENCE_ALGORITHM, write_tables
 from bench.records.tensorboard import write_events
 from bench.training.config import hyper
 
@@ -42,6 +43,14 @@ SUMMARY_COLUMNS = [
     "train_seconds",
     "samples_per_s",
     "tokens_per_s",
+    "rounds",
+    "samples_per_s_median",
+    "samples_per_s_lo",
+    "samples_per_s_hi",
+    "samples_per_s_drift",
+    "samples_per_s_ratio_median",
+    "samples_per_s_ratio_lo",
+    "samples_per_s_ratio_hi",
     "test_acc",
     "val_acc",
     "val_loss",
@@ -174,6 +183,12 @@ def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, 
             name: {**dataclasses.asdict(hyper(cfg, name)), "peak_lr": hyper(cfg, name).peak_lr(cfg.nodes)}
             for name in cfg.algorithms
         },
+        "rounds": {
+            "repeat": cfg.repeat,
+            "orders": [list(order) for order in cfg.round_orders()],
+            "order": "as given" if cfg.repeat == 1 else "random.Random('swarmbench-round:SEED:ROUND').shuffle",
+            "interval": INTERVAL_METHOD,
+        },
         "argv": argv,
         "started_at": now_iso(),
         "ended_at": None,
@@ -206,10 +221,21 @@ DIVERGED_MARGIN = 0.05  # accuracy above chance that counts as having learned so
 def divergence(records, algorithm: str) -> str | None:
     """Why a finished algorithm's run diverged, or None: its training or test loss became non-finite, or the
     averaged model's test accuracy fell below chance + DIVERGED_MARGIN after having been above it. Such a run is
-    flagged `diverged`, never reported as a result."""
+    flagged `diverged`, never reported as a result. With --repeat every round is judged on its own."""
     if records is None or not len(records):
         return None
     r = records[records["algorithm"] == algorithm]
+    rounds = _rounds(r)
+    if len(rounds) > 1:
+        for number, g in rounds.items():
+            why = _diverged(g)
+            if why:
+                return f"round {number}: {why}"
+        return None
+    return _diverged(r)
+
+
+def _diverged(r) -> str | None:
     losses = r[r["metric"].isin(["train_loss", "test_loss", "diverged"])]
     bad = losses[losses["value"].map(lambda v: not math.isfinite(v)) | (losses["metric"] == "diverged")]
     if len(bad):
@@ -232,14 +258,33 @@ def divergence(records, algorithm: str) -> str | None:
     return None
 
 
-def summarize(records, cfg, statuses: dict[str, str]):
-    """One summary row per algorithm, derived from the tidy records only."""
+def _rounds(r) -> dict[int, Any]:
+    """One algorithm's records by round (1..K); records without rounds are one round."""
+    if "round" not in r.columns or r["round"].isna().all():
+        return {1: r}
+    return {int(k): g for k, g in r.groupby("round", sort=True)}
+
+
+def derive_rounds(records, cfg) -> dict[str, dict[int, dict[str, Any]]]:
+    """algorithm -> round -> that round's measurements, derived from its records alone (`_derive`)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for algo in cfg.algorithms:
+        r = records[records["algorithm"] == algo] if len(records) else records
+        if len(r):
+            out[algo] = {k: _derive(g, cfg.nodes) for k, g in _rounds(r).items()}
+    return out
+
+
+def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[int, dict[str, Any]]] | None = None):
+    """One summary row per algorithm, derived from the tidy records only: with --repeat each measurement is its
+    median over the rounds, and samples/s has its interval and drift (`bench.records.rounds`)."""
     import pandas as pd
 
+    by_round = derive_rounds(records, cfg) if by_round is None else by_round
+    sps = {a: {k: d["samples_per_s"] for k, d in per.items() if d.get("samples_per_s")} for a, per in by_round.items()}
     rows = []
     for algo in cfg.algorithms:
         status = statuses.get(algo, "skipped")
-        r = records[records["algorithm"] == algo] if len(records) else records
         row: dict[str, Any] = {c: None for c in SUMMARY_COLUMNS}
         row.update(
             algorithm=algo,
@@ -255,13 +300,34 @@ def summarize(records, cfg, statuses: dict[str, str]):
             lr=hyper(cfg, algo).peak_lr(cfg.nodes),
             partition=cfg.partition,
         )
-        if len(r):
-            row.update(_derive(r, cfg.nodes))
-            if status == "ok" and divergence(r, algo):
+        if algo in by_round:
+            row.update(combine(by_round[algo]))
+            row.update(throughput_columns(sps[algo], sps.get(REFERENCE_ALGORITHM), cfg.seed))
+            row["rounds"] = len(by_round[algo])
+            if status == "ok" and divergence(records, algo):
                 row["status"] = "diverged"
         row["quantizer"] = cfg.quantizer if (row["bits"] or 32) < 32 else "none"
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+ROUND_COLUMNS = ["algorithm", "round", "position", "samples_per_s", "train_seconds", "test_acc", "comm_fraction"]
+ROUND_COLUMNS += ["step_seconds_median", "samples", "bytes_sent_total"]
+
+
+def round_frame(by_round: dict[str, dict[int, dict[str, Any]]], cfg):
+    """rounds.csv: one row per (algorithm, round) with the round's own measurements and the algorithm's position
+    (1-based) in that round's order."""
+    import pandas as pd
+
+    orders = cfg.round_orders()
+    rows = []
+    for number, order in enumerate(orders, 1):
+        for position, algo in enumerate(order, 1):
+            derived = by_round.get(algo, {}).get(number)
+            if derived is not None:
+                rows.append({**derived, "algorithm": algo, "round": number, "position": position})
+    return pd.DataFrame(rows).reindex(columns=ROUND_COLUMNS)
 
 
 def _derive(r, nodes: int) -> dict[str, Any]:
@@ -372,12 +438,16 @@ def finalize(
 
     rows = read_staging(out_dir)
     records = pd.DataFrame(rows)
-    for col in ("run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"):
+    columns = ["run_id", "algorithm", "round", "nodes", "rank", "epoch", "step", "metric", "value", "kind"]
+    for col in columns:
         if col not in records.columns:
             records[col] = None
-    records = records[["run_id", "algorithm", "nodes", "rank", "epoch", "step", "metric", "value", "kind"]]
+    records = records[columns]
     atomic_write_text(out_dir / "records.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    summary = summarize(records, cfg, statuses)
+    by_round = derive_rounds(records, cfg)
+    summary = summarize(records, cfg, statuses, by_round)
+    if cfg.repeat > 1:
+        atomic_write_frame(out_dir / "rounds.csv", round_frame(by_round, cfg))
     statuses, reasons = dict(statuses), dict(reasons)
     for name in summary.loc[summary["status"] == "diverged", "algorithm"]:
         statuses[name], reasons[name] = "diverged", divergence(records, name) or ""

@@ -73,25 +73,32 @@ def statuses_for(
     failure: tuple[str, str] | None,
     interrupted: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Per algorithm ok/failed/interrupted/skipped and the reason, from the progress seen, the failure (who, error)
-    and the signal that interrupted the run (e.g. "SIGINT"), if any."""
+    """Per algorithm ok/failed/interrupted/skipped and the reason, from the progress seen (one cell_start and one
+    cell_done per algorithm and round), the failure (who, error) and the signal that interrupted the run (e.g.
+    "SIGINT"), if any. An algorithm is ok once all its --repeat rounds are done."""
     statuses, reasons = {}, {}
     who, error = failure if failure else ("", "")
     for name in cfg.algorithms:
-        if name in done:
+        finished = done.count(name)
+        running = started.count(name) > finished  # it was in a round when the run ended
+        rounds = f" ({finished} of {cfg.repeat} rounds done)" if cfg.repeat > 1 else ""
+        if finished >= cfg.repeat:
             statuses[name] = "ok"
-        elif name in started and interrupted:
+        elif running and interrupted:
             statuses[name] = "interrupted"
-            reasons[name] = f"stopped by {interrupted}"
-        elif name in started and failure:
+            reasons[name] = f"stopped by {interrupted}{rounds}"
+        elif running and failure:
             statuses[name] = "failed"
-            reasons[name] = f"{who}: {error}"
+            reasons[name] = f"{who}: {error}{rounds}"
         else:
             statuses[name] = "skipped"
             if interrupted:
-                reasons[name] = f"the run was stopped by {interrupted} before it started"
+                when = "before it started" if not finished else "between its rounds"
+                reasons[name] = f"the run was stopped by {interrupted} {when}{rounds}"
+            elif failure:
+                reasons[name] = f"another algorithm failed{rounds}" if finished else "an earlier algorithm failed"
             else:
-                reasons[name] = "an earlier algorithm failed" if failure else ""
+                reasons[name] = ""
     if failure and not started and not interrupted:
         reasons = {name: f"workers failed before training: {who}: {error}" for name in cfg.algorithms}
     return statuses, reasons

@@ -151,6 +151,11 @@ class RunConfig:
     seed: int = opt(
         0, "Seed for data split, weights, shards and peer choices."
     )  # one seed for data split, initial weights, shards and peer choices
+    repeat: int = opt(
+        1,
+        "Rounds: run the selected algorithms K times on the same started workers, in a seeded shuffled order per "
+        "round; throughput is then the median with a 95 % interval over the rounds.",
+    )  # K rounds of every algorithm, interleaved (one launch); 1: each algorithm once, in the given order
     launcher: str = opt(
         "local", "Who starts the workers: {launchers} (detected when mpirun etc. started this)."
     )  # who starts the worker processes; {launchers}: the names in bench.engine.processes.launchers.LAUNCHERS
@@ -257,6 +262,21 @@ class RunConfig:
         sim=True,
     )  # sim series of a language model: the perplexity whose time-to-reach the scaling table reports
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
+
+    def round_orders(self) -> list[tuple[str, ...]]:
+        """The algorithms' order in each round: as given for one round; with --repeat K a shuffle per round, seeded
+        by (seed, round) alone, so every rank (and a rerun) computes the same orders and a slow phase of the machine
+        does not always fall on the same algorithm."""
+        import random
+
+        if self.repeat == 1:
+            return [self.algorithms]
+        orders = []
+        for number in range(1, self.repeat + 1):
+            order = list(self.algorithms)
+            random.Random(f"swarmbench-round:{self.seed}:{number}").shuffle(order)  # str seeds hash with sha512
+            orders.append(tuple(order))
+        return orders
 
     def options_for(self, algorithm: str) -> dict[str, Any]:
         """The `--set ALGO.key=value` overrides given for one algorithm."""
@@ -557,6 +577,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {cfg.repeat}: pass --repeat K with K >= 1 (1 = one round)")
     check_hyper(hyper(cfg, ""), cfg.epochs, "")
     for name in cfg.algorithms:
         check_hyper(hyper(cfg, name), cfg.epochs, name)

@@ -419,3 +419,19 @@ def run_cell(
     if dataset.task == LANGUAGE_MODEL:  # tokens/s beside samples/s: every token of a window is a prediction
         record("tokens", float(step * cfg.batch_size * dataset.targets_per_sample), None, step)
     return cell.node
+
+
+def run_rounds(cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any]) -> None:
+    """Every (round, algorithm) of the invocation, in `cfg.round_orders()`: `run_one(name, emit)` runs one cell
+    whose record rows carry its round (1..K), between a cell_start and a cell_done event. Both engines run their
+    cells through here, so a round is the same thing on real processes and in the simulator."""
+    orders = cfg.round_orders()
+    for number, order in enumerate(orders, 1):
+
+        def emit_round(event: dict[str, Any], number: int = number) -> None:
+            emit({**event, "round": number})
+
+        for name in order:
+            emit({"type": "cell_start", "algorithm": name, "round": number, "rounds": len(orders)})
+            run_one(name, emit_round)
+            emit({"type": "cell_done", "algorithm": name, "round": number, "rounds": len(orders)})

@@ -38,7 +38,7 @@ from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
 from bench.records.write import StagingWriter
 from bench.training.config import RunConfig
-from bench.training.loop import make_shards, run_cell, run_data
+from bench.training.loop import make_shards, run_cell, run_data, run_rounds
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -339,8 +339,9 @@ def train_all(
     send: Callable[[dict[str, Any]], None],
     transport: str,
 ) -> None:
-    """Run every algorithm of the invocation on this rank; records to the staging file, rank 0's progress to
-    `send`. Ends with a barrier, so every rank's staging file is complete when this returns on rank 0."""
+    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`);
+    records to the staging file, rank 0's progress to `send`. Ends with a barrier, so every rank's staging file is
+    complete when this returns on rank 0."""
     import torch
 
     rank, world = session.rank, session.world
@@ -369,10 +370,8 @@ def train_all(
             send(event)
 
     try:
-        for name in cfg.algorithms:
-            emit({"type": "cell_start", "algorithm": name})
-            run_cell(cfg, name, dataset, shards, rank, comm, clock, device, emit)
-            emit({"type": "cell_done", "algorithm": name})
+        # The rounds run on these same workers and process group: one launch, no restart between rounds.
+        run_rounds(cfg, emit, lambda name, out: run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out))
         comm.close()
     finally:
         writer.close()

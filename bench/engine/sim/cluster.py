@@ -42,7 +42,7 @@ from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm, Copy
 from bench.core.topology import build_topology
 from bench.engine.sim import collectives, costmodel
 from bench.engine.sim.costmodel import CostModel
-from bench.training.loop import Shards, make_shards, node_seed, run_cell
+from bench.training.loop import Shards, make_shards, node_seed, run_cell, run_rounds
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
 SHARD_POLICIES = ("auto", "split", "sample")
@@ -671,14 +671,19 @@ def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=No
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     device = torch.device("cpu")
     stats = []
-    for name in cfg.algorithms:
-        if on_event:
-            on_event({"type": "cell_start", "algorithm": name})
+
+    def emit_event(event: dict[str, Any]) -> None:  # records and progress to `emit`, a cell's start and end to on_event
+        if event["type"] not in ("cell_start", "cell_done"):
+            emit(event)
+        elif on_event:
+            on_event(event)
+
+    def run_one(name: str, emit_round) -> None:
         cluster = Cluster(cfg.nodes, topology, cost, cfg.seed)
         start = time.perf_counter()
 
-        def body(rank: int, cluster: Cluster = cluster, name: str = name) -> None:
-            run_cell(cfg, name, dataset, shards, rank, cluster.comms[rank], cluster.clocks[rank], device, emit)
+        def body(rank: int) -> None:
+            run_cell(cfg, name, dataset, shards, rank, cluster.comms[rank], cluster.clocks[rank], device, emit_round)
 
         cluster.run(body)
         stats.append(
@@ -693,8 +698,8 @@ def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=No
                 dict(cluster.allreduce_used),
             )
         )
-        if on_event:
-            on_event({"type": "cell_done", "algorithm": name})
+
+    run_rounds(cfg, emit_event, run_one)
     return stats
 
 
