@@ -31,6 +31,7 @@ class DPSGD(Algorithm):
 
     name = "dpsgd"
     summary = "D-PSGD: each step, mix models with topology neighbours (Metropolis-Hastings), then apply gradient"
+    paper = "Lian et al., NeurIPS 2017"
     Config = DPSGDConfig
     quantizable = True
 

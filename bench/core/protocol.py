@@ -62,6 +62,7 @@ class Algorithm:
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `swarmbench list`
+    paper: ClassVar[str] = ""  # the paper it implements, short form (authors, venue year), shown by `swarmbench list`
     Config: ClassVar[type] = NoConfig
     quantizable: ClassVar[bool] = False  # exchanges models through the codec (--bits applies)
 
