@@ -45,12 +45,12 @@ class Choco(Algorithm):
     def after_step(self, step: int) -> None:
         node, comm = self.node, self.node.comm
         x, n = node.params, node.params.numel()
-        msg = comm.encode(x - self.copy)
+        msg = comm.encode(x - self.copy, "model")
         theirs = comm.neighbor_exchange_encoded(msg, "model")
-        q = comm.decode_shared(msg, n).to(x.device)
+        q = comm.decode_shared(msg, n, "model").to(x.device)
         self.copy.add_(q)
         self.mix.add_(q, alpha=self.weights[node.rank])
         for peer, m in theirs.items():
-            self.mix.add_(comm.decode_shared(m, n).to(x.device), alpha=self.weights[peer])
+            self.mix.add_(comm.decode_shared(m, n, "model").to(x.device), alpha=self.weights[peer])
         x.add_(self.mix - self.copy, alpha=self.config.gamma)
         self.count("exchanges", int(bool(theirs)))

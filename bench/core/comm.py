@@ -231,20 +231,23 @@ class Comm:
             self.stats.add(kind, sent=n * msg.numel(), recv=n * msg.numel(), msgs_sent=n, msgs_recv=n)
             return got
 
-    def encode(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` in the cell's codec (the message bytes; raw float32 bytes at bits=32). Randomness (the uniform
-        quantizer's dither) is drawn here, once, on the sender, from this node's stream."""
-        return self._encode(t)
+    def encode(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """`t` in the cell's codec (the message bytes; raw float32 bytes at bits=32), timed under `kind` as
+        `neighbor_exchange` times its own encoding. Randomness (the uniform quantizer's dither) is drawn here,
+        once, on the sender, from this node's stream."""
+        with self._timed(kind):
+            return self._encode(t)
 
-    def decode_shared(self, msg: torch.Tensor, numel: int) -> torch.Tensor:
+    def decode_shared(self, msg: torch.Tensor, numel: int, kind: str) -> torch.Tensor:
         """What every receiver of `msg`, the sender included, decodes it to: a lattice message is decoded against
         zeros, a reference all of them share, so they agree bit for bit (a bucket farther than the lattice radius
-        from 0 fails everywhere alike and decodes to 0; `decode_failures` counts it)."""
-        self._work("decode", numel)
-        reference = torch.zeros(numel) if self.codec.can_fail else None
-        values, failed = self.codec.decode_buckets(msg, numel, reference)
-        self.decode_failures += int(failed.sum())
-        return values
+        from 0 fails everywhere alike and decodes to 0; `decode_failures` counts it). Timed under `kind`."""
+        with self._timed(kind):
+            self._work("decode", numel)
+            reference = torch.zeros(numel) if self.codec.can_fail else None
+            values, failed = self.codec.decode_buckets(msg, numel, reference)
+            self.decode_failures += int(failed.sum())
+            return values
 
     def send(self, peer: int, msg: torch.Tensor, kind: str) -> None:
         """Directed, exactly once: put `msg` (a flat uint8 or float32 tensor) in `peer`'s mailbox and return
