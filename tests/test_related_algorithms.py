@@ -3,6 +3,7 @@ algorithm-encoded exchanges. Identities from the papers on the simulator; one re
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -205,13 +206,60 @@ def _sim_params(cfg: RunConfig, names: list[str]) -> dict[str, list[torch.Tensor
     return out
 
 
-def test_choco_without_compression_and_gamma_1_is_dpsgd_atc():
-    cfg = _cfg(3, algo_options={"choco": {"gamma": 1.0}, "dpsgd": {"form": "atc"}}, momentum=0.9, batch_size=64)
-    assert algo_config(cfg, "dpsgd").form == "atc"
-    got = _sim_params(cfg, ["choco", "dpsgd"])
-    for a, b in zip(got["choco"], got["dpsgd"], strict=True):
+IDENTITIES = {
+    # Choco-SGD with no compression (32 bits) and gamma = 1 is D-PSGD, adapt-then-combine (momentum included).
+    "choco": ("dpsgd", {"momentum": 0.9, "algo_options": {"choco": {"gamma": 1.0}, "dpsgd": {"form": "atc"}}}),
+    # DecentLaM with beta = 0 is D-PSGD, adapt-then-combine.
+    "decentlam": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
+    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
+    "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITIES))
+def test_identity_with_a_simpler_algorithm(name):
+    other, settings = IDENTITIES[name]
+    cfg = _cfg(3, batch_size=64, **settings)
+    got = _sim_params(cfg, [name, other])
+    for a, b in zip(got[name], got[other], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert not torch.equal(got["dpsgd"][0], got["dpsgd"][1])  # decentralized: the models differ
+    if other == "dpsgd":
+        assert algo_config(cfg, "dpsgd").form == "atc"
+        assert not torch.equal(got[other][0], got[other][1])  # decentralized: the models differ
+
+
+def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the_background():
+    """alpha = 1: every pull lands on the anchor, which never leaves the common starting model (a wiring check:
+    the anchor is the mean of the models pulled one round earlier). One allreduce of the model per tau steps."""
+    from bench.core.comm import ring_allreduce_bytes
+
+    n = 2
+    cfg = _cfg(n, batch_size=32, algo_options={"overlap_local_sgd": {"alpha": 1.0}})
+    data = load_dataset(cfg.dataset, cfg.seed)
+    shards = make_shards(cfg, data)
+    steps = shards.steps_per_epoch
+    tau = next(t for t in (5, 4, 3, 2) if steps % t == 0)  # the last step pulls: the models end on the anchor
+    cfg = dataclasses.replace(cfg, local_steps=tau)
+    cluster = _cluster(n)
+    rows: list[dict] = []
+    nodes = {}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        nodes[rank] = run_cell(
+            cfg, "overlap_local_sgd", data, shards, rank, comm, clock, torch.device("cpu"), rows.append
+        )
+
+    cluster.run(body)
+    from bench.core.models import build_model
+
+    start = torch.cat(
+        [p.detach().reshape(-1) for p in build_model(cfg.model, data.input_shape, 10, cfg.seed).parameters()]
+    )
+    for node in nodes.values():
+        assert torch.allclose(node.params, start, atol=1e-6)
+    sent = [r["value"] for r in rows if r.get("metric") == "comm_bytes_sent" and r.get("kind") == "model"]
+    assert sent == [steps // tau * ring_allreduce_bytes(4 * start.numel(), n)] * n
 
 
 # ---- real processes: the mailbox and the encoded exchange on gloo ---------------------------------------------------
