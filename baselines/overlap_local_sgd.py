@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bench.core.comm import Pending
 from bench.core.protocol import Algorithm
+
+if TYPE_CHECKING:
+    from bench.core.comm import Pending
 
 
 @dataclass(frozen=True)
