@@ -86,23 +86,26 @@ def test_sim_mailbox_is_fifo_exactly_once_blocks_until_sent_and_counts_bytes():
 # ---- hand-driven nodes: an algorithm's hooks on given models, learning rate 0 --------------------------------------
 
 
-def _hand_node(name: str, rank: int, n: int, comm, clock, start: torch.Tensor, **options):
-    """A node whose model starts at `start` (learning rate 0: no gradient moves it) and its algorithm."""
+def _hand_node(name: str, rank: int, n: int, comm, clock, start: torch.Tensor, lr=0.0, momentum=0.0, **options):
+    """A node whose model starts at `start` and its algorithm (learning rate 0 unless given)."""
     algo_cls = ALGORITHMS[name]
     model = torch.nn.Linear(start.numel() - 1, 1)
     params, grads = flatten_model(model)
     params.copy_(start)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     node = Node(rank, n, comm, clock, random.Random(rank), model, params, grads, opt)
     return node, algo_cls(node, algo_cls.Config(**options))
 
 
-def _hooks(node: Node, algo, steps: int, codec=None) -> None:
-    """The training loop's calls around `steps` steps, without data."""
+def _hooks(node: Node, algo, steps: int, codec=None, center: torch.Tensor | None = None) -> None:
+    """The training loop's calls around `steps` steps, without data; with a `center`, the gradient is that of the
+    node's own quadratic, x - center (a deterministic, heterogeneous problem)."""
     node.comm.start_cell(codec, 0)
     algo.start()
     node.comm.fence()
     for step in range(steps):
+        if center is not None:
+            node.grads.copy_(node.params - center)
         algo.after_backward(step)
         node.optimizer.step()
         algo.after_step(step)
@@ -116,6 +119,26 @@ def _drive(cluster: sim.Cluster, name: str, start: list[torch.Tensor], steps: in
     pairs = [_hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], start[r], **options) for r in range(n)]
     cluster.run(lambda rank: _hooks(*pairs[rank], steps, codec))
     return [node.params for node, _ in pairs], [algo for _, algo in pairs]
+
+
+def test_decentlam_keeps_dpsgds_fixed_point_whatever_the_momentum():
+    """Heterogeneous quadratics f_i = |x - c_i|^2 / 2 on a 6-ring: DecentLaM with beta = 0.9 ends where D-PSGD (atc,
+    no momentum) does, which is not the consensus point: momentum does not amplify the inconsistency bias."""
+    n, d, lr, steps = 6, 5, 0.1, 300
+    gen = torch.Generator().manual_seed(5)
+    centers = [torch.randn(d, generator=gen) * 3 for _ in range(n)]
+    start = torch.zeros(d)
+    ends = {}
+    for name, momentum, options in (("decentlam", 0.9, {}), ("dpsgd", 0.0, {"form": "atc"})):
+        cluster = _cluster(n)
+        pairs = [
+            _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], start, lr=lr, momentum=momentum, **options)
+            for r in range(n)
+        ]
+        cluster.run(lambda rank, pairs=pairs: _hooks(*pairs[rank], steps, center=centers[rank]))
+        ends[name] = torch.stack([node.params for node, _ in pairs])
+    assert torch.allclose(ends["decentlam"], ends["dpsgd"], atol=1e-4)
+    assert (ends["dpsgd"] - torch.stack(centers).mean(0)).abs().max() > 0.05  # a real bias to keep
 
 
 @pytest.mark.parametrize("n", [4, 8])
