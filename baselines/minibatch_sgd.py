@@ -24,8 +24,9 @@ class MinibatchSGD(Algorithm):
 
     With the same budget as local SGD with H = K (K gradients per node and one communication per round), each
     node computes K stochastic gradients at the round's common point without stepping, the M K gradients are
-    averaged with one allreduce, and every node takes one optimizer step. The models stay identical. With K = 1
-    this equals local SGD with H = 1 (and AllReduce SGD).
+    averaged with one allreduce, and every node takes one optimizer step (the gradients of an unfinished round at
+    the end of the run are dropped). The models stay identical. With K = 1 this equals local SGD with H = 1 (and
+    AllReduce SGD).
     """
 
     name = "minibatch_sgd"
