@@ -232,7 +232,7 @@ def list_cmd(nodes: int, degree: int) -> None:
     """List algorithms, topologies (degree, spectral gap at --nodes), datasets, models and launchers."""
     from bench.core.data import DATASETS
     from bench.core.models import MODELS
-    from bench.core.topology import TOPOLOGIES, build_topology
+    from bench.core.topology import DIRECTED_GRAPHS, TOPOLOGIES, build_topology
     from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES
     from bench.training.registry import ALGORITHMS
 
@@ -246,8 +246,12 @@ def list_cmd(nodes: int, degree: int) -> None:
         return f"{description} [n={nodes}: degree {deg}, spectral gap {topo.spectral_gap():.4g}]"
 
     sections = [
-        ("algorithms", {k: v.summary for k, v in ALGORITHMS.items()}),
+        ("algorithms", {k: f"{v.summary} [{v.paper}]" if v.paper else v.summary for k, v in ALGORITHMS.items()}),
         ("topologies", {k: topology_line(k, v.description) for k, v in TOPOLOGIES.items()}),
+        (
+            "directed graphs (scheduled by the algorithm itself)",
+            {k: f"{text} [n={nodes}: L = {graph(nodes).period}]" for k, (graph, text) in DIRECTED_GRAPHS.items()},
+        ),
         ("datasets", {k: v.description for k, v in DATASETS.items()}),
         ("models", {k: v.description for k, v in MODELS.items()}),
         ("launchers", {k: v.description for k, v in LAUNCHERS.items()}),

@@ -16,6 +16,7 @@ class ADPSGD(Algorithm):
 
     name = "adpsgd"
     summary = "AD-PSGD: each step, atomic pairwise average with one random neighbour (asynchronous)"
+    paper = "Lian et al., ICML 2018"
     quantizable = True
 
     def start(self) -> None:

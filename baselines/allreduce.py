@@ -63,6 +63,7 @@ class AllReduceSGD(Algorithm):
 
     name = "allreduce"
     summary = "AllReduce SGD: gradients averaged over all nodes every step (synchronous, bucketed as DDP)"
+    paper = "Goyal et al., 2017 (large-minibatch SGD)"
     Config = AllReduceConfig
 
     def __init__(self, node: Node, config: Any) -> None:

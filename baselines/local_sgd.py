@@ -25,6 +25,7 @@ class LocalSGD(Algorithm):
 
     name = "local_sgd"
     summary = "Local SGD: H local steps, then models averaged over all nodes (synchronous)"
+    paper = "Stich, ICLR 2019"
     Config = LocalSGDConfig
 
     def after_step(self, step: int) -> None:

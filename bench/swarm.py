@@ -45,6 +45,7 @@ class SwarmSGD(Algorithm):
 
     name = "swarm"
     summary = "SwarmSGD: H local steps, then average with one random neighbour's published model (non-blocking)"
+    paper = "Nadiradze et al., NeurIPS 2021"
     Config = SwarmConfig
     quantizable = True
 

@@ -92,6 +92,19 @@ def main() -> None:
         for h in handles:
             h.wait()
         out.update(flat=flat.tolist(), sliced=buf.tolist(), stats=comm.stats.snapshot())
+    elif scenario == "mail":
+        # Directed messages (the mailbox): each rank sends three messages to its successor, of both dtypes, before
+        # receiving its predecessor's; they arrive once each, in order. Both transports carry them over gloo.
+        comm.start_cell(None, 0)
+        succ, pred = (rank + 1) % size, (rank - 1) % size
+        for k in range(3):
+            comm.send(succ, torch.full((4,), float(10 * rank + k)), "model")
+        comm.send(succ, torch.arange(5, dtype=torch.uint8) + rank, "grad")
+        got = [comm.recv(pred, "model").tolist() for _ in range(3)]
+        raw = comm.recv(pred, "grad")
+        comm.fence()
+        comm.finish_cell()
+        out.update(got=got, raw=raw.tolist(), raw_dtype=str(raw.dtype), stats=comm.stats.snapshot())
     comm.close()
     dist.destroy_process_group()
     # One file per rank: mpirun forwards stdout in chunks, so lines of different ranks can interleave.

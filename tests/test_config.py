@@ -21,7 +21,10 @@ def test_precedence_defaults_file_options_set(tmp_path):
 
 
 def test_algorithms_all_and_dedup():
-    assert resolve({"algorithms": ["all"]}).algorithms == RunConfig().algorithms
+    from bench.training.registry import ALGORITHMS
+
+    assert resolve({"algorithms": ["all"]}).algorithms == tuple(ALGORITHMS)
+    assert set(RunConfig().algorithms) < set(ALGORITHMS)  # the default: SwarmSGD and the classic baselines
     assert resolve({"algorithms": ["swarm", "swarm", "dpsgd"]}).algorithms == ("swarm", "dpsgd")
 
 

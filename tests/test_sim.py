@@ -19,7 +19,6 @@ from bench.engine.sim import cluster as sim
 from bench.engine.sim.costmodel import CostModel
 from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
 from bench.training.config import RunConfig
-from bench.training.registry import ALGORITHMS
 from cli import cli
 
 HERE = str(Path(__file__).resolve().parent)
@@ -771,7 +770,7 @@ def test_evaluation_cannot_change_training(tmp_path):
         return pd.read_json(out / "records.jsonl", lines=True).drop(columns=["run_id"])
 
     every, last = run(1), run(3)
-    assert set(every["algorithm"]) == set(ALGORITHMS)
+    assert set(every["algorithm"]) == set(RunConfig().algorithms)
     evaluation = {
         "node_acc",
         "node_loss",
@@ -788,7 +787,7 @@ def test_evaluation_cannot_change_training(tmp_path):
         return df.sort_values(["algorithm", "metric", "rank", "epoch", "kind"]).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(training(every), training(last))
-    assert (every["metric"] == "train_seconds").sum() == len(ALGORITHMS) * 5 * 3
+    assert (every["metric"] == "train_seconds").sum() == len(RunConfig().algorithms) * 5 * 3
     final = ["algorithm", "rank", "metric", "epoch"]
     ev_last = last[last["metric"].isin(evaluation - {"eval_seconds"})].sort_values(final).reset_index(drop=True)
     ev_every = every[every["metric"].isin(evaluation - {"eval_seconds"}) & (every["epoch"] == 3)]

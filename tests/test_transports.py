@@ -14,7 +14,7 @@ import torch
 from pairwise_scenarios import BUCKET, NUMEL, expected_one_average, many_averages, one_average
 
 from bench.base.errors import UserError
-from bench.core.comm import HEADER_BYTES, resolve_transport
+from bench.core.comm import HEADER_BYTES, MAIL_HEADER_BYTES, resolve_transport
 from bench.core.topology import build_topology
 from bench.engine.sim.cluster import Cluster
 from bench.engine.sim.costmodel import CostModel
@@ -46,6 +46,23 @@ def _mpirun(tmp_path: Path, world: int, transport: str, scenario: str) -> list[d
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     store = tmp_path / f"store-{transport}"
     return [json.loads(Path(f"{store}.rank{r}.json").read_text()) for r in range(world)]
+
+
+@needs_mpi
+def test_directed_messages_under_mpi_on_the_rma_transport(tmp_path):
+    """send/recv under mpirun with MPI windows for the one-sided operations: the mailbox still runs on gloo
+    (tests/test_related_algorithms.py covers p2p); exactly once, in order, dtype kept; bytes = payload + a 16-byte
+    header, counted on both sides."""
+    world = 3
+    for r in _mpirun(tmp_path, world, "rma", "mail"):
+        pred = (r["rank"] - 1) % world
+        assert r["transport"] == "rma"
+        assert r["got"] == [[float(10 * pred + k)] * 4 for k in range(3)]
+        assert r["raw"] == [pred + i for i in range(5)] and r["raw_dtype"] == "torch.uint8"
+        stats = r["stats"]
+        assert stats["model"]["bytes_sent"] == stats["model"]["bytes_recv"] == 3 * 16
+        assert stats["grad"]["bytes_sent"] == stats["grad"]["bytes_recv"] == 5
+        assert stats["control"]["bytes_sent"] == stats["control"]["bytes_recv"] == 4 * MAIL_HEADER_BYTES
 
 
 @needs_mpi

@@ -19,6 +19,10 @@ packed codes plus 8 header bytes per bucket when quantized):
   `Codec.bitmap_bytes`, one bit per bucket rounded up to whole bytes for the lattice quantizer below 32 bits, 0
   otherwise); the peer counts the mirror image. RMA (`RmaComm`) differs and says how in its docstring.
 - publish: no bytes (the copy stays on this node until a peer reads it); its time is kind "publish".
+- send / recv (the mailbox): the message's own bytes (b) under its kind plus a 16-byte header (element count and
+  dtype, kind "control"), counted by the sender when it sends and by the receiver when it receives, one message
+  each: summed over nodes, sent == received once every message is received.
+- neighbor_exchange_encoded: like neighbor_exchange, with the algorithm's own message (already encoded) as m.
 
 Lazy publish. `publish` keeps a raw float32 copy of the model and its stamp (a `Copy`); the copy is encoded only
 when a peer reads it (`Copy.blob`: at most once per copy, with a generator seeded from the copy's identity, so
@@ -60,6 +64,8 @@ RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselv
 
 HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, message bytes, reserved)
 STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
+MAIL_HEADER_BYTES = 16  # a directed message's header: 2 x int64 (element count, dtype code)
+MAIL_DTYPES = (torch.uint8, torch.float32)  # what `send` carries: encoded bytes, or raw float32 values
 KINDS = ("grad", "model", "control", "publish", "eval")  # eval traffic is reported apart from training traffic
 
 
@@ -210,6 +216,58 @@ class Comm:
             n = len(peers)
             self.stats.add(kind, sent=n * msg.numel(), recv=n * msg.numel(), msgs_sent=n, msgs_recv=n)
             return {p: self._decode(m, t) for p, m in got.items()}
+
+    def neighbor_exchange_encoded(self, msg: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
+        """Synchronous: send the algorithm's own, already encoded message (`encode`) to every neighbour; return
+        each neighbour's message as sent (decode it with `decode_shared`). The comm layer only moves and counts
+        the bytes, so an algorithm that keeps copies of what was delivered (Choco-SGD's x-hat) knows them exactly.
+        """
+        peers = self.neighbors()
+        if not peers:
+            return {}
+        with self._timed(kind):
+            got = self._neighbor_exchange(msg, peers)
+            n = len(peers)
+            self.stats.add(kind, sent=n * msg.numel(), recv=n * msg.numel(), msgs_sent=n, msgs_recv=n)
+            return got
+
+    def encode(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """`t` in the cell's codec (the message bytes; raw float32 bytes at bits=32), timed under `kind` as
+        `neighbor_exchange` times its own encoding. Randomness (the uniform quantizer's dither) is drawn here,
+        once, on the sender, from this node's stream."""
+        with self._timed(kind):
+            return self._encode(t)
+
+    def decode_shared(self, msg: torch.Tensor, numel: int, kind: str) -> torch.Tensor:
+        """What every receiver of `msg`, the sender included, decodes it to: a lattice message is decoded against
+        zeros, a reference all of them share, so they agree bit for bit (a bucket farther than the lattice radius
+        from 0 fails everywhere alike and decodes to 0; `decode_failures` counts it). Timed under `kind`."""
+        with self._timed(kind):
+            self._work("decode", numel)
+            reference = torch.zeros(numel) if self.codec.can_fail else None
+            values, failed = self.codec.decode_buckets(msg, numel, reference)
+            self.decode_failures += int(failed.sum())
+            return values
+
+    def send(self, peer: int, msg: torch.Tensor, kind: str) -> None:
+        """Directed, exactly once: put `msg` (a flat uint8 or float32 tensor) in `peer`'s mailbox and return
+        without waiting for the peer; messages from one sender to one receiver arrive in the order sent."""
+        if msg.dtype not in MAIL_DTYPES or msg.dim() != 1:
+            raise ValueError(f"send() takes a 1-D uint8 or float32 tensor, got {msg.dtype} {tuple(msg.shape)}")
+        with self._timed(kind):
+            msg = msg.detach().to("cpu", copy=True)  # the caller may change its tensor as soon as we return
+            self._work("copy", msg.numel())
+            self._send(peer, msg)
+            self.stats.add("control", sent=MAIL_HEADER_BYTES)
+            self.stats.add(kind, sent=_nbytes(msg), msgs_sent=1)
+
+    def recv(self, peer: int, kind: str) -> torch.Tensor:
+        """The next message `peer` sent to this node (blocks until it is here)."""
+        with self._timed(kind):
+            msg = self._recv(peer)
+            self.stats.add("control", recv=MAIL_HEADER_BYTES)
+            self.stats.add(kind, recv=_nbytes(msg), msgs_recv=1)
+            return msg
 
     def publish(self, t: torch.Tensor, stamp: int = 0) -> None:
         """Make a copy of `t` readable by peers' `read` until the next publish (encoded when first read).
@@ -531,6 +589,14 @@ class Comm:
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
+    def _send(self, peer: int, msg: torch.Tensor) -> None:
+        """Deliver `msg` (a private CPU copy) to `peer`'s mailbox; return without waiting for it to be received."""
+        raise NotImplementedError
+
+    def _recv(self, peer: int) -> torch.Tensor:
+        """The oldest message from `peer` not received yet (blocks until one is there)."""
+        raise NotImplementedError
+
     def _publish(self, copy: Copy) -> None:
         raise NotImplementedError
 
@@ -684,6 +750,12 @@ class TorchComm(Comm):
             self._rep = dist.new_group(backend="gloo", timeout=timeout)
             self._responder = threading.Thread(target=self._serve, name=f"responder-{rank}", daemon=True)
             self._responder.start()
+        # The mailbox (`send`/`recv`): its own gloo group, so its point-to-point messages never pair with a
+        # neighbour exchange's on the default group; gloo delivers the messages of one pair in the order sent.
+        self._mail_group = None
+        self._sending: list[tuple[object, torch.Tensor]] = []  # sends in flight: (work, tensor it must keep alive)
+        if size > 1:
+            self._mail_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         super().start_cell(codec, seed)
@@ -741,6 +813,32 @@ class TorchComm(Comm):
 
     def _barrier(self) -> None:
         self._dist.barrier()
+
+    # ---- the mailbox ----------------------------------------------------------------------------------
+    def _send(self, peer: int, msg: torch.Tensor) -> None:
+        header = torch.tensor([msg.numel(), MAIL_DTYPES.index(msg.dtype)], dtype=torch.int64)
+        group = self._mail_group
+        for t in (header, msg):
+            self._sending.append((self._dist.isend(t, dst=peer, group=group), t))
+        self._sending = [(w, t) for w, t in self._sending if not w.is_completed()]
+
+    def _recv(self, peer: int) -> torch.Tensor:
+        header = torch.empty(2, dtype=torch.int64)
+        self._dist.recv(header, src=peer, group=self._mail_group)
+        numel, code = header.tolist()
+        msg = torch.empty(numel, dtype=MAIL_DTYPES[code])
+        self._dist.recv(msg, src=peer, group=self._mail_group)
+        return msg
+
+    def _flush_sends(self) -> None:
+        """Wait for the sends still in flight (their receivers received them before the end-of-cell fence)."""
+        for work, _ in self._sending:
+            work.wait()
+        self._sending = []
+
+    def finish_cell(self) -> None:
+        self._flush_sends()
+        super().finish_cell()
 
     # ---- one-sided, initiator side ---------------------------------------------------------------
     def _publish(self, copy: Copy) -> None:
@@ -844,7 +942,8 @@ class _Kept:
 class RmaComm(TorchComm):
     """`Comm` whose one-sided operations use MPI RMA windows (mpi4py), passive target ("rma" transport).
 
-    Collectives still run on torch.distributed. Each node exposes a model window laid out as
+    Collectives and the mailbox (`send`/`recv`, directed messages: TorchComm's gloo point-to-point group) still
+    run on torch.distributed; only the one-sided operations use MPI. Each node exposes a model window laid out as
     [reads served: int64 | version: int64 | live step: int64 | stamp: int64 | model message] and, for atomic
     averages, an inbox window [deposits: int64 | INBOX_SLOTS slots of (version: int64 | failure bitmap | message),
     each padded to a multiple of 8 bytes | float32 delta, one per coordinate]. A `read` is Lock(peer, shared) /
@@ -1169,6 +1268,7 @@ class RmaComm(TorchComm):
 
     def finish_cell(self) -> None:
         """Count the reads peers took from our window and drain the last deposits (collective: after a fence)."""
+        self._flush_sends()
         if self._win is None:
             return
         reads, _ = self.served()

@@ -56,12 +56,14 @@ class NoConfig:
 class Algorithm:
     """Base class: hooks are no-ops; an algorithm overrides the ones it needs.
 
-    Order per step: forward/backward -> `after_backward` -> optimizer step -> `after_step`.
+    Order per step: forward/backward -> `after_backward` -> optimizer step (when `takes_step`) -> `after_step`.
+    The optimizer's lr is already this step's in `after_backward`.
     `counters` are what the algorithm itself did (interactions, averagings); the comm layer counts bytes.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `swarmbench list`
+    paper: ClassVar[str] = ""  # the paper it implements, short form (authors, venue year), shown by `swarmbench list`
     Config: ClassVar[type] = NoConfig
     quantizable: ClassVar[bool] = False  # exchanges models through the codec (--bits applies)
 
@@ -79,8 +81,12 @@ class Algorithm:
     def after_backward(self, step: int) -> None:
         """Gradients of this step are in `node.grads`; the optimizer has not stepped yet."""
 
+    def takes_step(self, step: int) -> bool:
+        """Whether the optimizer steps after this backward pass (False: the algorithm accumulates gradients)."""
+        return True
+
     def after_step(self, step: int) -> None:
-        """The optimizer has applied this step's update to `node.params`."""
+        """The optimizer has applied this step's update to `node.params` (if `takes_step`)."""
 
     def finish(self) -> None:
         """After the last step, before the final evaluation."""

@@ -449,6 +449,39 @@ TOPOLOGIES: dict[str, TopologySpec] = {
 }
 
 
+@dataclass(frozen=True)
+class OnePeerExponential:
+    """SGP's directed, time-varying graph (Assran et al. 2019): at step k node i sends to i + 2^(k mod L) mod n
+    and receives from i - 2^(k mod L) mod n, with L = floor(log2(n - 1)) + 1 hops (2^k < n; L = log2 n when n is a
+    power of two). Every node has one out-peer and one in-peer per step, so the mixing matrix (I + shift)/2 is
+    doubly stochastic, and on 2^L nodes the product over L consecutive steps is the exact average."""
+
+    n: int
+
+    @property
+    def period(self) -> int:
+        """L: the hops cycle through 2^0, ..., 2^(L-1); 0 for a single node (no peers)."""
+        return (self.n - 1).bit_length()
+
+    def hop(self, step: int) -> int:
+        return 1 << (step % self.period)
+
+    def out_peer(self, rank: int, step: int) -> int:
+        return (rank + self.hop(step)) % self.n
+
+    def in_peer(self, rank: int, step: int) -> int:
+        return (rank - self.hop(step)) % self.n
+
+
+# Time-varying directed graphs, for the algorithms that schedule their own peers (`swarmbench list` shows them).
+DIRECTED_GRAPHS = {
+    "one-peer-exponential": (
+        OnePeerExponential,
+        "directed, time-varying: i -> i + 2^(k mod L) mod n at step k, L = floor(log2(n-1)) + 1 (sgp); any n",
+    ),
+}
+
+
 def build_topology(spec: str, n: int, *, degree: int | None = None, seed: int = 0) -> Topology:
     """Build the graph named by `spec` (a TOPOLOGIES key or `file:PATH`) over `n` ranks.
 

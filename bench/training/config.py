@@ -50,7 +50,8 @@ class RunConfig:
 
     algorithms: tuple[str, ...] = opt(
         ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm"),
-        "Algorithm (repeatable) or 'all'; see `swarmbench list`.  [default: all]",
+        "Algorithm (repeatable) or 'all' (every one in `swarmbench list`).  "
+        "[default: allreduce, local_sgd, dpsgd, adpsgd, swarm]",
         flag="--algo",
     )  # run in this order
     nodes: int = opt(

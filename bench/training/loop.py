@@ -309,12 +309,13 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
         node.optimizer.zero_grad(set_to_none=False)
         loss = loss_of(node.model(xb), yb)
         loss.backward()
-    algo.after_backward(step)
-    with comm.exclusive(), clock.compute():
-        if cell.lr_at is not None:
+        if cell.lr_at is not None:  # set before `after_backward`: an algorithm may need this step's lr there
             for group in node.optimizer.param_groups:
                 group["lr"] = cell.lr_at(step)
-        node.optimizer.step()
+    algo.after_backward(step)
+    with comm.exclusive(), clock.compute():
+        if algo.takes_step(step):
+            node.optimizer.step()
         comm.set_step(step + 1)  # the live model's step count, which peers' reads measure staleness against
     algo.after_step(step)
     return loss

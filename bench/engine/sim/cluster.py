@@ -14,6 +14,8 @@ nothing after. Consequences:
   on exit, so a partner inside one at t (its model lock held, in the real engine) has its update already in
   memory: the average then lands at the end of that section, and the initiator waits for it (with
   `--calibrate host` the measured round trip already holds that wait, `bench.engine.sim.hostcal`);
+- a directed message (`send`) arrives by the link model (queued behind earlier transfers on both links, then the
+  latency); `recv` returns the oldest message of that sender once it has arrived, blocking until it is sent;
 - a synchronous collective completes when its last participant arrives: everyone leaves at
   max(arrivals, link availability) + the collective's modelled time (`bench.engine.sim.costmodel`);
 - asynchronous allreduces (AllReduce SGD's gradient buckets, started from autograd hooks during the backward
@@ -32,13 +34,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.base.errors import UserError
-from bench.core.comm import HEADER_BYTES, STAMP_BYTES, Comm, Copy
+from bench.core.comm import HEADER_BYTES, MAIL_HEADER_BYTES, STAMP_BYTES, Comm, Copy
 from bench.core.topology import build_topology
 from bench.engine.sim import collectives, costmodel
 from bench.engine.sim.costmodel import CostModel
@@ -112,6 +115,8 @@ class Cluster:
         self._mail: dict[tuple[int, int], list] = {}  # (rank, k) -> [message, arrival, readers left]
         self._xwait: dict[int, tuple[int, tuple[int, ...], float]] = {}
         self._xresult: dict[int, dict[int, torch.Tensor]] = {}
+        self._mailbox: dict[tuple[int, int], deque[tuple[float, torch.Tensor]]] = {}  # (src, dst) -> in flight
+        self._receiving: dict[int, int] = {}  # a node blocked in recv -> the sender it waits for
         self.switches = 0
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
@@ -340,6 +345,27 @@ class Cluster:
         self.comms[peer].arrive(arrival, deposit)
         self.pause(rank, arrival - self.cost.latency)
 
+    def send(self, rank: int, peer: int, msg: torch.Tensor) -> None:
+        """A directed message (header + payload) into `peer`'s mailbox: it occupies both links as any transfer
+        and arrives after the latency; the sender is done when its link is (as a pull-push deposit)."""
+        arrival = self.p2p(rank, peer, MAIL_HEADER_BYTES + msg.numel() * msg.element_size(), self.clock[rank])
+        self._mailbox.setdefault((rank, peer), deque()).append((arrival, msg))
+        if self._receiving.get(peer) == rank:  # the receiver waits for this very sender: it may go on now
+            del self._receiving[peer]
+            self.wake(peer, self.clock[rank])
+        self.pause(rank, arrival - self.cost.latency)
+
+    def recv(self, rank: int, peer: int) -> torch.Tensor:
+        """The oldest message from `peer` to `rank` (FIFO per pair), once it has arrived."""
+        queue = self._mailbox.get((peer, rank))
+        if not queue:
+            self._receiving[rank] = peer
+            self.block(rank, f"recv from rank {peer}")
+            queue = self._mailbox[(peer, rank)]
+        arrival, msg = queue.popleft()
+        self.pause(rank, max(self.clock[rank], arrival))
+        return msg
+
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
         partner = self.comms[peer]
         reply = partner.serve_average(msg)
@@ -391,6 +417,12 @@ class SimComm(Comm):
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return self._cluster.exchange(self.rank, msg, peers)
+
+    def _send(self, peer: int, msg: torch.Tensor) -> None:
+        self._cluster.send(self.rank, peer, msg)
+
+    def _recv(self, peer: int) -> torch.Tensor:
+        return self._cluster.recv(self.rank, peer)
 
     def _publish(self, copy: Copy) -> None:
         # Lazy publish, as on real processes: the copy is encoded (and that charged) when first read.

@@ -1,0 +1,50 @@
+"""Minibatch SGD: K gradients at one point per node, averaged over all nodes, then one step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.core.protocol import Algorithm
+
+
+@dataclass(frozen=True)
+class MinibatchSGDConfig:
+    local_steps: int = 4  # K: gradients each node computes at the same point per round (one optimizer step)
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1:
+            raise ValueError(f"local_steps must be at least 1, got {self.local_steps}")
+
+
+class MinibatchSGD(Algorithm):
+    """Minibatch SGD as the baseline of Woodworth, Patel, Stich, Dai, Bullins, McMahan, Shamir, Srebro (ICML 2020,
+    "Is Local SGD Better than Minibatch SGD?").
+
+    With the same budget as local SGD with H = K (K gradients per node and one communication per round), each
+    node computes K stochastic gradients at the round's common point without stepping, the M K gradients are
+    averaged with one allreduce, and every node takes one optimizer step (the gradients of an unfinished round at
+    the end of the run are dropped). The models stay identical. With K = 1 this equals local SGD with H = 1 (and
+    AllReduce SGD).
+    """
+
+    name = "minibatch_sgd"
+    summary = "Minibatch SGD: K gradients at one point per node, one allreduce, one step (local SGD's budget)"
+    paper = "Woodworth et al., ICML 2020"
+    Config = MinibatchSGDConfig
+
+    def start(self) -> None:
+        self.sum = torch.zeros_like(self.node.grads)
+
+    def after_backward(self, step: int) -> None:
+        node, k = self.node, self.config.local_steps
+        self.sum.add_(node.grads)
+        if self.takes_step(step):
+            node.grads.copy_(self.sum).div_(k)
+            node.comm.allreduce_mean(node.grads, "grad")
+            self.sum.zero_()
+            self.count("allreduces")
+
+    def takes_step(self, step: int) -> bool:
+        return (step + 1) % self.config.local_steps == 0

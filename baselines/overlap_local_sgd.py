@@ -1,0 +1,63 @@
+"""Overlap-Local-SGD: local SGD pulled towards an anchor model that is averaged in the background."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bench.core.protocol import Algorithm
+
+if TYPE_CHECKING:
+    from bench.core.comm import Pending
+
+
+@dataclass(frozen=True)
+class OverlapLocalSGDConfig:
+    local_steps: int = 4  # tau: local steps between two pulls (the paper's ICASSP runs: 2)
+    alpha: float = 0.6  # pull towards the anchor: x <- (1 - alpha) x + alpha z (the paper's ICASSP runs: 0.6)
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1:
+            raise ValueError(f"local_steps must be at least 1, got {self.local_steps}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+class OverlapLocalSGD(Algorithm):
+    """Overlap-Local-SGD (Wang, Liang, Joshi, ICASSP 2020, "Overlap Local-SGD: An Algorithmic Approach to Hide
+    Communication Delays in Distributed SGD"), the basic variant (no anchor momentum).
+
+    Every node runs local SGD. Every tau steps it waits for the allreduce it started tau steps earlier, whose
+    mean is the new anchor z (initially the common starting model), pulls its model towards it,
+    x <- (1 - alpha) x + alpha z, and starts averaging the pulled model in the background: the allreduce overlaps
+    the next tau local steps. Anchors are identical on all nodes.
+    """
+
+    name = "overlap_local_sgd"
+    summary = "Overlap-Local-SGD: local SGD pulled towards an anchor averaged in the background every tau steps"
+    paper = "Wang, Liang, Joshi, ICASSP 2020"
+    Config = OverlapLocalSGDConfig
+
+    def start(self) -> None:
+        self.anchor = self.node.params.detach().clone()
+        self.sending = self.anchor.clone()
+        self.pending: Pending | None = None
+
+    def after_step(self, step: int) -> None:
+        if (step + 1) % self.config.local_steps:
+            return
+        self._land()
+        x, alpha = self.node.params, self.config.alpha
+        x.mul_(1 - alpha).add_(self.anchor, alpha=alpha)
+        self.sending.copy_(x)
+        self.pending = self.node.comm.allreduce_mean_async(self.sending, "model")
+        self.count("pulls")
+
+    def finish(self) -> None:
+        self._land()  # no allreduce may stay in flight past the cell
+
+    def _land(self) -> None:
+        if self.pending is not None:
+            self.pending.wait()
+            self.anchor.copy_(self.sending)
+            self.pending = None

@@ -1,0 +1,324 @@
+"""The related algorithms (Choco-SGD, SGP, ...) and the protocol they need: directed messages (send/recv) and
+algorithm-encoded exchanges. Identities from the papers on the simulator; one real-process run of the new paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.core.codec import Codec, CodecConfig
+from bench.core.comm import MAIL_HEADER_BYTES
+from bench.core.data import load_dataset
+from bench.core.protocol import Node, flatten_model
+from bench.core.topology import OnePeerExponential, build_topology
+from bench.engine.processes.localworld import run_world
+from bench.engine.sim import cluster as sim
+from bench.engine.sim.costmodel import CostModel
+from bench.training.config import RunConfig, algo_config
+from bench.training.loop import make_shards, run_cell
+from bench.training.registry import ALGORITHMS
+from cli import cli
+
+LATENCY_US, GBPS = 20.0, 10.0
+
+
+def _cluster(n: int, topology: str = "ring") -> sim.Cluster:
+    cost = CostModel(
+        compute="step-time",
+        fb_seconds=1e-3,
+        update_seconds=1e-4,
+        network="test",
+        bandwidth_gbps=GBPS,
+        latency_us=LATENCY_US,
+        allreduce="ring",
+    )
+    return sim.Cluster(n, build_topology(topology, n), cost, seed=0)
+
+
+def _totals(comms, kind: str) -> tuple[int, int]:
+    snaps = [c.stats.snapshot().get(kind, {}) for c in comms]
+    return sum(s.get("bytes_sent", 0) for s in snaps), sum(s.get("bytes_recv", 0) for s in snaps)
+
+
+# ---- the mailbox in the simulator --------------------------------------------------------------------------------
+
+
+def test_sim_mailbox_is_fifo_exactly_once_blocks_until_sent_and_counts_bytes():
+    """Rank 0 receives before anything is sent (it blocks until rank 1 sends); messages of one pair arrive in the
+    order sent, each once; a message arrives after the link model's time; bytes: payload + header, both sides."""
+    cluster = _cluster(3)
+    got: dict[int, list] = {0: [], 2: []}
+    arrived: dict[int, float] = {}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        comm.start_cell(None, 0)
+        if rank == 0:
+            got[0].append(comm.recv(1, "model").tolist())
+            arrived[0] = clock.now()
+            got[0].append(comm.recv(1, "model").tolist())
+        elif rank == 1:
+            with clock.compute():  # 1 ms of compute before the first send
+                pass
+            comm.send(0, torch.tensor([1.0, 2.0]), "model")
+            comm.send(0, torch.tensor([3.0, 4.0]), "model")
+            comm.send(2, torch.arange(5, dtype=torch.uint8), "grad")
+        else:
+            got[2].append(comm.recv(1, "grad").tolist())
+        comm.fence()
+
+    cluster.run(body)
+    assert got == {0: [[1.0, 2.0], [3.0, 4.0]], 2: [[0, 1, 2, 3, 4]]}
+    wire = (MAIL_HEADER_BYTES + 8) * 8 / (GBPS * 1e9)
+    assert arrived[0] == pytest.approx(1e-3 + wire + LATENCY_US * 1e-6, rel=1e-9)
+    s1 = cluster.comms[1].stats.snapshot()
+    assert s1["model"]["bytes_sent"] == 16 and s1["model"]["msgs_sent"] == 2 and s1["grad"]["bytes_sent"] == 5
+    assert s1["control"]["bytes_sent"] == 3 * MAIL_HEADER_BYTES
+    for kind in ("model", "grad", "control"):
+        sent, recv = _totals(cluster.comms, kind)
+        assert sent == recv > 0
+
+
+# ---- hand-driven nodes: an algorithm's hooks on given models, learning rate 0 --------------------------------------
+
+
+def _hand_node(name: str, rank: int, n: int, comm, clock, start: torch.Tensor, lr=0.0, momentum=0.0, **options):
+    """A node whose model starts at `start` and its algorithm (learning rate 0 unless given)."""
+    algo_cls = ALGORITHMS[name]
+    model = torch.nn.Linear(start.numel() - 1, 1)
+    params, grads = flatten_model(model)
+    params.copy_(start)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    node = Node(rank, n, comm, clock, random.Random(rank), model, params, grads, opt)
+    return node, algo_cls(node, algo_cls.Config(**options))
+
+
+def _hooks(node: Node, algo, steps: int, codec=None, center: torch.Tensor | None = None) -> None:
+    """The training loop's calls around `steps` steps, without data; with a `center`, the gradient is that of the
+    node's own quadratic, x - center (a deterministic, heterogeneous problem)."""
+    node.comm.start_cell(codec, 0)
+    algo.start()
+    node.comm.fence()
+    for step in range(steps):
+        if center is not None:
+            node.grads.copy_(node.params - center)
+        algo.after_backward(step)
+        node.optimizer.step()
+        algo.after_step(step)
+    node.comm.fence()
+    node.comm.finish_cell()
+
+
+def _drive(cluster: sim.Cluster, name: str, start: list[torch.Tensor], steps: int, codec=None, **options):
+    """Run `name`'s hooks for `steps` steps on every node of `cluster`, models starting at `start`."""
+    n = cluster.n
+    pairs = [_hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], start[r], **options) for r in range(n)]
+    cluster.run(lambda rank: _hooks(*pairs[rank], steps, codec))
+    return [node.params for node, _ in pairs], [algo for _, algo in pairs]
+
+
+def test_decentlam_keeps_dpsgds_fixed_point_whatever_the_momentum():
+    """Heterogeneous quadratics f_i = |x - c_i|^2 / 2 on a 6-ring: DecentLaM with beta = 0.9 ends where D-PSGD (atc,
+    no momentum) does, which is not the consensus point: momentum does not amplify the inconsistency bias."""
+    n, d, lr, steps = 6, 5, 0.1, 300
+    gen = torch.Generator().manual_seed(5)
+    centers = [torch.randn(d, generator=gen) * 3 for _ in range(n)]
+    start = torch.zeros(d)
+    ends = {}
+    for name, momentum, options in (("decentlam", 0.9, {}), ("dpsgd", 0.0, {"form": "atc"})):
+        cluster = _cluster(n)
+        pairs = [
+            _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], start, lr=lr, momentum=momentum, **options)
+            for r in range(n)
+        ]
+        cluster.run(lambda rank, pairs=pairs: _hooks(*pairs[rank], steps, center=centers[rank]))
+        ends[name] = torch.stack([node.params for node, _ in pairs])
+    assert torch.allclose(ends["decentlam"], ends["dpsgd"], atol=1e-4)
+    assert (ends["dpsgd"] - torch.stack(centers).mean(0)).abs().max() > 0.05  # a real bias to keep
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_sgp_on_2_to_the_L_nodes_reaches_the_exact_average_after_L_steps(n):
+    """Integer-valued models: every partial sum and halving is exact, so after L = log2 n steps of push-sum on the
+    one-peer exponential graph every model is the average bit for bit, and every weight is exactly 1."""
+    gen = torch.Generator().manual_seed(n)
+    start = [torch.randint(-50, 50, (9,), generator=gen).float() * 8 for _ in range(n)]
+    period = OnePeerExponential(n).period
+    assert 2**period == n
+    cluster = _cluster(n)
+    models, algos = _drive(cluster, "sgp", start, period)
+    mean = torch.stack(start).mean(0)
+    for x, algo in zip(models, algos, strict=True):
+        assert torch.equal(x, mean)
+        assert float(algo.weight) == 1.0
+    # One directed message per node per step: (d + 1) float32 values and a header, each counted on both sides.
+    for comm in cluster.comms:
+        s = comm.stats.snapshot()
+        assert s["model"]["bytes_sent"] == s["model"]["bytes_recv"] == period * 4 * (9 + 1)
+        assert s["model"]["msgs_sent"] == s["model"]["msgs_recv"] == period
+        assert s["control"]["bytes_sent"] == period * MAIL_HEADER_BYTES
+
+
+def test_sgp_conserves_the_sum_at_any_node_count():
+    n = 5
+    gen = torch.Generator().manual_seed(1)
+    start = [torch.randn(7, generator=gen) for _ in range(n)]
+    models, _ = _drive(_cluster(n), "sgp", start, 9)
+    assert torch.allclose(torch.stack(models).sum(0), torch.stack(start).sum(0), atol=1e-5)
+    assert torch.stack(models).std(0).max() < torch.stack(start).std(0).max() / 4  # and it mixes
+
+
+def test_one_peer_exponential_graph():
+    g = OnePeerExponential(6)
+    assert g.period == 3  # hops 1, 2, 4 < 6
+    assert [g.out_peer(5, k) for k in range(4)] == [0, 1, 3, 0]
+    assert all(g.in_peer(g.out_peer(i, k), k) == i for i in range(6) for k in range(6))
+
+
+@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
+def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
+    """The gossip step preserves the node average for any compressor, and consensus improves; the copies x-hat_i
+    that neighbours would rebuild from the messages equal the sender's (messages are decoded alike everywhere).
+    Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
+    n, d, steps = 4, 300, 30
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(d, generator=gen) * 0.05 for _ in range(n)]
+    codec = Codec(CodecConfig(bits=8, quantizer=quantizer, eps=0.25 / 127, bucket=64))
+    cluster = _cluster(n)
+    models, algos = _drive(cluster, "choco", start, steps, codec=codec, gamma=0.5)
+    mean0 = torch.stack(start).mean(0)
+    assert torch.allclose(torch.stack(models).mean(0), mean0, atol=1e-5)
+    spread0 = (torch.stack(start) - mean0).norm()
+    assert (torch.stack(models) - mean0).norm() < spread0 / 4
+    for r, algo in enumerate(algos):  # s_i = sum_j W_ij x-hat_j, from each node's own copy
+        w = cluster.comms[r].topology.mixing_weights(r)
+        expected = sum(w[j] * algos[j].copy for j in w)
+        assert torch.allclose(algo.mix, expected, atol=1e-5)
+        s = cluster.comms[r].stats.snapshot()["model"]
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(d)
+
+
+# ---- identities on the full training loop (simulator) --------------------------------------------------------------
+
+
+def _cfg(world: int, **kw) -> RunConfig:
+    base = dict(nodes=world, dataset="digits", model="mlp", epochs=1, batch_size=32, lr=0.05, momentum=0.0)
+    return RunConfig.from_dict({**RunConfig(**base).to_dict(), **kw})
+
+
+def _sim_params(cfg: RunConfig, names: list[str]) -> dict[str, list[torch.Tensor]]:
+    """Final parameters of every node, per algorithm, trained on the simulated cluster."""
+    data = load_dataset(cfg.dataset, cfg.seed)
+    shards = make_shards(cfg, data)
+    out = {}
+    for name in names:
+        cluster = _cluster(cfg.nodes, cfg.topology)
+        params: dict[int, torch.Tensor] = {}
+
+        def body(rank: int, cluster=cluster, name=name, params=params) -> None:
+            comm, clock = cluster.comms[rank], cluster.clocks[rank]
+            node = run_cell(cfg, name, data, shards, rank, comm, clock, torch.device("cpu"), lambda row: None)
+            params[rank] = node.params.clone()
+
+        cluster.run(body)
+        out[name] = [params[r] for r in range(cfg.nodes)]
+    return out
+
+
+IDENTITIES = {
+    # Choco-SGD with no compression (32 bits) and gamma = 1 is D-PSGD, adapt-then-combine (momentum included).
+    "choco": ("dpsgd", {"momentum": 0.9, "algo_options": {"choco": {"gamma": 1.0}, "dpsgd": {"form": "atc"}}}),
+    # DecentLaM with beta = 0 is D-PSGD, adapt-then-combine.
+    "decentlam": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
+    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
+    "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITIES))
+def test_identity_with_a_simpler_algorithm(name):
+    other, settings = IDENTITIES[name]
+    cfg = _cfg(3, batch_size=64, **settings)
+    got = _sim_params(cfg, [name, other])
+    for a, b in zip(got[name], got[other], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    if other == "dpsgd":
+        assert algo_config(cfg, "dpsgd").form == "atc"
+        assert not torch.equal(got[other][0], got[other][1])  # decentralized: the models differ
+
+
+def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the_background():
+    """alpha = 1: every pull lands on the anchor, which never leaves the common starting model (a wiring check:
+    the anchor is the mean of the models pulled one round earlier). One allreduce of the model per tau steps."""
+    from bench.core.comm import ring_allreduce_bytes
+
+    n = 2
+    cfg = _cfg(n, batch_size=32, algo_options={"overlap_local_sgd": {"alpha": 1.0}})
+    data = load_dataset(cfg.dataset, cfg.seed)
+    shards = make_shards(cfg, data)
+    steps = shards.steps_per_epoch
+    tau = next(t for t in (5, 4, 3, 2) if steps % t == 0)  # the last step pulls: the models end on the anchor
+    cfg = dataclasses.replace(cfg, local_steps=tau)
+    cluster = _cluster(n)
+    rows: list[dict] = []
+    nodes = {}
+
+    def body(rank: int) -> None:
+        comm, clock = cluster.comms[rank], cluster.clocks[rank]
+        nodes[rank] = run_cell(
+            cfg, "overlap_local_sgd", data, shards, rank, comm, clock, torch.device("cpu"), rows.append
+        )
+
+    cluster.run(body)
+    from bench.core.models import build_model
+
+    start = torch.cat(
+        [p.detach().reshape(-1) for p in build_model(cfg.model, data.input_shape, 10, cfg.seed).parameters()]
+    )
+    for node in nodes.values():
+        assert torch.allclose(node.params, start, atol=1e-6)
+    sent = [r["value"] for r in rows if r.get("metric") == "comm_bytes_sent" and r.get("kind") == "model"]
+    assert sent == [steps // tau * ring_allreduce_bytes(4 * start.numel(), n)] * n
+
+
+# ---- real processes: the mailbox and the encoded exchange on gloo ---------------------------------------------------
+
+
+def _start_models(n: int, d: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    return [torch.randn(d, generator=gen) for _ in range(n)]
+
+
+def _real_sgp(rank, world, comm, steps):
+    from bench.engine.processes.worker import WallClock
+
+    node, algo = _hand_node("sgp", rank, world, comm, WallClock(torch.device("cpu")), _start_models(world, 11)[rank])
+    _hooks(node, algo, steps)
+    return node.params.clone(), float(algo.weight), comm.stats.snapshot()
+
+
+def test_sgp_on_real_processes_matches_the_simulator_and_the_closed_form_bytes(tmp_path):
+    """The mailbox on gloo: SGP on 3 processes moves the models exactly as on the simulator; each node sends and
+    receives one message of d + 1 float32 values and a header per step; summed over nodes, sent == received."""
+    world, steps, d = 3, 6, 11
+    real = run_world(_real_sgp, world, tmp_path, steps)
+    simulated, _ = _drive(_cluster(world), "sgp", _start_models(world, d), steps)
+    for rank, (params, weight, stats) in enumerate(real):
+        assert torch.equal(params, simulated[rank]) and weight == 1.0
+        assert stats["model"]["bytes_sent"] == stats["model"]["bytes_recv"] == steps * 4 * (d + 1)
+        assert stats["model"]["msgs_sent"] == stats["model"]["msgs_recv"] == steps
+    for direction in ("sent", "recv"):  # headers only: the fences are not traffic
+        assert sum(stats["control"][f"bytes_{direction}"] for _, _, stats in real) == world * steps * MAIL_HEADER_BYTES
+    total = torch.stack([params for params, _, _ in real]).sum(0)
+    assert torch.allclose(total, torch.stack(_start_models(world, d)).sum(0), atol=1e-5)
+
+
+def test_list_shows_the_new_algorithms_and_the_directed_graph():
+    out = CliRunner().invoke(cli, ["list", "--nodes", "8"]).output
+    for name in ("choco", "sgp", "one-peer-exponential"):
+        assert name in out
+    assert "Koloskova" in ALGORITHMS["choco"].__doc__ and "Assran" in ALGORITHMS["sgp"].__doc__
