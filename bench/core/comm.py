@@ -332,15 +332,8 @@ class Comm:
         its and ours, and sends that union back as a bitmap (`_lead`, `_follow`). No lock is held across
         nodes: no deadlock.
         """
-        if self._live is None:
-            raise RuntimeError("average_with() before expose(): expose this node's live model first")
         with self._timed(kind):
-            with self._model_lock:
-                snap = self._live.detach().to("cpu", copy=True)
-            numel = snap.numel()
-            self._work("copy", numel)
-            msg = self._encode(snap)
-            mine = self._own_values(msg, snap)
+            numel, msg, mine = self._own_message("average_with")
             reply = self._average_with(peer, msg, msg.numel() + self.codec.bitmap_bytes(numel))
             skip = self.codec.unpack_failures(reply[msg.numel() :], numel)
             move = self._follow(reply[: msg.numel()], mine, skip)
@@ -349,6 +342,18 @@ class Comm:
             self._work("average", numel)
             self.stats.add("control", sent=HEADER_BYTES, msgs_sent=1)
             self.stats.add(kind, sent=msg.numel(), recv=reply.numel(), msgs_sent=1, msgs_recv=1)
+
+    def _own_message(self, op: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The initiator's side of a pairwise average: a copy of the exposed model taken under the model lock,
+        encoded: (coordinates, message, the values every receiver decodes it to)."""
+        if self._live is None:
+            raise RuntimeError(f"{op}() before expose(): expose this node's live model first")
+        with self._model_lock:
+            snap = self._live.detach().to("cpu", copy=True)
+        numel = snap.numel()
+        self._work("copy", numel)
+        msg = self._encode(snap)
+        return numel, msg, self._own_values(msg, snap)
 
     def pull_push(self, peer: int, kind: str) -> int:
         """The paper's interaction with both endpoints moving, neither waiting for the other: read `peer`'s last
@@ -362,15 +367,8 @@ class Comm:
         `_follow`), so the sum of models is conserved exactly. No lock is held across nodes. Bytes: the read's,
         then a request header (control) and 8 + f + m model bytes sent; the peer counts the mirror image.
         """
-        if self._live is None:
-            raise RuntimeError("pull_push() before expose(): expose this node's live model first")
         with self._timed(kind):
-            with self._model_lock:
-                snap = self._live.detach().to("cpu", copy=True)
-            numel = snap.numel()
-            self._work("copy", numel)
-            msg = self._encode(snap)
-            mine = self._own_values(msg, snap)
+            numel, msg, mine = self._own_message("pull_push")
             moved: list[torch.Tensor] = []
 
             def respond(blob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
