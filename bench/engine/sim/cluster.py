@@ -445,13 +445,18 @@ class SimComm(Comm):
     def fold_deposits(self, everything: bool = False) -> None:
         """Fold in the deposits that have arrived by now (all of them at the end of the cell); the work is this
         node's, done before its next compute section, and counted as serving peers."""
-        c, now = self._cluster, self._cluster.clock[self.rank]
-        due = [d for at, d in self._arriving if everything or at <= now]
-        if not due:
+        if not self._arriving:  # every compute section of every node passes here
             return
-        self._arriving = [(at, d) for at, d in self._arriving if not (everything or at <= now)]
-        for dep in due:
-            self._received_deposit(dep)
+        c, now = self._cluster, self._cluster.clock[self.rank]
+        waiting = []
+        for at, dep in self._arriving:
+            if everything or at <= now:
+                self._received_deposit(dep)
+            else:
+                waiting.append((at, dep))
+        if len(waiting) == len(self._arriving):
+            return
+        self._arriving = waiting
         super().fold_deposits()
         seconds = self.take_service()
         if seconds > 0 and not everything:
