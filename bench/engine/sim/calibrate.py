@@ -113,14 +113,16 @@ def _hosts(cfg) -> dict[str, Any]:
 
 
 def calibrate_work(numel: int, threads: int = 1) -> list[tuple[str, float, float]]:
-    """`--calibrate node`: the comm layer's copies, averaging and codec work timed here (`measure_work`) at the
-    model's size and a sixteenth of it."""
+    """`--calibrate node`: the comm layer's copies, averaging and codec work timed here (`measure_work`) at a
+    sixteenth of the model's size and at its size, or at 2**18 coordinates for a smaller model: the fused codec
+    costs about half a nanosecond per coordinate, so two close sizes of a small model differ by less than the
+    timing noise and would fit a per-coordinate cost of zero."""
     import torch
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return measure_work(repeats=10, sizes=(max(1024, numel // 16), max(2048, numel)))
+        return measure_work(repeats=10, sizes=(max(1024, numel // 16), max(1 << 18, numel)))
     finally:
         torch.set_num_threads(saved)
 
