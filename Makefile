@@ -76,7 +76,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# 100 seeded worlds of 2-8 processes: AD-PSGD, blocking and pull-push SwarmSGD with lr 0 must conserve the sum of
+# 100 seeded worlds of 2-8 processes: AD-PSGD and blocking SwarmSGD with lr 0 must conserve the sum of
 # models, reach the mean and never deadlock. Prints counts; exit 1 unless every run is ok.
 stress: setup
 	$(BIN)/python -m bench.diagnostics.stress --runs 100

@@ -22,7 +22,7 @@ from bench.engine.processes.localworld import WorldFailed, run_world
 from bench.training.config import RunConfig, algo_config
 from bench.training.registry import ALGORITHMS
 
-SCENARIOS = ("adpsgd", "swarm-blocking", "swarm-pushpull")
+SCENARIOS = ("adpsgd", "swarm-blocking")
 
 
 def _drive(rank: int, world: int, comm, algorithm: str, steps: int, seed: int) -> dict:
