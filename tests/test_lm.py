@@ -89,11 +89,12 @@ RUNS = [("transformer-lm", "swarm", 0.1), ("lstm-lm", "allreduce", 0.2)]
 def sim_runs(tmp_path_factory) -> dict[str, Path]:
     """Each model's short simulated run on 2 nodes (1,759 train windows, 64 per node: 13 steps per node)."""
     runs = {}
+    vocab = load_dataset("embedded-text").num_classes
     for model, algo, lr in RUNS:
         runs[model] = out = tmp_path_factory.mktemp("lm") / model
         r = invoke(
             "run", "--engine", "sim", "--nodes", 2, "--algo", algo, "--dataset", "embedded-text", "--model", model,
-            "--epochs", 1, "--batch-size", 64, "--lr", lr, "--step-time", 0.01, "--out", out,
+            "--epochs", 1, "--batch-size", 64, "--lr", lr, "--step-time", 0.01, "--target-ppl", vocab, "--out", out,
         )  # fmt: skip
         assert r.exit_code == 0, r.output
     return runs
@@ -115,6 +116,8 @@ def test_short_simulated_run_writes_perplexity_below_the_vocabulary_size(sim_run
     assert math.isnan(row["test_acc"]) and math.isnan(row["val_acc"])  # no accuracy for a language model
     assert row["tokens"] == row["samples"] * 35
     assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * 35)
+    # time to a perplexity target (falling to it): a uniform model's perplexity, the vocabulary size, is beaten at once
+    assert row["target"] == f"val_ppl <= {vocab:g}" and row["epochs_to_target"] == 1 and row["time_to_target_s"] > 0
     records = [json.loads(line) for line in (sim_run / "records.jsonl").read_text().splitlines()]
     test_ppl = [r["value"] for r in records if r["metric"] == "test_ppl"]
     test_loss = [r["value"] for r in records if r["metric"] == "test_loss" and r["rank"] is None]

@@ -50,6 +50,8 @@ def test_neurips_suite_layout():
     assert shared.algorithms == ["swarm", "allreduce", "local_sgd", "dpsgd", "adpsgd"]
     assert {t.columns for t in suite.tables} == {"nodes", "bits", "local_steps"}
     assert any(t.metric == "sync_share" for t in suite.tables)
+    # every method tuned on one grid (validation accuracy) before the parts run
+    assert suite.tune is not None and suite.tune.grid == {"lr": [0.01, 0.05, 0.2]}
 
 
 def test_unknown_suite_exits_2():
@@ -128,3 +130,4 @@ def test_scaled_down_neurips_suite(tmp_path):
     assert "| algorithm | H=1 | H=2 | H=4 | H=8 |" in report
     assert "Synchronization cost as a share of batch compute" in report and "%" in report
     assert "(H=4, nodes=4)" in report  # the settings the part actually ran at, after --nodes
+    assert "Each method tuned on lr ∈ {0.01, 0.05, 0.2}" in report and (out / "tune" / "tuned.toml").is_file()

@@ -52,7 +52,7 @@ def _run(out, world, *extra):
 def finished_run(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"run{world}") / "out"
-    result = _run(out, world)
+    result = _run(out, world, *(("--target-acc", "0.5") if world == 3 else ()))  # odd world: time to target
     assert result.exit_code == 0, result.output
     return world, out, result.output
 
@@ -110,6 +110,14 @@ def test_results_contract(finished_run):
     for table in ("throughput", "accuracy", "comm"):
         assert "swarm" in (out / f"{table}.md").read_text()
         assert table in output
+    accuracy = (out / "accuracy.md").read_text()
+    if world == 3:  # --target-acc 0.5: its columns head the accuracy table, read from the validation accuracy
+        assert accuracy.splitlines()[0].startswith("| algorithm | nodes | status | target | s to target |")
+        assert (summary["target"] == "val_acc >= 0.5").all()
+        assert (summary["epochs_to_target"].between(1, EPOCHS)).all()
+        assert ((summary["time_to_target_s"] > 0) & (summary["time_to_target_s"] <= summary["train_seconds"])).all()
+    else:  # no target: no target columns in the tables
+        assert "target" not in accuracy and summary["target"].isna().all()
 
 
 def test_bytes_match_closed_form(finished_run):

@@ -552,7 +552,24 @@ def test_scaling_series(tmp_path):
     assert (scaling["scaling_efficiency"] == scaling["speedup_vs_one_node"] / scaling["nodes"]).all()
     assert scaling["time_to_target_s"].notna().all()  # digits reaches 0.5 within the epoch
     assert "time to acc 0.5 s" in (out / "scaling.md").read_text()
-    assert len(pd.read_csv(out / "summary.csv")) == 4
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4
+    # each node count's own accuracy table times the same target: the same seconds and epochs as the scaling table
+    assert (summary["target"] == "val_acc >= 0.5").all()
+    both = summary.merge(scaling, on=["algorithm", "nodes"], suffixes=("", "_scaling"))
+    assert both["time_to_target_s"].tolist() == pytest.approx(both["time_to_target_s_scaling"].tolist(), rel=1e-12)
+    assert (both["epochs_to_target"] == both["epochs_to_target_scaling"]).all()
+
+
+def test_time_to_target_never_reached_reads_dash(tmp_path):
+    out = tmp_path / "out"
+    r = _invoke("--engine", "sim", "--nodes", 2, "--algo", "swarm", *SMALL, "--target-acc", 1.0, "--out", out)
+    assert r.exit_code == 0, r.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["time_to_target_s"].isna().all() and summary["epochs_to_target"].isna().all()
+    header, _, row = (out / "accuracy.md").read_text().splitlines()[:3]
+    assert header.startswith("| algorithm | nodes | status | target | s to target | epochs to target |")
+    assert row.startswith("| swarm | 2 | ok | val_acc >= 1 | - | - |"), row
 
 
 def test_many_nodes_sample_overlapping_shards(tmp_path):
@@ -590,7 +607,8 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--nodes", "256", "--partition", "dirichlet"], "--batch-size"),
     (["--engine", "sim", "--sim-shards", "sample", "--partition", "dirichlet"], "--partition iid"),
     (["--engine", "sim", "--eval-samples", "5000"], "--eval-samples"),
-    (["--engine", "sim", "--target-acc", "1.5"], "--target-acc"),
+    (["--engine", "sim", "--target-acc", "1.5"], "--target-acc must be an accuracy in (0, 1]"),
+    (["--target-acc", "0"], "--target-acc must be an accuracy in (0, 1]"),  # real processes check it the same way
     (["--engine", "sim", "--launcher", "mpirun"], "--launcher"),
     (["--engine", "sim", "--model", "resnet20", "--dataset", "digits"], "--calibrate"),
     (["--nodes", "8,16"], "--engine sim"),
@@ -614,6 +632,7 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--bptt", "8"], "--bptt applies to language-model datasets only"),
     (["--engine", "sim", "--target-ppl", "100"], "use --target-acc"),
     (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--target-ppl", "0.5"], "at least 1"),
+    (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--target-acc", "0.5"], "--target-ppl"),
 ]
 
 

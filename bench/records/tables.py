@@ -34,6 +34,9 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("algorithm", "algorithm", "s"),
         ("nodes", "nodes", "d"),
         ("status", "status", "s"),
+        ("target", "target", "s"),  # the target columns: shown only when a run had --target-acc/--target-ppl
+        ("time_to_target_s", "s to target", ".3f"),
+        ("epochs_to_target", "epochs to target", "d"),
         ("epochs", "epochs", "d"),
         ("lr", "lr (peak)", ".4g"),
         ("test_acc", "test acc (avg model)", ".4f"),
@@ -112,6 +115,7 @@ def speedup_vs_allreduce(summary, by: tuple[str, ...] = ("nodes",)):
 
 
 ROUND_COLUMNS = ("rounds", "samples_per_s_lo", "samples_per_s_hi", "samples_per_s_drift")
+TARGET_COLUMNS = ("target", "time_to_target_s", "epochs_to_target")
 
 
 def repeated(summary) -> bool:
@@ -129,6 +133,8 @@ def table_frames(summary) -> dict[str, Any]:
     for q in ("median", "p10", "p90"):
         s[f"step_ms_{q}"] = s[f"step_seconds_{q}"] * 1000.0
     skip = () if repeated(s) else ROUND_COLUMNS
+    if "target" not in s.columns or s["target"].isna().all():  # no time to target asked for
+        skip = (*skip, *TARGET_COLUMNS)
     if repeated(s):  # the median of the per-round ratios: paired by round, a slow phase of the machine cancels
         s["speedup_vs_allreduce"] = s["samples_per_s_ratio_median"].where(s["rounds"] > 1, s["speedup_vs_allreduce"])
     return {name: s[[c for c, _, _ in cols if c not in skip]] for name, cols in table_columns(summary).items()}

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -54,6 +55,9 @@ SUMMARY_COLUMNS = [
     "test_acc",
     "val_acc",
     "val_loss",
+    "target",
+    "time_to_target_s",
+    "epochs_to_target",
     "best_test_acc",
     "best_epoch",
     "node_acc_mean",
@@ -281,6 +285,7 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
     import pandas as pd
 
     by_round = derive_rounds(records, cfg) if by_round is None else by_round
+    target, goal = run_target(cfg, records)
     sps = {a: {k: d["samples_per_s"] for k, d in per.items() if d.get("samples_per_s")} for a, per in by_round.items()}
     rows = []
     for algo in cfg.algorithms:
@@ -302,6 +307,8 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
         )
         if algo in by_round:
             row.update(combine(by_round[algo]))
+            if goal is not None:
+                row.update(target=goal, **_rounds_to_target(records, algo, target))
             row.update(throughput_columns(sps[algo], sps.get(REFERENCE_ALGORITHM), cfg.seed))
             row["rounds"] = len(by_round[algo])
             if status == "ok" and divergence(records, algo):
@@ -509,14 +516,46 @@ def time_to_target(records, algorithm: str, target: float | None) -> tuple[float
     return (float(secs.max()) if len(secs) else None), epoch
 
 
+SERIES_TARGET_ACC = 0.9  # a classifier series' scaling table times this accuracy when --target-acc is not given
+
+
 def series_target(cfg) -> tuple[float | None, str]:
-    """A simulated series' time-to-target goal and its name in the scaling table: --target-acc for a classifier,
-    --target-ppl for a language model (None when not given: the columns stay empty)."""
+    """A simulated series' time-to-target goal and its name in the scaling table: --target-acc for a classifier
+    (SERIES_TARGET_ACC when not given), --target-ppl for a language model (None when not given: the columns stay
+    empty)."""
     from bench.core.data import DATASETS, LANGUAGE_MODEL
 
     if DATASETS[cfg.dataset].task != LANGUAGE_MODEL:
-        return cfg.target_acc, f"acc {cfg.target_acc:g}"
+        acc = cfg.target_acc if cfg.target_acc is not None else SERIES_TARGET_ACC
+        return acc, f"acc {acc:g}"
     return cfg.target_ppl, f"ppl {cfg.target_ppl:g}" if cfg.target_ppl is not None else "target (no --target-ppl)"
+
+
+def run_target(cfg, records) -> tuple[float | None, str | None]:
+    """A run's time-to-target goal (--target-acc or --target-ppl; at most one applies to its task) and how the
+    accuracy table names it: the metric it is read on and the bound, e.g. 'val_acc >= 0.9', 'val_ppl <= 300'
+    (test_* when the run held no validation split out). (None, None) when no target was set."""
+    target = cfg.target_acc if cfg.target_acc is not None else cfg.target_ppl
+    if target is None:
+        return None, None
+    lm = cfg.target_acc is None
+    score = "ppl" if lm else "acc"
+    metrics = set(records["metric"]) if len(records) else set()
+    metric = f"val_{score}" if f"val_{score}" in metrics or cfg.val_fraction > 0 else f"test_{score}"
+    return target, f"{metric} {'<=' if lm else '>='} {target:g}"
+
+
+def _rounds_to_target(records, algorithm: str, target: float) -> dict[str, Any]:
+    """time_to_target_s and epochs_to_target of one algorithm; with --repeat, the medians over the rounds, and
+    missing unless every round reached the target (a goal reached in some rounds only is not reached reliably)."""
+    r = records[records["algorithm"] == algorithm]
+    hits = [time_to_target(g, algorithm, target) for g in _rounds(r).values()]
+    if not hits or any(seconds is None for seconds, _ in hits):
+        return {}
+    return {
+        "time_to_target_s": statistics.median(seconds for seconds, _ in hits),
+        "epochs_to_target": int(statistics.median_low(epoch for _, epoch in hits)),
+    }
 
 
 def scaling_frame(summary, records_by_nodes: dict[int, Any], target: float | None, one_node_samples_per_s: float):

@@ -253,15 +253,15 @@ class RunConfig:
     eval_samples: int | None = opt(
         None, "sim: evaluate on the first this many test samples.  [default: all]", sim=True
     )  # sim: evaluate on the first this many test samples (None: all)
-    target_acc: float = opt(
-        0.9, "sim series: the test accuracy whose time-to-reach scaling.csv reports.", sim=True
-    )  # sim series: the test accuracy whose time-to-reach the scaling table reports
+    target_acc: float | None = opt(
+        None,
+        "Time to target: the validation accuracy (test accuracy with --val-fraction 0) to reach; seconds and epochs "
+        "to reach it head the accuracy table.  [default: none; a simulated series' scaling table uses 0.9]",
+    )  # time to target (MLPerf-style): a classifier's goal on the validation metric
     target_ppl: float | None = opt(
         None,
-        "sim series, language models: the validation perplexity whose time-to-reach scaling.csv reports (lower is "
-        "better).  [default: none]",
-        sim=True,
-    )  # sim series of a language model: the perplexity whose time-to-reach the scaling table reports
+        "Time to target, language models: the validation perplexity to fall to (lower is better).  [default: none]",
+    )  # time to target: a language model's goal on the validation perplexity
     algo_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # per-algorithm overrides
 
     def round_orders(self) -> list[tuple[str, ...]]:
@@ -661,6 +661,10 @@ def check_task(dataset: str, model_task: str, cfg: RunConfig) -> None:
         raise UserError(f"--bptt must be at least 1 token, got {cfg.bptt}")
     if cfg.target_ppl is not None and not lm:
         raise UserError(f"--target-ppl is a language model's goal, not '{dataset}''s: use --target-acc")
+    if cfg.target_acc is not None and lm:
+        raise UserError(f"--target-acc is a classifier's goal, not '{dataset}''s: use --target-ppl (lower is better)")
+    if cfg.target_acc is not None and not 0 < cfg.target_acc <= 1:
+        raise UserError(f"--target-acc must be an accuracy in (0, 1], got {cfg.target_acc}")
     if cfg.target_ppl is not None and not cfg.target_ppl >= 1:
         raise UserError(f"--target-ppl must be a perplexity (at least 1), got {cfg.target_ppl}")
     if lm and cfg.partition != "iid":
