@@ -28,12 +28,12 @@ def test_list_shows_the_shipped_suites():
     result = invoke("reproduce", "--list")
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.splitlines()]
-    assert names == ["ci-smoke", "swarmsgd-neurips21"]
+    assert names == ["ci-smoke", "swarmsgd-neurips21", "woodworth-icml20"]
     assert "[sim]" in result.output
 
 
 def test_suites_ship_as_package_data():
-    assert set(shipped()) == {"ci-smoke", "swarmsgd-neurips21"}
+    assert set(shipped()) == {"ci-smoke", "swarmsgd-neurips21", "woodworth-icml20"}
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     setuptools = pyproject["tool"]["setuptools"]
     assert "bench.experiments.suites" in setuptools["packages"]
@@ -54,12 +54,32 @@ def test_neurips_suite_layout():
     assert suite.tune is not None and suite.tune.grid == {"lr": [0.01, 0.05, 0.2]}
 
 
+def test_woodworth_suite_layout():
+    """Local SGD vs minibatch SGD at equal M, K, R: the convex track (rounds, K at a fixed budget) and the MLP, each
+    method's lr tuned once per model."""
+    from bench.experiments.reproduce import plan_suite_tunings
+
+    suite = load_suite("woodworth-icml20")
+    assert [p.name for p in suite.parts] == ["convex_rounds", "convex_k", "mlp_rounds"]
+    spec = normalize(suite_spec(suite, "sim", (), (), ()))
+    cells = expand(spec)
+    assert len(cells) == (4 + 4 + 4) * 3 and all(c.algorithms == ["local_sgd", "minibatch_sgd"] for c in cells)
+    assert suite.tune is not None and suite.tune.by == "model"
+    tunings = plan_suite_tunings(suite, spec)
+    assert [(value, [g.name for g in grids]) for value, grids, _ in tunings] == [
+        ("logreg", ["convex_rounds", "convex_k"]),
+        ("mlp", ["mlp_rounds"]),
+    ]
+    for value, _, tuning in tunings:
+        assert tuning.algorithms == ["local_sgd", "minibatch_sgd"] and tuning.base.model == value
+
+
 def test_unknown_suite_exits_2():
     result = invoke("reproduce", "ci-smok")
     assert result.exit_code == 2
     assert result.output == (
-        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, swarmsgd-neurips21 "
-        "(swarmbench reproduce --list) or pass a suite .toml file\n"
+        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, swarmsgd-neurips21, "
+        "woodworth-icml20 (swarmbench reproduce --list) or pass a suite .toml file\n"
     )
     assert invoke("reproduce").exit_code == 2
 

@@ -265,6 +265,58 @@ def test_suite_with_a_tuning_budget(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+SUITE_BY_MODEL = """
+[suite]
+name = "tuned-by-model"
+engine = "sim"
+[settings]
+dataset = "digits"
+epochs = 1
+nodes = 2
+[tune]
+grid = { lr = [0.05, 0.8] }
+by = "model"
+[[parts]]
+name = "convex"
+[parts.grid]
+algorithm = ["local_sgd"]
+seed = [0]
+[parts.settings]
+model = "logreg"
+[[parts]]
+name = "mlp"
+[parts.grid]
+algorithm = ["local_sgd"]
+seed = [0]
+[parts.settings]
+model = "mlp"
+"""
+
+
+def test_suite_tuned_per_model(tmp_path):
+    """[tune] by = "model": one tuning per model (OUT/tune/model=M), and each part runs at the values chosen for its
+    own model; a part that does not fix the `by` setting is refused before anything runs."""
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE_BY_MODEL)
+    out = tmp_path / "out"
+    result = invoke("reproduce", path, "--out", out)
+    assert result.exit_code == 0, result.output
+    for model in ("logreg", "mlp"):
+        tune = out / "tune" / f"model={model}"
+        chosen = tomllib.loads((tune / "tuned.toml").read_text())["local_sgd"]["lr"]
+        assert chosen == expected_choice(tune, "local_sgd", [0.05, 0.8])
+        assert json.loads((tune / "meta.json").read_text())["spec"]["fixed"]["model"] == model
+        (cell,) = [c for c in (out / "cells").iterdir() if f"model={model}" in c.name]
+        meta = json.loads((cell / "meta.json").read_text())
+        assert meta["config"]["model"] == model and meta["hyperparameters"]["local_sgd"]["lr"] == chosen
+    text = "each method tuned on lr ∈ {0.05, 0.8} per model (highest validation accuracy; tune/model=*/tuned.toml)"
+    assert text in (out / "report" / "report.md").read_text()
+    path.write_text(SUITE_BY_MODEL.replace('[parts.settings]\nmodel = "mlp"\n', ""))
+    result = invoke("reproduce", path, "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "part 'mlp' sets none" in result.output, result.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_successive_halving(tmp_path):
     """Rung 0 trains every grid point for 1 epoch; each algorithm's best (never the diverged lr = 100) trains the
     full 2 epochs in rung 1 and is chosen."""

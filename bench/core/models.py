@@ -329,6 +329,15 @@ def _check_tokens(name: str, input_shape: tuple[int, ...]) -> None:
         )
 
 
+def _build_logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression: one linear layer on flattened inputs, started at zero (the loss is convex
+    in the weights, so theory about convex objectives applies; every node starts from the same point anyway)."""
+    layer = nn.Linear(math.prod(input_shape), num_classes)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return nn.Sequential(nn.Flatten(), layer)
+
+
 def _build_transformer_lm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     _check_tokens("transformer-lm", input_shape)
     return TransformerLM(num_classes, input_shape[0])
@@ -352,6 +361,11 @@ MODELS: dict[str, ModelSpec] = {
         name="mlp",
         description="2 hidden layers of 128 ReLU units on flattened inputs; any input shape",
         build=_build_mlp,
+    ),
+    "logreg": ModelSpec(
+        name="logreg",
+        description="multinomial logistic regression (one linear layer, zero init): a convex loss; any input shape",
+        build=_build_logreg,
     ),
     "lenet5": ModelSpec(
         name="lenet5",

@@ -24,7 +24,7 @@ from bench.training.config import RUN_FIELDS, config_settings, parse_set
 
 SUITE_KEYS = {"name", "title", "description", "engine", "target_acc"}
 PART_KEYS = {"name", "title", "grid", "settings"}
-TUNE_KEYS = {"grid", "settings", "algorithms", "halving", "eta"}
+TUNE_KEYS = {"grid", "settings", "algorithms", "halving", "eta", "by"}
 TUNE_FOLDER = "tune"  # inside the suite's folder: the tuning sweep, its tuned.toml and trials.csv
 TABLE_KEYS = {"name", "title", "part", "metric", "columns", "format", "scale", "algorithms", "note", "descending"}
 
@@ -60,6 +60,7 @@ class TuneBudget:
     settings: dict[str, Any] = field(default_factory=dict)
     algorithms: list[str] = field(default_factory=list)  # empty: every algorithm of the suite's parts
     eta: int = 0  # successive halving keeping the best 1/eta per rung; 0: the full grid at the full epochs
+    by: str = ""  # a setting the parts differ in (e.g. "model"): tune once per value, for the parts with that value
 
 
 @dataclass
@@ -149,6 +150,7 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
             settings=flatten_settings(table.get("settings", {})),
             algorithms=[str(a) for a in table.get("algorithms", [])],
             eta=int(table.get("eta", 3)) if table.get("halving", False) else 0,
+            by=str(table.get("by", "")),
         )
     engine = head.get("engine", "processes")
     if engine not in ("sim", "processes"):
@@ -163,6 +165,16 @@ def parse_suite(data: dict[str, Any], text: str, source: str) -> Suite:
         parts.append(Part(name=p["name"], title=p.get("title", p["name"]), grid=grid, settings=settings))
     if not parts:
         raise UserError(f"{source}: has no [[parts]]: a suite needs at least one grid")
+    if tune is not None and tune.by:
+        shared = flatten_settings(data.get("settings", {}))
+        for part in parts:
+            if tune.by in part.grid or (tune.by not in part.settings and tune.by not in shared):
+                raise bad(
+                    "by",
+                    f"[tune] by = '{tune.by}' needs one value of '{tune.by}' per part, but part '{part.name}' "
+                    + ("spreads it over a grid axis" if tune.by in part.grid else "sets none (nor does [settings])")
+                    + f": set {tune.by} in its [parts.settings]",
+                )
     names = {p.name for p in parts}
     tables = []
     for t in data.get("tables", []):
@@ -274,26 +286,10 @@ def reproduce(
     suite_json = suite.to_json()
     tune_code = 0
     if suite.tune is not None:  # tune every method first, then run the parts at the chosen values
-        tuning = plan_suite_tuning(suite, spec)
+        tunings = plan_suite_tunings(suite, spec)  # a bad [tune] table is refused before anything runs
         if not resume:
-            prepare_out(out, resume, spec, own=())  # an existing results folder is refused before anything runs
-        tune_dir = str(Path(out) / TUNE_FOLDER)
-        if suite.tune.eta:
-            tune_code, _, choices = run_halving(tuning, suite.tune.eta, tune_dir, resume, argv)
-        else:
-            tune_code, _, choices = run_tuning(tuning, tune_dir, resume, argv)
-        for choice in choices:
-            for key, value in choice.values.items():
-                spec.fixed[f"{choice.algorithm}.{key.partition('.')[2] or key}"] = value
-        untuned = [c.algorithm for c in choices if not c.cell]
-        suite_json["tune"] = {
-            "grid": [[k, v] for k, v in tuning.axes.items()],
-            "chosen": {c.algorithm: c.values for c in choices},
-            "text": f"each method tuned on {grid_text(tuning.axes)} (highest validation accuracy"
-            + (f", successive halving with eta {suite.tune.eta}" if suite.tune.eta else "")
-            + f"; {TUNE_FOLDER}/{TUNED_FILE})"
-            + (f"; not tuned: {', '.join(untuned)}" if untuned else ""),
-        }
+            prepare_out(out, resume, spec, own=())  # so is an existing results folder
+        tune_code, suite_json["tune"] = tune_suite(suite.tune, spec, tunings, out, resume, argv)
     out_dir, spec, stored = prepare_out(out, resume, spec, own=(TUNE_FOLDER,))
     extra = {"suite": suite.name, "suite_spec": suite_json, "suite_engine": engine}
     code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
@@ -301,14 +297,56 @@ def reproduce(
     return max(code, tune_code), report_dir, notes
 
 
-def plan_suite_tuning(suite: Suite, spec: SweepSpec) -> Tuning:
-    """The suite's [tune] grid at its shared settings (after --config and --set) plus the [tune] settings, for the
-    algorithms of every part (or the [tune] list); checked before anything runs."""
-    assert suite.tune is not None
-    algorithms = list(suite.tune.algorithms)
+def plan_suite_tunings(suite: Suite, spec: SweepSpec) -> list[tuple[Any, list[Any], Tuning]]:
+    """The suite's [tune] budget as tunings: one for every part, or with `by` one per value of that setting, for
+    the parts with that value: (value or None, those parts' grids, the tuning). Each tunes the algorithms of its
+    parts (or the [tune] list) on the [tune] grid at the shared settings (after --config and --set) plus the [tune]
+    settings and the value."""
+    budget = suite.tune
+    assert budget is not None
+    groups: dict[Any, list[Any]] = {}
     for grid in spec.grids:
-        algorithms += [a for a in grid.axes.get("algorithm", []) if a not in algorithms]
-    fixed = {**spec.fixed, **suite.tune.settings}
-    if algorithms:
-        fixed["algorithms"] = algorithms
-    return plan(fixed, suite.tune.grid, source=f"{suite.source} [tune]")
+        groups.setdefault(grid.fixed.get(budget.by, spec.fixed.get(budget.by)) if budget.by else None, []).append(grid)
+    out = []
+    for value, grids in groups.items():
+        algorithms = list(budget.algorithms)
+        for grid in grids:
+            algorithms += [a for a in grid.axes.get("algorithm", []) if a not in algorithms]
+        fixed = {**spec.fixed, **budget.settings, **({budget.by: value} if budget.by else {})}
+        if algorithms:
+            fixed["algorithms"] = algorithms
+        out.append((value, grids, plan(fixed, budget.grid, source=f"{suite.source} [tune]")))
+    return out
+
+
+def tune_suite(
+    budget: TuneBudget, spec: SweepSpec, tunings: list, out: str, resume: bool, argv: list[str]
+) -> tuple[int, dict[str, Any]]:
+    """Run the tunings into OUT/tune (with `by`: OUT/tune/BY=VALUE per value) and set each method's chosen values
+    on the parts they were tuned for; (exit status, the report's account of it)."""
+    code, chosen, untuned, axes = 0, {}, [], {}
+    for value, grids, tuning in tunings:
+        axes = tuning.axes
+        tune_dir = str(Path(out) / TUNE_FOLDER / (f"{budget.by}={value}" if budget.by else ""))
+        if budget.eta:
+            step_code, _, choices = run_halving(tuning, budget.eta, tune_dir, resume, argv)
+        else:
+            step_code, _, choices = run_tuning(tuning, tune_dir, resume, argv)
+        code = max(code, step_code)
+        for choice in choices:
+            for key, chosen_value in choice.values.items():
+                name = f"{choice.algorithm}.{key.partition('.')[2] or key}"
+                for fixed in [grid.fixed for grid in grids] if budget.by else [spec.fixed]:
+                    fixed[name] = chosen_value
+        label = f"{budget.by}={value}: " if budget.by else ""
+        chosen.update({f"{label}{c.algorithm}": c.values for c in choices})
+        untuned += [f"{label}{c.algorithm}" for c in choices if not c.cell]
+    where = f"{TUNE_FOLDER}/{budget.by}=*/{TUNED_FILE}" if budget.by else f"{TUNE_FOLDER}/{TUNED_FILE}"
+    text = (
+        f"each method tuned on {grid_text(axes)}{f' per {budget.by}' if budget.by else ''} (highest validation "
+        "accuracy"
+        + (f", successive halving with eta {budget.eta}" if budget.eta else "")
+        + f"; {where})"
+        + (f"; not tuned: {', '.join(untuned)}" if untuned else "")
+    )
+    return code, {"grid": [[k, v] for k, v in axes.items()], "chosen": chosen, "text": text}

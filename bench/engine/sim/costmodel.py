@@ -142,6 +142,14 @@ _VM_CORE = _steps(
     resnet20 1x28x28  25.2   84.1   407    0.880
     resnet20 3x32x32  33.1   121    576    0.929
     """
+) | _steps(
+    # logreg: the same benchmark, 2026-12-04, per point the smaller of two runs, on the dev VM with other jobs
+    # running (load average 8: an upper bound of the quiet machine's times)
+    """
+    logreg   1x28x28  0.266  0.320  0.477  0.115
+    logreg   1x8x8    0.261  0.259  0.303  0.111
+    logreg   32       0.254  0.268  0.321  0.107
+    """
 )
 
 # `python -m bench.diagnostics.benchmarks sim-profile --device cuda --repeats 20` on the project's lent NVIDIA H200,
