@@ -210,20 +210,20 @@ def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
 N_Q, D_Q, LR_Q = 6, 5, 0.1  # an even ring: Metropolis-Hastings weights 1/3, lambda_min(W) = -1/3 exactly
 
 
-def _quadratic(seed: int = 5) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    centers = [torch.randn(D_Q, generator=gen) * 3 for _ in range(N_Q)]
-    starts = [torch.randn(D_Q, generator=gen) for _ in range(N_Q)]
+def _quadratic(n: int = N_Q) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    centers = [torch.randn(D_Q, generator=gen) * 3 for _ in range(n)]
+    starts = [torch.randn(D_Q, generator=gen) for _ in range(n)]
     return centers, starts
 
 
-def _run_quadratic(name: str, steps: int, codec=None, momentum=0.0, cluster=None, **options):
+def _run_quadratic(name: str, steps: int, codec=None, momentum=0.0, n=N_Q, **options):
     """Every node's model after `steps` steps of `name` on the quadratics, and the algorithms and cluster."""
-    centers, starts = _quadratic()
-    cluster = cluster or _cluster(N_Q)
+    centers, starts = _quadratic(n)
+    cluster = _cluster(n)
     pairs = [
-        _hand_node(name, r, N_Q, cluster.comms[r], cluster.clocks[r], starts[r], lr=LR_Q, momentum=momentum, **options)
-        for r in range(N_Q)
+        _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], starts[r], lr=LR_Q, momentum=momentum, **options)
+        for r in range(n)
     ]
     cluster.run(lambda rank: _hooks(*pairs[rank], steps, codec, center=centers[rank]))
     return torch.stack([node.params for node, _ in pairs]), [algo for _, algo in pairs], cluster
@@ -450,8 +450,56 @@ def test_sgp_on_real_processes_matches_the_simulator_and_the_closed_form_bytes(t
     assert torch.allclose(total, torch.stack(_start_models(world, d)).sum(0), atol=1e-5)
 
 
+# D², gradient tracking (both forms), LEAD (4-bit unbiased compression) and QG-DSGDm: name, momentum, options.
+REAL_CASES = (
+    ("d2", 0.9, {}),
+    ("gradient_tracking", 0.9, {"form": "atc"}),
+    ("gradient_tracking", 0.0, {"form": "cta"}),
+    ("lead", 0.0, {}),
+    ("qg_dsgdm", 0.9, {}),
+)
+REAL_STEPS = 8
+
+
+def _lead_codec() -> Codec:
+    return Codec(CodecConfig(bits=4, quantizer="uniform", eps=8.0 / 7, bucket=8))
+
+
+def _real_quadratics(rank, world, comm):
+    from bench.engine.processes.worker import WallClock
+
+    centers, starts = _quadratic(world)
+    out = []
+    for name, momentum, options in REAL_CASES:
+        clock = WallClock(torch.device("cpu"))
+        node, algo = _hand_node(name, rank, world, comm, clock, starts[rank], lr=LR_Q, momentum=momentum, **options)
+        _hooks(node, algo, REAL_STEPS, _lead_codec() if name == "lead" else None, center=centers[rank])
+        out.append((node.params.clone(), comm.stats.snapshot()["model"]))
+    return out
+
+
+def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_form_bytes(tmp_path):
+    """D², gradient tracking, LEAD and QG-DSGDm on 4 gloo processes (a ring, where not every pair talks, and whose
+    Metropolis-Hastings W has the eigenvalue -1/3 that makes D² mix with (I + W) / 2; the SGP test above runs 3
+    processes): every model equals the simulator's, LEAD's compressed messages included (the dither is drawn on
+    the sender alike), and each node sends and receives per step one message per neighbour of the closed-form size:
+    d float32 values (2 d for gradient tracking; the codec's packed size for LEAD)."""
+    world = 4
+    real = run_world(_real_quadratics, world, tmp_path)
+    per_step = {"d2": 4 * D_Q, "gradient_tracking": 8 * D_Q, "lead": _lead_codec().wire_bytes(D_Q), "qg_dsgdm": 4 * D_Q}
+    for k, (name, momentum, options) in enumerate(REAL_CASES):
+        codec = _lead_codec() if name == "lead" else None
+        simulated, _, _ = _run_quadratic(name, REAL_STEPS, codec=codec, momentum=momentum, n=world, **options)
+        for rank in range(world):
+            params, stats = real[rank][k]
+            assert torch.allclose(params, simulated[rank], atol=1e-6), (name, rank)
+            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[name]
+            assert stats["msgs_sent"] == stats["msgs_recv"] == REAL_STEPS * 2
+
+
 def test_list_shows_the_new_algorithms_and_the_directed_graph():
     out = CliRunner().invoke(cli, ["list", "--nodes", "8"]).output
-    for name in ("choco", "sgp", "one-peer-exponential"):
+    for name in ("choco", "sgp", "one-peer-exponential", "d2", "gradient_tracking", "lead", "qg_dsgdm"):
         assert name in out
     assert "Koloskova" in ALGORITHMS["choco"].__doc__ and "Assran" in ALGORITHMS["sgp"].__doc__
+    assert "Liu et al., ICLR 2021" in out and "Lin et al., ICML 2021" in out
