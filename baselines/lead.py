@@ -25,17 +25,18 @@ class LEAD(Algorithm):
     """LEAD (Liu, Li, Wang, Tang, Yan, ICLR 2021, "Linear Convergent Decentralized Optimization with Compression").
 
     NIDS / D² written as a primal-dual method, with the exchanged vector replaced by a compressed difference
-    against a memory h_i that the node and its neighbours update alike. Each step, with g_i the gradient (weight
-    decay folded in) and d_i the dual variable (0 at the start): y_i = x_i - lr (g_i + d_i); q_i = C(y_i - h_i) is
-    sent to the neighbours; with y-hat_i = h_i + q_i, d_i <- d_i + gamma / (2 lr) (y-hat_i - (W y-hat)_i), where
-    h_i - (W h)_i is kept as one running sum (neighbours' memories are not stored); h_i <- h_i + alpha q_i, the sum
-    likewise; and the optimizer applies g_i + d_i. The compressor is the cell's codec (`--bits`, `--quantizer`;
-    32 bits = none), used exactly as Choco-SGD uses it (`Comm.gossip_encoded`), so every copy of h_i stays
-    identical. The sum of the d_i stays 0, so the node average follows SGD on the average gradient, and the models
-    reach the exact optimum despite (unbiased) compression. The paper's optimizer is plain SGD (--momentum 0);
-    momentum on g + d is an extension it does not analyse. Unlike the paper, the first step communicates too (its
+    against a memory h_i that the node and its neighbours update alike. Each step, with d_i the dual variable (0 at
+    the start) and u_i the optimizer's update (-lr g_i for plain SGD, the paper's optimizer): y_i = x_i + u_i -
+    lr d_i; q_i = C(y_i - h_i) is sent to the neighbours; with y-hat_i = h_i + q_i,
+    d_i <- d_i + gamma / (2 lr) (y-hat_i - (W y-hat)_i), where h_i - (W h)_i is kept as one running sum
+    (neighbours' memories are not stored); h_i <- h_i + alpha q_i, the sum likewise; and x_i <- x_i + u_i - lr d_i.
+    The compressor is the cell's codec (`--bits`, `--quantizer`; 32 bits = none), used exactly as Choco-SGD uses it
+    (`Comm.gossip_encoded`), so every copy of h_i stays identical. The sum of the d_i stays 0, so the node average
+    moves by the average update, and the models reach the exact optimum despite (unbiased) compression. Correcting
+    the optimizer's update rather than the gradient (as `d2` does) lets momentum apply to the gradient alone, an
+    extension the paper does not analyse. Unlike the paper, the first step communicates too (its
     x^1 = x^0 - lr g^0 is this step with the exchange left out): with no compression and gamma = 1 LEAD is then
-    D² (`d2`) from the first step on, for any alpha.
+    D² (`d2`) from the first step on, for any alpha and any optimizer.
     """
 
     name = "lead"
@@ -50,27 +51,23 @@ class LEAD(Algorithm):
         self.dual = torch.zeros_like(node.params)  # d_i
         self.memory = torch.zeros_like(node.params)  # h_i, as every neighbour holds it
         self.gap = torch.zeros_like(node.params)  # h_i - sum_j W_ij h_j
-        # Weight decay goes into g before y; the optimizer must not add it to g + d again.
-        self.weight_decay = 0.0
-        for group in node.optimizer.param_groups:
-            self.weight_decay, group["weight_decay"] = group["weight_decay"], 0.0
 
-    def after_backward(self, step: int) -> None:
+    def after_step(self, step: int) -> None:
         node = self.node
-        x, g = node.params, node.grads
+        x, d = node.params, self.dual  # x: x_i + u_i, the optimizer has stepped
         lr = node.optimizer.param_groups[0]["lr"]
-        if self.weight_decay:
-            g.add_(x, alpha=self.weight_decay)
         if lr == 0:  # the dual step gamma / (2 lr) is undefined, and a zero learning rate moves nothing anyway
             return
-        cfg, d = self.config, self.dual
-        q, theirs = node.comm.gossip_encoded(x - lr * (g + d) - self.memory, "model")  # q_i = C(y_i - h_i)
+        cfg = self.config
+        x.sub_(d, alpha=lr)  # y_i
+        q, theirs = node.comm.gossip_encoded(x - self.memory, "model")  # q_i = C(y_i - h_i)
         # (I - W) q as sum_j W_ij (q_i - q_j): the pair (i, j) adds opposite terms, so sum_i d_i stays 0 in float32.
         spread = torch.zeros_like(q)
         for peer, qj in theirs.items():
             spread.add_(q - qj, alpha=self.weights[peer])
-        d.add_(self.gap + spread, alpha=cfg.gamma / (2 * lr))  # y-hat - W y-hat = (h - W h) + (I - W) q
+        step_d = (self.gap + spread).mul_(cfg.gamma / (2 * lr))  # y-hat - W y-hat = (h - W h) + (I - W) q
+        d.add_(step_d)
+        x.sub_(step_d, alpha=lr)  # x_i + u_i - lr d_i with the new d_i
         self.gap.add_(spread, alpha=cfg.alpha)
         self.memory.add_(q, alpha=cfg.alpha)
-        g.add_(d)
         self.count("exchanges", int(bool(theirs)))

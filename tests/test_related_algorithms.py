@@ -363,8 +363,9 @@ IDENTITIES = {
     "choco": ("dpsgd", {"momentum": 0.9, "algo_options": {"choco": {"gamma": 1.0}, "dpsgd": {"form": "atc"}}}),
     # DecentLaM with beta = 0 is D-PSGD, adapt-then-combine.
     "decentlam": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
-    # LEAD with no compression and gamma = 1 is D² (NIDS), whatever alpha is (plain SGD: the paper's optimizer).
-    "lead": ("d2", {"momentum": 0.0, "algo_options": {"lead": {"gamma": 1.0, "alpha": 0.3}}}),
+    # LEAD with no compression and gamma = 1 is D² (NIDS), whatever alpha is, momentum included: both correct the
+    # optimizer's update.
+    "lead": ("d2", {"momentum": 0.9, "algo_options": {"lead": {"gamma": 1.0, "alpha": 0.3}}}),
     # QG-DSGDm with beta = 0 is D-PSGD, adapt-then-combine (the quasi-global buffer goes unused).
     "qg_dsgdm": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
     # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
@@ -455,7 +456,7 @@ REAL_CASES = (
     ("d2", 0.9, {}),
     ("gradient_tracking", 0.9, {"form": "atc"}),
     ("gradient_tracking", 0.0, {"form": "cta"}),
-    ("lead", 0.0, {}),
+    ("lead", 0.9, {}),
     ("qg_dsgdm", 0.9, {}),
 )
 REAL_STEPS = 8
