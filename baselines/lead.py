@@ -36,7 +36,8 @@ class LEAD(Algorithm):
     the optimizer's update rather than the gradient (as `d2` does) lets momentum apply to the gradient alone, an
     extension the paper does not analyse. Unlike the paper, the first step communicates too (its
     x^1 = x^0 - lr g^0 is this step with the exchange left out): with no compression and gamma = 1 LEAD is then
-    D² (`d2`) from the first step on, for any alpha and any optimizer.
+    D² (`d2`) from the first step on, for any alpha and any optimizer (at a constant learning rate: d is in
+    gradient units, c = -lr d in D²'s).
     """
 
     name = "lead"
