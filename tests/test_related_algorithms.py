@@ -1,5 +1,6 @@
 """The related algorithms (Choco-SGD, SGP, ...) and the protocol they need: directed messages (send/recv) and
-algorithm-encoded exchanges. Identities from the papers on the simulator; one real-process run of the new paths."""
+algorithm-encoded exchanges. Identities from the papers and textbook iterations on the simulator; real-process runs
+of SGP (the mailbox) and of D², gradient tracking, LEAD and QG-DSGDm (LEAD: the encoded exchange)."""
 
 from __future__ import annotations
 
