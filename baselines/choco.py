@@ -27,7 +27,7 @@ class Choco(Algorithm):
     q_i; s_i = sum_j W_ij x-hat_j is kept as one running sum (the official code's memory), so neighbours' copies
     are not stored. Then the consensus step x_i <- x_i + gamma (s_i - x-hat_i). The compressor is the cell's codec
     (`--bits`, `--quantizer`; 32 bits = none): the algorithm encodes itself and the sender decodes its own message
-    exactly as its receivers do (`Comm.decode_shared`), so all copies of x-hat_i stay identical. With no
+    exactly as its receivers do (`Comm.gossip_encoded`), so all copies of x-hat_i stay identical. With no
     compression and gamma = 1 this is D-PSGD in its adapt-then-combine form.
     """
 
@@ -43,14 +43,11 @@ class Choco(Algorithm):
         self.mix = torch.zeros_like(self.node.params)  # s_i = sum_j W_ij x-hat_j
 
     def after_step(self, step: int) -> None:
-        node, comm = self.node, self.node.comm
-        x, n = node.params, node.params.numel()
-        msg = comm.encode(x - self.copy, "model")
-        theirs = comm.neighbor_exchange_encoded(msg, "model")
-        q = comm.decode_shared(msg, n, "model").to(x.device)
+        x, w = self.node.params, self.weights
+        q, theirs = self.node.comm.gossip_encoded(x - self.copy, "model")
         self.copy.add_(q)
-        self.mix.add_(q, alpha=self.weights[node.rank])
-        for peer, m in theirs.items():
-            self.mix.add_(comm.decode_shared(m, n, "model").to(x.device), alpha=self.weights[peer])
+        self.mix.add_(q, alpha=w[self.node.rank])
+        for peer, qj in theirs.items():
+            self.mix.add_(qj, alpha=w[peer])
         x.add_(self.mix - self.copy, alpha=self.config.gamma)
         self.count("exchanges", int(bool(theirs)))

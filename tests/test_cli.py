@@ -38,6 +38,10 @@ BAD_INPUTS = [
     (["--bits", "3"], "--bits"),
     (["--transport", "rma"], "--transport rma needs"),
     (["--topology", "file:no-such-edges.txt"], "no-such-edges.txt"),
+    (["--algo", "lead", "--set", "lead.gamma=1.5"], "gamma must be in (0, 1]"),
+    (["--algo", "lead", "--set", "lead.alpha=0"], "alpha must be in (0, 1]"),
+    (["--algo", "qg_dsgdm", "--set", "qg_dsgdm.mu=2"], "mu must be in [0, 1]"),
+    (["--algo", "gradient_tracking", "--set", "gradient_tracking.form=both"], "form must be one of atc, cta"),
     (
         ["--device", "cuda"]
         if not __import__("torch").cuda.is_available()

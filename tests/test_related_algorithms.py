@@ -1,5 +1,6 @@
 """The related algorithms (Choco-SGD, SGP, ...) and the protocol they need: directed messages (send/recv) and
-algorithm-encoded exchanges. Identities from the papers on the simulator; one real-process run of the new paths."""
+algorithm-encoded exchanges. Identities from the papers and textbook iterations on the simulator; real-process runs
+of SGP (the mailbox) and of D², gradient tracking, LEAD and QG-DSGDm (LEAD: the encoded exchange)."""
 
 from __future__ import annotations
 
@@ -202,6 +203,139 @@ def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
         assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(d)
 
 
+# ---- D², gradient tracking, LEAD, QG-DSGDm on heterogeneous quadratics --------------------------------------------
+#
+# Node i minimizes |x - c_i|^2 / 2 (gradient x - c_i): the global optimum is mean(c), D-PSGD stops at a biased
+# point, and every iteration below is checked against its textbook matrix form written directly from the paper.
+
+N_Q, D_Q, LR_Q = 6, 5, 0.1  # an even ring: Metropolis-Hastings weights 1/3, lambda_min(W) = -1/3 exactly
+
+
+def _quadratic(n: int = N_Q) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    centers = [torch.randn(D_Q, generator=gen) * 3 for _ in range(n)]
+    starts = [torch.randn(D_Q, generator=gen) for _ in range(n)]
+    return centers, starts
+
+
+def _run_quadratic(name: str, steps: int, codec=None, momentum=0.0, n=N_Q, **options):
+    """Every node's model after `steps` steps of `name` on the quadratics, and the algorithms and cluster."""
+    centers, starts = _quadratic(n)
+    cluster = _cluster(n)
+    pairs = [
+        _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], starts[r], lr=LR_Q, momentum=momentum, **options)
+        for r in range(n)
+    ]
+    cluster.run(lambda rank: _hooks(*pairs[rank], steps, codec, center=centers[rank]))
+    return torch.stack([node.params for node, _ in pairs]), [algo for _, algo in pairs], cluster
+
+
+def _textbook(name: str, steps: int, form: str = "atc") -> torch.Tensor:
+    """The papers' matrix forms, in float64: X holds one model per row, G = X - C."""
+    centers, starts = _quadratic()
+    c, x = torch.stack(centers).double(), torch.stack(starts).double()
+    w = torch.tensor(build_topology("ring", N_Q).mixing_matrix())
+    if name == "d2":  # x1 = W~ (x0 - lr g0); x+ = W~ (2x - x- - lr (g - g-))
+        wt = (torch.eye(N_Q, dtype=w.dtype) + w) / 2
+        g_prev, x_prev = x - c, x
+        x = wt @ (x - LR_Q * g_prev)
+        for _ in range(steps - 1):
+            g = x - c
+            x, x_prev, g_prev = wt @ (2 * x - x_prev - LR_Q * (g - g_prev)), x, g
+    elif name == "dpsgd":  # adapt then combine: x+ = W (x - lr g)
+        for _ in range(steps):
+            x = w @ (x - LR_Q * (x - c))
+    elif name == "gradient_tracking":  # y0 = g0; x+ = W (x - lr y) or W x - lr y; y+ = W y + g+ - g
+        g = x - c
+        y = g
+        for _ in range(steps):
+            x = w @ (x - LR_Q * y) if form == "atc" else w @ x - LR_Q * y
+            g_new = x - c
+            y, g = w @ y + g_new - g, g_new
+    return x.float()
+
+
+def test_d2_is_the_textbook_iteration_reaches_the_exact_optimum_and_sends_one_model_per_neighbour():
+    steps = 150
+    models, algos, cluster = _run_quadratic("d2", steps)
+    assert torch.allclose(models, _textbook("d2", steps), atol=1e-5)
+    optimum = torch.stack(_quadratic()[0]).mean(0)
+    assert (models - optimum).abs().max() < 1e-4
+    assert (_textbook("dpsgd", steps) - optimum).abs().max() > 0.05  # where D-PSGD keeps a bias
+    assert torch.allclose(torch.stack([a.correction for a in algos]).sum(0), torch.zeros(D_Q), atol=1e-5)
+    for comm in cluster.comms:  # two ring neighbours, one float32 model each, per step
+        s = comm.stats.snapshot()["model"]
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * 4 * D_Q
+
+
+@pytest.mark.parametrize("form", ["atc", "cta"])
+def test_gradient_tracking_is_the_textbook_iteration_with_a_zero_mean_correction(form):
+    """Tracking the update with plain SGD is tracking the gradient: the iterates equal the textbook DSGT; the
+    correction's node average stays 0 (the trackers average the gradients); the optimum is exact. Bytes: two
+    vectors per neighbour per step, in one message."""
+    steps = 150
+    models, algos, cluster = _run_quadratic("gradient_tracking", steps, form=form)
+    assert torch.allclose(models, _textbook("gradient_tracking", steps, form), atol=1e-5)
+    assert torch.stack([a.correction for a in algos]).mean(0).abs().max() < 1e-6
+    assert (models - torch.stack(_quadratic()[0]).mean(0)).abs().max() < 1e-4
+    for comm in cluster.comms:
+        s = comm.stats.snapshot()["model"]
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * 2 * 4 * D_Q
+        assert s["msgs_sent"] == steps * 2
+
+
+def test_gradient_tracking_with_momentum_keeps_the_average_on_the_optimizers_path():
+    """With a momentum optimizer the correction still averages to 0, so the node average moves exactly by the
+    average update (heavy ball on the average gradient, for these quadratics), and the models reach the optimum."""
+    models, algos, _ = _run_quadratic("gradient_tracking", 200, momentum=0.5)
+    assert torch.stack([a.correction for a in algos]).mean(0).abs().max() < 1e-6
+    assert (models - torch.stack(_quadratic()[0]).mean(0)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
+def test_lead_under_compression_keeps_sgd_on_the_average_and_reaches_the_exact_optimum(quantizer):
+    """4-bit compression: the duals sum to 0 (to float32 rounding), so the node average follows SGD on the average
+    gradient (here mean(x) - mean(c) shrinks by exactly 1 - lr per step); the running sums h_i - sum_j W_ij h_j equal
+    those rebuilt from every node's own memory; with the unbiased quantizer the models reach the exact optimum
+    anyway. Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
+    steps = 250
+    codec = Codec(CodecConfig(bits=4, quantizer=quantizer, eps=8.0 / 7, bucket=8))
+    models, algos, cluster = _run_quadratic("lead", steps, codec=codec, alpha=0.5, gamma=1.0)
+    centers, starts = _quadratic()
+    optimum = torch.stack(centers).mean(0)
+    duals = torch.stack([a.dual for a in algos])
+    assert duals.sum(0).abs().max() < 1e-4 * duals.abs().max()  # float32 rounding of d itself
+    expected_mean = optimum + (1 - LR_Q) ** steps * (torch.stack(starts).mean(0) - optimum)
+    assert torch.allclose(models.mean(0), expected_mean, atol=1e-4)
+    for r, algo in enumerate(algos):
+        w = cluster.comms[r].topology.mixing_weights(r)
+        assert torch.allclose(algo.gap, algo.memory - sum(w[j] * algos[j].memory for j in w), atol=1e-5)
+        s = cluster.comms[r].stats.snapshot()["model"]
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(D_Q)
+    assert sum(comm.decode_failures for comm in cluster.comms) == 0
+    if quantizer == "uniform":  # unbiased; the lattice's fixed spacing rounds differences below eps / 2 to 0
+        assert (models - optimum).abs().max() < 1e-4
+
+
+def test_qg_dsgdm_buffer_is_the_averaged_model_movement():
+    """A differential check against the paper's update written out: x+1/2 = x - lr (beta m + g),
+    x+ = W x+1/2, m <- mu m + (1 - mu) (x - x+) / lr. Bytes: one model per neighbour per step."""
+    steps, beta, mu = 40, 0.9, 0.7
+    models, algos, cluster = _run_quadratic("qg_dsgdm", steps, momentum=beta, mu=mu)
+    centers, starts = _quadratic()
+    c, x = torch.stack(centers).double(), torch.stack(starts).double()
+    w = torch.tensor(build_topology("ring", N_Q).mixing_matrix())
+    m = torch.zeros_like(x)
+    for _ in range(steps):
+        x_new = w @ (x - LR_Q * (beta * m + x - c))
+        m, x = mu * m + (1 - mu) * (x - x_new) / LR_Q, x_new
+    assert torch.allclose(models, x.float(), atol=1e-4)
+    assert torch.allclose(torch.stack([a.m_hat for a in algos]), m.float(), atol=1e-4)
+    for comm in cluster.comms:
+        s = comm.stats.snapshot()["model"]
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * 4 * D_Q
+
+
 # ---- identities on the full training loop (simulator) --------------------------------------------------------------
 
 
@@ -234,6 +368,11 @@ IDENTITIES = {
     "choco": ("dpsgd", {"momentum": 0.9, "algo_options": {"choco": {"gamma": 1.0}, "dpsgd": {"form": "atc"}}}),
     # DecentLaM with beta = 0 is D-PSGD, adapt-then-combine.
     "decentlam": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
+    # LEAD with no compression and gamma = 1 is D² (NIDS), whatever alpha is, momentum included: both correct the
+    # optimizer's update.
+    "lead": ("d2", {"momentum": 0.9, "algo_options": {"lead": {"gamma": 1.0, "alpha": 0.3}}}),
+    # QG-DSGDm with beta = 0 is D-PSGD, adapt-then-combine (the quasi-global buffer goes unused).
+    "qg_dsgdm": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
     # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
     "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
 }
@@ -317,8 +456,56 @@ def test_sgp_on_real_processes_matches_the_simulator_and_the_closed_form_bytes(t
     assert torch.allclose(total, torch.stack(_start_models(world, d)).sum(0), atol=1e-5)
 
 
+# D², gradient tracking (both forms), LEAD (4-bit unbiased compression) and QG-DSGDm: name, momentum, options.
+REAL_CASES = (
+    ("d2", 0.9, {}),
+    ("gradient_tracking", 0.9, {"form": "atc"}),
+    ("gradient_tracking", 0.0, {"form": "cta"}),
+    ("lead", 0.9, {}),
+    ("qg_dsgdm", 0.9, {}),
+)
+REAL_STEPS = 8
+
+
+def _lead_codec() -> Codec:
+    return Codec(CodecConfig(bits=4, quantizer="uniform", eps=8.0 / 7, bucket=8))
+
+
+def _real_quadratics(rank, world, comm):
+    from bench.engine.processes.worker import WallClock
+
+    centers, starts = _quadratic(world)
+    out = []
+    for name, momentum, options in REAL_CASES:
+        clock = WallClock(torch.device("cpu"))
+        node, algo = _hand_node(name, rank, world, comm, clock, starts[rank], lr=LR_Q, momentum=momentum, **options)
+        _hooks(node, algo, REAL_STEPS, _lead_codec() if name == "lead" else None, center=centers[rank])
+        out.append((node.params.clone(), comm.stats.snapshot()["model"]))
+    return out
+
+
+def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_form_bytes(tmp_path):
+    """D², gradient tracking, LEAD and QG-DSGDm on 4 gloo processes (a ring, where not every pair talks, and whose
+    Metropolis-Hastings W has the eigenvalue -1/3 that makes D² mix with (I + W) / 2; the SGP test above runs 3
+    processes): every model equals the simulator's, LEAD's compressed messages included (the dither is drawn on
+    the sender alike), and each node sends and receives per step one message per neighbour of the closed-form size:
+    d float32 values (2 d for gradient tracking; the codec's packed size for LEAD)."""
+    world = 4
+    real = run_world(_real_quadratics, world, tmp_path)
+    per_step = {"d2": 4 * D_Q, "gradient_tracking": 8 * D_Q, "lead": _lead_codec().wire_bytes(D_Q), "qg_dsgdm": 4 * D_Q}
+    for k, (name, momentum, options) in enumerate(REAL_CASES):
+        codec = _lead_codec() if name == "lead" else None
+        simulated, _, _ = _run_quadratic(name, REAL_STEPS, codec=codec, momentum=momentum, n=world, **options)
+        for rank in range(world):
+            params, stats = real[rank][k]
+            assert torch.allclose(params, simulated[rank], atol=1e-6), (name, rank)
+            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[name]
+            assert stats["msgs_sent"] == stats["msgs_recv"] == REAL_STEPS * 2
+
+
 def test_list_shows_the_new_algorithms_and_the_directed_graph():
     out = CliRunner().invoke(cli, ["list", "--nodes", "8"]).output
-    for name in ("choco", "sgp", "one-peer-exponential"):
+    for name in ("choco", "sgp", "one-peer-exponential", "d2", "gradient_tracking", "lead", "qg_dsgdm"):
         assert name in out
     assert "Koloskova" in ALGORITHMS["choco"].__doc__ and "Assran" in ALGORITHMS["sgp"].__doc__
+    assert "Liu et al., ICLR 2021" in out and "Lin et al., ICML 2021" in out

@@ -249,6 +249,17 @@ class Comm:
             self.decode_failures += int(failed.sum())
             return values
 
+    def gossip_encoded(self, t: torch.Tensor, kind: str) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Compressed gossip for algorithms that keep copies of what was delivered (Choco-SGD's x-hat, LEAD's h):
+        encode `t` once (`encode`), send it to every neighbour (`neighbor_exchange_encoded`) and decode every
+        message alike (`decode_shared`). Returns this node's message as all its receivers decode it, and each
+        neighbour's message decoded, on `t`'s device."""
+        msg = self.encode(t, kind)
+        theirs = self.neighbor_exchange_encoded(msg, kind)
+        n = t.numel()
+        q = self.decode_shared(msg, n, kind).to(t.device)
+        return q, {peer: self.decode_shared(m, n, kind).to(t.device) for peer, m in theirs.items()}
+
     def send(self, peer: int, msg: torch.Tensor, kind: str) -> None:
         """Directed, exactly once: put `msg` (a flat uint8 or float32 tensor) in `peer`'s mailbox and return
         without waiting for the peer; messages from one sender to one receiver arrive in the order sent."""

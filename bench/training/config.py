@@ -109,8 +109,10 @@ class RunConfig:
         choices=("nonblocking", "blocking", "pushpull"),
     )  # swarm: nonblocking (initiator only) | blocking (both, atomically) | pushpull (both, via a deposit)
     bits: int = opt(
-        32, "Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16 or 32 (= no quantization)."
-    )  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd): 2, 4, 8, 16, 32
+        32,
+        "Bits per coordinate of exchanged models (swarm, adpsgd, dpsgd, choco, lead): 2, 4, 8, 16 or 32 "
+        "(= no quantization).",
+    )  # bits per coordinate of exchanged models (swarm, adpsgd, dpsgd, choco, lead): 2, 4, 8, 16, 32
     quantizer: str = opt(
         "lattice",
         "lattice: residues decoded against the receiver's own model; uniform: stochastic, unbiased.",

@@ -5,11 +5,15 @@ from __future__ import annotations
 from baselines.adpsgd import ADPSGD
 from baselines.allreduce import AllReduceSGD
 from baselines.choco import Choco
+from baselines.d2 import D2
 from baselines.decentlam import DecentLaM
 from baselines.dpsgd import DPSGD
+from baselines.gradient_tracking import GradientTracking
+from baselines.lead import LEAD
 from baselines.local_sgd import LocalSGD
 from baselines.minibatch_sgd import MinibatchSGD
 from baselines.overlap_local_sgd import OverlapLocalSGD
+from baselines.qg_dsgdm import QGDSGDm
 from baselines.sgp import SGP
 from bench.core.protocol import Algorithm
 from bench.swarm import SwarmSGD
@@ -25,4 +29,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "decentlam": DecentLaM,
     "minibatch_sgd": MinibatchSGD,
     "overlap_local_sgd": OverlapLocalSGD,
+    "d2": D2,
+    "gradient_tracking": GradientTracking,
+    "lead": LEAD,
+    "qg_dsgdm": QGDSGDm,
 }
