@@ -28,12 +28,12 @@ def test_list_shows_the_shipped_suites():
     result = invoke("reproduce", "--list")
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.splitlines()]
-    assert names == ["ci-smoke", "swarmsgd-neurips21", "woodworth-icml20"]
+    assert names == ["ci-smoke", "related-work", "swarmsgd-neurips21", "woodworth-icml20"]
     assert "[sim]" in result.output
 
 
 def test_suites_ship_as_package_data():
-    assert set(shipped()) == {"ci-smoke", "swarmsgd-neurips21", "woodworth-icml20"}
+    assert set(shipped()) == {"ci-smoke", "related-work", "swarmsgd-neurips21", "woodworth-icml20"}
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     setuptools = pyproject["tool"]["setuptools"]
     assert "bench.experiments.suites" in setuptools["packages"]
@@ -74,12 +74,25 @@ def test_woodworth_suite_layout():
         assert tuning.algorithms == ["local_sgd", "minibatch_sgd"] and tuning.base.model == value
 
 
+def test_related_work_suite_runs_every_algorithm():
+    """Every registered algorithm, under one identical launch, each tuned on one lr grid: a new algorithm must join."""
+    from bench.training.registry import ALGORITHMS
+
+    suite = load_suite("related-work")
+    (part,) = suite.parts
+    assert sorted(part.grid["algorithm"]) == sorted(ALGORITHMS)
+    assert part.grid["nodes"] == [4, 8, 16, 32]
+    assert suite.tune is not None and suite.tune.grid == {"lr": [0.01, 0.05, 0.2]}
+    cells = expand(normalize(suite_spec(suite, "sim", (), (), ())))
+    assert len(cells) == 4 * 2 and all(c.algorithms == part.grid["algorithm"] for c in cells)
+
+
 def test_unknown_suite_exits_2():
     result = invoke("reproduce", "ci-smok")
     assert result.exit_code == 2
     assert result.output == (
-        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, swarmsgd-neurips21, "
-        "woodworth-icml20 (swarmbench reproduce --list) or pass a suite .toml file\n"
+        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, related-work, "
+        "swarmsgd-neurips21, woodworth-icml20 (swarmbench reproduce --list) or pass a suite .toml file\n"
     )
     assert invoke("reproduce").exit_code == 2
 
