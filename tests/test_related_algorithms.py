@@ -110,6 +110,7 @@ def _hooks(node: Node, algo, steps: int, codec=None, center: torch.Tensor | None
         algo.after_backward(step)
         node.optimizer.step()
         algo.after_step(step)
+    algo.finish()
     node.comm.fence()
     node.comm.finish_cell()
 
@@ -162,6 +163,45 @@ def test_sgp_on_2_to_the_L_nodes_reaches_the_exact_average_after_L_steps(n):
         assert s["model"]["bytes_sent"] == s["model"]["bytes_recv"] == period * 4 * (9 + 1)
         assert s["model"]["msgs_sent"] == s["model"]["msgs_recv"] == period
         assert s["control"]["bytes_sent"] == period * MAIL_HEADER_BYTES
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_osgp_mixes_as_sgp_one_step_later(n):
+    """Learning rate 0: OSGP's halvings are SGP's, each consumed one step later, so after L steps (every message of
+    iterations 0..L-1 received) every model is the exact average too; the half in flight at the end is added by
+    `finish`, so the weights end at 1 and each node sent L + 1 messages of d + 1 float32 values."""
+    gen = torch.Generator().manual_seed(n)
+    start = [torch.randint(-50, 50, (9,), generator=gen).float() * 8 for _ in range(n)]
+    period = OnePeerExponential(n).period
+    cluster = _cluster(n)
+    models, algos = _drive(cluster, "osgp", start, period)
+    mean = torch.stack(start).mean(0)
+    for x, algo in zip(models, algos, strict=True):
+        assert torch.equal(x, mean) and float(algo.weight) == 1.0
+    for comm in cluster.comms:
+        s = comm.stats.snapshot()
+        assert s["model"]["bytes_sent"] == s["model"]["bytes_recv"] == (period + 1) * 4 * (9 + 1)
+        assert s["model"]["msgs_sent"] == s["model"]["msgs_recv"] == period + 1
+
+
+def test_osgp_takes_sgps_step_at_a_one_step_stale_mix():
+    """Heterogeneous quadratics on 5 nodes: OSGP conserves the sum of the models (no mass left in flight) and,
+    like SGP, drives the average to the minimizer of the sum; its trajectory differs from SGP's (stale mixing)."""
+    n, d, lr, steps = 5, 4, 0.1, 200
+    gen = torch.Generator().manual_seed(3)
+    centers = [torch.randn(d, generator=gen) * 2 for _ in range(n)]
+    ends = {}
+    for name in ("sgp", "osgp"):
+        cluster = _cluster(n)
+        pairs = [
+            _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], torch.zeros(d), lr=lr) for r in range(n)
+        ]
+        cluster.run(lambda rank, pairs=pairs: _hooks(*pairs[rank], steps, center=centers[rank]))
+        ends[name] = torch.stack([node.params for node, _ in pairs])
+    optimum = torch.stack(centers).mean(0)
+    for name, models in ends.items():
+        assert (models.mean(0) - optimum).abs().max() < 1e-4, name  # the average follows gradient descent on the sum
+    assert not torch.allclose(ends["sgp"], ends["osgp"], atol=1e-6)
 
 
 def test_sgp_conserves_the_sum_at_any_node_count():
@@ -432,26 +472,29 @@ def _start_models(n: int, d: int) -> list[torch.Tensor]:
     return [torch.randn(d, generator=gen) for _ in range(n)]
 
 
-def _real_sgp(rank, world, comm, steps):
+def _real_sgp(rank, world, comm, steps, name):
     from bench.engine.processes.worker import WallClock
 
-    node, algo = _hand_node("sgp", rank, world, comm, WallClock(torch.device("cpu")), _start_models(world, 11)[rank])
+    node, algo = _hand_node(name, rank, world, comm, WallClock(torch.device("cpu")), _start_models(world, 11)[rank])
     _hooks(node, algo, steps)
     return node.params.clone(), float(algo.weight), comm.stats.snapshot()
 
 
-def test_sgp_on_real_processes_matches_the_simulator_and_the_closed_form_bytes(tmp_path):
-    """The mailbox on gloo: SGP on 3 processes moves the models exactly as on the simulator; each node sends and
-    receives one message of d + 1 float32 values and a header per step; summed over nodes, sent == received."""
+@pytest.mark.parametrize("name", ["sgp", "osgp"])
+def test_sgp_on_real_processes_matches_the_simulator_and_the_closed_form_bytes(tmp_path, name):
+    """The mailbox on gloo: SGP (and OSGP, its messages consumed a step later) on 3 processes moves the models
+    exactly as on the simulator; each node sends and receives one message of d + 1 float32 values and a header per
+    step (OSGP: one more, the half in flight at the end); summed over nodes, sent == received."""
     world, steps, d = 3, 6, 11
-    real = run_world(_real_sgp, world, tmp_path, steps)
-    simulated, _ = _drive(_cluster(world), "sgp", _start_models(world, d), steps)
+    msgs = steps + (name == "osgp")
+    real = run_world(_real_sgp, world, tmp_path, steps, name)
+    simulated, _ = _drive(_cluster(world), name, _start_models(world, d), steps)
     for rank, (params, weight, stats) in enumerate(real):
         assert torch.equal(params, simulated[rank]) and weight == 1.0
-        assert stats["model"]["bytes_sent"] == stats["model"]["bytes_recv"] == steps * 4 * (d + 1)
-        assert stats["model"]["msgs_sent"] == stats["model"]["msgs_recv"] == steps
+        assert stats["model"]["bytes_sent"] == stats["model"]["bytes_recv"] == msgs * 4 * (d + 1)
+        assert stats["model"]["msgs_sent"] == stats["model"]["msgs_recv"] == msgs
     for direction in ("sent", "recv"):  # headers only: the fences are not traffic
-        assert sum(stats["control"][f"bytes_{direction}"] for _, _, stats in real) == world * steps * MAIL_HEADER_BYTES
+        assert sum(stats["control"][f"bytes_{direction}"] for _, _, stats in real) == world * msgs * MAIL_HEADER_BYTES
     total = torch.stack([params for params, _, _ in real]).sum(0)
     assert torch.allclose(total, torch.stack(_start_models(world, d)).sum(0), atol=1e-5)
 
@@ -505,7 +548,7 @@ def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_for
 
 def test_list_shows_the_new_algorithms_and_the_directed_graph():
     out = CliRunner().invoke(cli, ["list", "--nodes", "8"]).output
-    for name in ("choco", "sgp", "one-peer-exponential", "d2", "gradient_tracking", "lead", "qg_dsgdm"):
+    for name in ("choco", "sgp", "osgp", "one-peer-exponential", "d2", "gradient_tracking", "lead", "qg_dsgdm"):
         assert name in out
     assert "Koloskova" in ALGORITHMS["choco"].__doc__ and "Assran" in ALGORITHMS["sgp"].__doc__
     assert "Liu et al., ICLR 2021" in out and "Lin et al., ICML 2021" in out

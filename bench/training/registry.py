@@ -12,6 +12,7 @@ from baselines.gradient_tracking import GradientTracking
 from baselines.lead import LEAD
 from baselines.local_sgd import LocalSGD
 from baselines.minibatch_sgd import MinibatchSGD
+from baselines.osgp import OSGP
 from baselines.overlap_local_sgd import OverlapLocalSGD
 from baselines.qg_dsgdm import QGDSGDm
 from baselines.sgp import SGP
@@ -26,6 +27,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "swarm": SwarmSGD,
     "choco": Choco,
     "sgp": SGP,
+    "osgp": OSGP,
     "decentlam": DecentLaM,
     "minibatch_sgd": MinibatchSGD,
     "overlap_local_sgd": OverlapLocalSGD,
