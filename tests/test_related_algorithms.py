@@ -193,9 +193,7 @@ def test_osgp_takes_sgps_step_at_a_one_step_stale_mix():
     ends = {}
     for name in ("sgp", "osgp"):
         cluster = _cluster(n)
-        pairs = [
-            _hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], torch.zeros(d), lr=lr) for r in range(n)
-        ]
+        pairs = [_hand_node(name, r, n, cluster.comms[r], cluster.clocks[r], torch.zeros(d), lr=lr) for r in range(n)]
         cluster.run(lambda rank, pairs=pairs: _hooks(*pairs[rank], steps, center=centers[rank]))
         ends[name] = torch.stack([node.params for node, _ in pairs])
     optimum = torch.stack(centers).mean(0)
