@@ -422,10 +422,16 @@ def run_cell(
     return cell.node
 
 
-def run_rounds(cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any]) -> None:
+def run_rounds(
+    cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any], done: frozenset[tuple[str, int]] = frozenset()
+) -> None:
     """Every (round, algorithm) of the invocation, in `cfg.round_orders()`: `run_one(name, emit)` runs one cell
     whose record rows carry its round (1..K), between a cell_start and a cell_done event. Both engines run their
-    cells through here, so a round is the same thing on real processes and in the simulator."""
+    cells through here, so a round is the same thing on real processes and in the simulator.
+
+    The cells in `done` (algorithm, round) finished in an earlier, interrupted run whose records are kept (`swarmbench
+    run --resume`): they are not run again, and their cell_start and cell_done events say `"resumed": true`. A cell
+    depends only on the configuration (seeds, shards, initial weights), never on the cells before it."""
     orders = cfg.round_orders()
     for number, order in enumerate(orders, 1):
 
@@ -433,6 +439,11 @@ def run_rounds(cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any]) 
             emit({**event, "round": number})
 
         for name in order:
-            emit({"type": "cell_start", "algorithm": name, "round": number, "rounds": len(orders)})
+            cell = {"algorithm": name, "round": number, "rounds": len(orders)}
+            if (name, number) in done:
+                emit({"type": "cell_start", **cell, "resumed": True})
+                emit({"type": "cell_done", **cell, "resumed": True})
+                continue
+            emit({"type": "cell_start", **cell})
             run_one(name, emit_round)
-            emit({"type": "cell_done", "algorithm": name, "round": number, "rounds": len(orders)})
+            emit({"type": "cell_done", **cell})

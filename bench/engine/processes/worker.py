@@ -338,10 +338,12 @@ def train_all(
     threads: int,
     send: Callable[[dict[str, Any]], None],
     transport: str,
+    done: frozenset[tuple[str, int]] = frozenset(),
 ) -> None:
-    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`);
-    records to the staging file, rank 0's progress to `send`. Ends with a barrier, so every rank's staging file is
-    complete when this returns on rank 0."""
+    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`),
+    but the cells in `done` (finished by the run this one resumes); records to the staging file, rank 0's progress
+    to `send`. Every cell ends with a barrier, so every rank's records of a cell are written when rank 0 reports
+    it done (what a checkpoint relies on), and so is every staging file when this returns on rank 0."""
     import torch
 
     rank, world = session.rank, session.world
@@ -369,14 +371,18 @@ def train_all(
         elif rank == 0:
             send(event)
 
+    import torch.distributed as dist
+
+    def run_one(name: str, out: Callable[[dict[str, Any]], None]) -> None:
+        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out)
+        dist.barrier()
+
     try:
         # The rounds run on these same workers and process group: one launch, no restart between rounds.
-        run_rounds(cfg, emit, lambda name, out: run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out))
+        run_rounds(cfg, emit, run_one, done)
         comm.close()
     finally:
         writer.close()
-    import torch.distributed as dist
-
     dist.barrier()
 
 
@@ -395,7 +401,8 @@ def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) ->
     if session.rank == 0:
         send_event({"type": "launch", "transport": transport, **session.launch_facts()})
     out_dir, threads = Path(spec["out_dir"]), int(spec.get("threads", 1))
-    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport)
+    done = frozenset((str(a), int(r)) for a, r in spec.get("done", ()))
+    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done)
     # Only after success: on failure the process ends without waiting on peers that may be gone.
     session.close()
 

@@ -1,0 +1,173 @@
+"""Checkpoints and `swarmbench run --resume DIR`: continue an interrupted run in its own folder, with the
+configuration stored in DIR/meta.json.
+
+The unit of a checkpoint is the cell: one algorithm in one round (`bench.training.loop.run_rounds`). A cell depends
+only on the configuration (seeds, shards, initial weights are derived from it), never on the cells before it, so a
+run that keeps the records of its finished cells and runs the others writes the same records as one that was never
+stopped. DIR/checkpoint.json lists the finished cells; it is rewritten (atomically) once a cell's records are all on
+disk, and removed when the run ends ok. A resumed run drops the partial records of the cell that was running (it
+runs that cell again from its start) and keeps every other line as it was.
+
+Why not inside a cell: in the simulator a consistent mid-cell state is more than every node's model, optimizer,
+sampler and random streams. Asynchronous nodes are at different virtual instants, inside different calls (a node
+may be in a compute section, another blocked in a collective, a third waiting on a message still on its link), and
+that state lives on the nodes' greenlet stacks. Stopping every node at its own epoch boundary would change the order
+of events (the simulated trajectory) and so the results; restarting the cell is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bench.base.errors import UserError
+from bench.base.files import atomic_write_json, atomic_write_text
+from bench.records.write import STAGING, now_iso
+from bench.run.checks import resolve
+from bench.training.config import RunConfig
+
+CHECKPOINT = "checkpoint.json"
+Cell = tuple[str, int]  # (algorithm, round)
+
+
+class CellCheckpoint:
+    """DIR/checkpoint.json: the cells finished so far. `cell_done` is called once the cell's records are on disk."""
+
+    def __init__(self, out_dir: Path, done: frozenset[Cell] = frozenset()) -> None:
+        self.path = out_dir / CHECKPOINT
+        self.done: list[Cell] = sorted(done, key=lambda c: (c[1], c[0]))
+        self._write()
+
+    def cell_done(self, algorithm: str, number: int) -> None:
+        self.done.append((algorithm, number))
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_json(self.path, {"version": 1, "cells_done": [list(c) for c in self.done]})
+
+    def finish(self, status: str) -> None:
+        """A run that ended ok has nothing left to resume."""
+        if status == "ok":
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Resume:
+    """What `swarmbench run --resume DIR` continues."""
+
+    out_dir: Path
+    done: frozenset[Cell]  # the cells whose records are kept
+    previous: dict[str, Any]  # the interrupted run's meta.json
+    kept: int = 0  # record lines kept (set by `keep_records`)
+    notes: list[str] = field(default_factory=list)
+
+    def meta_facts(self) -> dict[str, Any]:
+        """What the resumed run's meta.json keeps from the interrupted one, and the resume itself."""
+        before = self.previous.get("resumed") or []
+        entry = {
+            "at": now_iso(),
+            "from_status": self.previous.get("status"),
+            "cells_kept": [list(c) for c in sorted(self.done, key=lambda c: (c[1], c[0]))],
+            "records_kept": self.kept,
+        }
+        return {
+            "argv": self.previous.get("argv"),
+            "started_at": self.previous.get("started_at"),
+            "resumed": [*before, entry],
+        }
+
+
+def open_resume(
+    folder: str, given: dict[str, Any], config_file: str | None, sets: tuple[str, ...], out: str | None
+) -> tuple[RunConfig, Resume]:
+    """The stored configuration and the finished cells of DIR, after checking that it can be resumed and that no
+    option given beside --resume conflicts with it (every refusal is one UserError line)."""
+    path = Path(folder)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"--resume '{folder}' holds no meta.json: pass the results folder of an interrupted run")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--resume '{folder}': meta.json is not readable ({exc}): pass a run's folder") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise UserError(f"--resume '{folder}' is not a run's results folder (a sweep? use `swarmbench sweep --resume`)")
+    if meta.get("series") or meta["config"].get("node_series"):
+        raise UserError(f"--resume '{folder}' is a simulated scaling series: resume is per run; rerun the series")
+    if meta.get("launch", {}).get("mode") == "external":
+        raise UserError(
+            f"--resume '{folder}': that run was started by {meta.get('launcher')} on every rank; "
+            "resume it with swarmbench starting the workers (--launcher), or run it again"
+        )
+    again = f"swarmbench run --config {meta_path} --out NEW"
+    if meta.get("status") == "ok":
+        raise UserError(f"--resume '{folder}': that run finished (status ok), nothing to resume; run it again: {again}")
+    checkpoint = path / CHECKPOINT
+    if not checkpoint.is_file():
+        raise UserError(f"--resume '{folder}' has no checkpoint ({CHECKPOINT}); to run it again: {again}")
+    if config_file:
+        raise UserError("--resume runs the configuration stored in DIR/meta.json: drop --config")
+    if sets:
+        raise UserError("--resume runs the configuration stored in DIR/meta.json: drop --set")
+    if out is not None and Path(out).resolve() != path.resolve():
+        raise UserError(f"--resume continues '{folder}' in place: drop --out")
+    try:
+        done = frozenset((str(a), int(r)) for a, r in json.loads(checkpoint.read_text())["cells_done"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume '{folder}': {CHECKPOINT} is not readable ({exc}); run it again: {again}") from None
+    stored = resolve({}, str(meta_path))
+    _check_conflicts(stored, given, str(meta_path))
+    return stored, Resume(path, done, meta)
+
+
+def _check_conflicts(stored: RunConfig, given: dict[str, Any], meta_path: str) -> None:
+    """An option given beside --resume must agree with the stored configuration (it may restate it)."""
+    if not given:
+        return
+    merged = resolve(given, meta_path)
+    if merged == stored:
+        return
+    new, old = merged.to_dict(), stored.to_dict()
+    for f in fields(RunConfig):
+        if new[f.name] != old[f.name]:
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            raise UserError(
+                f"{flag} {_show(new[f.name])} conflicts with the interrupted run's {f.name} = {_show(old[f.name])}: "
+                "drop it to resume (or run a new folder with --config DIR/meta.json)"
+            )
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def keep_records(resume: Resume, staging_file: Callable[[dict[str, Any]], str]) -> int:
+    """Rewrite DIR's staging files with the record lines of the finished cells, byte for byte, in their order.
+
+    The lines come from the staging files when the run was killed before merging them (SIGKILL, power loss), else
+    from records.jsonl (written by an interrupted or failed run). `staging_file(row)` names the staging file a row
+    belongs to ("rank0.jsonl", ...). Returns the number of lines kept."""
+    out_dir = resume.out_dir
+    staging = out_dir / STAGING
+    sources = sorted(staging.glob("rank*.jsonl")) if staging.is_dir() else []
+    if not sources and (out_dir / "records.jsonl").is_file():
+        sources = [out_dir / "records.jsonl"]
+    kept: dict[str, list[str]] = {}
+    for source in sources:
+        for line in source.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill: its cell is run again anyway
+                continue
+            if (row.get("algorithm"), row.get("round")) in resume.done:
+                kept.setdefault(staging_file(row), []).append(line)
+    for name, lines in kept.items():
+        atomic_write_text(staging / name, "".join(line + "\n" for line in lines))
+    for source in sources:
+        if source.parent == staging and source.name not in kept:
+            source.unlink()
+    resume.kept = sum(len(lines) for lines in kept.values())
+    return resume.kept

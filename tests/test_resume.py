@@ -1,0 +1,179 @@
+"""Checkpoints and `swarmbench run --resume DIR`: a simulated run stopped in the middle and resumed writes the same
+records.jsonl and summary.csv, byte for byte, as one never stopped; a real run resumes and says so in meta.json;
+what cannot be resumed is refused in one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import bench.engine.sim.cluster as sim_cluster
+from bench.base.signals import Interrupted
+from bench.run.resume import CHECKPOINT
+from cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+SMALL = ["--dataset", "digits", "--model", "mlp", "--batch-size", "32"]
+SIM = ["--engine", "sim", "--nodes", "3", *SMALL, "--epochs", "2", "--no-tensorboard"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _same_bytes(a: Path, b: Path) -> None:
+    for name in ("records.jsonl", "summary.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same configuration, never stopped (the folder's own name is the run_id of every row)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    r = _invoke("run", *SIM, "--algo", "sgp", "--algo", "swarm", "--algo", "choco", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert not (out / CHECKPOINT).exists()  # a run that ended ok has nothing to resume
+    return out
+
+
+@pytest.mark.parametrize("stopped", ["swarm", "choco"])
+def test_sim_resume_after_an_interruption_is_byte_identical(tmp_path, monkeypatch, uninterrupted, stopped):
+    """Ctrl-C in the middle of a cell (after some of its records): the resumed run keeps the finished cells, runs
+    the stopped one again from its start and writes the uninterrupted run's bytes."""
+    out = tmp_path / "run"
+    real_run_cell = sim_cluster.run_cell
+
+    def run_cell(cfg, name, *args):
+        *rest, emit = args
+        if name != stopped:
+            return real_run_cell(cfg, name, *rest, emit)
+        seen = []
+
+        def stop_after_a_few(event):
+            emit(event)
+            seen.append(event)
+            if len(seen) == 4:
+                raise Interrupted(signal.SIGINT)
+
+        return real_run_cell(cfg, name, *rest, stop_after_a_few)
+
+    monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
+    r = _invoke("run", *SIM, "--algo", "sgp", "--algo", "swarm", "--algo", "choco", "--out", out)
+    assert r.exit_code == 130, r.output
+    assert f"to continue it: swarmbench run --resume {out}" in r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["algorithms"][stopped]["status"] == "interrupted"
+    finished = json.loads((out / CHECKPOINT).read_text())["cells_done"]
+    assert finished == [["sgp", 1]] + ([["swarm", 1]] if stopped == "choco" else [])
+
+    monkeypatch.setattr(sim_cluster, "run_cell", real_run_cell)
+    r = _invoke("run", "--resume", out)
+    assert r.exit_code == 0, r.output
+    _same_bytes(out, uninterrupted)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok" and all(a["status"] == "ok" for a in meta["algorithms"].values())
+    assert [c[0] for c in meta["resumed"][0]["cells_kept"]] == [c[0] for c in finished]
+    assert meta["resumed"][0]["from_status"] == "interrupted"
+    assert not (out / CHECKPOINT).exists()
+
+    r = _invoke("run", "--resume", out)  # finished now: nothing to resume
+    assert r.exit_code == 2 and "finished (status ok)" in r.output and len(r.output.splitlines()) == 1
+
+
+def test_sim_resume_after_sigkill_is_byte_identical(tmp_path, uninterrupted):
+    """SIGKILL once the first cell is checkpointed: nothing was merged (the records are in the staging folder, the
+    meta.json still says running); the resumed run still writes the uninterrupted run's bytes."""
+    out = tmp_path / "run"
+    cmd = [*CLI, "run", *SIM, "--algo", "sgp", "--algo", "swarm", "--algo", "choco", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = out / CHECKPOINT
+    try:
+        deadline = time.monotonic() + 240
+        while not (checkpoint.is_file() and json.loads(checkpoint.read_text() or "{}").get("cells_done")):
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "no cell finished in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert json.loads((out / "meta.json").read_text())["status"] == "running"
+    assert not (out / "records.jsonl").exists()
+    r = _invoke("run", "--resume", out)
+    assert r.exit_code == 0, r.output
+    _same_bytes(out, uninterrupted)
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, uninterrupted):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _invoke("run", "--resume", empty)
+    assert r.exit_code == 2 and "holds no meta.json" in r.output and len(r.output.splitlines()) == 1
+
+    # A run folder without a checkpoint (written by an older swarmbench, or a checkpoint removed).
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((uninterrupted / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    r = _invoke("run", "--resume", old)
+    assert r.exit_code == 2 and "has no checkpoint" in r.output and len(r.output.splitlines()) == 1
+
+    (old / CHECKPOINT).write_text(json.dumps({"version": 1, "cells_done": [["sgp", 1]]}))
+    r = _invoke("run", "--resume", old, "--epochs", "3")
+    assert r.exit_code == 2 and len(r.output.splitlines()) == 1
+    assert "--epochs 3 conflicts with the interrupted run's epochs = 2" in r.output
+    r = _invoke("run", "--resume", old, "--set", "lr=0.5")
+    assert r.exit_code == 2 and "drop --set" in r.output and len(r.output.splitlines()) == 1
+    r = _invoke("run", "--resume", old, "--out", tmp_path / "elsewhere")
+    assert r.exit_code == 2 and "drop --out" in r.output and len(r.output.splitlines()) == 1
+    assert sorted(p.name for p in old.iterdir()) == [CHECKPOINT, "meta.json"]  # refused: nothing written
+
+
+def test_real_run_resumes_and_says_so(tmp_path):
+    """Real processes: SIGINT once the first algorithm is checkpointed; the resumed run keeps its records, runs
+    the other one and records the resume in meta.json."""
+    out = tmp_path / "run"
+    cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "swarm", *SMALL, "--epochs", "12"]
+    cmd += ["--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = out / CHECKPOINT
+    try:
+        deadline = time.monotonic() + 240
+        while not (checkpoint.is_file() and json.loads(checkpoint.read_text() or "{}").get("cells_done")):
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "no cell finished in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, output[-3000:]
+    assert f"to continue it: swarmbench run --resume {out}" in output
+    before = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    kept = [r for r in before if r["algorithm"] == "allreduce"]
+
+    r = subprocess.run([*CLI, "run", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "allreduce: kept from the interrupted run" in r.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok" and {a["status"] for a in meta["algorithms"].values()} == {"ok"}
+    assert meta["resumed"][0]["cells_kept"] == [["allreduce", 1]]
+    assert meta["resumed"][0]["from_status"] == "interrupted"
+    assert meta["argv"][-2:] == ["--out", str(out)]  # the interrupted run's command line
+    after = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted(map(json.dumps, (r for r in after if r["algorithm"] == "allreduce"))) == sorted(map(json.dumps, kept))
+    swarm = [r for r in after if r["algorithm"] == "swarm"]
+    assert {r["rank"] for r in swarm if r["metric"] == "steps"} == {0, 1}
+    assert {r["epoch"] for r in swarm if r["metric"] == "train_loss"} == set(range(1, 13))
