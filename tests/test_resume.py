@@ -177,3 +177,35 @@ def test_real_run_resumes_and_says_so(tmp_path):
     swarm = [r for r in after if r["algorithm"] == "swarm"]
     assert {r["rank"] for r in swarm if r["metric"] == "steps"} == {0, 1}
     assert {r["epoch"] for r in swarm if r["metric"] == "train_loss"} == set(range(1, 13))
+
+
+def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, uninterrupted):
+    """`sweep --resume` keeps the finished algorithms of the cell that was stopped and runs the rest of it."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "--algo", "sgp,swarm,choco", "--nodes", "3", "--set", "engine=sim", "--set", "dataset=digits"]
+    args += ["--set", "model=mlp", "--set", "batch_size=32", "--set", "epochs=2", "--set", "tensorboard=false"]
+    real_run_cell = sim_cluster.run_cell
+
+    def run_cell(cfg, name, *args):
+        if name == "swarm":
+            raise Interrupted(signal.SIGINT)
+        return real_run_cell(cfg, name, *args)
+
+    monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
+    r = _invoke(*args, "--out", out)
+    assert r.exit_code == 130, r.output
+    cell = out / "cells" / "nodes=3"
+    assert json.loads((cell / CHECKPOINT).read_text())["cells_done"] == [["sgp", 1]]
+
+    monkeypatch.setattr(sim_cluster, "run_cell", real_run_cell)
+    r = _invoke(*args, "--out", out, "--resume")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((cell / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["resumed"][0]["cells_kept"] == [["sgp", 1]]
+    assert json.loads((out / "meta.json").read_text())["cells"]["nodes=3"]["resumed"] is True
+    # The cell's run_id is its folder's name, so only that column differs from the uninterrupted run's rows.
+    rows = [{**json.loads(line), "run_id": None} for line in (cell / "records.jsonl").read_text().splitlines()]
+    reference = [
+        {**json.loads(line), "run_id": None} for line in (uninterrupted / "records.jsonl").read_text().splitlines()
+    ]
+    assert rows == reference
