@@ -209,3 +209,55 @@ def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, unin
         {**json.loads(line), "run_id": None} for line in (uninterrupted / "records.jsonl").read_text().splitlines()
     ]
     assert rows == reference
+
+
+def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
+    """--checkpoint-every 1: SIGINT once SGP (push-sum state) has a checkpoint after epoch 2; the resumed run
+    starts SGP from its last checkpoint, keeps the rows written before it and records every epoch exactly once."""
+    out = tmp_path / "run"
+    cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "sgp", *SMALL, "--epochs", "12"]
+    cmd += ["--checkpoint-every", "1", "--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = out / CHECKPOINT
+
+    def in_sgp() -> bool:
+        if not checkpoint.is_file():
+            return False
+        partial = json.loads(checkpoint.read_text() or "{}").get("partial") or {}
+        return partial.get("algorithm") == "sgp" and partial["epoch"] >= 2
+
+    try:
+        deadline = time.monotonic() + 240
+        while not in_sgp():
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "no epoch checkpoint in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, output[-3000:]
+    partial = json.loads(checkpoint.read_text())["partial"]
+    assert partial["algorithm"] == "sgp" and partial["round"] == 1
+
+    r = subprocess.run([*CLI, "run", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["algorithms"]["sgp"]["status"] == "ok"
+    assert meta["resumed"][0]["from_epoch"] == partial
+    assert not checkpoint.exists() and not (out / ".checkpoints").exists()
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    sgp = [r for r in rows if r["algorithm"] == "sgp"]
+    for rank in (0, 1):
+        epochs = [r["epoch"] for r in sgp if r["metric"] == "train_loss" and r["rank"] == rank]
+        assert sorted(epochs) == list(range(1, 13))  # every epoch once: before the checkpoint kept, after it run
+        mine = sorted((r for r in sgp if r["rank"] == rank), key=lambda r: r["epoch"] or 0)
+        seconds = [r["value"] for r in mine if r["metric"] == "train_seconds"]
+        assert seconds == sorted(seconds)  # the clock went on from the checkpoint
+    assert len([r for r in sgp if r["metric"] == "test_acc"]) == 12  # every epoch's snapshot was kept
+    assert len([r for r in sgp if r["metric"] == "chance_acc"]) == 1
+    steps = {r["value"] for r in sgp if r["metric"] == "steps"}
+    pushes = [r["value"] for r in sgp if r["metric"] == "algo_pushes"]
+    assert len(steps) == 1 and pushes == [steps.pop()] * 2  # counters went on from the checkpoint too

@@ -40,7 +40,7 @@ from bench.run.outcome import (
     unwritable,
     write_results,
 )
-from bench.run.resume import CellCheckpoint, Resume, keep_records
+from bench.run.resume import CellCheckpoint, Resume, keep_records, partial_rows
 from bench.run.simulate import execute_sim
 from bench.training.config import RunConfig, load_toml, parse_set
 from bench.training.loop import make_shards, run_data
@@ -104,6 +104,9 @@ class _CheckpointingUI:
     def event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "cell_done" and not event.get("resumed"):
             self.checkpoint.cell_done(event["algorithm"], event["round"])
+        elif event.get("type") == "checkpoint":  # every node's state of this epoch is saved
+            self.checkpoint.epoch_done(event["algorithm"], event["round"], event["epoch"])
+            return
         self.ui.event(event)
 
     def worker_line(self, rank: int, line: str) -> None:
@@ -122,11 +125,12 @@ def _launch_and_write(
     meta = build_meta(cfg, run_id=run_id, argv=argv, engine="processes", backend="gloo", transport=transport)
     meta["launch"] = {"mode": "spawned"}
     done: frozenset[tuple[str, int]] = frozenset()
+    partial = None
     if resume is not None:
-        keep_records(resume, _rank_file)
+        keep_records(resume, _rank_file, partial_rows(resume, cfg.nodes))
         meta.update(resume.meta_facts())
-        done = resume.done
-    checkpoint = CellCheckpoint(out_dir, done)
+        done, partial = resume.done, resume.partial
+    checkpoint = CellCheckpoint(out_dir, done, partial)
     # From here on a signal stops the run cleanly: the results so far are written with status interrupted.
     with stop_signals():
         try:
@@ -135,7 +139,8 @@ def _launch_and_write(
             raise unwritable(out_dir, exc) from exc
         with RunUI(cfg.algorithms, interactive) as ui:
             try:
-                outcome = launch(launcher, cfg, out_dir, run_id, _CheckpointingUI(ui, checkpoint), transport, done)
+                checkpointing = _CheckpointingUI(ui, checkpoint)
+                outcome = launch(launcher, cfg, out_dir, run_id, checkpointing, transport, done, partial)
             except Interrupted as exc:  # between two steps of the launch: nothing is left running
                 outcome = Outcome(interrupted=exc.name)
         # A Ctrl-C from here on lets the results be finished first (a second one still exits at once).

@@ -18,6 +18,7 @@ of events (the simulated trajectory) and so the results; restarting the cell is 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,33 +26,48 @@ from typing import Any
 
 from bench.base.errors import UserError
 from bench.base.files import atomic_write_json, atomic_write_text
+from bench.records.checkpoints import CHECKPOINT, NODE_STATES, cell_folder, state_path
 from bench.records.write import STAGING, now_iso
 from bench.run.checks import resolve
 from bench.training.config import RunConfig
 
-CHECKPOINT = "checkpoint.json"
 Cell = tuple[str, int]  # (algorithm, round)
 
 
 class CellCheckpoint:
-    """DIR/checkpoint.json: the cells finished so far. `cell_done` is called once the cell's records are on disk."""
+    """DIR/checkpoint.json: the cells finished so far, and the last epoch checkpoint of the running cell (`partial`:
+    {algorithm, round, epoch}, real processes with --checkpoint-every). `cell_done` is called once the cell's
+    records are on disk, `epoch_done` once every node's state of that epoch is saved."""
 
-    def __init__(self, out_dir: Path, done: frozenset[Cell] = frozenset()) -> None:
+    def __init__(self, out_dir: Path, done: frozenset[Cell] = frozenset(), partial: dict | None = None) -> None:
+        self.out_dir = out_dir
         self.path = out_dir / CHECKPOINT
         self.done: list[Cell] = sorted(done, key=lambda c: (c[1], c[0]))
+        self.partial = partial
         self._write()
 
     def cell_done(self, algorithm: str, number: int) -> None:
         self.done.append((algorithm, number))
+        self.partial = None
         self._write()
+        shutil.rmtree(cell_folder(self.out_dir, algorithm, number), ignore_errors=True)
+
+    def epoch_done(self, algorithm: str, number: int, epoch: int) -> None:
+        old, self.partial = self.partial, {"algorithm": algorithm, "round": number, "epoch": epoch}
+        self._write()
+        if old is not None and old["epoch"] != epoch:  # the previous epoch's node states are not needed any more
+            for path in cell_folder(self.out_dir, old["algorithm"], old["round"]).glob(f"rank*-epoch{old['epoch']}.*"):
+                path.unlink(missing_ok=True)
 
     def _write(self) -> None:
-        atomic_write_json(self.path, {"version": 1, "cells_done": [list(c) for c in self.done]})
+        done = [list(c) for c in self.done]
+        atomic_write_json(self.path, {"version": 1, "cells_done": done, "partial": self.partial})
 
     def finish(self, status: str) -> None:
         """A run that ended ok has nothing left to resume."""
         if status == "ok":
             self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / NODE_STATES, ignore_errors=True)
 
 
 @dataclass
@@ -61,6 +77,7 @@ class Resume:
     out_dir: Path
     done: frozenset[Cell]  # the cells whose records are kept
     previous: dict[str, Any]  # the interrupted run's meta.json
+    partial: dict[str, Any] | None = None  # {algorithm, round, epoch}: the running cell's last epoch checkpoint
     kept: int = 0  # record lines kept (set by `keep_records`)
     notes: list[str] = field(default_factory=list)
 
@@ -73,6 +90,8 @@ class Resume:
             "cells_kept": [list(c) for c in sorted(self.done, key=lambda c: (c[1], c[0]))],
             "records_kept": self.kept,
         }
+        if self.partial is not None:
+            entry["from_epoch"] = dict(self.partial)
         return {
             "argv": self.previous.get("argv"),
             "started_at": self.previous.get("started_at"),
@@ -115,12 +134,37 @@ def open_resume(
     if out is not None and Path(out).resolve() != path.resolve():
         raise UserError(f"--resume continues '{folder}' in place: drop --out")
     try:
-        done = frozenset((str(a), int(r)) for a, r in json.loads(checkpoint.read_text())["cells_done"])
+        saved = json.loads(checkpoint.read_text())
+        done = frozenset((str(a), int(r)) for a, r in saved["cells_done"])
+        partial = saved.get("partial")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--resume '{folder}': {CHECKPOINT} is not readable ({exc}); run it again: {again}") from None
     stored = resolve({}, str(meta_path))
     _check_conflicts(stored, given, str(meta_path))
-    return stored, Resume(path, done, meta)
+    if partial is not None and not all(_node_counts(path, partial, stored.nodes)):
+        partial = None  # a node's state is missing: that cell runs again from its start
+    return stored, Resume(path, done, meta, partial)
+
+
+def _node_counts(out_dir: Path, partial: dict[str, Any], nodes: int) -> list[int | None]:
+    """Per rank, the record rows it had written at the epoch checkpoint `partial` (None where its files are gone)."""
+    folder = cell_folder(out_dir, partial["algorithm"], partial["round"])
+    counts: list[int | None] = []
+    for rank in range(nodes):
+        try:
+            state = state_path(folder, rank, partial["epoch"])
+            counts.append(json.loads(state.with_suffix(".json").read_text())["records"] if state.is_file() else None)
+        except (OSError, ValueError, KeyError):
+            counts.append(None)
+    return counts
+
+
+def partial_rows(resume: Resume, nodes: int) -> dict[str, int]:
+    """Staging file -> the rows of the partially done cell it keeps (the rows each rank wrote before the epoch
+    checkpoint it resumes from; rank 0 also wrote the rows of no rank)."""
+    if resume.partial is None:
+        return {}
+    return {f"rank{r}.jsonl": int(n or 0) for r, n in enumerate(_node_counts(resume.out_dir, resume.partial, nodes))}
 
 
 def _check_conflicts(stored: RunConfig, given: dict[str, Any], meta_path: str) -> None:
@@ -144,8 +188,11 @@ def _show(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def keep_records(resume: Resume, staging_file: Callable[[dict[str, Any]], str]) -> int:
-    """Rewrite DIR's staging files with the record lines of the finished cells, byte for byte, in their order.
+def keep_records(
+    resume: Resume, staging_file: Callable[[dict[str, Any]], str], partial: dict[str, int] | None = None
+) -> int:
+    """Rewrite DIR's staging files with the record lines of the finished cells, byte for byte, in their order, and
+    of the partially done cell (`resume.partial`) the first `partial[file]` lines of each staging file.
 
     The lines come from the staging files when the run was killed before merging them (SIGKILL, power loss), else
     from records.jsonl (written by an interrupted or failed run). `staging_file(row)` names the staging file a row
@@ -156,14 +203,20 @@ def keep_records(resume: Resume, staging_file: Callable[[dict[str, Any]], str]) 
     if not sources and (out_dir / "records.jsonl").is_file():
         sources = [out_dir / "records.jsonl"]
     kept: dict[str, list[str]] = {}
+    partial = dict(partial or {})
+    cell = (resume.partial["algorithm"], resume.partial["round"]) if resume.partial else None
     for source in sources:
         for line in source.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line torn by a kill: its cell is run again anyway
                 continue
-            if (row.get("algorithm"), row.get("round")) in resume.done:
-                kept.setdefault(staging_file(row), []).append(line)
+            key, name = (row.get("algorithm"), row.get("round")), staging_file(row)
+            if key in resume.done:
+                kept.setdefault(name, []).append(line)
+            elif key == cell and partial.get(name, 0) > 0:
+                kept.setdefault(name, []).append(line)
+                partial[name] -= 1
     for name, lines in kept.items():
         atomic_write_text(staging / name, "".join(line + "\n" for line in lines))
     for source in sources:

@@ -185,11 +185,20 @@ class Child:
 
 
 def _spec(
-    cfg, out_dir: Path, run_id: str, threads: int, store: str | None, transport: str, scratch: str, done=frozenset()
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    threads: int,
+    store: str | None,
+    transport: str,
+    scratch: str,
+    done=frozenset(),
+    partial: dict[str, Any] | None = None,
 ) -> dict:
     spec: dict[str, Any] = {
         "config": cfg.to_dict(),
         "done": sorted(list(cell) for cell in done),  # cells an interrupted run finished: not run again
+        "partial": partial,  # the cell and epoch a resumed run starts from (`--checkpoint-every`), or None
         "out_dir": str(out_dir),
         "run_id": run_id,
         "threads": threads,
@@ -202,22 +211,31 @@ def _spec(
 
 
 def launch(
-    launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p", done=frozenset()
+    launcher: Launcher,
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    ui: LaunchUI,
+    transport: str = "p2p",
+    done=frozenset(),
+    partial: dict[str, Any] | None = None,
 ) -> Outcome:
     """Start cfg.nodes workers with `launcher` and watch them to the end: the `local` launcher spawns one process
     per rank itself, the others run one launcher command. The cells in `done` (algorithm, round) are not run
-    (`swarmbench run --resume`)."""
+    (`swarmbench run --resume`), and `partial` ({algorithm, round, epoch}) is the epoch checkpoint to start from."""
     if launcher.binary is None:
-        return launch_local(cfg, out_dir, run_id, ui, transport, done)
-    return launch_with(launcher, cfg, out_dir, run_id, ui, transport, done)
+        return launch_local(cfg, out_dir, run_id, ui, transport, done, partial)
+    return launch_with(launcher, cfg, out_dir, run_id, ui, transport, done, partial)
 
 
-def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p", done=frozenset()) -> Outcome:
+def launch_local(
+    cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p", done=frozenset(), partial=None
+) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="swarmbench-") as tmp:
         env, threads = worker_env(cfg.nodes)
         spec_path = Path(tmp) / "spec.json"
         store = str(Path(tmp) / "store")
-        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, store, transport, tmp, done)))
+        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, store, transport, tmp, done, partial)))
         children: list[Child] = []
         try:
             for rank in range(cfg.nodes):
@@ -233,7 +251,14 @@ def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str =
 
 
 def launch_with(
-    launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p", done=frozenset()
+    launcher: Launcher,
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    ui: LaunchUI,
+    transport: str = "p2p",
+    done=frozenset(),
+    partial=None,
 ) -> Outcome:
     """Start the workers with one launcher command (mpirun, torchrun, ...) and watch it."""
     binary = require_binary(launcher)
@@ -241,7 +266,7 @@ def launch_with(
         # srun may place ranks on other hosts: there gloo must not be pinned to loopback.
         env, threads = worker_env(cfg.nodes, loopback=launcher.name != "srun")
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, None, transport, tmp, done)))
+        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, None, transport, tmp, done, partial)))
         argv = build_argv(launcher, binary, cfg.nodes, worker_command(spec_path), Path(tmp))
         child = Child(_popen(argv, env), None, StreamParser(launcher.tag, None))
         outcome = _supervise([child], ui, launcher.name)
