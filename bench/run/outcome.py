@@ -144,12 +144,15 @@ def records_kept(out_dir: Path) -> int:
         return 0
 
 
-def interrupted_lines(out_dir: Path, signal_name: str) -> list[str]:
+def interrupted_lines(out_dir: Path, signal_name: str, resumable: bool = True) -> list[str]:
     """What an interrupted run prints after writing its results: what was kept, and the command that continues it
-    in the same folder (`swarmbench run --resume DIR`: the finished cells are kept, the others run)."""
-    again = shlex.join(["swarmbench", "run", "--resume", str(out_dir)])
-    return [
+    in the same folder (`swarmbench run --resume DIR`: the finished cells are kept, the others run), or for what
+    cannot be resumed (a simulated series) the command that runs its configuration again into a new folder."""
+    kept = (
         f"interrupted by {signal_name}: every worker stopped; {records_kept(out_dir)} records kept in {out_dir} "
-        "(status interrupted)",
-        f"to continue it: {again}",
-    ]
+        "(status interrupted)"
+    )
+    if not resumable:
+        again = shlex.join(["swarmbench", "run", "--config", str(out_dir / "meta.json"), "--out", f"{out_dir}-2"])
+        return [kept, f"to run this configuration again: {again}"]
+    return [kept, f"to continue it: {shlex.join(['swarmbench', 'run', '--resume', str(out_dir)])}"]

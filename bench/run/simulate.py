@@ -117,7 +117,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
         console.print(f"results: {out_dir}")
         print_scaling(scaling, series_target(cfg)[1], console)
     if interrupted is not None:
-        for line in interrupted_lines(out_dir, interrupted.name):
+        for line in interrupted_lines(out_dir, interrupted.name, resumable=not series):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         raise interrupted
     return 0 if status == "ok" else 1
