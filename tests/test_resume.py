@@ -261,3 +261,62 @@ def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
     steps = {r["value"] for r in sgp if r["metric"] == "steps"}
     pushes = [r["value"] for r in sgp if r["metric"] == "algo_pushes"]
     assert len(steps) == 1 and pushes == [steps.pop()] * 2  # counters went on from the checkpoint too
+
+
+TIMED = ("seconds", "step_seconds", "staleness")  # metrics that measure the clock, which a resumed cell restarts
+
+
+@pytest.mark.parametrize("algorithm", ["allreduce", "sgp", "choco"])
+def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
+    """What `--checkpoint-every` saves is everything a node carries from one epoch to the next (model, momentum,
+    algorithm state, sampler, random streams, counters, snapshots): started from every node's epoch-1 state, a cell
+    trains exactly as the uninterrupted one did. Run on simulated nodes (run_cell as the real engine calls it), with
+    synchronous algorithms, whose arithmetic does not depend on timing."""
+    import copy
+
+    import torch
+
+    from bench.core.topology import build_topology
+    from bench.engine.sim.costmodel import CostModel
+    from bench.run.checks import resolve
+    from bench.training.loop import Checkpoints, make_shards, run_cell, run_data
+
+    cfg = resolve({"dataset": "digits", "model": "mlp", "batch_size": 32, "nodes": 3, "epochs": 3, "bits": 8})
+    dataset = run_data(cfg)
+    shards = make_shards(cfg, dataset)
+    cost = CostModel(
+        compute="step-time",
+        fb_seconds=1e-3,
+        update_seconds=1e-4,
+        network="test",
+        bandwidth_gbps=10.0,
+        latency_us=20.0,
+        allreduce="ring",
+    )
+
+    def cell(resumed=None):
+        cluster = sim_cluster.Cluster(3, build_topology("ring", 3), cost, seed=0)
+        rows, saved = [], {}
+
+        def body(rank: int) -> None:
+            def save(epoch, state, rank=rank):
+                saved[(rank, epoch)] = copy.deepcopy(state)  # the real engine serializes it at once
+
+            checkpoints = Checkpoints(1, save, resumed[rank] if resumed else None)
+            comm, clock = cluster.comms[rank], cluster.clocks[rank]
+            run_cell(cfg, algorithm, dataset, shards, rank, comm, clock, torch.device("cpu"), rows.append, checkpoints)
+
+        cluster.run(body)
+        records = {
+            (r["rank"], r["epoch"], r["metric"], r.get("kind")): r["value"]
+            for r in rows
+            if r["type"] == "record" and not any(t in r["metric"] for t in TIMED)
+        }
+        return records, saved
+
+    full, saved = cell()
+    resumed, _ = cell({rank: saved[(rank, 1)] for rank in range(3)})
+    # Everything but what epoch 1 recorded before its checkpoint (its losses, the run's chance accuracy).
+    expected = {k for k in full if k[2] != "chance_acc" and not (k[1] == 1 and k[2] == "train_loss")}
+    assert set(resumed) == expected
+    assert resumed == {k: full[k] for k in resumed}  # losses, accuracies, bytes, counters: all exactly equal
