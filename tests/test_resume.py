@@ -320,3 +320,11 @@ def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     expected = {k for k in full if k[2] != "chance_acc" and not (k[1] == 1 and k[2] == "train_loss")}
     assert set(resumed) == expected
     assert resumed == {k: full[k] for k in resumed}  # losses, accuracies, bytes, counters: all exactly equal
+
+
+def test_checkpoints_are_refused_where_a_launcher_started_every_rank(monkeypatch, tmp_path):
+    for key, value in {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    r = _invoke("run", "--nodes", "2", *SMALL, "--checkpoint-every", "1", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "cannot be resumed" in r.output and len(r.output.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

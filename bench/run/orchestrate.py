@@ -222,6 +222,11 @@ def _execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str], cla
         raise UserError(
             f"this run was started by {env.launcher}, which already started the workers: drop --launcher {cfg.launcher}"
         )
+    if cfg.checkpoint_every:
+        raise UserError(
+            f"--checkpoint-every: a run that {env.launcher} started on every rank cannot be resumed; let swarmbench "
+            "start the workers (swarmbench run --launcher NAME ...) or drop --checkpoint-every"
+        )
     cfg = dataclasses.replace(cfg, launcher=env.launcher)
     rank0 = env.rank == 0
     preflight(cfg)  # every rank checks the same things: a bad input fails everywhere alike
