@@ -8,7 +8,11 @@ stopped. DIR/checkpoint.json lists the finished cells; it is rewritten (atomical
 disk, and removed when the run ends ok. A resumed run drops the partial records of the cell that was running (it
 runs that cell again from its start) and keeps every other line as it was.
 
-Why not inside a cell: in the simulator a consistent mid-cell state is more than every node's model, optimizer,
+Inside a cell, real processes only (`--checkpoint-every E`): every node saves its state after every E-th epoch
+(`bench.training.loop.node_state`), and checkpoint.json's `partial` names the last epoch all nodes saved; a resumed
+run keeps each rank's rows up to it and starts that cell from there.
+
+Why not inside a cell in the simulator: a consistent mid-cell state is more than every node's model, optimizer,
 sampler and random streams. Asynchronous nodes are at different virtual instants, inside different calls (a node
 may be in a compute section, another blocked in a collective, a third waiting on a message still on its link), and
 that state lives on the nodes' greenlet stacks. Stopping every node at its own epoch boundary would change the order
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +83,6 @@ class Resume:
     previous: dict[str, Any]  # the interrupted run's meta.json
     partial: dict[str, Any] | None = None  # {algorithm, round, epoch}: the running cell's last epoch checkpoint
     kept: int = 0  # record lines kept (set by `keep_records`)
-    notes: list[str] = field(default_factory=list)
 
     def meta_facts(self) -> dict[str, Any]:
         """What the resumed run's meta.json keeps from the interrupted one, and the resume itself."""
