@@ -166,6 +166,7 @@ def given_run_options(ctx: click.Context, opts: dict[str, typing.Any]) -> dict[s
     "resume_dir",
     default=None,
     metavar="DIR",
+    envvar=f"{ENV_PREFIX}_RUN_RESUME",
     show_envvar=True,
     help="Continue the interrupted run in DIR with the configuration stored there: its finished algorithms "
     "(and rounds) are kept, the others run.",
