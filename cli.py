@@ -161,13 +161,30 @@ def given_run_options(ctx: click.Context, opts: dict[str, typing.Any]) -> dict[s
 )
 @config_option(RUN_CONFIG_HELP)
 @click.option("--set", "sets", multiple=True, show_envvar=True, help=SET_HELP)
+@click.option(
+    "--resume",
+    "resume_dir",
+    default=None,
+    metavar="DIR",
+    envvar=f"{ENV_PREFIX}_RUN_RESUME",
+    show_envvar=True,
+    help="Continue the interrupted run in DIR with the configuration stored there: its finished algorithms "
+    "(and rounds) are kept, the others run.",
+)
 @click.pass_context
-def run_cmd(ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], **opts) -> int:
+def run_cmd(
+    ctx: click.Context, out: str | None, config_file: str | None, sets: tuple[str, ...], resume_dir: str | None, **opts
+) -> int:
     """Run the selected algorithms under one identical launch; write throughput, accuracy, comm tables."""
     from bench.run.checks import resolve
     from bench.run.orchestrate import execute, nodes_from_launcher
 
     given = given_run_options(ctx, opts)
+    if resume_dir is not None:
+        from bench.run.resume import open_resume
+
+        cfg, resume = open_resume(resume_dir, given, config_file, sets, out)
+        return execute(cfg, resume_dir, argv=sys.argv, resume=resume)
     given = nodes_from_launcher(given, config_file, sets)  # under mpirun -np N etc., --nodes defaults to N
     cfg = resolve(given, config_file, sets)
     return execute(cfg, out, argv=sys.argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,6 +42,13 @@ class Choco(Algorithm):
         self.weights = self.node.comm.topology.mixing_weights(self.node.rank)
         self.copy = torch.zeros_like(self.node.params)  # x-hat_i, as every neighbour holds it
         self.mix = torch.zeros_like(self.node.params)  # s_i = sum_j W_ij x-hat_j
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"copy": self.copy.clone(), "mix": self.mix.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.copy.copy_(state["copy"])
+        self.mix.copy_(state["mix"])
 
     def after_step(self, step: int) -> None:
         x, w = self.node.params, self.weights

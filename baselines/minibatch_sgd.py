@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,12 @@ class MinibatchSGD(Algorithm):
 
     def start(self) -> None:
         self.sum = torch.zeros_like(self.node.grads)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sum": self.sum.clone()}  # the gradients of this round so far
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sum.copy_(state["sum"])
 
     def after_backward(self, step: int) -> None:
         node, k = self.node, self.config.local_steps

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.core.protocol import Algorithm
 
@@ -52,6 +52,13 @@ class OverlapLocalSGD(Algorithm):
         self.sending.copy_(x)
         self.pending = self.node.comm.allreduce_mean_async(self.sending, "model")
         self.count("pulls")
+
+    def state_dict(self) -> dict[str, Any]:
+        self._land()  # the background average completes first (what the next pull would wait for anyway)
+        return {"anchor": self.anchor.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.anchor.copy_(state["anchor"])
 
     def finish(self) -> None:
         self._land()  # no allreduce may stay in flight past the cell

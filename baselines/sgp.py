@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bench.core.protocol import Algorithm
@@ -30,6 +32,12 @@ class SGP(Algorithm):
         self.numerator = node.params.detach().to("cpu", torch.float32, copy=True)
         self.weight = torch.ones(1)
         self.before = torch.empty_like(node.params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"numerator": self.numerator.clone(), "weight": self.weight.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.numerator, self.weight = state["numerator"].clone(), state["weight"].clone()
 
     def after_backward(self, step: int) -> None:
         self.before.copy_(self.node.params)  # z_i before the optimizer moves it

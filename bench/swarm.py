@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from bench.core.protocol import Algorithm
 
@@ -57,6 +58,14 @@ class SwarmSGD(Algorithm):
             self.node.comm.expose(self.node.params)
         if mode != "blocking":
             self.node.comm.publish(self.node.params, stamp=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_done": self.steps_done, "until": self.until}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done, self.until = state["steps_done"], state["until"]
+        if self.config.swarm_mode != "blocking":  # what peers read is the model it had after its last step
+            self.node.comm.publish(self.node.params, stamp=self.steps_done)
 
     def _draw(self) -> int:
         """Local steps before the next interaction."""

@@ -103,7 +103,7 @@ def test_sigint_stops_every_worker_and_keeps_the_records(tmp_path):
     assert {r["rank"] for r in records if r["metric"] == "train_loss"} == {0, 1, 2}  # every rank's rows kept
     assert not (out / ".staging").exists() and not (out / ".lock").exists()
     assert "Traceback" not in output
-    assert f"to run this configuration again: swarmbench run --config {out / 'meta.json'} --out {out}-2" in output
+    assert f"to continue it: swarmbench run --resume {out}" in output
 
 
 def test_a_second_run_into_a_busy_folder_is_refused_and_sigterm_interrupts(tmp_path):

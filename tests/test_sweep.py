@@ -114,10 +114,10 @@ def test_failed_cell_at_runtime_goes_on(tmp_path, monkeypatch):
 
     real = bench.run.orchestrate.execute
 
-    def flaky(cfg, out, argv, interactive=None):
+    def flaky(cfg, out, argv, interactive=None, **kwargs):
         if cfg.seed == 1:
             raise RuntimeError("boom in this cell")
-        return real(cfg, out, argv, interactive)
+        return real(cfg, out, argv, interactive, **kwargs)
 
     monkeypatch.setattr(bench.run.orchestrate, "execute", flaky)
     out = tmp_path / "out"

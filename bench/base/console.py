@@ -67,7 +67,8 @@ class RunUI(LiveProgress):
             print(f"{algo}: epoch {event['epoch']} step {event['step']}/{event['total']} {_score(event)}", flush=True)
         elif kind == "cell_start":
             rounds = event.get("rounds", 1)
-            print(f"{algo}: started" + (f" (round {event['round']} of {rounds})" if rounds > 1 else ""), flush=True)
+            what = "kept from the interrupted run" if event.get("resumed") else "started"
+            print(f"{algo}: {what}" + (f" (round {event['round']} of {rounds})" if rounds > 1 else ""), flush=True)
 
     def worker_line(self, rank: int, line: str) -> None:
         text = f"[rank {rank}] {line}"

@@ -70,6 +70,11 @@ class LineLog:
             raise
         self.size += written
 
+    def sync(self) -> None:
+        """Flush what was written to the disk (before a checkpoint says it is there)."""
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

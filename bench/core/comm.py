@@ -50,7 +50,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -137,6 +137,23 @@ class CommStats:
             self.kinds.clear()
             self.serve_seconds = 0.0
             self.staleness_sum = self.staleness_reads = 0
+
+    def state(self) -> dict[str, Any]:
+        """Every counter, for a checkpoint (`load` puts them back)."""
+        with self._lock:
+            return {
+                "kinds": {kind: dict(vars(s)) for kind, s in self.kinds.items()},
+                "serve_seconds": self.serve_seconds,
+                "staleness": (self.staleness_sum, self.staleness_reads),
+            }
+
+    def load(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.kinds.clear()
+            for kind, values in state["kinds"].items():
+                vars(self.kinds[kind]).update(values)
+            self.serve_seconds = state["serve_seconds"]
+            self.staleness_sum, self.staleness_reads = state["staleness"]
 
 
 class Comm:
@@ -500,6 +517,24 @@ class Comm:
             self._live = None
         with self._deposit_lock():
             self._held, self._deposits = {}, []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cell's counters, live step and codec stream so far: a checkpoint between two steps."""
+        return {
+            "stats": self.stats.state(),
+            "gen": self._gen.get_state(),
+            "publishes": self._publishes,
+            "live_step": self.live_step,
+            "failures": (self.decode_failures, self.buckets_skipped),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back `state_dict()` after `start_cell`."""
+        self.stats.load(state["stats"])
+        self._gen.set_state(state["gen"])
+        self._publishes = state["publishes"]
+        self.live_step = state["live_step"]
+        self.decode_failures, self.buckets_skipped = state["failures"]
 
     def finish_cell(self) -> None:
         """After the end-of-cell fence: engines that learn late what they served count it here, and the last

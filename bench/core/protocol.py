@@ -91,6 +91,15 @@ class Algorithm:
     def finish(self) -> None:
         """After the last step, before the final evaluation."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the algorithm carries from one step to the next beyond the node's model, optimizer and random
+        stream (SGP's push-sum weight, Choco's public copy, ...): a checkpoint saves it between two steps. The
+        default is for algorithms that carry nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what `state_dict` returned, on a node that has just run `start` and got its model back."""
+
     def local_steps(self) -> int:
         """H as reported in result tables (1 for algorithms that communicate every step)."""
         return int(getattr(self.config, "local_steps", 1))

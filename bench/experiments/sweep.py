@@ -13,7 +13,8 @@ Layout of a sweep folder:
     DIR/aggregate.csv      seeds aggregated: mean, std and a 95 % t-interval per metric
     DIR/throughput.md ...  the tables (bench.analysis.report), seeds aggregated
 
-`--resume` skips the cells whose own meta.json says ok and reruns the others; a failed cell is recorded
+`--resume` skips the cells whose own meta.json says ok, continues a stopped cell whose run can be resumed
+(`bench.run.resume`) and reruns the others; a failed cell is recorded
 (status failed and the reason) and the sweep goes on.
 """
 
@@ -45,6 +46,7 @@ from bench.base.tomlfile import flatten_settings, key_line, load_toml_text
 from bench.records.read import read_meta
 from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
 from bench.run import checks, orchestrate
+from bench.run.resume import CHECKPOINT, Resume, open_resume
 from bench.training.config import RunConfig, apply_overrides, config_settings, parse_set
 from bench.training.registry import ALGORITHMS
 
@@ -371,18 +373,24 @@ class SweepUI(LiveProgress):
             print(f"sweep: [{self.done}/{self.total}] {cell.id}: {status}{took}{why}{eta}", flush=True)
 
 
-def run_cell(cfg, out_dir: Path, log_path: Path, argv: list[str]) -> tuple[str, str]:
-    """One cell = one `swarmbench run` (bench.run.orchestrate.execute), its output in `log_path`: (status, reason)."""
+def run_cell(cfg, out_dir: Path, log_path: Path, argv: list[str], resume: Resume | None = None) -> tuple[str, str]:
+    """One cell = one `swarmbench run` (bench.run.orchestrate.execute), its output in `log_path`: (status, reason).
+    `resume`: continue the cell's interrupted run in its folder (`swarmbench run --resume`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            code = orchestrate.execute(cfg, str(out_dir), argv=argv, interactive=False)
-        except UserError as exc:
-            print(f"error: {exc}")
-            return "failed", str(exc)
-        except Exception as exc:  # a bug or a crash in this cell: recorded, the sweep goes on
-            traceback.print_exc(file=log)
-            return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+    with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return _run_cell(cfg, out_dir, log, log_path, argv, resume)
+
+
+def _run_cell(cfg, out_dir: Path, log, log_path: Path, argv: list[str], resume: Resume | None) -> tuple[str, str]:
+    try:
+        code = orchestrate.execute(cfg, str(out_dir), argv=argv, interactive=False, resume=resume)
+    except UserError as exc:
+        print(f"error: {exc}")
+        return "failed", str(exc)
+    except Exception as exc:  # a bug or a crash in this cell: recorded, the sweep goes on
+        traceback.print_exc(file=log)
+        return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
     if code == 0:
         return "ok", ""
     try:
@@ -391,6 +399,18 @@ def run_cell(cfg, out_dir: Path, log_path: Path, argv: list[str]) -> tuple[str, 
     except UserError:
         reason = ""
     return "failed", reason or f"exit status {code} (see {log_path})"
+
+
+def resumable(cell_dir: Path, cfg) -> Resume | None:
+    """The interrupted run of a cell, when it can be continued (`swarmbench run --resume`) with the configuration
+    the sweep gives it now; None: run the cell from scratch."""
+    if cfg is None or not (cell_dir / CHECKPOINT).is_file():
+        return None
+    try:
+        stored, resume = open_resume(str(cell_dir), {}, None, (), None)
+    except UserError:
+        return None
+    return resume if stored == cfg else None
 
 
 def cell_finished(path: Path) -> bool:
@@ -504,8 +524,9 @@ def execute_sweep(
             for cell, cfg in todo:
                 info = meta["cells"][cell.id]
                 cell_dir = out_dir / "cells" / cell.id
-                if cell_dir.exists():
-                    shutil.rmtree(cell_dir)  # a cell that did not finish is rerun from scratch
+                resume = resumable(cell_dir, cfg)  # an interrupted cell keeps its finished algorithms
+                if cell_dir.exists() and resume is None:
+                    shutil.rmtree(cell_dir)  # a cell that cannot be resumed is rerun from scratch
                 ui.start(cell)
                 info.update(status="running", started_at=now_iso())
                 atomic_write_json(out_dir / "meta.json", meta)
@@ -514,7 +535,10 @@ def execute_sweep(
                     status, reason, took = "failed", cell.error, None
                 else:
                     cell_argv = [*argv, f"[cell {cell.id}]"]
-                    status, reason = run_cell(cfg, cell_dir, out_dir / "logs" / f"{cell.id}.log", cell_argv)
+                    log_path = out_dir / "logs" / f"{cell.id}.log"
+                    status, reason = run_cell(cfg, cell_dir, log_path, cell_argv, resume)
+                    if resume is not None:
+                        info["resumed"] = True
                     took = round(time.monotonic() - t0, 3)
                 info.update(status=status, reason=reason, ended_at=now_iso())
                 if took is not None:

@@ -40,6 +40,7 @@ from bench.run.outcome import (
     unwritable,
     write_results,
 )
+from bench.run.resume import CellCheckpoint, Resume, keep_records, partial_rows
 from bench.run.simulate import execute_sim
 from bench.training.config import RunConfig, load_toml, parse_set
 from bench.training.loop import make_shards, run_data
@@ -66,29 +67,70 @@ def nodes_from_launcher(given: dict[str, Any], config_file: str | None, sets: tu
     return {**given, "nodes": env.world_size}
 
 
-def execute(cfg: RunConfig, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
+def execute(
+    cfg: RunConfig, out: str | None, argv: list[str], interactive: bool | None = None, resume: Resume | None = None
+) -> int:
     """Run every selected algorithm under one launch; returns the process exit status (0 ok, 1 failed). A SIGINT or
-    SIGTERM stops the workers, writes the results so far (status interrupted) and raises `Interrupted`."""
+    SIGTERM stops the workers, writes the results so far (status interrupted) and raises `Interrupted`. `resume`:
+    continue that interrupted run in its own folder (`bench.run.resume`)."""
     if cfg.engine == "sim":  # virtual nodes in this process (bench.engine.sim.cluster); no launcher involved
-        return execute_sim(cfg, out, argv, interactive)
+        return execute_sim(cfg, out, argv, interactive, resume)
 
     env = detect()
     if env is not None:
+        if resume is not None:
+            raise UserError(
+                f"--resume under {env.launcher}: start `swarmbench run --resume DIR` without a launcher around it "
+                "(it starts the workers the way the interrupted run did)"
+            )
         return execute_launched(cfg, env, out, argv)
 
     check_launcher(cfg)
     # What the workers will resolve too (they see the same launcher): an impossible transport fails here.
     launcher = LAUNCHERS[cfg.launcher]
     transport = resolve_transport(cfg.transport, under_mpi=under_mpi(cfg.launcher), single_host=launcher.single_host)
-    with claimed_out_dir(out) as out_dir:
+    with claimed_out_dir(out, resume=resume is not None) as out_dir:
         preflight(cfg)
-        return _launch_and_write(cfg, launcher, transport, out_dir, argv, interactive)
+        return _launch_and_write(cfg, launcher, transport, out_dir, argv, interactive, resume)
 
 
-def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, argv: list[str], interactive) -> int:
+class _CheckpointingUI:
+    """The launch's UI, and DIR/checkpoint.json updated at every cell rank 0 reports done (after a barrier: every
+    rank's records of that cell are written by then)."""
+
+    def __init__(self, ui, checkpoint: CellCheckpoint) -> None:
+        self.ui, self.checkpoint = ui, checkpoint
+
+    def event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "cell_done" and not event.get("resumed"):
+            self.checkpoint.cell_done(event["algorithm"], event["round"])
+        elif event.get("type") == "checkpoint":  # every node's state of this epoch is saved
+            self.checkpoint.epoch_done(event["algorithm"], event["round"], event["epoch"])
+            return
+        self.ui.event(event)
+
+    def worker_line(self, rank: int, line: str) -> None:
+        self.ui.worker_line(rank, line)
+
+
+def _rank_file(row: dict[str, Any]) -> str:
+    """The staging file of a record row: its rank's (rank 0 writes the rows of no rank)."""
+    return f"rank{row.get('rank') or 0}.jsonl"
+
+
+def _launch_and_write(
+    cfg: RunConfig, launcher, transport: str, out_dir: Path, argv: list[str], interactive, resume: Resume | None
+) -> int:
     run_id = out_dir.name
     meta = build_meta(cfg, run_id=run_id, argv=argv, engine="processes", backend="gloo", transport=transport)
     meta["launch"] = {"mode": "spawned"}
+    done: frozenset[tuple[str, int]] = frozenset()
+    partial = None
+    if resume is not None:
+        keep_records(resume, _rank_file, partial_rows(resume, cfg.nodes))
+        meta.update(resume.meta_facts())
+        done, partial = resume.done, resume.partial
+    checkpoint = CellCheckpoint(out_dir, done, partial)
     # From here on a signal stops the run cleanly: the results so far are written with status interrupted.
     with stop_signals():
         try:
@@ -97,7 +139,8 @@ def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, a
             raise unwritable(out_dir, exc) from exc
         with RunUI(cfg.algorithms, interactive) as ui:
             try:
-                outcome = launch(launcher, cfg, out_dir, run_id, ui, transport)
+                checkpointing = _CheckpointingUI(ui, checkpoint)
+                outcome = launch(launcher, cfg, out_dir, run_id, checkpointing, transport, done, partial)
             except Interrupted as exc:  # between two steps of the launch: nothing is left running
                 outcome = Outcome(interrupted=exc.name)
         # A Ctrl-C from here on lets the results be finished first (a second one still exits at once).
@@ -113,6 +156,7 @@ def _launch_and_write(cfg: RunConfig, launcher, transport: str, out_dir: Path, a
             meta["launch"].update(outcome.launch)
             status = run_status(outcome.failed, outcome.interrupted)
             summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
+            checkpoint.finish(status)
     ui.console.print(f"results: {out_dir}")
     print_tables(summary, ui.console)
     if outcome.interrupted:
@@ -177,6 +221,11 @@ def _execute_launched(cfg: RunConfig, env, out: str | None, argv: list[str], cla
     if cfg.launcher not in ("local", env.launcher):
         raise UserError(
             f"this run was started by {env.launcher}, which already started the workers: drop --launcher {cfg.launcher}"
+        )
+    if cfg.checkpoint_every:
+        raise UserError(
+            f"--checkpoint-every: a run that {env.launcher} started on every rank cannot be resumed; let swarmbench "
+            "start the workers (swarmbench run --launcher NAME ...) or drop --checkpoint-every"
         )
     cfg = dataclasses.replace(cfg, launcher=env.launcher)
     rank0 = env.rank == 0

@@ -29,10 +29,11 @@ def check_out_dir(out: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def claimed_out_dir(out: str | None) -> Iterator[Path]:
+def claimed_out_dir(out: str | None, resume: bool = False) -> Iterator[Path]:
     """The results folder (`check_out_dir`), created and locked (DIR/.lock) until the block ends: a second run into
     the same folder fails with a UserError. A block that ends with nothing written removes the folder it created,
-    so an error before the run starts leaves no partial results behind."""
+    so an error before the run starts leaves no partial results behind. `resume`: the folder of the interrupted run
+    that `swarmbench run --resume` continues (it holds that run's results)."""
     path = Path(out) if out is not None else new_results_folder()
     if path.exists() and not path.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder: choose a new folder name")
@@ -50,7 +51,8 @@ def claimed_out_dir(out: str | None) -> Iterator[Path]:
         by = f" (process {holder})" if holder else ""
         raise UserError(f"--out '{path}' is in use by another run{by}: wait for it to finish or choose another folder")
     try:
-        check_out_dir(str(path))  # checked under the lock: nobody else writes there now
+        if not resume:
+            check_out_dir(str(path))  # checked under the lock: nobody else writes there now
         yield path
     finally:
         lock.release()
@@ -142,12 +144,15 @@ def records_kept(out_dir: Path) -> int:
         return 0
 
 
-def interrupted_lines(out_dir: Path, signal_name: str) -> list[str]:
-    """What an interrupted run prints after writing its results: what was kept, and the command to run the same
-    configuration again (the resolved configuration in DIR/meta.json, into a new folder)."""
-    again = shlex.join(["swarmbench", "run", "--config", str(out_dir / "meta.json"), "--out", f"{out_dir}-2"])
-    return [
+def interrupted_lines(out_dir: Path, signal_name: str, resumable: bool = True) -> list[str]:
+    """What an interrupted run prints after writing its results: what was kept, and the command that continues it
+    in the same folder (`swarmbench run --resume DIR`: the finished cells are kept, the others run), or for what
+    cannot be resumed (a simulated series) the command that runs its configuration again into a new folder."""
+    kept = (
         f"interrupted by {signal_name}: every worker stopped; {records_kept(out_dir)} records kept in {out_dir} "
-        "(status interrupted)",
-        f"to run this configuration again: {again}",
-    ]
+        "(status interrupted)"
+    )
+    if not resumable:
+        again = shlex.join(["swarmbench", "run", "--config", str(out_dir / "meta.json"), "--out", f"{out_dir}-2"])
+        return [kept, f"to run this configuration again: {again}"]
+    return [kept, f"to continue it: {shlex.join(['swarmbench', 'run', '--resume', str(out_dir)])}"]

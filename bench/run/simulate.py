@@ -42,6 +42,7 @@ from bench.run.outcome import (
     unwritable,
     write_results,
 )
+from bench.run.resume import CellCheckpoint, Resume, keep_records
 from bench.training.loop import evaluated_epochs, run_data
 
 
@@ -68,15 +69,18 @@ def prepare(cfg):
     return dataset, policy, costs, n_params
 
 
-def execute_sim(cfg, out: str | None, argv: list[str], interactive: bool | None = None) -> int:
-    """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`)."""
+def execute_sim(
+    cfg, out: str | None, argv: list[str], interactive: bool | None = None, resume: Resume | None = None
+) -> int:
+    """`swarmbench run --engine sim`: one node count, or a scaling series (`--nodes 8,16,32`). `resume`: continue
+    that interrupted run in its folder (`bench.run.resume`)."""
     if detect() is not None:
         raise UserError("--engine sim runs every node in this one process: start it without mpirun/torchrun/srun")
-    with claimed_out_dir(out) as out_dir, stop_signals():
-        return _simulate_into(cfg, out_dir, argv, interactive)
+    with claimed_out_dir(out, resume=resume is not None) as out_dir, stop_signals():
+        return _simulate_into(cfg, out_dir, argv, interactive, resume)
 
 
-def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None) -> int:
+def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None, resume: Resume | None) -> int:
     dataset, policy, costs, n_params = prepare(cfg)
     series = tuple(sorted(cfg.node_series))
     facts = {
@@ -97,7 +101,9 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
             world_dir = out_dir / f"n{n}" if series else out_dir
             if series:
                 console.print(f"{n} nodes -> {world_dir}")
-            summary, status, interrupted = _run_one(cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui)
+            summary, status, interrupted = _run_one(
+                cfg_n, world_dir, argv, dataset, policy, costs[n], facts, ui, None if series else resume
+            )
             summaries.append(summary)
             if series:
                 records[n] = _read_records(world_dir)
@@ -111,7 +117,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
         console.print(f"results: {out_dir}")
         print_scaling(scaling, series_target(cfg)[1], console)
     if interrupted is not None:
-        for line in interrupted_lines(out_dir, interrupted.name):
+        for line in interrupted_lines(out_dir, interrupted.name, resumable=not series):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         raise interrupted
     return 0 if status == "ok" else 1
@@ -156,11 +162,17 @@ def _worst(summary, algorithm: str) -> str:
     return "ok" if statuses else "skipped"
 
 
-def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, facts, ui):
+def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, facts, ui, resume: Resume | None):
     """One node count: the full results contract in `out_dir`. Returns (summary, run status, the Interrupted
-    exception when a signal stopped it)."""
+    exception when a signal stopped it). With `resume`, the finished cells' records are kept and they are not
+    run again; DIR/checkpoint.json names the finished cells as the run goes (`bench.run.resume`)."""
     shards = make_sim_shards(cfg, dataset, policy)
     meta = build_meta(cfg, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
+    done: frozenset[tuple[str, int]] = frozenset()
+    if resume is not None:
+        keep_records(resume, lambda row: "rank-all.jsonl")  # the simulator stages one file, rows in event order
+        meta.update(resume.meta_facts())
+        done = resume.done
     meta["cost_model"] = cost.to_dict()
     meta["sim"] = {**facts, "steps_per_epoch": shards.steps_per_epoch}
     try:
@@ -168,8 +180,9 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     except OSError as exc:
         raise unwritable(out_dir, exc) from exc
     writer = StagingWriter(out_dir, "-all", out_dir.name, cfg.nodes)  # one file, rows in event order
+    checkpoint = CellCheckpoint(out_dir, done)
     started: list[str] = []
-    done: list[str] = []
+    finished: list[str] = []
 
     def emit(event: dict[str, Any]) -> None:
         if event["type"] == "record":
@@ -178,13 +191,16 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
             ui.event(event)
 
     def on_event(event: dict[str, Any]) -> None:
-        (started if event["type"] == "cell_start" else done).append(event["algorithm"])
+        (started if event["type"] == "cell_start" else finished).append(event["algorithm"])
+        if event["type"] == "cell_done" and not event.get("resumed"):
+            writer.log.sync()  # the cell's records are on disk before the checkpoint says it is done
+            checkpoint.cell_done(event["algorithm"], event["round"])
         ui.event(event)
 
     failure, interrupted, lost = None, None, None
     try:
         with OneTorchThread():
-            stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event)
+            stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event, done)
         used = {size: name for s in stats for size, name in s.allreduce_used.items()}
         meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
     except ResultsUnwritable as exc:  # the disk, not the algorithm: no traceback, the run ends
@@ -197,10 +213,11 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     finally:
         writer.close()
     signal_name = interrupted.name if interrupted is not None else None
-    statuses, reasons = statuses_for(cfg, started, done, failure, signal_name)
+    statuses, reasons = statuses_for(cfg, started, finished, failure, signal_name)
     status = run_status(failure is not None, signal_name)
     with deferred():  # a Ctrl-C now lets the results be finished first (a second one still exits at once)
         summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
+        checkpoint.finish(status)
     if lost is not None:
         raise lost
     if failure:

@@ -170,6 +170,12 @@ class RunConfig:
     )  # rendezvous port on that host; else MASTER_PORT
     timeout_s: float = 300.0  # a blocked collective fails after this long instead of hanging
     eval_every: int = 1  # evaluate every this many epochs (always after the last)
+    checkpoint_every: int = opt(
+        0,
+        "Real processes: every node saves its state (model, optimizer, algorithm, sampler, random streams) every E "
+        "epochs, so that --resume continues a stopped algorithm from there; 0: resume at algorithm ends only (the "
+        "simulator always does: exact).",
+    )  # real processes: save every node's state every E epochs inside an algorithm's run (0: off)
     tensorboard: bool = opt(
         True, "Write TensorBoard event files (DIR/tensorboard) beside records.jsonl."
     )  # TensorBoard event files beside records.jsonl (torch's SummaryWriter)
@@ -597,6 +603,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.eval_every < 1:
         raise UserError(f"eval_every must be at least 1, got {cfg.eval_every}")
+    if cfg.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be 0 (off) or a number of epochs, got {cfg.checkpoint_every}")
     if cfg.dataset not in DATASETS:
         raise UserError(
             f"unknown dataset '{cfg.dataset}'{closest(cfg.dataset, DATASETS)}: choose from {', '.join(DATASETS)}"

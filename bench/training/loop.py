@@ -9,6 +9,7 @@ step (their traffic is kind "eval"), so the trajectory is the same whatever `eva
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -361,6 +362,56 @@ def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[flo
     record("decode_failures", float(comm.decode_failures), None, step)
 
 
+@dataclass
+class Checkpoints:
+    """A node's checkpoints inside a cell (real processes, `--checkpoint-every E`). After every E-th epoch but the
+    last, each node calls `save(epoch, state)` (the engine writes it atomically), then all meet at a fence and rank 0
+    emits a "checkpoint" event: every node's state of that epoch is saved. `resumed`: the state of the last such
+    checkpoint, which a resumed run starts this cell from (None: from the start)."""
+
+    every: int
+    save: Callable[[int, dict[str, Any]], None]
+    resumed: dict[str, Any] | None = None
+
+
+def node_state(cell: Cell, comm: Comm, loop: dict[str, Any]) -> dict[str, Any]:
+    """Everything the node carries from one epoch to the next, between two steps (under its model lock)."""
+    node = cell.node
+    with comm.exclusive():
+        bufs = _float_buffers(node.model)
+        return {
+            **loop,
+            "params": node.params.detach().to("cpu", copy=True),
+            "buffers": [b.detach().to("cpu", copy=True) for b in bufs],
+            "optimizer": node.optimizer.state_dict(),
+            "algorithm": cell.algo.state_dict(),
+            "counters": dict(cell.algo.counters),
+            "rng": node.rng.getstate(),
+            "sampler": (cell.sampler.order.cpu(), cell.sampler.pos, cell.sampler.gen.get_state()),
+            "aug_gen": cell.aug_gen.get_state(),
+            "comm": comm.state_dict(),
+        }
+
+
+def load_node_state(cell: Cell, comm: Comm, state: dict[str, Any]) -> None:
+    """Put `node_state` back on a node that has just run `setup_cell` and its algorithm's `start`."""
+    node = cell.node
+    with comm.exclusive():
+        node.params.copy_(state["params"])
+        for b, saved in zip(_float_buffers(node.model), state["buffers"], strict=True):
+            b.copy_(saved)
+        node.optimizer.load_state_dict(state["optimizer"])
+        node.rng.setstate(state["rng"])
+        order, pos, gen = state["sampler"]
+        cell.sampler.order, cell.sampler.pos = order.to(cell.sampler.index.device), pos
+        cell.sampler.gen.set_state(gen)
+        cell.aug_gen.set_state(state["aug_gen"])
+        comm.load_state_dict(state["comm"])
+        comm.set_step(state["step"])
+    cell.algo.counters = dict(state["counters"])
+    cell.algo.load_state_dict(state["algorithm"])
+
+
 def run_cell(
     cfg: RunConfig,
     algorithm: str,
@@ -371,23 +422,43 @@ def run_cell(
     clock: Clock,
     device: torch.device,
     emit: Emit,
+    checkpoints: Checkpoints | None = None,
 ) -> Node:
     """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
 
-    `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
+    `emit` receives dicts: {"type": "record", ...row}, {"type": "progress", ...} or (rank 0, with `checkpoints`)
+    {"type": "checkpoint", "algorithm", "epoch"}.
     """
     cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
-    record = Recorder(emit, algorithm, rank)
-    if rank == 0 and dataset.task == CLASSIFICATION:  # "no better than guessing" (the divergence check reads it)
+    resumed = checkpoints.resumed if checkpoints is not None else None
+    rows = resumed["records"] if resumed else 0  # record rows this node emitted in this cell
+
+    def count_rows(event: dict[str, Any]) -> None:
+        nonlocal rows
+        rows += event["type"] == "record"
+        emit(event)
+
+    record = Recorder(count_rows, algorithm, rank)
+    if rank == 0 and dataset.task == CLASSIFICATION and not resumed:  # the divergence check reads it
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
-    comm.fence()  # every node starts the clock together
-    t_start = clock.now()
-    step, off_clock = 0, 0.0
+    step, off_clock, elapsed, first = 0, 0.0, 0.0, 1
     step_times: list[float] = []
     snapshots: list[Snapshot] = []
+    if resumed:
+        load_node_state(cell, comm, resumed)
+        step, off_clock, elapsed, first = (
+            resumed["step"],
+            resumed["off_clock"],
+            resumed["elapsed"],
+            resumed["epoch"] + 1,
+        )
+        step_times = list(resumed["step_times"])
+        snapshots = [Snapshot(**snap) for snap in resumed["snapshots"]]
+    comm.fence()  # every node starts the clock together
+    t_start = clock.now() - elapsed  # a resumed cell's clock goes on from its checkpoint's elapsed time
     total_steps = cfg.epochs * shards.steps_per_epoch
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first, cfg.epochs + 1):
         loss_sum = torch.zeros((), device=device)
         for _ in range(shards.steps_per_epoch):
             t_step = clock.now()
@@ -407,6 +478,16 @@ def run_cell(
             t_snap = clock.now()
             snapshots.append(take_snapshot(cell.node, epoch, step))
             off_clock += clock.now() - t_snap
+        if checkpoints is not None and epoch % checkpoints.every == 0 and epoch < cfg.epochs:
+            t_save = clock.now()
+            loop = {"epoch": epoch, "step": step, "elapsed": t_save - t_start, "off_clock": off_clock}
+            loop |= {"step_times": list(step_times), "records": rows}
+            loop["snapshots"] = [dataclasses.asdict(snap) for snap in snapshots]
+            checkpoints.save(epoch, node_state(cell, comm, loop))
+            comm.fence()  # every node's state of this epoch is saved
+            if rank == 0:
+                emit({"type": "checkpoint", "algorithm": algorithm, "epoch": epoch})
+            off_clock += clock.now() - t_save  # saving (and waiting for the others to) is not training time
     if not math.isfinite(float(loss_sum)):
         record("diverged", 1.0, cfg.epochs, step)
     # Nobody leaves (and stops serving reads) while a peer still needs it; after this barrier no request is
@@ -422,10 +503,16 @@ def run_cell(
     return cell.node
 
 
-def run_rounds(cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any]) -> None:
+def run_rounds(
+    cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any], done: frozenset[tuple[str, int]] = frozenset()
+) -> None:
     """Every (round, algorithm) of the invocation, in `cfg.round_orders()`: `run_one(name, emit)` runs one cell
     whose record rows carry its round (1..K), between a cell_start and a cell_done event. Both engines run their
-    cells through here, so a round is the same thing on real processes and in the simulator."""
+    cells through here, so a round is the same thing on real processes and in the simulator.
+
+    The cells in `done` (algorithm, round) finished in an earlier, interrupted run whose records are kept (`swarmbench
+    run --resume`): they are not run again, and their cell_start and cell_done events say `"resumed": true`. A cell
+    depends only on the configuration (seeds, shards, initial weights), never on the cells before it."""
     orders = cfg.round_orders()
     for number, order in enumerate(orders, 1):
 
@@ -433,6 +520,11 @@ def run_rounds(cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any]) 
             emit({**event, "round": number})
 
         for name in order:
-            emit({"type": "cell_start", "algorithm": name, "round": number, "rounds": len(orders)})
+            cell = {"algorithm": name, "round": number, "rounds": len(orders)}
+            if (name, number) in done:
+                emit({"type": "cell_start", **cell, "resumed": True})
+                emit({"type": "cell_done", **cell, "resumed": True})
+                continue
+            emit({"type": "cell_start", **cell})
             run_one(name, emit_round)
-            emit({"type": "cell_done", "algorithm": name, "round": number, "rounds": len(orders)})
+            emit({"type": "cell_done", **cell})

@@ -184,9 +184,21 @@ class Child:
     parser: StreamParser
 
 
-def _spec(cfg, out_dir: Path, run_id: str, threads: int, store: str | None, transport: str, scratch: str) -> dict:
+def _spec(
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    threads: int,
+    store: str | None,
+    transport: str,
+    scratch: str,
+    done=frozenset(),
+    partial: dict[str, Any] | None = None,
+) -> dict:
     spec: dict[str, Any] = {
         "config": cfg.to_dict(),
+        "done": sorted(list(cell) for cell in done),  # cells an interrupted run finished: not run again
+        "partial": partial,  # the cell and epoch a resumed run starts from (`--checkpoint-every`), or None
         "out_dir": str(out_dir),
         "run_id": run_id,
         "threads": threads,
@@ -198,19 +210,32 @@ def _spec(cfg, out_dir: Path, run_id: str, threads: int, store: str | None, tran
     return spec
 
 
-def launch(launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
+def launch(
+    launcher: Launcher,
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    ui: LaunchUI,
+    transport: str = "p2p",
+    done=frozenset(),
+    partial: dict[str, Any] | None = None,
+) -> Outcome:
     """Start cfg.nodes workers with `launcher` and watch them to the end: the `local` launcher spawns one process
-    per rank itself, the others run one launcher command."""
+    per rank itself, the others run one launcher command. The cells in `done` (algorithm, round) are not run
+    (`swarmbench run --resume`), and `partial` ({algorithm, round, epoch}) is the epoch checkpoint to start from."""
     if launcher.binary is None:
-        return launch_local(cfg, out_dir, run_id, ui, transport)
-    return launch_with(launcher, cfg, out_dir, run_id, ui, transport)
+        return launch_local(cfg, out_dir, run_id, ui, transport, done, partial)
+    return launch_with(launcher, cfg, out_dir, run_id, ui, transport, done, partial)
 
 
-def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
+def launch_local(
+    cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p", done=frozenset(), partial=None
+) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="swarmbench-") as tmp:
         env, threads = worker_env(cfg.nodes)
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, str(Path(tmp) / "store"), transport, tmp)))
+        store = str(Path(tmp) / "store")
+        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, store, transport, tmp, done, partial)))
         children: list[Child] = []
         try:
             for rank in range(cfg.nodes):
@@ -225,14 +250,23 @@ def launch_local(cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str =
         return _supervise(children, ui, "local")
 
 
-def launch_with(launcher: Launcher, cfg, out_dir: Path, run_id: str, ui: LaunchUI, transport: str = "p2p") -> Outcome:
+def launch_with(
+    launcher: Launcher,
+    cfg,
+    out_dir: Path,
+    run_id: str,
+    ui: LaunchUI,
+    transport: str = "p2p",
+    done=frozenset(),
+    partial=None,
+) -> Outcome:
     """Start the workers with one launcher command (mpirun, torchrun, ...) and watch it."""
     binary = require_binary(launcher)
     with tempfile.TemporaryDirectory(prefix="swarmbench-") as tmp:
         # srun may place ranks on other hosts: there gloo must not be pinned to loopback.
         env, threads = worker_env(cfg.nodes, loopback=launcher.name != "srun")
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, None, transport, tmp)))
+        spec_path.write_text(json.dumps(_spec(cfg, out_dir, run_id, threads, None, transport, tmp, done, partial)))
         argv = build_argv(launcher, binary, cfg.nodes, worker_command(spec_path), Path(tmp))
         child = Child(_popen(argv, env), None, StreamParser(launcher.tag, None))
         outcome = _supervise([child], ui, launcher.name)

@@ -36,9 +36,10 @@ from bench.core.devices import resolve_backend, resolve_device, synchronized_clo
 from bench.core.protocol import Clock
 from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
+from bench.records.checkpoints import cell_folder, load_node_state, save_node_state
 from bench.records.write import StagingWriter
 from bench.training.config import RunConfig
-from bench.training.loop import make_shards, run_cell, run_data, run_rounds
+from bench.training.loop import Checkpoints, make_shards, run_cell, run_data, run_rounds
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -338,10 +339,15 @@ def train_all(
     threads: int,
     send: Callable[[dict[str, Any]], None],
     transport: str,
+    done: frozenset[tuple[str, int]] = frozenset(),
+    partial: dict[str, Any] | None = None,
 ) -> None:
-    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`);
-    records to the staging file, rank 0's progress to `send`. Ends with a barrier, so every rank's staging file is
-    complete when this returns on rank 0."""
+    """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`),
+    but the cells in `done` (finished by the run this one resumes); records to the staging file, rank 0's progress
+    to `send`. Every cell ends with a barrier, so every rank's records of a cell are written when rank 0 reports
+    it done (what a checkpoint relies on), and so is every staging file when this returns on rank 0. With
+    --checkpoint-every, nodes save their state inside a cell; `partial` ({algorithm, round, epoch}) is the cell
+    and epoch a resumed run starts from."""
     import torch
 
     rank, world = session.rank, session.world
@@ -362,21 +368,46 @@ def train_all(
     dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
     writer = StagingWriter(out_dir, rank, run_id, world)
+    number = 0  # the round of the running cell
 
     def emit(event: dict[str, Any]) -> None:
+        nonlocal number
         if event["type"] == "record":
             writer.write(event)
-        elif rank == 0:
+            return
+        if event["type"] == "cell_start":
+            number = event["round"]
+        elif event["type"] == "checkpoint":
+            writer.log.sync()  # this rank's rows up to the checkpoint are on disk (the fence came after)
+        if rank == 0:
             send(event)
+
+    import torch.distributed as dist
+
+    def run_one(name: str, out: Callable[[dict[str, Any]], None]) -> None:
+        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name))
+        dist.barrier()
+
+    def node_checkpoints(name: str) -> Checkpoints | None:
+        if not cfg.checkpoint_every:
+            return None
+        folder = cell_folder(out_dir, name, number)
+        resumed = None
+        if partial and (partial["algorithm"], partial["round"]) == (name, number):
+            resumed = load_node_state(folder, rank, partial["epoch"])
+
+        def save(epoch: int, state: dict[str, Any]) -> None:
+            writer.log.sync()
+            save_node_state(folder, rank, epoch, state)
+
+        return Checkpoints(cfg.checkpoint_every, save, resumed)
 
     try:
         # The rounds run on these same workers and process group: one launch, no restart between rounds.
-        run_rounds(cfg, emit, lambda name, out: run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out))
+        run_rounds(cfg, emit, run_one, done)
         comm.close()
     finally:
         writer.close()
-    import torch.distributed as dist
-
     dist.barrier()
 
 
@@ -395,7 +426,8 @@ def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) ->
     if session.rank == 0:
         send_event({"type": "launch", "transport": transport, **session.launch_facts()})
     out_dir, threads = Path(spec["out_dir"]), int(spec.get("threads", 1))
-    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport)
+    done = frozenset((str(a), int(r)) for a, r in spec.get("done", ()))
+    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done, spec.get("partial"))
     # Only after success: on failure the process ends without waiting on peers that may be gone.
     session.close()
 

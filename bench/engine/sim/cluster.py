@@ -700,8 +700,11 @@ class CellStats:
     allreduce_used: dict[int, str]  # message bytes -> allreduce algorithm (recorded in meta.json)
 
 
-def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=None) -> list[CellStats]:
-    """Every algorithm of `cfg` on cfg.nodes virtual nodes; records go to `emit`. Raises what a node raises."""
+def simulate_algorithms(
+    cfg, dataset, shards, cost: CostModel, emit, on_event=None, done: frozenset[tuple[str, int]] = frozenset()
+) -> list[CellStats]:
+    """Every algorithm of `cfg` on cfg.nodes virtual nodes; records go to `emit`. Raises what a node raises. The
+    cells in `done` (algorithm, round) are not run again (`run_rounds`)."""
 
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     device = torch.device("cpu")
@@ -734,7 +737,7 @@ def simulate_algorithms(cfg, dataset, shards, cost: CostModel, emit, on_event=No
             )
         )
 
-    run_rounds(cfg, emit_event, run_one)
+    run_rounds(cfg, emit_event, run_one, done)
     return stats
 
 
