@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bench.core.protocol import Algorithm
@@ -28,6 +30,12 @@ class D2(Algorithm):
         w = self.node.comm.topology.mixing_weights(self.node.rank)
         self.weights = {j: wj / 2 for j, wj in w.items() if j != self.node.rank}  # W~ = (I + W) / 2, off-diagonal
         self.correction = torch.zeros_like(self.node.params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"correction": self.correction.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.correction.copy_(state["correction"])
 
     def after_step(self, step: int) -> None:
         node = self.node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -43,6 +44,12 @@ class GradientTracking(Algorithm):
         self.weights = self.node.comm.topology.mixing_weights(self.node.rank)
         self.correction = torch.zeros_like(self.node.params)
         self.before = torch.empty_like(self.node.params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"correction": self.correction.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.correction.copy_(state["correction"])
 
     def after_backward(self, step: int) -> None:
         self.before.copy_(self.node.params)  # x: the model before the optimizer's update u

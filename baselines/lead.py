@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,6 +53,13 @@ class LEAD(Algorithm):
         self.dual = torch.zeros_like(node.params)  # d_i
         self.memory = torch.zeros_like(node.params)  # h_i, as every neighbour holds it
         self.gap = torch.zeros_like(node.params)  # h_i - sum_j W_ij h_j
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dual": self.dual.clone(), "memory": self.memory.clone(), "gap": self.gap.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("dual", "memory", "gap"):
+            getattr(self, key).copy_(state[key])
 
     def after_step(self, step: int) -> None:
         node = self.node

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from baselines.sgp import SGP
@@ -15,7 +17,8 @@ class OSGP(SGP):
     halves its own (x, w) and sends that half to its out-peer of iteration k without waiting, then computes its
     gradient at z = x / w (halving does not move z) and steps the numerator. So the message is in flight during a
     whole forward/backward pass: the wait for it overlaps the next step's compute. Here the start of iteration
-    k + 1 is the end of `after_step(k)`, and `start` sends iteration 0's half; `finish` adds the half sent at the
+    k + 1 is the end of `after_step(k)`, and the first step sends its half after its backward pass (no message
+    from an earlier step to overlap there); `finish` adds the half sent at the
     last step, so no mass stays in flight and the sums of x and w are conserved. With a learning rate of 0 the
     models mix exactly as SGP's (the same halvings, one step later). One vector and one weight per step to one
     peer, plus that last message: steps + 1 messages per node.
@@ -28,8 +31,23 @@ class OSGP(SGP):
     def start(self) -> None:
         super().start()
         self.last_push = -1  # the iteration whose half is in flight (-1: none)
-        if self.node.size > 1:
-            self._push(0)
+
+    def after_backward(self, step: int) -> None:
+        super().after_backward(step)
+        if self.last_push < step and self.node.size > 1:  # the first step: its half goes out now (z does not move)
+            self._push(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_push": self.last_push}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Between two steps the kept half equals the half in flight, which the receiver had not added when the
+        checkpoint was taken: send it again, so it arrives exactly once in the resumed run."""
+        super().load_state_dict(state)
+        self.last_push = state["last_push"]
+        if self.last_push >= 0:
+            peer = self.graph.out_peer(self.node.rank, self.last_push)
+            self.node.comm.send(peer, torch.cat([self.numerator, self.weight]), "model")
 
     def after_step(self, step: int) -> None:
         node = self.node

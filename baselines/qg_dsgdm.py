@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -42,11 +43,24 @@ class QGDSGDm(Algorithm):
         self.m_hat = torch.zeros_like(node.params)  # m
         self.buffer = torch.zeros_like(node.params)  # m before each step; the optimizer's step makes it beta m + g
         self.before = torch.empty_like(node.params)
-        offset = 0
-        for p in node.model.parameters():  # in flatten_model's order: each buffer views its parameter's slice
+        self._link_buffers()
+
+    def _link_buffers(self) -> None:
+        """The optimizer's momentum buffers become views of `buffer` (in flatten_model's order)."""
+        node, offset = self.node, 0
+        for p in node.model.parameters():
             n = p.numel()
             node.optimizer.state[p]["momentum_buffer"] = self.buffer[offset : offset + n].view_as(p)
             offset += n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m_hat": self.m_hat.clone(), "buffer": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The optimizer's own load gave it fresh momentum tensors: point them back at `buffer`."""
+        self.m_hat.copy_(state["m_hat"])
+        self.buffer.copy_(state["buffer"])
+        self._link_buffers()
 
     def after_backward(self, step: int) -> None:
         self.before.copy_(self.node.params)

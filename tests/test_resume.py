@@ -266,7 +266,9 @@ def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
 TIMED = ("seconds", "step_seconds", "staleness")  # metrics that measure the clock, which a resumed cell restarts
 
 
-@pytest.mark.parametrize("algorithm", ["allreduce", "sgp", "choco"])
+@pytest.mark.parametrize(
+    "algorithm", ["allreduce", "sgp", "osgp", "choco", "decentlam", "d2", "gradient_tracking", "lead", "qg_dsgdm"]
+)
 def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     """What `--checkpoint-every` saves is everything a node carries from one epoch to the next (model, momentum,
     algorithm state, sampler, random streams, counters, snapshots): started from every node's epoch-1 state, a cell

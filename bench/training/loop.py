@@ -406,10 +406,13 @@ def load_node_state(cell: Cell, comm: Comm, state: dict[str, Any]) -> None:
         cell.sampler.order, cell.sampler.pos = order.to(cell.sampler.index.device), pos
         cell.sampler.gen.set_state(gen)
         cell.aug_gen.set_state(state["aug_gen"])
+    cell.algo.counters = dict(state["counters"])
+    # The algorithm may send again what was in flight at the checkpoint (OSGP's half); the comm's counters, put
+    # back after it, already count that message once.
+    cell.algo.load_state_dict(state["algorithm"])
+    with comm.exclusive():
         comm.load_state_dict(state["comm"])
         comm.set_step(state["step"])
-    cell.algo.counters = dict(state["counters"])
-    cell.algo.load_state_dict(state["algorithm"])
 
 
 def run_cell(
