@@ -279,8 +279,10 @@ class Comm:
         with self._timed("publish"):
             self._publishes += 1
             seed = (self._cell_seed * 1_000_003 + self.rank * 7_919 + self._publishes) % (2**63 - 1)
-            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
+            # The copy as of the end of its work (the simulator charges the work first), so a node never holds
+            # two copies while it waits: nothing changes a publishing node's model during its own copy.
             self._work("copy", t.numel())
+            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
             self._publish(Copy(raw, stamp, seed))
 
     def blob_of(self, copy: Copy, values: bool = False) -> torch.Tensor:

@@ -22,7 +22,7 @@ from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
 from bench.core.data import CLASSIFICATION, LANGUAGE_MODEL, Dataset, hold_out, load_dataset, partition
-from bench.core.models import build_model, loss_of
+from bench.core.models import SharedModule, build_model, loss_of
 from bench.core.protocol import Clock, Node, flatten_model
 from bench.training.config import Hyper, RunConfig, algo_config, hyper
 from bench.training.registry import ALGORITHMS
@@ -103,13 +103,24 @@ def node_seed(seed: int, rank: int, stream: int) -> int:
 
 
 def make_node(
-    cfg: RunConfig, dataset: Dataset, rank: int, comm: Comm, clock: Clock, device: torch.device, h: Hyper | None = None
+    cfg: RunConfig,
+    dataset: Dataset,
+    rank: int,
+    comm: Comm,
+    clock: Clock,
+    device: torch.device,
+    h: Hyper | None = None,
+    shared: SharedModule | None = None,
 ) -> Node:
     """The node's model (same seed on every node and for every algorithm: identical initial weights) and its SGD
-    optimizer with the algorithm's hyperparameters `h` (the run's when None), at the learning rate of step 0."""
+    optimizer with the algorithm's hyperparameters `h` (the run's when None), at the learning rate of step 0.
+    With `shared` (the simulator's nodes of one process) the node owns flat buffers run by that one module."""
     h = h or hyper(cfg, "")
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
-    params, grads = flatten_model(model)
+    if shared is None:
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+        params, grads = flatten_model(model)
+    else:
+        model, params, grads = shared.node_model()
     opt = torch.optim.SGD(
         model.parameters(),
         lr=h.lr_at(0.0, cfg.epochs, cfg.nodes),
@@ -269,17 +280,29 @@ class Cell:
 
 
 def setup_cell(
-    cfg: RunConfig, algorithm: str, dataset: Dataset, shards: Shards, rank: int, comm: Comm, clock: Clock, device
+    cfg: RunConfig,
+    algorithm: str,
+    dataset: Dataset,
+    shards: Shards,
+    rank: int,
+    comm: Comm,
+    clock: Clock,
+    device,
+    shared: SharedModule | None = None,
 ) -> Cell:
-    """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine)."""
+    """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine).
+    `shared`: the module (and evaluation model) that all nodes of this process share (the simulator)."""
     algo_cls = ALGORITHMS[algorithm]
     codec = make_codec(cfg) if algo_cls.quantizable else None
     if codec is not None:
         codec.warm_up()  # kernel loading (or a first compile) is not training time
     comm.start_cell(codec, cfg.seed)
     h = hyper(cfg, algorithm)
-    node = make_node(cfg, dataset, rank, comm, clock, device, h)
-    scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    node = make_node(cfg, dataset, rank, comm, clock, device, h, shared)
+    if shared is None:
+        scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    else:
+        scratch = shared.scratch
     algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
@@ -298,17 +321,24 @@ def setup_cell(
     return Cell(node, algo, h, lr_at, codec, scratch, sampler, aug_gen, x_test, y_test, val)
 
 
+def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
+    """The next mini-batch's loss and gradients. A function of its own so that the batch is freed before the
+    compute section ends (a simulator holding thousands of paused nodes would otherwise keep one batch each)."""
+    xb, yb = cell.sampler.next()
+    if dataset.augment is not None:
+        xb = dataset.augment(xb, cell.aug_gen)
+    cell.node.optimizer.zero_grad(set_to_none=False)
+    loss = loss_of(cell.node.model(xb), yb)
+    loss.backward()
+    return loss
+
+
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
     """One SGD step with the algorithm's hooks around it; returns the (undetached) loss."""
     node, algo = cell.node, cell.algo
     # The model lock first: folding in what peers deposited (pull-push, RMA averages) precedes the compute section.
     with comm.exclusive(), clock.compute():
-        xb, yb = cell.sampler.next()
-        if dataset.augment is not None:
-            xb = dataset.augment(xb, cell.aug_gen)
-        node.optimizer.zero_grad(set_to_none=False)
-        loss = loss_of(node.model(xb), yb)
-        loss.backward()
+        loss = _forward_backward(cell, dataset)
         if cell.lr_at is not None:  # set before `after_backward`: an algorithm may need this step's lr there
             for group in node.optimizer.param_groups:
                 group["lr"] = cell.lr_at(step)
@@ -361,6 +391,15 @@ def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[flo
     record("decode_failures", float(comm.decode_failures), None, step)
 
 
+def drop_training_state(node: Node) -> None:
+    """After the last step: free the gradients and the optimizer's state (momentum), which nothing reads any more
+    (peers still average into the parameters, evaluation reads snapshots). A simulator holding thousands of nodes
+    then keeps each one's snapshot in the room those took (`bench.engine.sim.cluster.estimate_bytes`). The
+    storage itself is released, as algorithms may still hold views of the gradients (AllReduce SGD's buckets)."""
+    node.optimizer.state.clear()
+    node.grads.untyped_storage().resize_(0)
+
+
 def run_cell(
     cfg: RunConfig,
     algorithm: str,
@@ -371,12 +410,13 @@ def run_cell(
     clock: Clock,
     device: torch.device,
     emit: Emit,
+    shared: SharedModule | None = None,
 ) -> Node:
     """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
 
-    `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}.
+    `emit` receives dicts: {"type": "record", ...row} or {"type": "progress", ...}. `shared`: see `setup_cell`.
     """
-    cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
+    cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device, shared)
     record = Recorder(emit, algorithm, rank)
     if rank == 0 and dataset.task == CLASSIFICATION:  # "no better than guessing" (the divergence check reads it)
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
@@ -399,6 +439,7 @@ def run_cell(
                 record.progress(step, total_steps)
         if epoch == cfg.epochs:
             cell.algo.finish()
+            drop_training_state(cell.node)
         # Elapsed training time since the common start (waits included, snapshot copies excluded): the slowest
         # node's value is the cluster's elapsed training time.
         record("train_seconds", clock.now() - t_start - off_clock, epoch, step)
