@@ -163,7 +163,7 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
     """256 virtual nodes of the default dataset and model, every algorithm: 1 epoch (the target: within 60 s),
     then 20 epochs evaluated once at the end (sustained training rate).
 
-    ``wall s`` is the whole simulation of one algorithm (building 2 models per node, training, evaluating every
+    ``wall s`` is the whole simulation of one algorithm (setting up every node, training, evaluating every
     node's model on the test set); ``overhead %`` is the share of it spent in the simulator's own scheduling and
     bookkeeping (heap, greenlet switches, link and collective accounting), measured in the same run; ``payload %``
     the share spent summing allreduce payloads. ``total s`` (first row of a case) is the case's end-to-end wall

@@ -273,7 +273,7 @@ class Cell:
     codec: Codec | None
     scratch: torch.nn.Module  # evaluation's model for averaged weights
     sampler: Sampler
-    aug_gen: torch.Generator
+    aug_gen: torch.Generator | None  # the augmentation's draws (None: the dataset has no augmentation)
     x_test: torch.Tensor
     y_test: torch.Tensor
     val: tuple[torch.Tensor, torch.Tensor] | None  # the validation split, when one is held out
@@ -306,7 +306,9 @@ def setup_cell(
     algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
+    aug_gen = None
+    if dataset.augment is not None:
+        aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
     sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
     lr_at = None
     if not h.constant():

@@ -137,7 +137,7 @@ class Cluster:
                 r,
                 cost.fb_seconds * speeds[r],
                 cost.update_seconds * speeds[r],
-                cost.straggler_stream(seed, r),
+                cost.straggler_stream(seed, r) if cost.straggler_p > 0 or cost.jitter else None,  # only if drawn
                 cost.straggler_p,
                 cost.straggler_k,
                 cost.jitter,
