@@ -206,8 +206,9 @@ from bench.run.simulate import prepare
 def kib(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
     return int(line.split()[1]) * 1024
-cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2], "epochs": 1,
-               "algorithms": [sys.argv[3]], "eval_samples": 100, "dataset": sys.argv[4]})
+cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2], "epochs": int(sys.argv[5]),
+               "eval_every": int(sys.argv[5]), "algorithms": [sys.argv[3]], "eval_samples": 100,
+               "dataset": sys.argv[4]})
 dataset, policy, costs, n_params = prepare(cfg)
 shards = sim.make_sim_shards(cfg, dataset, policy)
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
@@ -221,15 +222,17 @@ print(json.dumps({"before": before, "peak": peak, "estimate": estimate, "params"
 MEMORY_CASES = [("mlp", "mnist", 512), ("mlp", "mnist", 4096)]  # the target: 4,096 MLP nodes within 8 GiB
 
 
-def measure_sim_memory(nodes: int, model: str = "mlp", dataset: str = "mnist", algorithm: str = "swarm") -> dict:
-    """One simulation of `nodes` nodes (1 epoch) in a fresh Linux process: its resident memory before the nodes
-    were built and its peak (reset through /proc/self/clear_refs after loading the data), what
-    `bench.engine.sim.cluster.estimate_bytes` predicts, and the model's parameter count."""
+def measure_sim_memory(
+    nodes: int, model: str = "mlp", dataset: str = "mnist", algorithm: str = "swarm", epochs: int = 1
+) -> dict:
+    """One simulation of `nodes` nodes (`epochs`, evaluated once at the end) in a fresh Linux process: its resident
+    memory before the nodes were built and its peak (reset through /proc/self/clear_refs after loading the data),
+    what `bench.engine.sim.cluster.estimate_bytes` predicts, and the model's parameter count."""
     import json
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, str(nodes), model, algorithm, dataset],
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(nodes), model, algorithm, dataset, str(epochs)],
         capture_output=True,
         text=True,
         check=True,

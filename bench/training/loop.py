@@ -329,6 +329,9 @@ def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
     xb, yb = cell.sampler.next()
     if dataset.augment is not None:
         xb = dataset.augment(xb, cell.aug_gen)
+    grads = cell.node.grads
+    if grads.untyped_storage().nbytes() == 0 < grads.numel():  # given back after the last optimizer step
+        grads.untyped_storage().resize_(grads.numel() * grads.element_size())
     cell.node.optimizer.zero_grad(set_to_none=False)
     loss = loss_of(cell.node.model(xb), yb)
     loss.backward()
@@ -348,6 +351,10 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
     with comm.exclusive(), clock.compute():
         if algo.takes_step(step):
             node.optimizer.step()
+            # Nothing reads the gradients from here to the next backward pass (algorithms use them in
+            # `after_backward`), so their memory goes back until then: a simulator's nodes mostly wait in between.
+            # Views of the buffer (the parameters' .grad, AllReduce SGD's buckets) stay valid.
+            node.grads.untyped_storage().resize_(0)
         comm.set_step(step + 1)  # the live model's step count, which peers' reads measure staleness against
     algo.after_step(step)
     return loss

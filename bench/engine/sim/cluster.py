@@ -59,10 +59,10 @@ SHARD_POLICIES = ("auto", "split", "sample")
 # per node; the nodes share one module, one evaluation model and the data. RUNTIME_BYTES is what a simulation adds
 # to the process once (torch's lazily loaded parts, the first optimizer step's imports). Measured by
 # `tests/test_sim_memory.py` and `python -m bench.diagnostics.benchmarks sim-memory`.
-NODE_OVERHEAD_BYTES = 64_000
-RUNTIME_BYTES = 160_000_000
+NODE_OVERHEAD_BYTES = 128_000
+RUNTIME_BYTES = 80_000_000
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value, kept fixed (`return_freed_memory`)
+MMAP_THRESHOLD_BYTES = 64 * 1024  # blocks from this size up get mappings of their own (`return_freed_memory`)
 
 
 # ---- the cluster: clocks, links, scheduler ----------------------------------------------------------------------
@@ -653,10 +653,10 @@ def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1, algorithms=())
 
 
 def return_freed_memory() -> None:
-    """Have glibc's malloc serve every block of 128 KiB or more from a mapping of its own, given back to the system
+    """Have glibc's malloc serve every block of 64 KiB or more from a mapping of its own, given back to the system
     when freed. By default glibc raises that threshold to the size of the first such block freed, after which
-    model-sized blocks come from the heap, which the copies that nodes publish and drop every step fragment: the
-    resident memory of a simulation then ran at about 1.5 times what it used. Other C libraries have no mallopt
+    model-sized blocks come from the heap, which the copies that nodes publish and drop every step fragment (at
+    256 nodes the resident memory stayed at about 1.7 times what was in use). Other C libraries have no mallopt
     (nothing to do there)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
