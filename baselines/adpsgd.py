@@ -17,6 +17,7 @@ class ADPSGD(Algorithm):
     name = "adpsgd"
     summary = "AD-PSGD: each step, atomic pairwise average with one random neighbour (asynchronous)"
     paper = "Lian et al., ICML 2018"
+    model_copies = 5.5  # peak memory per node in the simulator, in models (measured, default MLP)
     quantizable = True
 
     def start(self) -> None:

@@ -36,6 +36,7 @@ class Choco(Algorithm):
     summary = "Choco-SGD: SGD step, then exchange compressed model differences and a consensus step gamma"
     paper = "Koloskova et al., ICML 2019; ICLR 2020"
     Config = ChocoConfig
+    model_copies = 7  # peak memory per node in the simulator, in models (measured, default MLP)
     quantizable = True
 
     def start(self) -> None:

@@ -19,6 +19,7 @@ class DecentLaM(Algorithm):
     name = "decentlam"
     summary = "DecentLaM: exchange local SGD proposals, momentum on the modified (partially averaged) gradient"
     paper = "Yuan et al., ICCV 2021"
+    model_copies = 5  # peak memory per node in the simulator, in models (measured, default MLP)
 
     def start(self) -> None:
         self.weights = self.node.comm.topology.mixing_weights(self.node.rank)

@@ -37,6 +37,7 @@ class OverlapLocalSGD(Algorithm):
     summary = "Overlap-Local-SGD: local SGD pulled towards an anchor averaged in the background every tau steps"
     paper = "Wang, Liang, Joshi, ICASSP 2020"
     Config = OverlapLocalSGDConfig
+    model_copies = 5  # peak memory per node in the simulator, in models (measured, default MLP)
 
     def start(self) -> None:
         self.anchor = self.node.params.detach().clone()

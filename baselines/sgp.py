@@ -25,6 +25,7 @@ class SGP(Algorithm):
     name = "sgp"
     summary = "SGP: push-sum with one directed peer per step on the one-peer exponential graph (de-biased model)"
     paper = "Assran et al., ICML 2019"
+    model_copies = 7  # peak memory per node in the simulator, in models (measured, default MLP)
 
     def start(self) -> None:
         node = self.node

@@ -91,11 +91,17 @@ class SwarmSGD(Algorithm):
                     if mode == "pushpull":
                         stamp = node.comm.pull_push(peer, "model")
                     else:
-                        theirs, stamp = node.comm.read(peer, "model", node.params)
-                        node.params.add_(theirs).mul_(0.5)
+                        stamp = self._average_read(peer)
                     # Relative progress (may be negative); the copy's age is measured by the comm layer.
                     self.count("step_lag_sum", self.steps_done - stamp)
                     self.count("reads")
                 self.count("interactions")
         if self.config.swarm_mode != "blocking":
             node.comm.publish(node.params, stamp=self.steps_done)
+
+    def _average_read(self, peer: int) -> int:
+        """Move to the average with the peer's published model (read without interrupting it); returns the copy's
+        stamp. The read copy is dropped on return, before the next publish."""
+        theirs, stamp = self.node.comm.read(peer, "model", self.node.params)
+        self.node.params.add_(theirs).mul_(0.5)
+        return stamp

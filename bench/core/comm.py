@@ -174,7 +174,8 @@ class Comm:
         self.codec = RAW
         self.decode_failures = 0  # buckets of peers' messages this node failed to decode
         self.buckets_skipped = 0  # buckets left out of averages: failed on either side (counted by both sides)
-        self._gen = torch.Generator().manual_seed(rank)
+        self._gen: torch.Generator | None = None  # the codec's randomness (`_codec_stream`)
+        self._gen_seed = rank
         self._cell_seed, self._publishes = 0, 0  # seed the codec of each published copy (see `Copy`)
         self._model_lock = contextlib.nullcontext()  # real engines: a lock shared with the responder
         self._live: torch.Tensor | None = None
@@ -307,8 +308,10 @@ class Comm:
         with self._timed("publish"):
             self._publishes += 1
             seed = (self._cell_seed * 1_000_003 + self.rank * 7_919 + self._publishes) % (2**63 - 1)
-            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
+            # The copy as of the end of its work (the simulator charges the work first), so a node never holds
+            # two copies while it waits: nothing changes a publishing node's model during its own copy.
             self._work("copy", t.numel())
+            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
             self._publish(Copy(raw, stamp, seed))
 
     def blob_of(self, copy: Copy, values: bool = False) -> torch.Tensor:
@@ -510,7 +513,7 @@ class Comm:
         self.stats.reset()
         self.codec = codec or RAW
         self.decode_failures = self.buckets_skipped = 0
-        self._gen = torch.Generator().manual_seed(seed * 7_919 + self.rank)
+        self._gen, self._gen_seed = None, seed * 7_919 + self.rank
         self._cell_seed, self._publishes = seed, 0
         self.live_step = 0
         with self._model_lock:
@@ -553,7 +556,14 @@ class Comm:
         self._work("encode", t.numel())
         if self.codec is RAW:
             return t.to("cpu", copy=True).view(torch.uint8)
-        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._gen)
+        return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._codec_stream())
+
+    def _codec_stream(self) -> torch.Generator:
+        """This node's stream for the codec's randomness, made on first use (a node that never encodes with a
+        quantizer saves its state: thousands of them in the simulator)."""
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self._gen_seed)
+        return self._gen
 
     def _decode(self, msg: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return self._decode_buckets(msg, reference)[0].to(reference.device)

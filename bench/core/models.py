@@ -467,3 +467,77 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return spec.build(shape, num_classes)
+
+
+class SharedModule:
+    """One module that many nodes of one process train in turn (the simulator's thousands of virtual nodes).
+
+    Every node owns only its flat parameter and gradient buffers and its own buffers (BatchNorm statistics), which
+    `node_model` hands out as a `BorrowedModel`; a node's forward pass first puts its tensors into this one module
+    (`lend`), so autograd builds the same graph with the node's tensors as its leaves and N nodes cost N sets of
+    buffers instead of N modules. `scratch` is the evaluation's model, shared by all nodes (evaluation loads weights
+    into it and scores them without letting another node run in between).
+    """
+
+    def __init__(self, name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> None:
+        self.module = build_model(name, input_shape, num_classes, seed)
+        self.scratch = build_model(name, input_shape, num_classes, seed)
+        params = list(self.module.parameters())  # tied weights once, as `flatten_model` lays them out
+        buffers = list(self.module.buffers())
+        self.shapes = [(p.shape, p.numel()) for p in params]
+        self.initial = torch.cat([p.detach().reshape(-1) for p in params]) if params else torch.zeros(0)
+        self.initial_buffers = [b.detach().clone() for b in buffers]
+        # Where each tensor sits: (submodule, attribute, index into the node's parameters + buffers), every place
+        # of a tied weight included.
+        index = {id(t): k for k, t in enumerate(params + buffers)}
+        self.places: list[tuple[nn.Module, str, int]] = []
+        for _, mod in self.module.named_modules(remove_duplicate=False):
+            for attr, t in [*mod._parameters.items(), *mod._buffers.items()]:
+                if t is not None:
+                    self.places.append((mod, attr, index[id(t)]))
+
+    def node_model(self) -> tuple[BorrowedModel, torch.Tensor, torch.Tensor]:
+        """(a node's model, its flat parameters, its flat gradients): the seed's initial weights, as
+        `build_model` + `flatten_model` give them (the same values, the same layout)."""
+        flat = self.initial.clone()
+        grads = torch.zeros_like(flat)
+        return BorrowedModel(self, flat, grads, [b.clone() for b in self.initial_buffers]), flat, grads
+
+    def lend(self, tensors: list[torch.Tensor]) -> nn.Module:
+        """The module, running on `tensors` (a node's parameters, then its buffers). `setattr` as a module's own
+        code would assign them, so modules that cache their weights (an LSTM's flat weights) follow."""
+        for mod, attr, k in self.places:
+            setattr(mod, attr, tensors[k])
+        return self.module
+
+
+class BorrowedModel:
+    """A node's model inside a `SharedModule`: its parameters are leaves viewing the node's flat buffer, their
+    gradients views of its flat gradient buffer (as `flatten_model` arranges for a module of its own); calling it
+    runs the shared module on them. It offers what the training loop and the algorithms use of a module:
+    calling it, `parameters()`, `buffers()`."""
+
+    __slots__ = ("_shared", "_tensors", "_nparams")
+
+    def __init__(
+        self, shared: SharedModule, flat: torch.Tensor, grads: torch.Tensor, buffers: list[torch.Tensor]
+    ) -> None:
+        self._shared = shared
+        tensors: list[torch.Tensor] = []
+        offset = 0
+        for shape, n in shared.shapes:
+            p = nn.Parameter(flat[offset : offset + n].view(shape))  # a leaf sharing the flat buffer's storage
+            p.grad = grads[offset : offset + n].view(shape)
+            tensors.append(p)
+            offset += n
+        self._nparams = len(tensors)
+        self._tensors = tensors + buffers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shared.lend(self._tensors)(x)
+
+    def parameters(self):
+        return iter(self._tensors[: self._nparams])
+
+    def buffers(self):
+        return iter(self._tensors[self._nparams :])

@@ -66,6 +66,10 @@ class Algorithm:
     paper: ClassVar[str] = ""  # the paper it implements, short form (authors, venue year), shown by `swarmbench list`
     Config: ClassVar[type] = NoConfig
     quantizable: ClassVar[bool] = False  # exchanges models through the codec (--bits applies)
+    # Model-sized float32 buffers a node holds at once, at most: parameters, gradients, momentum, and what the
+    # algorithm keeps or has in flight (messages, copies of its own). The simulator's memory estimate
+    # (`bench.engine.sim.cluster.estimate_bytes`) is built on it; `tests/test_sim_memory.py` measures it.
+    model_copies: ClassVar[float] = 4
 
     def __init__(self, node: Node, config: Any) -> None:
         self.node = node

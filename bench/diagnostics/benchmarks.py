@@ -149,7 +149,6 @@ def _codec_rows(ctx: BenchContext) -> list[Row]:
 # --------------------------------------------------------------------------------------------------
 
 SIM_NODES = 256  # the speed target: 256 nodes x 1 epoch of the default dataset and model within 60 s
-SIM_MEMORY_NODES = 1024  # the memory target: 1,024 LeNet-5 nodes comfortably inside 24 GB
 VALIDATE_NODES = (2, 4)
 VALIDATE_EPOCHS = 10
 
@@ -164,7 +163,7 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
     """256 virtual nodes of the default dataset and model, every algorithm: 1 epoch (the target: within 60 s),
     then 20 epochs evaluated once at the end (sustained training rate).
 
-    ``wall s`` is the whole simulation of one algorithm (building 2 models per node, training, evaluating every
+    ``wall s`` is the whole simulation of one algorithm (setting up every node, training, evaluating every
     node's model on the test set); ``overhead %`` is the share of it spent in the simulator's own scheduling and
     bookkeeping (heap, greenlet switches, link and collective accounting), measured in the same run; ``payload %``
     the share spent summing allreduce payloads. ``total s`` (first row of a case) is the case's end-to-end wall
@@ -207,8 +206,9 @@ from bench.run.simulate import prepare
 def kib(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
     return int(line.split()[1]) * 1024
-cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2], "epochs": 1,
-               "algorithms": [sys.argv[3]], "eval_samples": 100})
+cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2], "epochs": int(sys.argv[5]),
+               "eval_every": int(sys.argv[5]), "algorithms": [sys.argv[3]], "eval_samples": 100,
+               "dataset": sys.argv[4]})
 dataset, policy, costs, n_params = prepare(cfg)
 shards = sim.make_sim_shards(cfg, dataset, policy)
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
@@ -216,30 +216,47 @@ before = kib("VmRSS:")
 with sim.OneTorchThread():
     sim.simulate_algorithms(cfg, dataset, shards, costs[cfg.nodes], lambda event: None)
 peak = kib("VmHWM:")
-print(json.dumps({"before": before, "peak": peak, "estimate": sim.estimate_bytes(n_params, cfg.nodes),
-                  "params": n_params}))
+estimate = sim.estimate_bytes(n_params, cfg.nodes, algorithms=cfg.algorithms)
+print(json.dumps({"before": before, "peak": peak, "estimate": estimate, "params": n_params}))
 """
+MEMORY_CASES = [("mlp", "mnist", 512), ("mlp", "mnist", 4096)]  # the target: 4,096 MLP nodes within 8 GiB
 
 
-def bench_sim_memory(ctx: BenchContext) -> list[Row]:
-    """Peak resident memory of 512 MLP and 1,024 LeNet-5 simulated nodes (SwarmSGD, the hungriest algorithm, 1
-    epoch), each in a fresh Linux process (peak RSS reset through /proc/self/clear_refs after loading the data).
-
-    ``sim GiB`` is the growth of the peak RSS over the process before the nodes were built; ``estimate GiB``
-    is what the simulator's pre-flight check (`bench.engine.sim.cluster.estimate_bytes`) predicts for them.
-    """
+def measure_sim_memory(
+    nodes: int, model: str = "mlp", dataset: str = "mnist", algorithm: str = "swarm", epochs: int = 1
+) -> dict:
+    """One simulation of `nodes` nodes (`epochs`, evaluated once at the end) in a fresh Linux process: its resident
+    memory before the nodes were built and its peak (reset through /proc/self/clear_refs after loading the data),
+    what `bench.engine.sim.cluster.estimate_bytes` predicts, and the model's parameter count."""
     import json
     import subprocess
 
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(nodes), model, algorithm, dataset, str(epochs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_sim_memory(ctx: BenchContext) -> list[Row]:
+    """Peak resident memory of 512 and 4,096 simulated MLP nodes (SwarmSGD, 1 epoch, MNIST), each in a fresh
+    process (`measure_sim_memory`).
+
+    ``sim GiB`` is the growth of the peak RSS over the process before the nodes were built (``process GiB`` the
+    whole process's peak); ``estimate GiB`` is what the pre-flight check (`bench.engine.sim.cluster.estimate_bytes`)
+    predicts. ``B/node`` is the growth per node added from the first case to this one (what one more node costs,
+    the simulator's fixed costs left out), against the target ``bound B/node`` = 4 x the model's parameter bytes
+    + 64 kB.
+    """
     rows: list[Row] = []
-    for model, nodes in (("mlp", 512), ("lenet5", SIM_MEMORY_NODES)):
-        proc = subprocess.run(
-            [sys.executable, "-c", _MEMORY_SCRIPT, str(nodes), model, "swarm"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        m = json.loads(proc.stdout.strip().splitlines()[-1])
+    previous = None
+    for model, dataset, nodes in MEMORY_CASES:
+        m = measure_sim_memory(nodes, model, dataset)
+        growth = m["peak"] - m["before"]
+        per_node = (growth - previous[1]) / (nodes - previous[0]) if previous else None
+        previous = previous or (nodes, growth)
         rows.append(
             {
                 "bench": "sim-memory",
@@ -247,9 +264,10 @@ def bench_sim_memory(ctx: BenchContext) -> list[Row]:
                 "nodes": nodes,
                 "params": m["params"],
                 "process GiB": m["peak"] / 2**30,
-                "sim GiB": (m["peak"] - m["before"]) / 2**30,
+                "sim GiB": growth / 2**30,
                 "estimate GiB": m["estimate"] / 2**30,
-                "MB/node": (m["peak"] - m["before"]) / nodes / 1e6,
+                "B/node": per_node,
+                "bound B/node": 4 * 4 * m["params"] + 64_000,
             }
         )
     return rows
@@ -625,7 +643,7 @@ def bench_ddp(ctx: BenchContext) -> list[Row]:
 BENCHMARKS: list[Benchmark] = [
     Benchmark("codec", "encode+decode GB/s per wire format, one CPU thread, 1M float32", bench_codec),
     Benchmark("sim", "simulated cluster: 256 nodes x 1 epoch, every algorithm: node-steps/s, overhead", bench_sim),
-    Benchmark("sim-memory", "simulated cluster: peak memory of 512 MLP and 1,024 LeNet-5 nodes", bench_sim_memory),
+    Benchmark("sim-memory", "simulated cluster: peak memory of 512 and 4,096 MLP nodes", bench_sim_memory),
     Benchmark("ddp", "AllReduce SGD samples/s over raw DDP's and Horovod's: MLP and ResNet-20, 2 processes", bench_ddp),
     Benchmark("sim-profile", "compute profile of this machine for the simulator", bench_sim_profile, False),
     Benchmark("sim-network", "loopback network profile (gloo ping-pong) for the simulator", bench_sim_network, False),

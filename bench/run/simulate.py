@@ -53,7 +53,7 @@ def prepare(cfg):
     dataset = eval_subset(cfg, run_data(cfg, download=cfg.download))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    check_memory(n_params, max(series), evaluated_epochs(cfg.epochs, cfg.eval_every))
+    check_memory(n_params, max(series), evaluated_epochs(cfg.epochs, cfg.eval_every), cfg.algorithms)
     policy = resolve_shards(cfg, dataset, series)
     costs: dict[int, CostModel] = {}
     by_threads: dict[int, CostModel] = {}
@@ -86,7 +86,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
     facts = {
         "shards": policy,
         "memory_estimate_bytes": estimate_bytes(
-            n_params, max(series or (cfg.nodes,)), evaluated_epochs(cfg.epochs, cfg.eval_every)
+            n_params, max(series or (cfg.nodes,)), evaluated_epochs(cfg.epochs, cfg.eval_every), cfg.algorithms
         ),
         "model_parameters": n_params,
         "eval_samples": len(dataset.y_test),

@@ -23,7 +23,7 @@ from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
 from bench.core.data import CLASSIFICATION, LANGUAGE_MODEL, Dataset, hold_out, load_dataset, partition
-from bench.core.models import build_model, loss_of
+from bench.core.models import SharedModule, build_model, loss_of
 from bench.core.protocol import Clock, Node, flatten_model
 from bench.training.config import Hyper, RunConfig, algo_config, hyper
 from bench.training.registry import ALGORITHMS
@@ -104,13 +104,24 @@ def node_seed(seed: int, rank: int, stream: int) -> int:
 
 
 def make_node(
-    cfg: RunConfig, dataset: Dataset, rank: int, comm: Comm, clock: Clock, device: torch.device, h: Hyper | None = None
+    cfg: RunConfig,
+    dataset: Dataset,
+    rank: int,
+    comm: Comm,
+    clock: Clock,
+    device: torch.device,
+    h: Hyper | None = None,
+    shared: SharedModule | None = None,
 ) -> Node:
     """The node's model (same seed on every node and for every algorithm: identical initial weights) and its SGD
-    optimizer with the algorithm's hyperparameters `h` (the run's when None), at the learning rate of step 0."""
+    optimizer with the algorithm's hyperparameters `h` (the run's when None), at the learning rate of step 0.
+    With `shared` (the simulator's nodes of one process) the node owns flat buffers run by that one module."""
     h = h or hyper(cfg, "")
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
-    params, grads = flatten_model(model)
+    if shared is None:
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+        params, grads = flatten_model(model)
+    else:
+        model, params, grads = shared.node_model()
     opt = torch.optim.SGD(
         model.parameters(),
         lr=h.lr_at(0.0, cfg.epochs, cfg.nodes),
@@ -263,28 +274,42 @@ class Cell:
     codec: Codec | None
     scratch: torch.nn.Module  # evaluation's model for averaged weights
     sampler: Sampler
-    aug_gen: torch.Generator
+    aug_gen: torch.Generator | None  # the augmentation's draws (None: the dataset has no augmentation)
     x_test: torch.Tensor
     y_test: torch.Tensor
     val: tuple[torch.Tensor, torch.Tensor] | None  # the validation split, when one is held out
 
 
 def setup_cell(
-    cfg: RunConfig, algorithm: str, dataset: Dataset, shards: Shards, rank: int, comm: Comm, clock: Clock, device
+    cfg: RunConfig,
+    algorithm: str,
+    dataset: Dataset,
+    shards: Shards,
+    rank: int,
+    comm: Comm,
+    clock: Clock,
+    device,
+    shared: SharedModule | None = None,
 ) -> Cell:
-    """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine)."""
+    """Build the node, its algorithm, codec, evaluation model and seeded samplers (the same on every engine).
+    `shared`: the module (and evaluation model) that all nodes of this process share (the simulator)."""
     algo_cls = ALGORITHMS[algorithm]
     codec = make_codec(cfg) if algo_cls.quantizable else None
     if codec is not None:
         codec.warm_up()  # kernel loading (or a first compile) is not training time
     comm.start_cell(codec, cfg.seed)
     h = hyper(cfg, algorithm)
-    node = make_node(cfg, dataset, rank, comm, clock, device, h)
-    scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    node = make_node(cfg, dataset, rank, comm, clock, device, h, shared)
+    if shared is None:
+        scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
+    else:
+        scratch = shared.scratch
     algo = algo_cls(node, algo_config(cfg, algorithm))
     x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-    aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
+    aug_gen = None
+    if dataset.augment is not None:
+        aug_gen = torch.Generator().manual_seed(node_seed(cfg.seed, rank, 3))  # CPU even on CUDA: same draws
     sampler = Sampler(x_train, y_train, shards.indices[rank].to(device), cfg.batch_size, node_seed(cfg.seed, rank, 2))
     lr_at = None
     if not h.constant():
@@ -299,17 +324,27 @@ def setup_cell(
     return Cell(node, algo, h, lr_at, codec, scratch, sampler, aug_gen, x_test, y_test, val)
 
 
+def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
+    """The next mini-batch's loss and gradients. A function of its own so that the batch is freed before the
+    compute section ends (a simulator holding thousands of paused nodes would otherwise keep one batch each)."""
+    xb, yb = cell.sampler.next()
+    if dataset.augment is not None:
+        xb = dataset.augment(xb, cell.aug_gen)
+    grads = cell.node.grads
+    if grads.untyped_storage().nbytes() == 0 < grads.numel():  # given back after the last optimizer step
+        grads.untyped_storage().resize_(grads.numel() * grads.element_size())
+    cell.node.optimizer.zero_grad(set_to_none=False)
+    loss = loss_of(cell.node.model(xb), yb)
+    loss.backward()
+    return loss
+
+
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
     """One SGD step with the algorithm's hooks around it; returns the (undetached) loss."""
     node, algo = cell.node, cell.algo
     # The model lock first: folding in what peers deposited (pull-push, RMA averages) precedes the compute section.
     with comm.exclusive(), clock.compute():
-        xb, yb = cell.sampler.next()
-        if dataset.augment is not None:
-            xb = dataset.augment(xb, cell.aug_gen)
-        node.optimizer.zero_grad(set_to_none=False)
-        loss = loss_of(node.model(xb), yb)
-        loss.backward()
+        loss = _forward_backward(cell, dataset)
         if cell.lr_at is not None:  # set before `after_backward`: an algorithm may need this step's lr there
             for group in node.optimizer.param_groups:
                 group["lr"] = cell.lr_at(step)
@@ -317,6 +352,10 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
     with comm.exclusive(), clock.compute():
         if algo.takes_step(step):
             node.optimizer.step()
+            # Nothing reads the gradients from here to the next backward pass (algorithms use them in
+            # `after_backward`), so their memory goes back until then: a simulator's nodes mostly wait in between.
+            # Views of the buffer (the parameters' .grad, AllReduce SGD's buckets) stay valid.
+            node.grads.untyped_storage().resize_(0)
         comm.set_step(step + 1)  # the live model's step count, which peers' reads measure staleness against
     algo.after_step(step)
     return loss
@@ -415,6 +454,15 @@ def load_node_state(cell: Cell, comm: Comm, state: dict[str, Any]) -> None:
         comm.set_step(state["step"])
 
 
+def drop_training_state(node: Node) -> None:
+    """After the last step: free the gradients and the optimizer's state (momentum), which nothing reads any more
+    (peers still average into the parameters, evaluation reads snapshots). A simulator holding thousands of nodes
+    then keeps each one's snapshot in the room those took (`bench.engine.sim.cluster.estimate_bytes`). The
+    storage itself is released, as algorithms may still hold views of the gradients (AllReduce SGD's buckets)."""
+    node.optimizer.state.clear()
+    node.grads.untyped_storage().resize_(0)
+
+
 def run_cell(
     cfg: RunConfig,
     algorithm: str,
@@ -426,13 +474,14 @@ def run_cell(
     device: torch.device,
     emit: Emit,
     checkpoints: Checkpoints | None = None,
+    shared: SharedModule | None = None,
 ) -> Node:
     """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
 
     `emit` receives dicts: {"type": "record", ...row}, {"type": "progress", ...} or (rank 0, with `checkpoints`)
-    {"type": "checkpoint", "algorithm", "epoch"}.
+    {"type": "checkpoint", "algorithm", "epoch"}. `shared`: see `setup_cell`.
     """
-    cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device)
+    cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device, shared)
     resumed = checkpoints.resumed if checkpoints is not None else None
     rows = resumed["records"] if resumed else 0  # record rows this node emitted in this cell
 
@@ -442,7 +491,7 @@ def run_cell(
         emit(event)
 
     record = Recorder(count_rows, algorithm, rank)
-    if rank == 0 and dataset.task == CLASSIFICATION and not resumed:  # the divergence check reads it
+    if rank == 0 and dataset.task == CLASSIFICATION and not resumed:  # "no better than guessing" (divergence check)
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     step, off_clock, elapsed, first = 0, 0.0, 0.0, 1
@@ -473,6 +522,7 @@ def run_cell(
                 record.progress(step, total_steps)
         if epoch == cfg.epochs:
             cell.algo.finish()
+            drop_training_state(cell.node)
         # Elapsed training time since the common start (waits included, snapshot copies excluded): the slowest
         # node's value is the cluster's elapsed training time.
         record("train_seconds", clock.now() - t_start - off_clock, epoch, step)

@@ -31,6 +31,7 @@ never reach the results folder.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import heapq
 import time
@@ -42,20 +43,26 @@ import torch
 
 from bench.base.errors import UserError
 from bench.core.comm import HEADER_BYTES, MAIL_HEADER_BYTES, STAMP_BYTES, Comm, Copy
+from bench.core.models import SharedModule
 from bench.core.topology import build_topology
 from bench.engine.sim import collectives, costmodel
 from bench.engine.sim.costmodel import CostModel
 from bench.training.loop import Shards, make_shards, node_seed, run_cell, run_rounds
+from bench.training.registry import ALGORITHMS
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
 SHARD_POLICIES = ("auto", "split", "sample")
-# Per-node memory estimate: this many float32 copies of the model (params, grads, momentum, the published or
-# exchanged message, the evaluation scratch model and its gradient buffer, the evaluation's snapshot, average and
-# decoded copies, allocator slack) plus a fixed overhead. Fitted to the peak RSS of SwarmSGD (the hungriest
-# algorithm) with the MLP and LeNet-5 at 512-1,024 nodes (`python -m bench.diagnostics.benchmarks sim-memory`),
-# rounded up.
-MODEL_COPIES = 12
-NODE_OVERHEAD_BYTES = 100_000
+# Memory: each node holds its algorithm's `model_copies` model-sized buffers (4 for SwarmSGD: parameters,
+# gradients, momentum, the published copy) and one snapshot per evaluated epoch beyond the first (after its last
+# step a node frees its gradients and momentum, which makes room for one), plus NODE_OVERHEAD_BYTES of its own
+# objects (state of its random streams, greenlet stack, tensor headers) and the evaluation's gather of one float64
+# per node; the nodes share one module, one evaluation model and the data. RUNTIME_BYTES is what a simulation adds
+# to the process once (torch's lazily loaded parts, the first optimizer step's imports). Measured by
+# `tests/test_sim_memory.py` and `python -m bench.diagnostics.benchmarks sim-memory`.
+NODE_OVERHEAD_BYTES = 128_000
+RUNTIME_BYTES = 80_000_000
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 64 * 1024  # blocks from this size up get mappings of their own (`return_freed_memory`)
 
 
 # ---- the cluster: clocks, links, scheduler ----------------------------------------------------------------------
@@ -130,7 +137,7 @@ class Cluster:
                 r,
                 cost.fb_seconds * speeds[r],
                 cost.update_seconds * speeds[r],
-                cost.straggler_stream(seed, r),
+                cost.straggler_stream(seed, r) if cost.straggler_p > 0 or cost.jitter else None,  # only if drawn
                 cost.straggler_p,
                 cost.straggler_k,
                 cost.jitter,
@@ -466,6 +473,7 @@ class SimComm(Comm):
         with self._model_lock:
             self.fold_deposits(everything=True)
         super().finish_cell()
+        self._cluster.published[self.rank] = None  # after the end-of-cell fence nobody reads it any more
 
     def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
         reply = self._cluster.average(self.rank, peer, msg)
@@ -634,10 +642,27 @@ def eval_subset(cfg, dataset):
     return dataclasses.replace(dataset, x_test=dataset.x_test[:k], y_test=dataset.y_test[:k], **val)
 
 
-def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1) -> int:
-    """Memory the simulator needs for `nodes` nodes of an n_params model (see MODEL_COPIES) that keep
-    `snapshots` model copies for evaluation after training (one per evaluated epoch; MODEL_COPIES holds one)."""
-    return nodes * ((MODEL_COPIES + max(0, snapshots - 1)) * 4 * n_params + NODE_OVERHEAD_BYTES)
+def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1, algorithms=()) -> int:
+    """Memory the simulator needs for `nodes` nodes of an n_params model running `algorithms` one after the other
+    (the largest `model_copies` of them; SwarmSGD's 4 when none is named) that keep `snapshots` model copies for
+    evaluation after training (one per evaluated epoch)."""
+    copies = max((ALGORITHMS[name].model_copies for name in algorithms), default=ALGORITHMS["swarm"].model_copies)
+    model = 4 * n_params
+    per_node = (copies + max(0, snapshots - 1)) * model + NODE_OVERHEAD_BYTES + 8 * (nodes + 7)
+    return RUNTIME_BYTES + 2 * model + nodes * round(per_node)
+
+
+def return_freed_memory() -> None:
+    """Have glibc's malloc serve every block of 64 KiB or more from a mapping of its own, given back to the system
+    when freed. By default glibc raises that threshold to the size of the first such block freed, after which
+    model-sized blocks come from the heap, which the copies that nodes publish and drop every step fragment (at
+    256 nodes the resident memory stayed at about 1.7 times what was in use). Other C libraries have no mallopt
+    (nothing to do there)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def available_bytes() -> int | None:
@@ -651,8 +676,8 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_memory(n_params: int, nodes: int, snapshots: int = 1) -> int:
-    need = estimate_bytes(n_params, nodes, snapshots)
+def check_memory(n_params: int, nodes: int, snapshots: int = 1, algorithms=()) -> int:
+    need = estimate_bytes(n_params, nodes, snapshots, algorithms)
     have = available_bytes()
     if have is not None and need > have:
         fewer = ", fewer evaluated epochs (--eval-every)" if snapshots > 1 else ""
@@ -709,6 +734,7 @@ def simulate_algorithms(
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     device = torch.device("cpu")
     stats = []
+    return_freed_memory()
 
     def emit_event(event: dict[str, Any]) -> None:  # records and progress to `emit`, a cell's start and end to on_event
         if event["type"] not in ("cell_start", "cell_done"):
@@ -719,9 +745,11 @@ def simulate_algorithms(
     def run_one(name: str, emit_round) -> None:
         cluster = Cluster(cfg.nodes, topology, cost, cfg.seed)
         start = time.perf_counter()
+        shared = SharedModule(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)  # one for all nodes
 
         def body(rank: int) -> None:
-            run_cell(cfg, name, dataset, shards, rank, cluster.comms[rank], cluster.clocks[rank], device, emit_round)
+            comm, clock = cluster.comms[rank], cluster.clocks[rank]
+            run_cell(cfg, name, dataset, shards, rank, comm, clock, device, emit_round, shared=shared)
 
         cluster.run(body)
         stats.append(

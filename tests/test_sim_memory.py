@@ -1,0 +1,44 @@
+"""The simulator's memory: what one more node costs against its bound, and the pre-flight estimate against the
+measured peak. Each size runs in a fresh process (`measure_sim_memory`: peak RSS from /proc, Linux only)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from bench.diagnostics.benchmarks import measure_sim_memory
+
+SIZES = (64, 512)  # nodes of the default MLP (118,282 parameters), SwarmSGD, 1 epoch
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads peak RSS from /proc")
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[int, dict]:
+    """The benchmark's run: 1 epoch, in which each node takes one step at these sizes."""
+    return {n: measure_sim_memory(n) for n in SIZES}
+
+
+@pytest.fixture(scope="module")
+def measured_long() -> dict[int, dict]:
+    """4 epochs evaluated once: every node takes 4 steps, so all hold momentum at once (the estimate's case)."""
+    return {n: measure_sim_memory(n, epochs=4) for n in SIZES}
+
+
+def test_one_more_node_costs_at_most_four_models_and_64_kb(measured):
+    """Parameters, gradients, momentum and the published copy at most: every other tensor (the module, the
+    evaluation model, the data) is shared by all nodes, and what a node keeps of its own beyond them stays under
+    64 kB (gradients exist only from a node's backward pass to its optimizer step)."""
+    small, large = (measured[n] for n in SIZES)
+    per_node = ((large["peak"] - large["before"]) - (small["peak"] - small["before"])) / (SIZES[1] - SIZES[0])
+    bound = 4 * 4 * large["params"] + 64_000
+    assert per_node <= bound, f"{per_node:,.0f} B per node, bound {bound:,} B"
+    assert per_node >= 2 * 4 * large["params"]  # the measurement sees the nodes: parameters and snapshot at least
+
+
+@pytest.mark.parametrize("nodes", SIZES)
+def test_estimate_is_within_a_quarter_of_the_measured_peak(measured_long, nodes):
+    m = measured_long[nodes]
+    growth = m["peak"] - m["before"]
+    assert m["estimate"] == pytest.approx(growth, rel=0.25), f"estimate {m['estimate']:,} B, measured {growth:,} B"
