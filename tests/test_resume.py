@@ -52,10 +52,10 @@ def test_sim_resume_after_an_interruption_is_byte_identical(tmp_path, monkeypatc
     out = tmp_path / "run"
     real_run_cell = sim_cluster.run_cell
 
-    def run_cell(cfg, name, *args):
+    def run_cell(cfg, name, *args, **kw):
         *rest, emit = args
         if name != stopped:
-            return real_run_cell(cfg, name, *rest, emit)
+            return real_run_cell(cfg, name, *rest, emit, **kw)
         seen = []
 
         def stop_after_a_few(event):
@@ -64,7 +64,7 @@ def test_sim_resume_after_an_interruption_is_byte_identical(tmp_path, monkeypatc
             if len(seen) == 4:
                 raise Interrupted(signal.SIGINT)
 
-        return real_run_cell(cfg, name, *rest, stop_after_a_few)
+        return real_run_cell(cfg, name, *rest, stop_after_a_few, **kw)
 
     monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
     r = _invoke("run", *SIM, "--algo", "sgp", "--algo", "swarm", "--algo", "choco", "--out", out)
@@ -186,10 +186,10 @@ def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, unin
     args += ["--set", "model=mlp", "--set", "batch_size=32", "--set", "epochs=2", "--set", "tensorboard=false"]
     real_run_cell = sim_cluster.run_cell
 
-    def run_cell(cfg, name, *args):
+    def run_cell(cfg, name, *args, **kw):
         if name == "swarm":
             raise Interrupted(signal.SIGINT)
-        return real_run_cell(cfg, name, *args)
+        return real_run_cell(cfg, name, *args, **kw)
 
     monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
     r = _invoke(*args, "--out", out)

@@ -525,7 +525,7 @@ class Comm:
         """The cell's counters, live step and codec stream so far: a checkpoint between two steps."""
         return {
             "stats": self.stats.state(),
-            "gen": self._gen.get_state(),
+            "gen": self._gen.get_state() if self._gen is not None else None,  # None: no quantized encode yet
             "publishes": self._publishes,
             "live_step": self.live_step,
             "failures": (self.decode_failures, self.buckets_skipped),
@@ -534,7 +534,9 @@ class Comm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put back `state_dict()` after `start_cell`."""
         self.stats.load(state["stats"])
-        self._gen.set_state(state["gen"])
+        self._gen = None
+        if state["gen"] is not None:
+            self._codec_stream().set_state(state["gen"])
         self._publishes = state["publishes"]
         self.live_step = state["live_step"]
         self.decode_failures, self.buckets_skipped = state["failures"]

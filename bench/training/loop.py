@@ -427,7 +427,7 @@ def node_state(cell: Cell, comm: Comm, loop: dict[str, Any]) -> dict[str, Any]:
             "counters": dict(cell.algo.counters),
             "rng": node.rng.getstate(),
             "sampler": (cell.sampler.order.cpu(), cell.sampler.pos, cell.sampler.gen.get_state()),
-            "aug_gen": cell.aug_gen.get_state(),
+            "aug_gen": cell.aug_gen.get_state() if cell.aug_gen is not None else None,
             "comm": comm.state_dict(),
         }
 
@@ -444,7 +444,8 @@ def load_node_state(cell: Cell, comm: Comm, state: dict[str, Any]) -> None:
         order, pos, gen = state["sampler"]
         cell.sampler.order, cell.sampler.pos = order.to(cell.sampler.index.device), pos
         cell.sampler.gen.set_state(gen)
-        cell.aug_gen.set_state(state["aug_gen"])
+        if cell.aug_gen is not None:
+            cell.aug_gen.set_state(state["aug_gen"])
     cell.algo.counters = dict(state["counters"])
     # The algorithm may send again what was in flight at the checkpoint (OSGP's half); the comm's counters, put
     # back after it, already count that message once.
