@@ -1,0 +1,119 @@
+"""Cost-only simulation (`--engine sim --compute cost-only`): deterministic, the same time and bytes as a real
+simulation of the same workload, no accuracy, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench.core.codec import Codec, CodecConfig
+from bench.engine.sim.costonly import STAND_IN, ChargedSizes
+from cli import cli
+
+ALGOS = ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm")
+# The shipped MNIST subset: 3,600 training samples after the validation split, so one epoch at 8 nodes of batch 32
+# is 14 steps per node.
+NODES, STEPS = 8, 14
+COMMON = ["--engine", "sim", "--nodes", NODES, "--model", "mlp", "--dataset", "mnist", "--speed-sigma", 0.3]
+ALGO_ARGS = [a for name in ALGOS for a in ("--algo", name)]
+EQUAL = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
+CLOSE = ["train_seconds", "samples_per_s", "comm_fraction", "step_seconds_median", "staleness_mean"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def cost_only(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c") / "out"
+    r = _invoke(*COMMON, *ALGO_ARGS, "--compute", "cost-only", "--steps", STEPS, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+def test_cost_only_is_deterministic(cost_only, tmp_path):
+    out = tmp_path / "out"  # the folder name is the run id, in every record
+    r = _invoke(*COMMON, *ALGO_ARGS, "--compute", "cost-only", "--steps", STEPS, "--out", out)
+    assert r.exit_code == 0, r.output
+    for name in ("summary.csv", "records.jsonl", "throughput.md", "comm.md"):
+        assert (out / name).read_bytes() == (cost_only[0] / name).read_bytes(), name
+
+
+def test_cost_only_agrees_with_real_training_on_time_and_bytes(cost_only, tmp_path):
+    """The same workload (MLP on 28x28 MNIST, vm-core profile, 10 GbE) trained for real and charged cost-only: every
+    byte count is equal and the simulated times agree (the stand-in's comm-layer work is charged for the MLP's
+    coordinates, so only float rounding may differ)."""
+    out = tmp_path / "out"
+    r = _invoke(*COMMON, *ALGO_ARGS, "--epochs", 1, "--out", out)
+    assert r.exit_code == 0, r.output
+    real = pd.read_csv(out / "summary.csv").set_index("algorithm")
+    cheap = pd.read_csv(cost_only[0] / "summary.csv").set_index("algorithm")
+    assert (real["steps_per_node"] == STEPS).all()
+    for name in ALGOS:
+        for col in EQUAL:
+            assert cheap.loc[name, col] == real.loc[name, col], (name, col)
+        for col in CLOSE:
+            if pd.isna(real.loc[name, col]):
+                assert pd.isna(cheap.loc[name, col]), (name, col)
+            else:
+                assert cheap.loc[name, col] == pytest.approx(real.loc[name, col], rel=1e-9), (name, col)
+    real_meta = json.loads((out / "meta.json").read_text())
+    cheap_meta = json.loads((cost_only[0] / "meta.json").read_text())
+    assert cheap_meta["sim"]["model_parameters"] == real_meta["sim"]["model_parameters"]
+    real_used = real_meta["cost_model"].pop("allreduce_by_bytes")  # with the evaluation's small allreduces
+    assert cheap_meta["cost_model"].pop("allreduce_by_bytes").items() <= real_used.items()
+    assert cheap_meta["cost_model"] == real_meta["cost_model"]
+
+
+def test_cost_only_measures_no_accuracy_and_says_why(cost_only):
+    out, output = cost_only
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["test_acc"].isna().all() and (summary["samples_per_s"] > 0).all()
+    assert "accuracy: none measured: --compute cost-only" in output
+    assert "test acc" not in output
+    assert json.loads((out / "meta.json").read_text())["sim"]["compute"].startswith("cost-only")
+
+
+@pytest.mark.parametrize(("bits", "quantizer"), [(32, "lattice"), (8, "lattice"), (4, "uniform"), (2, "lattice")])
+def test_charged_sizes_are_the_codecs_sizes_for_the_workload(bits, quantizer):
+    codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=1e-3))
+    n = 25_557_032  # ResNet-50's parameters
+    sizes = ChargedSizes(codec, STAND_IN, n)
+    assert sizes.bytes(8 + codec.wire_bytes(STAND_IN)) == 8 + codec.wire_bytes(n)
+    assert sizes.bytes(codec.wire_bytes(STAND_IN) + codec.bitmap_bytes(STAND_IN)) == (
+        codec.wire_bytes(n) + codec.bitmap_bytes(n)
+    )
+    assert sizes.coords(STAND_IN) == n
+    with pytest.raises(RuntimeError, match="cost-only"):
+        sizes.bytes(3)
+
+
+BAD = [
+    (["--compute", "cost-only", "--steps", "5"], "--engine sim"),  # a real engine
+    (["--engine", "sim", "--steps", "5"], "--compute cost-only"),  # --steps with real training
+    (["--engine", "sim", "--compute", "cost-only"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "0"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--dataset", "imagenett"], "imagenet"),
+    (
+        ["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--model", "resnet20", "--dataset", "imagenet"],
+        "has no entry for resnet20 on 3x224x224",
+    ),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--calibrate"], "--calibrate node"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--nodes", "300000"], "1 to 131072"),
+    (["--engine", "sim", "--nodes", "8192"], "--compute cost-only runs up to"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "out"
+    r = _invoke(*args, "--out", out)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
