@@ -21,7 +21,9 @@ reaches `MAX_NODES` nodes. Throughput, communication, staleness and the time lin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import random
 import time
 from types import SimpleNamespace
@@ -214,7 +216,8 @@ def simulate_cost_only(cfg, wl: Workload, cost: CostModel, emit, on_event=None) 
         def body(rank: int) -> None:
             run_cost_cell(cfg, name, codec, rank, cluster.comms[rank], cluster.clocks[rank], emit_round)
 
-        cluster.run(body)
+        with _no_cyclic_gc():
+            cluster.run(body)
         stats.append(
             CellStats(
                 cfg.nodes,
@@ -230,6 +233,22 @@ def simulate_cost_only(cfg, wl: Workload, cost: CostModel, emit, on_event=None) 
 
     run_rounds(cfg, emit_event, run_one)
     return stats
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic garbage collector off while the nodes run: tens of thousands of nodes are millions of small
+    long-lived objects that every collection pass walks again (half the wall time of a 2,048-node run), while the
+    steps themselves make no reference cycles that outlive them (the peak memory of 4,096 nodes x 40 steps is the
+    same with it off). One collection afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
 
 
 def run_cost_cell(cfg, algorithm: str, codec: Codec | None, rank: int, comm, clock, emit) -> None:
