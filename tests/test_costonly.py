@@ -117,3 +117,65 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert needle in lines[0], lines[0]
     assert not out.exists()
+
+
+# ---- the paper's workloads ------------------------------------------------------------------------------------
+
+
+def test_published_throughputs_become_step_times():
+    """A published single-GPU throughput T at batch B charges B / T seconds per step (all of it forward/backward)."""
+    from bench.engine.sim.costmodel import COMPUTE_PROFILES
+
+    r50 = ("torchvision:resnet50", "3x224x224")
+    assert COMPUTE_PROFILES["v100"].steps[r50].seconds(112) == pytest.approx((112 / 367, 0.0))
+    assert COMPUTE_PROFILES["a100-amp"].steps[r50].seconds(256) == pytest.approx((256 / 2470, 0.0))
+    assert COMPUTE_PROFILES["p100"].steps[r50].seconds(32) == pytest.approx((32 / 219, 0.0))
+    big = ("transformer-big", "128")
+    assert COMPUTE_PROFILES["v100-amp"].steps[big].seconds(20) == pytest.approx((2560 / 23821, 0.0), rel=1e-3)
+
+
+def test_paper_models_have_the_papers_parameter_counts():
+    """Counted on the real models: Vaswani et al. 2017, Table 3 (base 65M, big 213M, with a 37k vocabulary) and
+    torchvision's ImageNet ResNet-50 (25.6M)."""
+    from bench.core.models import build_model
+
+    def count(name, shape, classes):
+        return sum(p.numel() for p in build_model(name, shape, classes, 0).parameters())
+
+    assert count("transformer-base", (16,), 37_000) == pytest.approx(65e6, rel=0.04)
+    assert count("transformer-big", (16,), 37_000) == pytest.approx(213e6, rel=0.04)
+    assert count("torchvision:resnet50", (3, 224, 224), 1000) == 25_557_032
+
+
+def test_cost_only_charges_the_named_workloads_bytes(tmp_path):
+    """ResNet-50 on ImageNet, 4 nodes on a V100 profile: a SwarmSGD read moves the 8-byte stamp and 25,557,032 float32
+    coordinates, though each node holds 16."""
+    out = tmp_path / "out"
+    args = ["--engine", "sim", "--compute", "cost-only", "--steps", 8, "--nodes", 4, "--algo", "swarm"]
+    r = _invoke(*args, "--model", "torchvision:resnet50", "--dataset", "imagenet", "--profile", "v100", "--out", out)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sim"]["model_parameters"] == 25_557_032
+    assert meta["cost_model"]["compute"] == "v100"
+    rows = pd.read_json(out / "records.jsonl", lines=True)
+    recv = rows[(rows["metric"] == "comm_bytes_recv") & (rows["kind"] == "model")]
+    msgs = rows[(rows["metric"] == "comm_msgs_recv") & (rows["kind"] == "model")]
+    assert recv["value"].sum() == msgs["value"].sum() * (8 + 4 * 25_557_032)
+
+
+def test_paper_transformers_train_as_causal_language_models():
+    """Every attention is causal: changing token 5 of a window changes no prediction before position 5."""
+    import torch
+
+    from bench.core.models import build_model, loss_of
+
+    model = build_model("transformer-base", (8,), 50, 0)
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    out = model(x)
+    changed = x.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 50
+    with torch.no_grad():
+        again = model(changed)
+    assert torch.allclose(again[:, :5], out[:, :5], atol=1e-5) and not torch.allclose(again[:, 5:], out[:, 5:])
+    loss_of(out[:, :-1], x[:, 1:]).backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -27,7 +27,7 @@ BUILDABLE = sorted(COMPATIBLE)  # NAMED plus one torchvision:NAME model
 
 
 def test_registry() -> None:
-    assert LANGUAGE_MODELS == ["lstm-lm", "transformer-lm"]
+    assert LANGUAGE_MODELS == ["lstm-lm", "transformer-base", "transformer-big", "transformer-lm"]
     assert set(MODELS) == set(NAMED) | set(LANGUAGE_MODELS) | {f"{TORCHVISION_PREFIX}NAME"}
     assert set(NAMED) | {f"{TORCHVISION_PREFIX}mobilenet_v3_small"} == set(COMPATIBLE)
     for name, spec in MODELS.items():

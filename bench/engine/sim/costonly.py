@@ -57,6 +57,8 @@ SHAPES: dict[str, tuple[tuple[int, ...], int, str]] = {
     "cifar10": ((3, 32, 32), 10, "CIFAR-10"),
     "cifar100": ((3, 32, 32), 100, "CIFAR-100"),
     "imagenet": ((3, 224, 224), 1000, "ImageNet-1k at 224x224 (the usual training crop)"),
+    # NVIDIA's WMT14 en-de preprocessing: 33,708 shared BPE tokens plus fairseq's 4 special ones; 128-token windows.
+    "wmt14": ((128,), 33_712, "WMT14 English-German, 128-token windows"),
 }
 
 
