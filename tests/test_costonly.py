@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from bench.core.codec import Codec, CodecConfig
 from bench.engine.sim.costonly import STAND_IN, ChargedSizes
+from bench.training.registry import ALGORITHMS
 from cli import cli
 
-ALGOS = ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm")
+ALGOS = tuple(ALGORITHMS)  # every algorithm: the five defaults and the five related ones
 # The shipped MNIST subset: 3,600 training samples after the validation split, so one epoch at 8 nodes of batch 32
 # is 14 steps per node.
 NODES, STEPS = 8, 14

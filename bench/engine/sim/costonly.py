@@ -84,8 +84,9 @@ def workload(cfg) -> Workload:
 
 class ChargedSizes(Sizes):
     """The stand-in's messages charged as the workload's: a table from each message size the stand-in produces
-    (encoding; stamp + encoding; encoding + failure bitmap; stamp + bitmap + encoding; raw float32 values) to the
-    same message's size for `charged` coordinates. A size outside the table is an error, never silently kept."""
+    (encoding; stamp + encoding; encoding + failure bitmap; stamp + bitmap + encoding; raw float32 values; raw
+    values and a push-sum weight) to the same message's size for `charged` coordinates. A size outside the table is
+    an error, never silently kept."""
 
     def __init__(self, codec: Codec, stand_in: int, charged: int) -> None:
         self.stand_in, self.charged = stand_in, charged
@@ -97,6 +98,7 @@ class ChargedSizes(Sizes):
             lambda n: w(n) + f(n),
             lambda n: STAMP_BYTES + f(n) + w(n),
             lambda n: 4 * n,
+            lambda n: 4 * (n + 1),  # raw float32 values and one weight (push-sum's message, SGP)
         ):
             small, big = size(stand_in), size(charged)
             if self.table.setdefault(small, big) != big:
@@ -112,8 +114,8 @@ class ChargedSizes(Sizes):
             ) from None
 
     def coords(self, numel: int) -> int:
-        if numel == self.stand_in:
-            return self.charged
+        if numel in (self.stand_in, self.stand_in + 1):  # the model (and its push-sum weight)
+            return numel - self.stand_in + self.charged
         return round(numel * self.charged / self.stand_in)  # a slice of the model (a gradient bucket)
 
 
