@@ -8,15 +8,15 @@ trained) and the cluster charges what it moves and computes as the named workloa
   request headers are real control bytes, charged as they are;
 - allreduces and comm-layer work (copies, averaging arithmetic, codec): charged for N coordinates;
 - compute: the two sections of a step are charged from the compute profile's entry for the workload (model and
-  input shape) at the run's batch size, exactly as a real simulation charges them; no torch runs in them (the
-  forward/backward section backpropagates one sum over the stand-in, so that gradient hooks fire as in training).
+  input shape) at the run's batch size, exactly as a real simulation charges them; no torch runs in them.
 
 So a cost-only run charges the same time and bytes as a real simulation of the same workload whenever the
 algorithm's control flow does not depend on the model's values (every algorithm at 32 bits; with lattice
 quantization a real run may skip buckets that fail to decode, the stand-in's never fail). The gradient buckets of
 AllReduce SGD are cut from the stand-in's one parameter tensor, so the whole gradient is one bucket (a real run of a
 model over DDP's first 1 MiB bucket overlaps several with its backward pass). Each node holds a few kB, so a run
-reaches `MAX_NODES` nodes. Throughput, communication, staleness and the time line are measured; accuracy is not.
+reaches `bench.engine.sim.cluster.MAX_COST_ONLY_NODES` nodes. Throughput, communication, staleness and the time line
+are measured; accuracy is not.
 """
 
 from __future__ import annotations
@@ -267,19 +267,17 @@ def run_cost_cell(cfg, algorithm: str, codec: Codec | None, rank: int, comm, clo
     node = Node(rank, cfg.nodes, comm, clock, random.Random(node_seed(cfg.seed, rank, 1)), model, params, grads, opt)
     algo = algo_cls(node, algo_config(cfg, algorithm))
     record = Recorder(emit, algorithm, rank)
-    # Gradient hooks (AllReduce SGD's buckets) fire only in a backward pass: run one over the stand-in then.
-    hooked = bool(getattr(model.weight, "_post_accumulate_grad_hooks", None))
     algo.start()
-    hooked = hooked or bool(getattr(model.weight, "_post_accumulate_grad_hooks", None))
     comm.fence()
     t_start = clock.now()
     step_times: list[float] = []
     steps = cfg.steps
     for step in range(steps):
         t_step = clock.now()
+        # No backward pass, so no gradient hook fires: AllReduce SGD starts its one bucket in `after_backward`,
+        # ready at the section's end, which is when a real one-bucket model's hook would have made it ready.
         with comm.exclusive(), clock.compute():
-            if hooked:
-                model.weight.sum().backward()
+            pass
         algo.after_backward(step)
         with comm.exclusive(), clock.compute():
             algo.takes_step(step)  # the update itself is charged, not run: the stand-in stays zero
