@@ -41,6 +41,7 @@ class BenchContext:
     device: torch.device
     repeats: int = 25
     warmup: int = 3
+    cost_only_steps: int = 100  # steps per node of the cost-only benchmark (`--cost-only-steps`)
 
 
 @dataclass(frozen=True)
@@ -282,16 +283,18 @@ print(json.dumps({"wall": time.perf_counter() - start, "sim_wall": stats[0].wall
 
 
 def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
-    """65,536 cost-only nodes x 100 SwarmSGD steps each (`--compute cost-only`, the default workload: the MLP on
-    MNIST, vm-core, 10 GbE), in a fresh process: its wall time (resolving the cost model, building the nodes,
-    simulating) and its peak resident memory (VmHWM, the whole Python process with torch loaded)."""
+    """65,536 cost-only nodes x 100 SwarmSGD steps each (`--cost-only-steps`; `--compute cost-only`, the default
+    workload: the MLP on MNIST, vm-core, 10 GbE), in a fresh process: its wall time (resolving the cost model,
+    building the nodes, simulating) and its peak resident memory (VmHWM, the whole Python process with torch loaded).
+    ``node-steps/s`` divides by the simulation's wall time, node building included."""
     import json
     import subprocess
 
-    args = [str(COST_ONLY_NODES), str(COST_ONLY_STEPS), "swarm", "mlp", "mnist"]
+    steps = ctx.cost_only_steps
+    args = [str(COST_ONLY_NODES), str(steps), "swarm", "mlp", "mnist"]
     proc = subprocess.run([sys.executable, "-c", _COST_ONLY_SCRIPT, *args], capture_output=True, text=True, check=True)
     m = json.loads(proc.stdout.strip().splitlines()[-1])
-    node_steps = COST_ONLY_NODES * COST_ONLY_STEPS
+    node_steps = COST_ONLY_NODES * steps
     return [
         {
             "bench": "sim-cost-only",
@@ -732,6 +735,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: {default}): {names}")
     p.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
     p.add_argument("--repeats", type=int, default=25, help="timed repetitions per measurement (median)")
+    p.add_argument(
+        "--cost-only-steps", type=int, default=COST_ONLY_STEPS, help="steps per node of sim-cost-only (default: 100)"
+    )
     return p.parse_args(argv)
 
 
@@ -754,7 +760,9 @@ def _context(args: argparse.Namespace) -> BenchContext:
         raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats} must be >= 1")
-    return BenchContext(device=device, repeats=args.repeats)
+    if args.cost_only_steps < 1:
+        raise UserError(f"--cost-only-steps {args.cost_only_steps} must be >= 1")
+    return BenchContext(device=device, repeats=args.repeats, cost_only_steps=args.cost_only_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
