@@ -27,7 +27,7 @@ BUILDABLE = sorted(COMPATIBLE)  # NAMED plus one torchvision:NAME model
 
 
 def test_registry() -> None:
-    assert LANGUAGE_MODELS == ["lstm-lm", "transformer-lm"]
+    assert LANGUAGE_MODELS == ["lstm-lm", "transformer-base", "transformer-big", "transformer-lm"]
     assert set(MODELS) == set(NAMED) | set(LANGUAGE_MODELS) | {f"{TORCHVISION_PREFIX}NAME"}
     assert set(NAMED) | {f"{TORCHVISION_PREFIX}mobilenet_v3_small"} == set(COMPATIBLE)
     for name, spec in MODELS.items():
@@ -184,7 +184,10 @@ def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> No
 
 
 def test_unknown_model_suggests_closest() -> None:
-    ours = "lenet5, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-lm, or torchvision:NAME"
+    ours = (
+        "lenet5, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-base, transformer-big, transformer-lm, "
+        "or torchvision:NAME"
+    )
     with pytest.raises(UserError, match=f"did you mean 'lenet5'.*--model with one of: {ours}"):
         build_model("lenet", MNIST, 10, seed=0)
     # A torchvision name without the prefix is pointed at the prefixed form.

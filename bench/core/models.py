@@ -322,6 +322,48 @@ class LSTMLM(nn.Module):
         return self.out(h)
 
 
+class Seq2SeqTransformer(nn.Module):
+    """The Transformer of Vaswani et al. 2017 (`nn.Transformer`: encoder-decoder, post-norm, ReLU) with shared
+    source/target/output embeddings (their sec. 3.4), at the paper's base or big dimensions; the parameter counts are
+    the paper's (base 65M and big 213M with a 37k vocabulary). Trained here as a language model on token windows: the
+    window is both the source and the decoder's input, and every attention (encoder self-attention, decoder
+    self-attention, cross-attention) is causal, so position i never sees a token after i and predicts token i + 1."""
+
+    def __init__(self, vocab: int, length: int, dim: int, heads: int, layers: int, ff: int) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.embed = nn.Embedding(vocab, dim)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)
+        self.transformer = nn.Transformer(dim, heads, layers, layers, ff, dropout=0.0, batch_first=True)
+        self.register_buffer("position", _sinusoids(length, dim), persistent=False)
+        self.register_buffer("mask", torch.ones(length, length, dtype=torch.bool).triu(1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        h = self.embed(x) * self.scale + self.position[:length]
+        mask = self.mask[:length, :length]
+        out = self.transformer(h, h, src_mask=mask, tgt_mask=mask, memory_mask=mask)
+        return out @ self.embed.weight.t()
+
+
+def _sinusoids(length: int, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal position encodings (Vaswani et al. 2017, sec. 3.5)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    out = torch.zeros(length, dim)
+    out[:, 0::2], out[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return out
+
+
+# (dim, heads, layers per stack, feed-forward): Vaswani et al. 2017, Table 3, rows "base" and "big".
+TRANSFORMER_SIZES = {"transformer-base": (512, 8, 6, 2048), "transformer-big": (1024, 16, 6, 4096)}
+
+
+def _build_seq2seq(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    _check_tokens(name, input_shape)
+    return Seq2SeqTransformer(num_classes, input_shape[0], *TRANSFORMER_SIZES[name])
+
+
 def _check_tokens(name: str, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 1:
         raise _shape_error(
@@ -397,6 +439,20 @@ MODELS: dict[str, ModelSpec] = {
         name="transformer-lm",
         description="causal Transformer LM: 2 pre-norm layers, d=128, 4 heads, ff 256, tied embeddings; token windows",
         build=_build_transformer_lm,
+        task=LANGUAGE_MODEL,
+    ),
+    "transformer-base": ModelSpec(
+        name="transformer-base",
+        description="Transformer base (Vaswani et al. 2017): 6+6 layers, d=512, 8 heads, ff 2048, shared embeddings; "
+        "token windows",
+        build=functools.partial(_build_seq2seq, "transformer-base"),
+        task=LANGUAGE_MODEL,
+    ),
+    "transformer-big": ModelSpec(
+        name="transformer-big",
+        description="Transformer big (Vaswani et al. 2017): 6+6 layers, d=1024, 16 heads, ff 4096, shared embeddings; "
+        "token windows",
+        build=functools.partial(_build_seq2seq, "transformer-big"),
         task=LANGUAGE_MODEL,
     ),
     "lstm-lm": ModelSpec(

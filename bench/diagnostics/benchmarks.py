@@ -41,6 +41,7 @@ class BenchContext:
     device: torch.device
     repeats: int = 25
     warmup: int = 3
+    cost_only_steps: int = 100  # steps per node of the cost-only benchmark (`--cost-only-steps`)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,59 @@ def bench_sim_memory(ctx: BenchContext) -> list[Row]:
             }
         )
     return rows
+
+
+COST_ONLY_NODES, COST_ONLY_STEPS = 65_536, 100
+_COST_ONLY_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from bench.run.checks import resolve
+from bench.engine.sim import cluster as sim
+from bench.engine.sim.costonly import simulate_cost_only
+from bench.run.simulate import prepare
+def kib(key):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+    return int(line.split()[1]) * 1024
+start = time.perf_counter()
+cfg = resolve({"engine": "sim", "compute": "cost-only", "nodes": int(sys.argv[1]), "steps": int(sys.argv[2]),
+               "algorithms": [sys.argv[3]], "model": sys.argv[4], "dataset": sys.argv[5]})
+workload, _, costs, n_params = prepare(cfg)
+train = []
+def emit(event):
+    if event["type"] == "record" and event["metric"] == "train_seconds":
+        train.append(event["value"])
+with sim.OneTorchThread():
+    stats = simulate_cost_only(cfg, workload.workload, costs[cfg.nodes], emit)
+print(json.dumps({"wall": time.perf_counter() - start, "sim_wall": stats[0].wall_s, "peak": kib("VmHWM:"),
+                  "params": n_params, "train": max(train)}))
+"""
+
+
+def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
+    """65,536 cost-only nodes x 100 SwarmSGD steps each (`--cost-only-steps`; `--compute cost-only`, the default
+    workload: the MLP on MNIST, vm-core, 10 GbE), in a fresh process: its wall time (resolving the cost model,
+    building the nodes, simulating) and its peak resident memory (VmHWM, the whole Python process with torch loaded).
+    ``node-steps/s`` divides by the simulation's wall time, node building included."""
+    import json
+    import subprocess
+
+    steps = ctx.cost_only_steps
+    args = [str(COST_ONLY_NODES), str(steps), "swarm", "mlp", "mnist"]
+    proc = subprocess.run([sys.executable, "-c", _COST_ONLY_SCRIPT, *args], capture_output=True, text=True, check=True)
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    node_steps = COST_ONLY_NODES * steps
+    return [
+        {
+            "bench": "sim-cost-only",
+            "algorithm": "swarm",
+            "nodes": COST_ONLY_NODES,
+            "node-steps": node_steps,
+            "wall s": m["wall"],
+            "node-steps/s": node_steps / m["sim_wall"],
+            "process GiB": m["peak"] / 2**30,
+            "simulated s": m["train"],
+        }
+    ]
 
 
 PROFILE_CASES = [
@@ -644,6 +698,11 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("codec", "encode+decode GB/s per wire format, one CPU thread, 1M float32", bench_codec),
     Benchmark("sim", "simulated cluster: 256 nodes x 1 epoch, every algorithm: node-steps/s, overhead", bench_sim),
     Benchmark("sim-memory", "simulated cluster: peak memory of 512 and 4,096 MLP nodes", bench_sim_memory),
+    Benchmark(
+        "sim-cost-only",
+        "cost-only simulation: 65,536 nodes x 100 SwarmSGD steps, wall time and peak memory",
+        bench_sim_cost_only,
+    ),
     Benchmark("ddp", "AllReduce SGD samples/s over raw DDP's and Horovod's: MLP and ResNet-20, 2 processes", bench_ddp),
     Benchmark("sim-profile", "compute profile of this machine for the simulator", bench_sim_profile, False),
     Benchmark("sim-network", "loopback network profile (gloo ping-pong) for the simulator", bench_sim_network, False),
@@ -697,6 +756,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: {default}): {names}")
     p.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
     p.add_argument("--repeats", type=int, default=25, help="timed repetitions per measurement (median)")
+    p.add_argument(
+        "--cost-only-steps", type=int, default=COST_ONLY_STEPS, help="steps per node of sim-cost-only (default: 100)"
+    )
     return p.parse_args(argv)
 
 
@@ -719,7 +781,9 @@ def _context(args: argparse.Namespace) -> BenchContext:
         raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats} must be >= 1")
-    return BenchContext(device=device, repeats=args.repeats)
+    if args.cost_only_steps < 1:
+        raise UserError(f"--cost-only-steps {args.cost_only_steps} must be >= 1")
+    return BenchContext(device=device, repeats=args.repeats, cost_only_steps=args.cost_only_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

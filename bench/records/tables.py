@@ -174,9 +174,16 @@ def write_tables(out_dir: Path, summary) -> None:
         atomic_write_text(out_dir / f"{name}.md", markdown(*formatted(name, frame)))
 
 
-def print_tables(summary, console=None) -> None:
-    """Render the three tables with rich (plain text when the output is not a terminal)."""
+def print_tables(summary, console=None, no_accuracy: str | None = None) -> None:
+    """Render the three tables with rich (plain text when the output is not a terminal); with `no_accuracy` (why
+    a run measured none) that line in place of the accuracy table."""
     for name, frame in table_frames(summary).items():
+        if name == "accuracy" and no_accuracy:
+            if console is None:
+                print(no_accuracy)
+            else:
+                console.print(no_accuracy, markup=False, highlight=False, soft_wrap=True)
+            continue
         print_table(*formatted(name, frame), title=name, title_justify="left", console=console)
     line = drift_line(summary)
     if line:

@@ -16,6 +16,7 @@ from bench.base.errors import UserError
 from bench.engine.processes.env import detect
 from bench.engine.processes.launchers import LAUNCHERS
 from bench.engine.sim.cluster import check_config as check_sim
+from bench.engine.sim.costonly import check as check_cost_only
 from bench.training import config
 from bench.training.config import RunConfig
 
@@ -28,6 +29,7 @@ def check(cfg: RunConfig) -> None:
         )
     if cfg.engine == "sim":
         check_sim(cfg)
+        check_cost_only(cfg)
     if cfg.allreduce_impl == "horovod":
         check_horovod(cfg)
 

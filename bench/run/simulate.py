@@ -32,6 +32,15 @@ from bench.engine.sim.cluster import (
     simulate_algorithms,
 )
 from bench.engine.sim.costmodel import CostModel, node_threads
+from bench.engine.sim.costonly import (
+    COST_ONLY_FACT,
+    NO_ACCURACY,
+    check_cost_only_memory,
+    cost_only_bytes,
+    cost_only_dataset,
+    simulate_cost_only,
+    workload,
+)
 from bench.records.tables import print_scaling, print_tables, write_scaling
 from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame, series_target
 from bench.run.outcome import (
@@ -48,8 +57,15 @@ from bench.training.loop import evaluated_epochs, run_data
 
 def prepare(cfg):
     """Everything checked and resolved before anything is written: (dataset, shard policy, the cost model of
-    every node count, number of model parameters)."""
+    every node count, number of model parameters). A cost-only run's "dataset" is its workload's input shape
+    (`cost_only_dataset`, holding the `Workload`) and its shard policy "none"."""
     series = cfg.node_series or (cfg.nodes,)
+    if cfg.compute == "cost-only":
+        wl = workload(cfg)
+        check_cost_only_memory(max(series))
+        shape = cost_only_dataset(wl)
+        shape.workload = wl
+        return shape, "none", {n: resolve_cost(cfg, shape, n) for n in series}, wl.parameters
     dataset = eval_subset(cfg, run_data(cfg, download=cfg.download))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
@@ -83,16 +99,22 @@ def execute_sim(
 def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None, resume: Resume | None) -> int:
     dataset, policy, costs, n_params = prepare(cfg)
     series = tuple(sorted(cfg.node_series))
+    largest = max(series or (cfg.nodes,))
+    cost_only = cfg.compute == "cost-only"
     facts = {
         "shards": policy,
-        "memory_estimate_bytes": estimate_bytes(
-            n_params, max(series or (cfg.nodes,)), evaluated_epochs(cfg.epochs, cfg.eval_every), cfg.algorithms
+        "memory_estimate_bytes": (
+            cost_only_bytes(largest)
+            if cost_only
+            else estimate_bytes(n_params, largest, evaluated_epochs(cfg.epochs, cfg.eval_every), cfg.algorithms)
         ),
         "model_parameters": n_params,
-        "eval_samples": len(dataset.y_test),
+        "eval_samples": 0 if cost_only else len(dataset.y_test),
         "torch_threads": 1,
         "time": "simulated seconds (virtual clocks); no wall-clock time in the results",
     }
+    if cost_only:
+        facts["compute"] = COST_ONLY_FACT
     summaries, records, status = [], {}, "ok"
     with RunUI(cfg.algorithms, interactive) as ui:
         console = ui.console
@@ -111,7 +133,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
                 break
     if not series:
         console.print(f"results: {out_dir}")
-        print_tables(summaries[0], console)
+        print_tables(summaries[0], console, no_accuracy=NO_ACCURACY if cost_only else None)
     else:
         scaling = _finish_series(cfg, out_dir, argv, summaries, records, costs, facts, status)
         console.print(f"results: {out_dir}")
@@ -166,7 +188,8 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     """One node count: the full results contract in `out_dir`. Returns (summary, run status, the Interrupted
     exception when a signal stopped it). With `resume`, the finished cells' records are kept and they are not
     run again; DIR/checkpoint.json names the finished cells as the run goes (`bench.run.resume`)."""
-    shards = make_sim_shards(cfg, dataset, policy)
+    cost_only = cfg.compute == "cost-only"
+    shards = None if cost_only else make_sim_shards(cfg, dataset, policy)
     meta = build_meta(cfg, run_id=out_dir.name, argv=argv, engine="sim", backend="none", transport="sim")
     done: frozenset[tuple[str, int]] = frozenset()
     if resume is not None:
@@ -174,7 +197,7 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         meta.update(resume.meta_facts())
         done = resume.done
     meta["cost_model"] = cost.to_dict()
-    meta["sim"] = {**facts, "steps_per_epoch": shards.steps_per_epoch}
+    meta["sim"] = {**facts, "steps_per_epoch": cfg.steps if shards is None else shards.steps_per_epoch}
     try:
         atomic_write_json(out_dir / "meta.json", meta)
     except OSError as exc:
@@ -200,7 +223,10 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     failure, interrupted, lost = None, None, None
     try:
         with OneTorchThread():
-            stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event, done)
+            if shards is None:
+                stats = simulate_cost_only(cfg, dataset.workload, cost, emit, on_event, done)
+            else:
+                stats = simulate_algorithms(cfg, dataset, shards, cost, emit, on_event, done)
         used = {size: name for s in stats for size, name in s.allreduce_used.items()}
         meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
     except ResultsUnwritable as exc:  # the disk, not the algorithm: no traceback, the run ends

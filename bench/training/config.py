@@ -187,6 +187,16 @@ class RunConfig:
     node_series: tuple[int, ...] = opt(
         (), sim=True
     )  # sim: a scaling series (--nodes 8,16,32); () = the single run of `nodes`
+    compute: str = opt(
+        "real",
+        "sim: real = train the models on the data; cost-only = every node moves a tiny stand-in whose bytes and "
+        "compute are charged as --model on --dataset's input shape (no data, no training, no accuracy).",
+        choices=("real", "cost-only"),
+        sim=True,
+    )  # sim: real (train) | cost-only (a stand-in payload charged as the named workload, bench/engine/sim/costonly.py)
+    steps: int | None = opt(
+        None, "sim, --compute cost-only: SGD steps per node (instead of --epochs).", sim=True
+    )  # sim cost-only: steps per node (real training counts epochs instead)
     compute_profile: str = opt(
         "vm-core",
         "sim: compute profile (per-step time per model); see `swarmbench list`.",
@@ -605,15 +615,16 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"eval_every must be at least 1, got {cfg.eval_every}")
     if cfg.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be 0 (off) or a number of epochs, got {cfg.checkpoint_every}")
-    if cfg.dataset not in DATASETS:
-        raise UserError(
-            f"unknown dataset '{cfg.dataset}'{closest(cfg.dataset, DATASETS)}: choose from {', '.join(DATASETS)}"
-        )
-    check_task(cfg.dataset, model_spec(cfg.model).task, cfg)  # unknown models (incl. torchvision:NAME): closest match
-    if DATASETS[cfg.dataset].needs_data_dir and cfg.data_dir is None:
-        raise UserError(
-            f"dataset '{cfg.dataset}' is read from disk: pass --data-dir FOLDER (add --download to fetch it there)"
-        )
+    if cfg.compute != "cost-only":  # a cost-only simulation reads no data: its workload checks are the simulator's
+        if cfg.dataset not in DATASETS:
+            raise UserError(
+                f"unknown dataset '{cfg.dataset}'{closest(cfg.dataset, DATASETS)}: choose from {', '.join(DATASETS)}"
+            )
+        check_task(cfg.dataset, model_spec(cfg.model).task, cfg)  # unknown models (incl. torchvision:NAME): closest
+        if DATASETS[cfg.dataset].needs_data_dir and cfg.data_dir is None:
+            raise UserError(
+                f"dataset '{cfg.dataset}' is read from disk: pass --data-dir FOLDER (add --download to fetch it there)"
+            )
     for n in cfg.node_series or (cfg.nodes,):
         check_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed)
     check_engine(cfg)

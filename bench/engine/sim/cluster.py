@@ -42,7 +42,15 @@ from typing import Any
 import torch
 
 from bench.base.errors import UserError
-from bench.core.comm import HEADER_BYTES, MAIL_HEADER_BYTES, STAMP_BYTES, Comm, Copy
+from bench.core.comm import (
+    HEADER_BYTES,
+    MAIL_HEADER_BYTES,
+    STAMP_BYTES,
+    Comm,
+    CommStats,
+    Copy,
+    ring_allreduce_bytes,
+)
 from bench.core.models import SharedModule
 from bench.core.topology import build_topology
 from bench.engine.sim import collectives, costmodel
@@ -51,6 +59,7 @@ from bench.training.loop import Shards, make_shards, node_seed, run_cell, run_ro
 from bench.training.registry import ALGORITHMS
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
+MAX_COST_ONLY_NODES = 1 << 17  # --compute cost-only: a node holds a few kB, the limit is the scheduler's time
 SHARD_POLICIES = ("auto", "split", "sample")
 # Memory: each node holds its algorithm's `model_copies` model-sized buffers (4 for SwarmSGD: parameters,
 # gradients, momentum, the published copy) and one snapshot per evaluated epoch beyond the first (after its last
@@ -90,6 +99,23 @@ class _BucketWork:
         self._cluster.wait_buckets(self._rank)
 
 
+class Sizes:
+    """What the cluster charges a message's bytes and a comm-layer operation's coordinates as: themselves, when the
+    nodes train their real models. A cost-only simulation (`bench.engine.sim.costonly`) charges its stand-in
+    payload as the named workload's instead."""
+
+    def bytes(self, nbytes: int) -> int:
+        """Bytes a message of `nbytes` (payload with its stamps and bitmaps, not the request headers) is charged."""
+        return nbytes
+
+    def coords(self, numel: int) -> int:
+        """Coordinates an allreduce or a piece of comm-layer work on `numel` coordinates is charged."""
+        return numel
+
+
+REAL = Sizes()
+
+
 class _Collective:
     __slots__ = ("op", "arrivals", "payloads")
 
@@ -102,11 +128,12 @@ class _Collective:
 class Cluster:
     """One run cell (one algorithm at one node count): clocks, links, published models and the scheduler."""
 
-    def __init__(self, nodes: int, topology, cost: CostModel, seed: int) -> None:
+    def __init__(self, nodes: int, topology, cost: CostModel, seed: int, sizes: Sizes = REAL) -> None:
         from greenlet import getcurrent
 
         self.n = nodes
         self.cost = cost
+        self.sizes = sizes
         self.clock = [0.0] * nodes  # each node's virtual time
         self.busy_until = [0.0] * nodes  # end of the node's current compute section (its model lock)
         self.cpu_until = [0.0] * nodes  # end of the node's current one-sided read (busy cores, see SimClock)
@@ -310,7 +337,7 @@ class Cluster:
             box = self._mail[(p, k)]
             got[p] = box[0]
             start = max(start, box[1])
-            nbytes += box[0].numel()
+            nbytes += self.sizes.bytes(box[0].numel())
             box[2] -= 1
             if box[2] == 0:
                 del self._mail[(p, k)]
@@ -334,10 +361,11 @@ class Cluster:
         if blob.numel() != nbytes:
             raise RuntimeError(f"rank {rank} read {nbytes} bytes from rank {peer}, which published {blob.numel()}")
         serve = owner.take_service()  # the owner's encoding, if this read was the copy's first
-        legs = self.cost.one_sided_legs("read", blob.numel() - STAMP_BYTES)
+        charged = self.sizes.bytes(blob.numel())
+        legs = self.cost.one_sided_legs("read", charged - STAMP_BYTES)
         if legs is None:
             t = self.p2p(rank, peer, HEADER_BYTES, self.clock[rank]) + serve
-            t = self.p2p(peer, rank, blob.numel(), t)
+            t = self.p2p(peer, rank, charged, t)
         else:
             t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], self.clock[rank]) + serve)
         self.cpu_until[rank] = t
@@ -348,14 +376,15 @@ class Cluster:
     def deposit(self, rank: int, peer: int, deposit: torch.Tensor) -> None:
         """A pull-push deposit: a one-way message (header + deposit); the sender is done when its link is, the
         partner folds it in at its first model-lock section after it arrives (`SimComm.fold_deposits`)."""
-        arrival = self.p2p(rank, peer, HEADER_BYTES + deposit.numel(), self.clock[rank])
+        arrival = self.p2p(rank, peer, HEADER_BYTES + self.sizes.bytes(deposit.numel()), self.clock[rank])
         self.comms[peer].arrive(arrival, deposit)
         self.pause(rank, arrival - self.cost.latency)
 
     def send(self, rank: int, peer: int, msg: torch.Tensor) -> None:
         """A directed message (header + payload) into `peer`'s mailbox: it occupies both links as any transfer
         and arrives after the latency; the sender is done when its link is (as a pull-push deposit)."""
-        arrival = self.p2p(rank, peer, MAIL_HEADER_BYTES + msg.numel() * msg.element_size(), self.clock[rank])
+        nbytes = self.sizes.bytes(msg.numel() * msg.element_size())
+        arrival = self.p2p(rank, peer, MAIL_HEADER_BYTES + nbytes, self.clock[rank])
         self._mailbox.setdefault((rank, peer), deque()).append((arrival, msg))
         if self._receiving.get(peer) == rank:  # the receiver waits for this very sender: it may go on now
             del self._receiving[peer]
@@ -378,12 +407,13 @@ class Cluster:
         reply = partner.serve_average(msg)
         t0 = time.perf_counter()
         serve = partner.take_service()  # the partner's copy, encode, decodes and arithmetic under its model lock
-        legs = self.cost.one_sided_legs("average", msg.numel())
+        sent = self.sizes.bytes(msg.numel())
+        legs = self.cost.one_sided_legs("average", sent)
         t = self.clock[rank]
         if legs is None:
-            t = self.p2p(rank, peer, HEADER_BYTES + msg.numel(), t)
+            t = self.p2p(rank, peer, HEADER_BYTES + sent, t)
             t = max(t, self.busy_until[peer]) + serve  # the partner's model lock: not inside a compute section
-            t = self.p2p(peer, rank, reply.numel(), t)
+            t = self.p2p(peer, rank, self.sizes.bytes(reply.numel()), t)
         else:  # measured in the training loop: the round trip includes the typical wait for the partner's lock
             t = self.leg(peer, rank, legs[1], self.leg(rank, peer, legs[0], t) + serve)
         self.overhead_s += time.perf_counter() - t0
@@ -408,12 +438,18 @@ class SimComm(Comm):
         """An allreduce of `t`: the algorithm the cost model picks for its size (recorded for meta.json), its
         modelled time, and the reduction's additions (comm-layer work "reduce") as each node of it performs them."""
         c = self._cluster
-        nbytes = t.numel() * t.element_size()
+        numel = c.sizes.coords(t.numel())
+        nbytes = numel * t.element_size()
         algorithm, seconds = c.cost.allreduce_choice(nbytes, c.n)
         c.allreduce_used[nbytes] = algorithm
         name = algorithm.removeprefix("hierarchical(").rstrip(")")
-        adds = collectives.reduced_coordinates(name, c.n) * t.numel()
+        adds = collectives.reduced_coordinates(name, c.n) * numel
         return seconds + (c.cost.work_seconds("reduce", round(adds)) if adds else 0.0)
+
+    def _count_allreduce(self, t: torch.Tensor, kind: str) -> None:
+        numel = self._cluster.sizes.coords(t.numel())
+        vol = ring_allreduce_bytes(numel * t.element_size(), self.size)
+        CommStats.add(self.stats, kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         self._cluster.collective(self.rank, "allreduce", t, self._allreduce_seconds(t))
@@ -494,7 +530,9 @@ class SimComm(Comm):
 
     def _work(self, op: str, numel: int) -> None:
         c = self._cluster
-        seconds = c.cost.work_seconds(costmodel.work_op(op, *self._codec_key), numel) * c.speeds[self.rank]
+        seconds = (
+            c.cost.work_seconds(costmodel.work_op(op, *self._codec_key), c.sizes.coords(numel)) * c.speeds[self.rank]
+        )
         if seconds <= 0:
             return
         if self._service:  # working for a peer, at the peer's instant: the cluster charges it (`take_service`)
@@ -692,9 +730,11 @@ def check_config(cfg) -> None:
     """Sim-only validation (no data loading)."""
 
     series = cfg.node_series or (cfg.nodes,)
+    limit = MAX_COST_ONLY_NODES if cfg.compute == "cost-only" else MAX_NODES
     for n in series:
-        if n < 1 or n > MAX_NODES:
-            raise UserError(f"--engine sim runs 1 to {MAX_NODES} nodes, got {n}: use a node count in that range")
+        if n < 1 or n > limit:
+            more = f" (--compute cost-only runs up to {MAX_COST_ONLY_NODES})" if limit == MAX_NODES else ""
+            raise UserError(f"--engine sim runs 1 to {limit} nodes, got {n}: use a node count in that range{more}")
     if len(set(series)) != len(series):
         raise UserError(f"--nodes lists a node count twice ({','.join(map(str, series))}): list each once")
     if cfg.sim_shards not in SHARD_POLICIES:

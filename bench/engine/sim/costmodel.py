@@ -129,6 +129,56 @@ def _work(rows: str) -> tuple[tuple[str, float, float], ...]:
     return tuple(out)
 
 
+def _published(rows: str) -> dict[tuple[str, str], StepCost]:
+    """'model shape batch samples_per_s' per line: a published single-GPU training throughput (whole SGD steps) at
+    the batch it was measured at. The step takes batch / throughput; it is all charged to the forward/backward
+    section (the update is inside the published step time), proportional to the batch through that one point (a
+    GPU is less efficient at smaller batches, so below the published batch this is optimistic)."""
+    out = {}
+    for line in rows.strip().splitlines():
+        model, shape, batch, rate = line.split()
+        b, r = int(batch), float(rate)
+        out[(model, shape)] = StepCost(((1, 1 / r), (b, b / r)), 0.0)
+    return out
+
+
+# Published single-GPU training throughputs (`_published`). "torchvision:resnet50 3x224x224": ResNet-50 v1.5 on
+# ImageNet (224x224 crops, 1,000 classes), images/s of one GPU from NVIDIA DeepLearningExamples,
+# PyTorch/Classification/ConvNets/resnet50v1.5/README.md ("Training performance results", pytorch-21.03 NGC
+# container), at the batch of that recipe's configs.yml (DGX1V: FP32 112, AMP 256; DGXA100: TF32 256, AMP 256).
+# "transformer-big 128": Transformer big on WMT14 en-de, NVIDIA
+# DeepLearningExamples PyTorch/Translation/Transformer/README.md ("NVIDIA DGX-1 (8x V100 16G)", 1 GPU, 2,560 tokens
+# per GPU): tokens/s over 128-token windows = windows/s (a batch of 2,560 tokens = 20 windows). P100: TensorFlow's
+# published benchmarks (tensorflow.org/performance/benchmarks, 2017: tf_cnn_benchmarks, DGX-1, one P100, synthetic
+# ImageNet data, batch 64), ResNet-50 v1. Every figure is the source's own; none was adjusted.
+_V100_FP32 = _published(
+    """
+    torchvision:resnet50 3x224x224 112 367
+    transformer-big      128       20  59.65
+    """
+)
+_V100_AMP = _published(
+    """
+    torchvision:resnet50 3x224x224 256 1200
+    transformer-big      128       20  186.1
+    """
+)
+_A100_TF32 = _published(
+    """
+    torchvision:resnet50 3x224x224 256 938
+    """
+)
+_A100_AMP = _published(
+    """
+    torchvision:resnet50 3x224x224 256 2470
+    """
+)
+_P100_FP32 = _published(
+    """
+    torchvision:resnet50 3x224x224 64 219
+    """
+)
+
 # `python -m bench.diagnostics.benchmarks sim-profile --repeats 20`: per point the smallest of the medians of two
 # runs (each the smallest of 3 medians of 20 steps after 5 warm-up steps), one torch thread, torch 2.14.1, 2026-11-26.
 _VM_CORE = _steps(
@@ -216,6 +266,41 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
         # is host-CPU work; the H200 host's CPU was not profiled: the dev VM core's figures stand in for it.
         work=_VM_CORE_WORK,
     ),
+    "p100": ComputeProfile(
+        name="p100",
+        description="one NVIDIA Tesla P100 per node (Piz Daint's GPU), fp32; published ResNet-50 throughput",
+        source="TensorFlow benchmarks (tf_cnn_benchmarks, DGX-1, 1 GPU, synthetic data, batch 64): 219 images/s",
+        steps=_P100_FP32,
+        work=_VM_CORE_WORK,  # the comm layer's host-CPU work: the dev VM core's figures stand in (as for h200)
+    ),
+    "v100": ComputeProfile(
+        name="v100",
+        description="one NVIDIA V100 16 GB per node, fp32; published ResNet-50 and Transformer-big throughputs",
+        source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, FP32: 367 images/s, 7,635 tokens/s",
+        steps=_V100_FP32,
+        work=_VM_CORE_WORK,
+    ),
+    "v100-amp": ComputeProfile(
+        name="v100-amp",
+        description="one NVIDIA V100 16 GB per node, mixed precision (AMP)",
+        source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, AMP: 1,200 images/s, 23,821 tokens/s",
+        steps=_V100_AMP,
+        work=_VM_CORE_WORK,
+    ),
+    "a100": ComputeProfile(
+        name="a100",
+        description="one NVIDIA A100 80 GB per node, TF32 (PyTorch's fp32 default on Ampere convolutions)",
+        source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, TF32: 938 images/s",
+        steps=_A100_TF32,
+        work=_VM_CORE_WORK,
+    ),
+    "a100-amp": ComputeProfile(
+        name="a100-amp",
+        description="one NVIDIA A100 80 GB per node, mixed precision (AMP)",
+        source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
+        steps=_A100_AMP,
+        work=_VM_CORE_WORK,
+    ),
 }
 
 NETWORK_PROFILES: dict[str, NetworkProfile] = {
@@ -253,6 +338,20 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
         100.0,
         1.5,
         "nominal EDR 4x data rate; MPI small-message latency of ~1-2 us",
+    ),
+    "100gbe": NetworkProfile(
+        "100gbe",
+        "100 Gb/s Ethernet, RoCE",
+        100.0,
+        5.0,
+        "nominal line rate; RDMA over Converged Ethernet latencies of a few microseconds (as 25gbe)",
+    ),
+    "ib-ndr": NetworkProfile(
+        "ib-ndr",
+        "400 Gb/s InfiniBand NDR",
+        400.0,
+        1.5,
+        "nominal NDR 4x data rate; MPI small-message latency of ~1-2 us (as EDR and HDR)",
     ),
     "nvlink4": NetworkProfile(
         "nvlink4",

@@ -1,0 +1,299 @@
+"""Cost-only simulation (`--engine sim --compute cost-only`): the algorithms and the simulated cluster as in a real
+simulation, but no data and no training. Every node's model is a stand-in of `STAND_IN` coordinates (all zero, never
+trained) and the cluster charges what it moves and computes as the named workload's (`Workload`):
+
+- bytes: each message of the stand-in (its encoding, with the stamps and failure bitmaps that travel with it) is
+  charged the size of the same message for the workload's N coordinates (`ChargedSizes`: an exact table built from
+  the codec's own size formulas, so quantized messages count their packed bytes and headers for N coordinates);
+  request headers are real control bytes, charged as they are;
+- allreduces and comm-layer work (copies, averaging arithmetic, codec): charged for N coordinates;
+- compute: the two sections of a step are charged from the compute profile's entry for the workload (model and
+  input shape) at the run's batch size, exactly as a real simulation charges them; no torch runs in them.
+
+So a cost-only run charges the same time and bytes as a real simulation of the same workload whenever the
+algorithm's control flow does not depend on the model's values (every algorithm at 32 bits; with lattice
+quantization a real run may skip buckets that fail to decode, the stand-in's never fail). The gradient buckets of
+AllReduce SGD are cut from the stand-in's one parameter tensor, so the whole gradient is one bucket (a real run of a
+model over DDP's first 1 MiB bucket overlaps several with its backward pass). Each node holds a few kB, so a run
+reaches `bench.engine.sim.cluster.MAX_COST_ONLY_NODES` nodes. Throughput, communication, staleness and the time line
+are measured; accuracy is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import random
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.base.console import closest
+from bench.base.errors import UserError
+from bench.core.codec import Codec
+from bench.core.comm import RAW, STAMP_BYTES, CommStats
+from bench.core.protocol import Node, flatten_model
+from bench.core.topology import build_topology
+from bench.engine.sim.cluster import CellStats, Cluster, Sizes, available_bytes
+from bench.engine.sim.costmodel import CostModel
+from bench.training.config import Hyper, algo_config, hyper
+from bench.training.loop import Recorder, make_codec, node_seed, record_totals, run_rounds
+from bench.training.registry import ALGORITHMS
+
+STAND_IN = 16  # coordinates of the stand-in model every node moves
+NODE_BYTES = 40_000  # memory of one cost-only node (comm, clock, greenlet, stand-in, algorithm), rounded up
+
+# Input shape and classes (vocabulary) of each dataset name a cost-only run accepts: no data is read.
+SHAPES: dict[str, tuple[tuple[int, ...], int, str]] = {
+    "mnist": ((1, 28, 28), 10, "MNIST digits"),
+    "mnist-full": ((1, 28, 28), 10, "MNIST digits"),
+    "fashion-mnist": ((1, 28, 28), 10, "Fashion-MNIST"),
+    "digits": ((1, 8, 8), 10, "scikit-learn 8x8 digits"),
+    "synthetic": ((32,), 10, "32-feature vectors"),
+    "cifar10": ((3, 32, 32), 10, "CIFAR-10"),
+    "cifar100": ((3, 32, 32), 100, "CIFAR-100"),
+    "imagenet": ((3, 224, 224), 1000, "ImageNet-1k at 224x224 (the usual training crop)"),
+    # NVIDIA's WMT14 en-de preprocessing: 33,708 shared BPE tokens plus fairseq's 4 special ones; 128-token windows.
+    "wmt14": ((128,), 33_712, "WMT14 English-German, 128-token windows"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What a cost-only run charges: the model's parameters on the dataset's input shape."""
+
+    model: str
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    parameters: int  # counted on the real model, built once
+
+
+def workload(cfg) -> Workload:
+    """The named workload; its parameter count from building the real model (once, on the CPU)."""
+    from bench.core.models import build_model
+
+    shape, classes, _ = SHAPES[cfg.dataset]
+    model = build_model(cfg.model, shape, classes, cfg.seed)
+    return Workload(cfg.model, cfg.dataset, shape, classes, sum(p.numel() for p in model.parameters()))
+
+
+class ChargedSizes(Sizes):
+    """The stand-in's messages charged as the workload's: a table from each message size the stand-in produces
+    (encoding; stamp + encoding; encoding + failure bitmap; stamp + bitmap + encoding; raw float32 values; raw
+    values and a push-sum weight) to the same message's size for `charged` coordinates. A size outside the table is
+    an error, never silently kept."""
+
+    def __init__(self, codec: Codec, stand_in: int, charged: int) -> None:
+        self.stand_in, self.charged = stand_in, charged
+        self.table: dict[int, int] = {}
+        w, f = codec.wire_bytes, codec.bitmap_bytes
+        for size in (
+            lambda n: w(n),
+            lambda n: STAMP_BYTES + w(n),
+            lambda n: w(n) + f(n),
+            lambda n: STAMP_BYTES + f(n) + w(n),
+            lambda n: 4 * n,
+            lambda n: 4 * (n + 1),  # raw float32 values and one weight (push-sum's message, SGP)
+        ):
+            small, big = size(stand_in), size(charged)
+            if self.table.setdefault(small, big) != big:
+                raise ValueError(f"stand-in of {stand_in} coordinates: two message kinds of {small} bytes")
+
+    def bytes(self, nbytes: int) -> int:
+        try:
+            return self.table[nbytes]
+        except KeyError:
+            raise RuntimeError(
+                f"cost-only: a message of {nbytes} bytes is none of the stand-in model's messages "
+                f"({', '.join(map(str, sorted(self.table)))}): this algorithm sends something cost-only cannot charge"
+            ) from None
+
+    def coords(self, numel: int) -> int:
+        if numel in (self.stand_in, self.stand_in + 1):  # the model (and its push-sum weight)
+            return numel - self.stand_in + self.charged
+        return round(numel * self.charged / self.stand_in)  # a slice of the model (a gradient bucket)
+
+
+class ChargedStats(CommStats):
+    """A node's counters with every message of a data kind counted at its charged size (control is real)."""
+
+    def __init__(self, sizes: ChargedSizes) -> None:
+        super().__init__()
+        self._sizes = sizes
+
+    def add(self, kind: str, *, sent: int = 0, recv: int = 0, msgs_sent: int = 0, msgs_recv: int = 0) -> None:
+        if kind != "control":
+            sent = msgs_sent * self._sizes.bytes(sent // msgs_sent) if msgs_sent else sent
+            recv = msgs_recv * self._sizes.bytes(recv // msgs_recv) if msgs_recv else recv
+        super().add(kind, sent=sent, recv=recv, msgs_sent=msgs_sent, msgs_recv=msgs_recv)
+
+
+class StandIn(nn.Module):
+    """The model every node of a cost-only run holds: `STAND_IN` zeros in one parameter tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(STAND_IN))
+
+
+def check(cfg) -> None:
+    """A cost-only run's own checks (no data, no torch model built): each failure one line."""
+    from bench.core.models import model_spec
+
+    if cfg.compute != "cost-only":
+        if cfg.steps is not None:
+            raise UserError(
+                "--steps sets the length of a cost-only simulation: add --compute cost-only or use --epochs"
+            )
+        return
+    if cfg.dataset not in SHAPES:
+        raise UserError(
+            f"--compute cost-only knows the input shapes of {', '.join(SHAPES)}, not '{cfg.dataset}'"
+            f"{closest(cfg.dataset, SHAPES)}: choose one of them with --dataset"
+        )
+    model_spec(cfg.model)  # an unknown model: one line naming the closest
+    if cfg.steps is None or cfg.steps < 1:
+        got = "" if cfg.steps is None else f" (got {cfg.steps})"
+        raise UserError(f"--compute cost-only runs a fixed number of steps per node: pass --steps N with N >= 1{got}")
+    if cfg.calibrate != "none":
+        raise UserError(
+            f"--calibrate {cfg.calibrate} times real training, which --compute cost-only does not run: "
+            "use a compute profile (--profile) or --step-time"
+        )
+    if cfg.eval_samples is not None:
+        raise UserError("--compute cost-only evaluates nothing: drop --eval-samples")
+
+
+COST_ONLY_FACT = (
+    "cost-only: every node moves a stand-in of 16 coordinates; bytes, allreduces, comm-layer work and compute are "
+    "charged as the workload's (model_parameters coordinates, the compute profile's step)"
+)
+NO_ACCURACY = (
+    "accuracy: none measured: --compute cost-only moves a stand-in payload and trains no model "
+    "(run --compute real for accuracy)"
+)
+
+
+def cost_only_bytes(nodes: int) -> int:
+    """Memory a cost-only run of `nodes` nodes needs (NODE_BYTES each)."""
+    return nodes * NODE_BYTES
+
+
+def check_cost_only_memory(nodes: int) -> None:
+    need, have = cost_only_bytes(nodes), available_bytes()
+    if have is not None and need > have:
+        raise UserError(
+            f"{nodes} cost-only nodes need about {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+            "available: use fewer nodes"
+        )
+
+
+def cost_only_dataset(wl: Workload):
+    """What the cost model reads of a dataset: its input shape."""
+    return SimpleNamespace(input_shape=wl.input_shape, num_classes=wl.num_classes)
+
+
+def simulate_cost_only(
+    cfg, wl: Workload, cost: CostModel, emit, on_event=None, done: frozenset[tuple[str, int]] = frozenset()
+) -> list[CellStats]:
+    """Every algorithm of `cfg` on cfg.nodes cost-only nodes, cfg.steps steps each; records go to `emit`. The cells
+    in `done` (algorithm, round) are not run again (a resumed run)."""
+    topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
+    stats = []
+
+    def emit_event(event: dict[str, Any]) -> None:
+        if event["type"] not in ("cell_start", "cell_done"):
+            emit(event)
+        elif on_event:
+            on_event(event)
+
+    def run_one(name: str, emit_round) -> None:
+        codec = make_codec(cfg) if ALGORITHMS[name].quantizable else None
+        sizes = ChargedSizes(codec or RAW, STAND_IN, wl.parameters)
+        start = time.perf_counter()
+        with _no_cyclic_gc():
+            cluster = Cluster(cfg.nodes, topology, cost, cfg.seed, sizes)
+            for comm in cluster.comms:
+                comm.stats = ChargedStats(sizes)
+
+            h, algo_cfg = hyper(cfg, name), algo_config(cfg, name)  # the same for every node: built once
+
+            def body(rank: int) -> None:
+                comm, clock = cluster.comms[rank], cluster.clocks[rank]
+                run_cost_cell(cfg, name, codec, h, algo_cfg, rank, comm, clock, emit_round)
+
+            cluster.run(body)
+        stats.append(
+            CellStats(
+                cfg.nodes,
+                name,
+                time.perf_counter() - start,
+                cluster.overhead_s,
+                cluster.payload_s,
+                cluster.switches,
+                cfg.nodes * cfg.steps,
+                dict(cluster.allreduce_used),
+            )
+        )
+
+    run_rounds(cfg, emit_event, run_one, done)
+    return stats
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic garbage collector off while the nodes are built and run: tens of thousands of nodes are millions of
+    small long-lived objects that every collection pass walks again (half the wall time of a 2,048-node run), while
+    the steps themselves make no reference cycles that outlive them (the peak memory of 4,096 nodes x 40 steps is the
+    same with it off). No forced collection afterwards: it alone took a second at 4,096 nodes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def run_cost_cell(
+    cfg, algorithm: str, codec: Codec | None, h: Hyper, algo_cfg: Any, rank: int, comm, clock, emit
+) -> None:
+    """`bench.training.loop.run_cell` without data or training: the algorithm's hooks around two charged compute
+    sections per step, cfg.steps steps, then the same totals (one "epoch" is the whole run)."""
+    algo_cls = ALGORITHMS[algorithm]
+    comm.start_cell(codec, cfg.seed)
+    model = StandIn()
+    params, grads = flatten_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=h.lr_at(0.0, 1, cfg.nodes), momentum=h.momentum)
+    node = Node(rank, cfg.nodes, comm, clock, random.Random(node_seed(cfg.seed, rank, 1)), model, params, grads, opt)
+    algo = algo_cls(node, algo_cfg)
+    record = Recorder(emit, algorithm, rank)
+    algo.start()
+    comm.fence()
+    t_start = clock.now()
+    step_times: list[float] = []
+    steps = cfg.steps
+    for step in range(steps):
+        t_step = clock.now()
+        # No backward pass, so no gradient hook fires: AllReduce SGD starts its one bucket in `after_backward`,
+        # ready at the section's end, which is when a real one-bucket model's hook would have made it ready.
+        with comm.exclusive(), clock.compute():
+            pass
+        algo.after_backward(step)
+        with comm.exclusive(), clock.compute():
+            algo.takes_step(step)  # the update itself is charged, not run: the stand-in stays zero
+            comm.set_step(step + 1)
+        algo.after_step(step)
+        step_times.append(clock.now() - t_step)
+        if rank == 0 and ((step + 1) % 10 == 0 or step + 1 == steps):
+            record.progress(step + 1, steps)
+    algo.finish()
+    record("train_seconds", clock.now() - t_start, 1, steps)
+    comm.fence()
+    comm.finish_cell()
+    record_totals(SimpleNamespace(algo=algo, codec=codec), record, comm, step_times, steps, cfg.batch_size)

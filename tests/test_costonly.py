@@ -1,0 +1,182 @@
+"""Cost-only simulation (`--engine sim --compute cost-only`): deterministic, the same time and bytes as a real
+simulation of the same workload, no accuracy, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench.core.codec import Codec, CodecConfig
+from bench.engine.sim.costonly import STAND_IN, ChargedSizes
+from bench.training.registry import ALGORITHMS
+from cli import cli
+
+ALGOS = tuple(ALGORITHMS)  # every algorithm: the five defaults and the five related ones
+# The shipped MNIST subset: 3,600 training samples after the validation split, so one epoch at 8 nodes of batch 32
+# is 14 steps per node.
+NODES, STEPS = 8, 14
+COMMON = ["--engine", "sim", "--nodes", NODES, "--model", "mlp", "--dataset", "mnist", "--speed-sigma", 0.3]
+ALGO_ARGS = [a for name in ALGOS for a in ("--algo", name)]
+EQUAL = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
+CLOSE = ["train_seconds", "samples_per_s", "comm_fraction", "step_seconds_median", "staleness_mean"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def cost_only(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c") / "out"
+    r = _invoke(*COMMON, *ALGO_ARGS, "--compute", "cost-only", "--steps", STEPS, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+def test_cost_only_is_deterministic(cost_only, tmp_path):
+    out = tmp_path / "out"  # the folder name is the run id, in every record
+    r = _invoke(*COMMON, *ALGO_ARGS, "--compute", "cost-only", "--steps", STEPS, "--out", out)
+    assert r.exit_code == 0, r.output
+    for name in ("summary.csv", "records.jsonl", "throughput.md", "comm.md"):
+        assert (out / name).read_bytes() == (cost_only[0] / name).read_bytes(), name
+
+
+def test_cost_only_agrees_with_real_training_on_time_and_bytes(cost_only, tmp_path):
+    """The same workload (MLP on 28x28 MNIST, vm-core profile, 10 GbE) trained for real and charged cost-only: every
+    byte count is equal and the simulated times agree (the stand-in's comm-layer work is charged for the MLP's
+    coordinates, so only float rounding may differ)."""
+    out = tmp_path / "out"
+    r = _invoke(*COMMON, *ALGO_ARGS, "--epochs", 1, "--out", out)
+    assert r.exit_code == 0, r.output
+    real = pd.read_csv(out / "summary.csv").set_index("algorithm")
+    cheap = pd.read_csv(cost_only[0] / "summary.csv").set_index("algorithm")
+    assert (real["steps_per_node"] == STEPS).all()
+    for name in ALGOS:
+        for col in EQUAL:
+            assert cheap.loc[name, col] == real.loc[name, col], (name, col)
+        for col in CLOSE:
+            if pd.isna(real.loc[name, col]):
+                assert pd.isna(cheap.loc[name, col]), (name, col)
+            else:
+                assert cheap.loc[name, col] == pytest.approx(real.loc[name, col], rel=1e-9), (name, col)
+    real_meta = json.loads((out / "meta.json").read_text())
+    cheap_meta = json.loads((cost_only[0] / "meta.json").read_text())
+    assert cheap_meta["sim"]["model_parameters"] == real_meta["sim"]["model_parameters"]
+    real_used = real_meta["cost_model"].pop("allreduce_by_bytes")  # with the evaluation's small allreduces
+    assert cheap_meta["cost_model"].pop("allreduce_by_bytes").items() <= real_used.items()
+    assert cheap_meta["cost_model"] == real_meta["cost_model"]
+
+
+def test_cost_only_measures_no_accuracy_and_says_why(cost_only):
+    out, output = cost_only
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["test_acc"].isna().all() and (summary["samples_per_s"] > 0).all()
+    assert "accuracy: none measured: --compute cost-only" in output
+    assert "test acc" not in output
+    assert json.loads((out / "meta.json").read_text())["sim"]["compute"].startswith("cost-only")
+
+
+@pytest.mark.parametrize(("bits", "quantizer"), [(32, "lattice"), (8, "lattice"), (4, "uniform"), (2, "lattice")])
+def test_charged_sizes_are_the_codecs_sizes_for_the_workload(bits, quantizer):
+    codec = Codec(CodecConfig(bits=bits, quantizer=quantizer, eps=1e-3))
+    n = 25_557_032  # ResNet-50's parameters
+    sizes = ChargedSizes(codec, STAND_IN, n)
+    assert sizes.bytes(8 + codec.wire_bytes(STAND_IN)) == 8 + codec.wire_bytes(n)
+    assert sizes.bytes(codec.wire_bytes(STAND_IN) + codec.bitmap_bytes(STAND_IN)) == (
+        codec.wire_bytes(n) + codec.bitmap_bytes(n)
+    )
+    assert sizes.coords(STAND_IN) == n
+    with pytest.raises(RuntimeError, match="cost-only"):
+        sizes.bytes(3)
+
+
+BAD = [
+    (["--compute", "cost-only", "--steps", "5"], "--engine sim"),  # a real engine
+    (["--engine", "sim", "--steps", "5"], "--compute cost-only"),  # --steps with real training
+    (["--engine", "sim", "--compute", "cost-only"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "0"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--dataset", "imagenett"], "imagenet"),
+    (
+        ["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--model", "resnet20", "--dataset", "imagenet"],
+        "has no entry for resnet20 on 3x224x224",
+    ),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--calibrate"], "--calibrate node"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--nodes", "300000"], "1 to 131072"),
+    (["--engine", "sim", "--nodes", "8192"], "--compute cost-only runs up to"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "out"
+    r = _invoke(*args, "--out", out)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+
+
+# ---- the paper's workloads ------------------------------------------------------------------------------------
+
+
+def test_published_throughputs_become_step_times():
+    """A published single-GPU throughput T at batch B charges B / T seconds per step (all of it forward/backward)."""
+    from bench.engine.sim.costmodel import COMPUTE_PROFILES
+
+    r50 = ("torchvision:resnet50", "3x224x224")
+    assert COMPUTE_PROFILES["v100"].steps[r50].seconds(112) == pytest.approx((112 / 367, 0.0))
+    assert COMPUTE_PROFILES["a100-amp"].steps[r50].seconds(256) == pytest.approx((256 / 2470, 0.0))
+    assert COMPUTE_PROFILES["p100"].steps[r50].seconds(32) == pytest.approx((32 / 219, 0.0))
+    big = ("transformer-big", "128")
+    assert COMPUTE_PROFILES["v100-amp"].steps[big].seconds(20) == pytest.approx((2560 / 23821, 0.0), rel=1e-3)
+
+
+def test_paper_models_have_the_papers_parameter_counts():
+    """Counted on the real models: Vaswani et al. 2017, Table 3 (base 65M, big 213M, with a 37k vocabulary) and
+    torchvision's ImageNet ResNet-50 (25.6M)."""
+    from bench.core.models import build_model
+
+    def count(name, shape, classes):
+        return sum(p.numel() for p in build_model(name, shape, classes, 0).parameters())
+
+    assert count("transformer-base", (16,), 37_000) == pytest.approx(65e6, rel=0.04)
+    assert count("transformer-big", (16,), 37_000) == pytest.approx(213e6, rel=0.04)
+    assert count("torchvision:resnet50", (3, 224, 224), 1000) == 25_557_032
+
+
+def test_cost_only_charges_the_named_workloads_bytes(tmp_path):
+    """ResNet-50 on ImageNet, 4 nodes on a V100 profile: a SwarmSGD read moves the 8-byte stamp and 25,557,032 float32
+    coordinates, though each node holds 16."""
+    out = tmp_path / "out"
+    args = ["--engine", "sim", "--compute", "cost-only", "--steps", 8, "--nodes", 4, "--algo", "swarm"]
+    r = _invoke(*args, "--model", "torchvision:resnet50", "--dataset", "imagenet", "--profile", "v100", "--out", out)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sim"]["model_parameters"] == 25_557_032
+    assert meta["cost_model"]["compute"] == "v100"
+    rows = pd.read_json(out / "records.jsonl", lines=True)
+    recv = rows[(rows["metric"] == "comm_bytes_recv") & (rows["kind"] == "model")]
+    msgs = rows[(rows["metric"] == "comm_msgs_recv") & (rows["kind"] == "model")]
+    assert recv["value"].sum() == msgs["value"].sum() * (8 + 4 * 25_557_032)
+
+
+def test_paper_transformers_train_as_causal_language_models():
+    """Every attention is causal: changing token 5 of a window changes no prediction before position 5."""
+    import torch
+
+    from bench.core.models import build_model, loss_of
+
+    model = build_model("transformer-base", (8,), 50, 0)
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    out = model(x)
+    changed = x.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 50
+    with torch.no_grad():
+        again = model(changed)
+    assert torch.allclose(again[:, :5], out[:, :5], atol=1e-5) and not torch.allclose(again[:, 5:], out[:, 5:])
+    loss_of(out[:, :-1], x[:, 1:]).backward()
+    assert all(p.grad is not None for p in model.parameters())
