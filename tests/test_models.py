@@ -13,6 +13,7 @@ from bench.core.models import MODELS, TORCHVISION_PREFIX, build_model, model_spe
 MNIST, DIGITS, SYNTHETIC, CIFAR = (1, 28, 28), (1, 8, 8), (32,), (3, 32, 32)
 COMPATIBLE = {
     "mlp": [MNIST, DIGITS, SYNTHETIC, CIFAR],
+    "logreg": [MNIST, DIGITS, SYNTHETIC],
     "lenet5": [MNIST, CIFAR],
     "resnet20": [MNIST, DIGITS, CIFAR],
     "resnet18": [MNIST, DIGITS, CIFAR],
@@ -129,8 +130,8 @@ def test_same_seed_same_weights_other_seed_differs(name: str) -> None:
     assert a.keys() == b.keys() == c.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    # Every random-initialized tensor (all weights) must change with the seed.
-    for key in a:
+    # Every random-initialized tensor (all weights) must change with the seed; logreg starts at zero whatever it is.
+    for key in a if name != "logreg" else ():
         if key.endswith("weight") and a[key].ndim > 1:
             assert not torch.equal(a[key], c[key]), key
 
@@ -185,7 +186,7 @@ def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> No
 
 def test_unknown_model_suggests_closest() -> None:
     ours = (
-        "lenet5, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-base, transformer-big, transformer-lm, "
+        "lenet5, logreg, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-base, transformer-big, transformer-lm, "
         "or torchvision:NAME"
     )
     with pytest.raises(UserError, match=f"did you mean 'lenet5'.*--model with one of: {ours}"):
@@ -226,3 +227,11 @@ def test_mlp_learns_digits() -> None:
     with torch.no_grad():
         accuracy = (model(ds.x_test).argmax(dim=1) == ds.y_test).double().mean().item()
     assert accuracy > 0.9, accuracy
+
+
+def test_logreg_is_one_linear_layer_started_at_zero() -> None:
+    """The convex track: softmax regression, so the loss is convex in its weights; every node starts at 0."""
+    model = build_model("logreg", (1, 8, 8), num_classes=10, seed=3)
+    (linear,) = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linear.in_features, linear.out_features) == (64, 10)
+    assert all(float(p.abs().max()) == 0.0 for p in model.parameters())

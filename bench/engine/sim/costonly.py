@@ -85,8 +85,8 @@ def workload(cfg) -> Workload:
 class ChargedSizes(Sizes):
     """The stand-in's messages charged as the workload's: a table from each message size the stand-in produces
     (encoding; stamp + encoding; encoding + failure bitmap; stamp + bitmap + encoding; raw float32 values; raw
-    values and a push-sum weight) to the same message's size for `charged` coordinates. A size outside the table is
-    an error, never silently kept."""
+    values and a push-sum weight; two raw vectors) to the same message's size for `charged` coordinates. A size
+    outside the table is an error, never silently kept."""
 
     def __init__(self, codec: Codec, stand_in: int, charged: int) -> None:
         self.stand_in, self.charged = stand_in, charged
@@ -99,6 +99,7 @@ class ChargedSizes(Sizes):
             lambda n: STAMP_BYTES + f(n) + w(n),
             lambda n: 4 * n,
             lambda n: 4 * (n + 1),  # raw float32 values and one weight (push-sum's message, SGP)
+            lambda n: 8 * n,  # two raw float32 vectors in one message (gradient tracking's model and tracker)
         ):
             small, big = size(stand_in), size(charged)
             if self.table.setdefault(small, big) != big:
