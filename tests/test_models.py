@@ -186,8 +186,8 @@ def test_incompatible_shape(name: str, shape: tuple[int, ...], match: str) -> No
 
 def test_unknown_model_suggests_closest() -> None:
     ours = (
-        "lenet5, logreg, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-base, transformer-big, transformer-lm, "
-        "or torchvision:NAME"
+        "lenet5, logreg, lstm-lm, mlp, resnet18, resnet20, resnet50, transformer-base, transformer-big, "
+        "transformer-lm, or torchvision:NAME"
     )
     with pytest.raises(UserError, match=f"did you mean 'lenet5'.*--model with one of: {ours}"):
         build_model("lenet", MNIST, 10, seed=0)

@@ -764,6 +764,28 @@ class CellStats:
     node_steps: int
     allreduce_used: dict[int, str]  # message bytes -> allreduce algorithm (recorded in meta.json)
 
+    @classmethod
+    def of(cls, cluster: Cluster, algorithm: str, started: float, node_steps: int) -> CellStats:
+        """The facts of a cell that `cluster` has just run, started at perf_counter() = `started`."""
+        wall = time.perf_counter() - started
+        used = dict(cluster.allreduce_used)
+        return cls(
+            cluster.n, algorithm, wall, cluster.overhead_s, cluster.payload_s, cluster.switches, node_steps, used
+        )
+
+
+def cell_events(emit, on_event=None):
+    """One emit for a simulated run's cells: records and progress go to `emit`, a cell's start and end to
+    `on_event` (when given)."""
+
+    def emit_event(event: dict[str, Any]) -> None:
+        if event["type"] not in ("cell_start", "cell_done"):
+            emit(event)
+        elif on_event:
+            on_event(event)
+
+    return emit_event
+
 
 def simulate_algorithms(
     cfg, dataset, shards, cost: CostModel, emit, on_event=None, done: frozenset[tuple[str, int]] = frozenset()
@@ -776,12 +798,6 @@ def simulate_algorithms(
     stats = []
     return_freed_memory()
 
-    def emit_event(event: dict[str, Any]) -> None:  # records and progress to `emit`, a cell's start and end to on_event
-        if event["type"] not in ("cell_start", "cell_done"):
-            emit(event)
-        elif on_event:
-            on_event(event)
-
     def run_one(name: str, emit_round) -> None:
         cluster = Cluster(cfg.nodes, topology, cost, cfg.seed)
         start = time.perf_counter()
@@ -792,20 +808,9 @@ def simulate_algorithms(
             run_cell(cfg, name, dataset, shards, rank, comm, clock, device, emit_round, shared=shared)
 
         cluster.run(body)
-        stats.append(
-            CellStats(
-                cfg.nodes,
-                name,
-                time.perf_counter() - start,
-                cluster.overhead_s,
-                cluster.payload_s,
-                cluster.switches,
-                cfg.nodes * cfg.epochs * shards.steps_per_epoch,
-                dict(cluster.allreduce_used),
-            )
-        )
+        stats.append(CellStats.of(cluster, name, start, cfg.nodes * cfg.epochs * shards.steps_per_epoch))
 
-    run_rounds(cfg, emit_event, run_one, done)
+    run_rounds(cfg, cell_events(emit, on_event), run_one, done)
     return stats
 
 

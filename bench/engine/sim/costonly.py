@@ -38,7 +38,7 @@ from bench.core.codec import Codec
 from bench.core.comm import RAW, STAMP_BYTES, CommStats
 from bench.core.protocol import Node, flatten_model
 from bench.core.topology import build_topology
-from bench.engine.sim.cluster import CellStats, Cluster, Sizes, available_bytes
+from bench.engine.sim.cluster import CellStats, Cluster, Sizes, available_bytes, cell_events
 from bench.engine.sim.costmodel import CostModel
 from bench.training.config import Hyper, algo_config, hyper
 from bench.training.loop import Recorder, make_codec, node_seed, record_totals, run_rounds
@@ -207,12 +207,6 @@ def simulate_cost_only(
     topology = build_topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed)
     stats = []
 
-    def emit_event(event: dict[str, Any]) -> None:
-        if event["type"] not in ("cell_start", "cell_done"):
-            emit(event)
-        elif on_event:
-            on_event(event)
-
     def run_one(name: str, emit_round) -> None:
         codec = make_codec(cfg) if ALGORITHMS[name].quantizable else None
         sizes = ChargedSizes(codec or RAW, STAND_IN, wl.parameters)
@@ -229,20 +223,9 @@ def simulate_cost_only(
                 run_cost_cell(cfg, name, codec, h, algo_cfg, rank, comm, clock, emit_round)
 
             cluster.run(body)
-        stats.append(
-            CellStats(
-                cfg.nodes,
-                name,
-                time.perf_counter() - start,
-                cluster.overhead_s,
-                cluster.payload_s,
-                cluster.switches,
-                cfg.nodes * cfg.steps,
-                dict(cluster.allreduce_used),
-            )
-        )
+        stats.append(CellStats.of(cluster, name, start, cfg.nodes * cfg.steps))
 
-    run_rounds(cfg, emit_event, run_one, done)
+    run_rounds(cfg, cell_events(emit, on_event), run_one, done)
     return stats
 
 
