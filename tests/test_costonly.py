@@ -106,6 +106,7 @@ BAD = [
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--calibrate"], "--calibrate node"),
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--nodes", "300000"], "1 to 131072"),
     (["--engine", "sim", "--nodes", "8192"], "--compute cost-only runs up to"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--target-acc", "0.9"], "drop --target-acc"),
 ]
 
 

@@ -330,3 +330,26 @@ def test_checkpoints_are_refused_where_a_launcher_started_every_rank(monkeypatch
     r = _invoke("run", "--nodes", "2", *SMALL, "--checkpoint-every", "1", "--out", tmp_path / "run")
     assert r.exit_code == 2 and "cannot be resumed" in r.output and len(r.output.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_are_refused_with_pull_push_deposits(tmp_path):
+    """A pull-push deposit on its way when a node saves would be lost: one line, exit 2, nothing written."""
+    r = _invoke(
+        "run", "--nodes", "2", *SMALL, "--swarm-mode", "pushpull", "--checkpoint-every", "1", "--out", tmp_path / "r"
+    )
+    assert r.exit_code == 2 and "pull-push deposits" in r.output and len(r.output.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_old_meta_json_is_not_given_a_target(tmp_path):
+    """Configurations written before targets were per run stored target_acc 0.9 (then every run's default): rerunning
+    one (--config OLD/meta.json) does not turn that default into a target, while a newer file keeps its own."""
+    from bench.training.config import config_settings
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = tmp_path / "old" / "meta.json", tmp_path / "new" / "meta.json"
+    old.write_text(json.dumps({"config": {"nodes": 2, "target_acc": 0.9}}))
+    assert "target_acc" not in config_settings(str(old))
+    new.write_text(json.dumps({"config": {"nodes": 2, "target_acc": 0.9, "checkpoint_every": 0}}))
+    assert config_settings(str(new))["target_acc"] == 0.9

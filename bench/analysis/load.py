@@ -16,8 +16,7 @@ from typing import Any
 from bench.base.errors import UserError
 from bench.records.read import read_meta, read_records
 from bench.records.tables import speedup_vs_allreduce
-from bench.records.write import SUMMARY_COLUMNS
-from bench.records.write import time_to_target as run_time_to_target
+from bench.records.write import SUMMARY_COLUMNS, rounds_to_target
 
 # The columns that identify a measurement wherever it was taken; a sweep adds its own grid keys.
 IDENTITY = ["algorithm", "nodes", "topology", "bits", "local_steps", "seed"]
@@ -321,13 +320,14 @@ def with_keys(results: Results, frame):
 
 def time_to_target(results: Results, target: float):
     """Per (cell, algorithm, nodes): training seconds until the averaged model first reached `target` test accuracy
-    (nan: never), as the results contract defines it (`bench.records.write.time_to_target`)."""
+    (nan: never; with --repeat, the median over the rounds, nan unless every round reached it), as the results
+    contract defines it (`bench.records.write.rounds_to_target`)."""
     import pandas as pd
 
     r = results.records()
     rows = []
     for (cell, algo, nodes), g in r.groupby(["cell", "algorithm", "nodes"], sort=False) if len(r) else ():
-        seconds, _ = run_time_to_target(g, algo, target)
+        seconds = rounds_to_target(g, algo, target).get("time_to_target_s")  # with rounds: their median
         rows.append(
             {
                 "cell": cell,

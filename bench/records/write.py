@@ -308,7 +308,7 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
         if algo in by_round:
             row.update(combine(by_round[algo]))
             if goal is not None:
-                row.update(target=goal, **_rounds_to_target(records, algo, target))
+                row.update(target=goal, **rounds_to_target(records, algo, target))
             row.update(throughput_columns(sps[algo], sps.get(REFERENCE_ALGORITHM), cfg.seed))
             row["rounds"] = len(by_round[algo])
             if status == "ok" and divergence(records, algo):
@@ -545,7 +545,7 @@ def run_target(cfg, records) -> tuple[float | None, str | None]:
     return target, f"{metric} {'<=' if lm else '>='} {target:g}"
 
 
-def _rounds_to_target(records, algorithm: str, target: float) -> dict[str, Any]:
+def rounds_to_target(records, algorithm: str, target: float) -> dict[str, Any]:
     """time_to_target_s and epochs_to_target of one algorithm; with --repeat, the medians over the rounds, and
     missing unless every round reached the target (a goal reached in some rounds only is not reached reliably)."""
     r = records[records["algorithm"] == algorithm]

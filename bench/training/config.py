@@ -533,6 +533,8 @@ def _meta_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UserError(f"'{path}' holds no run configuration (a sweep's meta.json?): pass a run's meta.json")
     flat = {k: v for k, v in config.items() if k != "algo_options"}
+    if "checkpoint_every" not in config and flat.get("target_acc") == 0.9:  # written before targets were per run:
+        del flat["target_acc"]  # 0.9 was every run's default then, not a target anyone asked for
     for algo, opts in (config.get("algo_options") or {}).items():
         flat.update({f"{algo}.{key}": value for key, value in opts.items()})
     return flat
@@ -615,6 +617,11 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"eval_every must be at least 1, got {cfg.eval_every}")
     if cfg.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be 0 (off) or a number of epochs, got {cfg.checkpoint_every}")
+    if cfg.checkpoint_every and cfg.swarm_mode == "pushpull" and "swarm" in cfg.algorithms:
+        raise UserError(
+            "--checkpoint-every cannot save SwarmSGD's pull-push deposits that are still on their way: drop "
+            "--checkpoint-every (--resume still reruns the interrupted algorithm) or use another --swarm-mode"
+        )
     if cfg.compute != "cost-only":  # a cost-only simulation reads no data: its workload checks are the simulator's
         if cfg.dataset not in DATASETS:
             raise UserError(

@@ -426,6 +426,8 @@ def node_state(cell: Cell, comm: Comm, loop: dict[str, Any]) -> dict[str, Any]:
             "algorithm": cell.algo.state_dict(),
             "counters": dict(cell.algo.counters),
             "rng": node.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),  # dropout and other modules draw from the global stream
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "sampler": (cell.sampler.order.cpu(), cell.sampler.pos, cell.sampler.gen.get_state()),
             "aug_gen": cell.aug_gen.get_state() if cell.aug_gen is not None else None,
             "comm": comm.state_dict(),
@@ -441,6 +443,9 @@ def load_node_state(cell: Cell, comm: Comm, state: dict[str, Any]) -> None:
             b.copy_(saved)
         node.optimizer.load_state_dict(state["optimizer"])
         node.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         order, pos, gen = state["sampler"]
         cell.sampler.order, cell.sampler.pos = order.to(cell.sampler.index.device), pos
         cell.sampler.gen.set_state(gen)
@@ -534,6 +539,9 @@ def run_cell(
             off_clock += clock.now() - t_snap
         if checkpoints is not None and epoch % checkpoints.every == 0 and epoch < cfg.epochs:
             t_save = clock.now()
+            # A consistent cut: once every node is here no pairwise average is half done (an initiator leaves its
+            # step only when its average is complete), so no node saves a state a peer's saved state has averaged.
+            comm.fence()
             loop = {"epoch": epoch, "step": step, "elapsed": t_save - t_start, "off_clock": off_clock}
             loop |= {"step_times": list(step_times), "records": rows}
             loop["snapshots"] = [dataclasses.asdict(snap) for snap in snapshots]

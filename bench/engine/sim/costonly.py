@@ -152,6 +152,8 @@ def check(cfg) -> None:
                 "--steps sets the length of a cost-only simulation: add --compute cost-only or use --epochs"
             )
         return
+    if cfg.target_acc is not None or cfg.target_ppl is not None:
+        raise UserError("--compute cost-only trains nothing, so no accuracy is reached: drop --target-acc/--target-ppl")
     if cfg.dataset not in SHAPES:
         raise UserError(
             f"--compute cost-only knows the input shapes of {', '.join(SHAPES)}, not '{cfg.dataset}'"
