@@ -139,20 +139,15 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, uninterrupted):
     assert sorted(p.name for p in old.iterdir()) == [CHECKPOINT, "meta.json"]  # refused: nothing written
 
 
-def test_real_run_resumes_and_says_so(tmp_path):
-    """Real processes: SIGINT once the first algorithm is checkpointed; the resumed run keeps its records, runs
-    the other one and records the resume in meta.json."""
-    out = tmp_path / "run"
-    cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "swarm", *SMALL, "--epochs", "12"]
-    cmd += ["--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
+def _interrupt_when(cmd: list[str], ready, what: str) -> str:
+    """Start `cmd`, SIGINT it once `ready()` holds (within 240 s), and return its output: it must exit 130."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoint = out / CHECKPOINT
     try:
         deadline = time.monotonic() + 240
-        while not (checkpoint.is_file() and json.loads(checkpoint.read_text() or "{}").get("cells_done")):
+        while not ready():
             assert proc.poll() is None, proc.communicate()[0][-2000:]
-            assert time.monotonic() < deadline, "no cell finished in time"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGINT)
         output = proc.communicate(timeout=60)[0]
     finally:
@@ -160,6 +155,21 @@ def test_real_run_resumes_and_says_so(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     assert proc.returncode == 130, output[-3000:]
+    return output
+
+
+def test_real_run_resumes_and_says_so(tmp_path):
+    """Real processes: SIGINT once the first algorithm is checkpointed; the resumed run keeps its records, runs
+    the other one and records the resume in meta.json."""
+    out = tmp_path / "run"
+    cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "swarm", *SMALL, "--epochs", "12"]
+    cmd += ["--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
+    checkpoint = out / CHECKPOINT
+
+    def done() -> bool:
+        return checkpoint.is_file() and bool(json.loads(checkpoint.read_text() or "{}").get("cells_done"))
+
+    output = _interrupt_when(cmd, done, "no cell finished in time")
     assert f"to continue it: swarmbench run --resume {out}" in output
     before = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     kept = [r for r in before if r["algorithm"] == "allreduce"]
@@ -217,7 +227,6 @@ def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
     out = tmp_path / "run"
     cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "sgp", *SMALL, "--epochs", "12"]
     cmd += ["--checkpoint-every", "1", "--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = out / CHECKPOINT
 
     def in_sgp() -> bool:
@@ -226,19 +235,7 @@ def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
         partial = json.loads(checkpoint.read_text() or "{}").get("partial") or {}
         return partial.get("algorithm") == "sgp" and partial["epoch"] >= 2
 
-    try:
-        deadline = time.monotonic() + 240
-        while not in_sgp():
-            assert proc.poll() is None, proc.communicate()[0][-2000:]
-            assert time.monotonic() < deadline, "no epoch checkpoint in time"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    assert proc.returncode == 130, output[-3000:]
+    _interrupt_when(cmd, in_sgp, "no epoch checkpoint in time")
     partial = json.loads(checkpoint.read_text())["partial"]
     assert partial["algorithm"] == "sgp" and partial["round"] == 1
 

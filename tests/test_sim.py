@@ -633,6 +633,20 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--target-ppl", "100"], "use --target-acc"),
     (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--target-ppl", "0.5"], "at least 1"),
     (["--engine", "sim", "--dataset", "embedded-text", "--model", "lstm-lm", "--target-acc", "0.5"], "--target-ppl"),
+    # Cost-only simulation (tests/test_costonly.py): a real engine, --steps without it, its own limits.
+    (["--compute", "cost-only", "--steps", "5"], "--engine sim"),  # a real engine
+    (["--engine", "sim", "--steps", "5"], "--compute cost-only"),  # --steps with real training
+    (["--engine", "sim", "--compute", "cost-only"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "0"], "--steps N"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--dataset", "imagenett"], "imagenet"),
+    (
+        ["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--model", "resnet20", "--dataset", "imagenet"],
+        "has no entry for resnet20 on 3x224x224",
+    ),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--calibrate"], "--calibrate node"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--nodes", "300000"], "1 to 131072"),
+    (["--engine", "sim", "--nodes", "8192"], "--compute cost-only runs up to"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--target-acc", "0.9"], "drop --target-acc"),
 ]
 
 
