@@ -19,9 +19,9 @@ packed codes plus 8 header bytes per bucket when quantized):
   `Codec.bitmap_bytes`, one bit per bucket rounded up to whole bytes for the lattice quantizer below 32 bits, 0
   otherwise); the peer counts the mirror image. RMA (`RmaComm`) differs and says how in its docstring.
 - publish: no bytes (the copy stays on this node until a peer reads it); its time is kind "publish".
-- send / recv (the mailbox): the message's own bytes (b) under its kind plus a 16-byte header (element count and
-  dtype, kind "control"), counted by the sender when it sends and by the receiver when it receives, one message
-  each: summed over nodes, sent == received once every message is received.
+- send / recv / recv_any (the mailbox): the message's own bytes (b) under its kind plus a 16-byte header (element
+  count and dtype, kind "control"), counted by the sender when it sends and by the receiver when it receives, one
+  message each: summed over nodes, sent == received once every message is received.
 - neighbor_exchange_encoded: like neighbor_exchange, with the algorithm's own message (already encoded) as m.
 
 Lazy publish. `publish` keeps a raw float32 copy of the model and its stamp (a `Copy`); the copy is encoded only
@@ -297,6 +297,17 @@ class Comm:
             self.stats.add("control", recv=MAIL_HEADER_BYTES)
             self.stats.add(kind, recv=_nbytes(msg), msgs_recv=1)
             return msg
+
+    def recv_any(self, peers: tuple[int, ...], kind: str) -> tuple[int, torch.Tensor]:
+        """(sender, message): the first message to arrive from any of `peers` (blocks until one is here), counted as
+        `recv` counts it; each sender's messages still arrive in the order sent. For a server that serves whoever
+        reports first. Every node that may have a message on its way to this one must be among `peers` (gloo
+        receives from any rank)."""
+        with self._timed(kind):
+            peer, msg = self._recv_any(tuple(peers))
+            self.stats.add("control", recv=MAIL_HEADER_BYTES)
+            self.stats.add(kind, recv=_nbytes(msg), msgs_recv=1)
+            return peer, msg
 
     def publish(self, t: torch.Tensor, stamp: int = 0) -> None:
         """Make a copy of `t` readable by peers' `read` until the next publish (encoded when first read).
@@ -653,6 +664,10 @@ class Comm:
         """The oldest message from `peer` not received yet (blocks until one is there)."""
         raise NotImplementedError
 
+    def _recv_any(self, peers: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        """(sender, its oldest message not received yet) for the first of `peers` whose message is here."""
+        raise NotImplementedError
+
     def _publish(self, copy: Copy) -> None:
         raise NotImplementedError
 
@@ -885,6 +900,18 @@ class TorchComm(Comm):
         msg = torch.empty(numel, dtype=MAIL_DTYPES[code])
         self._dist.recv(msg, src=peer, group=self._mail_group)
         return msg
+
+    def _recv_any(self, peers: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        # Every sender sends a header and then its payload, and the payload is received right after its header:
+        # whatever a sender has pending here starts with a header, so an any-source receive takes a header.
+        header = torch.empty(2, dtype=torch.int64)
+        peer = self._dist.recv(header, src=None, group=self._mail_group)
+        if peer not in peers:
+            raise RuntimeError(f"rank {self.rank} received a message from rank {peer}, not one of {list(peers)}")
+        numel, code = header.tolist()
+        msg = torch.empty(numel, dtype=MAIL_DTYPES[code])
+        self._dist.recv(msg, src=peer, group=self._mail_group)
+        return peer, msg
 
     def _flush_sends(self) -> None:
         """Wait for the sends still in flight (their receivers received them before the end-of-cell fence)."""

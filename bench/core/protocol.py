@@ -30,6 +30,15 @@ class Clock(Protocol):
 
 
 @dataclass
+class Batch:
+    """This step's mini-batch, for algorithms that keep per-sample state (`Algorithm.wants_batch`)."""
+
+    index: torch.Tensor  # each sample's position in this node's shard (0 .. shard size - 1)
+    x: torch.Tensor  # the inputs the model saw (augmented, where the dataset augments)
+    y: torch.Tensor
+
+
+@dataclass
 class Node:
     """Everything one node owns. `params` and `grads` are flat buffers; the model's tensors are views of them."""
 
@@ -42,6 +51,8 @@ class Node:
     params: torch.Tensor
     grads: torch.Tensor
     optimizer: torch.optim.Optimizer
+    shard_sizes: tuple[int, ...] = ()  # samples in each node's shard, by rank (empty where there is no data)
+    batch: Batch | None = None  # from the forward/backward to `after_backward`, when the algorithm `wants_batch`
 
     def random_neighbor(self) -> int | None:
         peers = self.comm.neighbors()
@@ -70,6 +81,8 @@ class Algorithm:
     # algorithm keeps or has in flight (messages, copies of its own). The simulator's memory estimate
     # (`bench.engine.sim.cluster.estimate_bytes`) is built on it; `tests/test_sim_memory.py` measures it.
     model_copies: ClassVar[float] = 4
+    wants_batch: ClassVar[bool] = False  # the loop hands it each step's mini-batch (`Node.batch`)
+    models: ClassVar[tuple[str, ...]] = ()  # the only `--model`s it runs on (empty: any); `--algo all` skips the others
 
     def __init__(self, node: Node, config: Any) -> None:
         self.node = node

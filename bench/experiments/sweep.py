@@ -48,7 +48,7 @@ from bench.records.write import SCHEMA_VERSION, git_facts, now_iso
 from bench.run import checks, orchestrate
 from bench.run.resume import CHECKPOINT, Resume, open_resume
 from bench.training.config import RunConfig, apply_overrides, config_settings, parse_set
-from bench.training.registry import ALGORITHMS
+from bench.training.registry import ALGORITHMS, runs_on
 
 ALGO_KEYS = ("algorithm", "algorithms", "algo")  # the grid axis that is run inside each cell
 SWEEP_META_KEYS = ("schema_version", "kind", "spec", "grid_keys", "cells")
@@ -257,7 +257,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """The cartesian product of every grid; grid points with the same settings share one cell."""
     defaults = RunConfig().to_dict()
     keys = grid_keys(spec)
-    default_algos = _algorithms(spec.fixed.get("algorithms", ["all"]), "algorithms")
+    given = spec.fixed.get("algorithms", ["all"])
+    default_algos = _algorithms(given, "algorithms")
+    # "all" is every algorithm that runs on the cell's model (`--algo all` of a run).
+    everything = "all" in (given if isinstance(given, list | tuple) else str(given).split(","))
     fixed = {k: v for k, v in spec.fixed.items() if k != "algorithms"}
     cells: dict[str, Cell] = {}
     for g in spec.grids:
@@ -268,6 +271,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
             if "algorithm" in point:
                 algos = [point.pop("algorithm")]
             settings = {**fixed, **g.fixed, **point}
+            if everything and "algorithm" not in g.axes:
+                algos = [a for a in algos if runs_on(a, settings.get("model", defaults["model"]))]
             params = {k: settings.get(k, defaults.get(k)) for k in keys}
             ident = cell_id(params)
             if ident in cells:

@@ -560,10 +560,10 @@ def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: ty
     cfg = apply_overrides(cfg, parse_set(sets), "--set")
     algos: list[str] = []
     for name in cfg["algorithms"]:
-        if name == "all":
-            from bench.training.registry import ALGORITHMS
+        if name == "all":  # every algorithm that runs on the model
+            from bench.training.registry import ALGORITHMS, runs_on
 
-            algos.extend(a for a in ALGORITHMS if a not in algos)
+            algos.extend(a for a in ALGORITHMS if a not in algos and runs_on(a, cfg["model"]))
         elif name not in algos:
             _check_algorithm(name)
             algos.append(name)
@@ -582,6 +582,18 @@ def algo_config(run: RunConfig, algorithm: str) -> Any:
     values = {name: getattr(run, name) for name in names if name in RUN_FIELDS}
     values.update({k: v for k, v in run.options_for(algorithm).items() if k in names})
     return cls(**values)
+
+
+def _check_models(cfg: RunConfig) -> None:
+    from bench.training.registry import ALGORITHMS, runs_on
+
+    for name in cfg.algorithms:
+        if not runs_on(name, cfg.model):
+            models = " or ".join(f"--model {m}" for m in ALGORITHMS[name].models)
+            raise UserError(
+                f"{name} runs only on {models} (it keeps per-sample state that other models do not allow), not on "
+                f"--model {cfg.model}: use {models}, or drop --algo {name}"
+            )
 
 
 def validate(cfg: RunConfig) -> None:
@@ -603,6 +615,7 @@ def validate(cfg: RunConfig) -> None:
     check_hyper(hyper(cfg, ""), cfg.epochs, "")
     for name in cfg.algorithms:
         check_hyper(hyper(cfg, name), cfg.epochs, name)
+    _check_models(cfg)
     if cfg.local_steps < 1:
         raise UserError(f"--local-steps must be at least 1, got {cfg.local_steps}")
     if cfg.partition not in ("iid", "dirichlet"):

@@ -24,7 +24,7 @@ from bench.core.codec import Codec, CodecConfig, suggest_eps
 from bench.core.comm import Comm
 from bench.core.data import CLASSIFICATION, LANGUAGE_MODEL, Dataset, hold_out, load_dataset, partition
 from bench.core.models import SharedModule, build_model, loss_of
-from bench.core.protocol import Clock, Node, flatten_model
+from bench.core.protocol import Batch, Clock, Node, flatten_model
 from bench.training.config import Hyper, RunConfig, algo_config, hyper
 from bench.training.registry import ALGORITHMS
 
@@ -67,6 +67,7 @@ class Sampler:
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long, device=index.device)
         self.pos = 0
+        self.last = self.order  # the training-set indices of the last batch
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + self.batch > len(self.order):
@@ -74,9 +75,13 @@ class Sampler:
             perm = self.index[torch.randperm(len(self.index), generator=self.gen)]
             self.order = torch.cat([self.order[self.pos :], perm])
             self.pos = 0
-        sel = self.order[self.pos : self.pos + self.batch]
+        sel = self.last = self.order[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return self.x[sel], self.y[sel]
+
+    def positions(self) -> torch.Tensor:
+        """Where the samples of the last batch lie in this node's shard (its indices are sorted)."""
+        return torch.searchsorted(self.index, self.last)
 
 
 def run_data(cfg: RunConfig, *, download: bool = False) -> Dataset:
@@ -300,6 +305,7 @@ def setup_cell(
     comm.start_cell(codec, cfg.seed)
     h = hyper(cfg, algorithm)
     node = make_node(cfg, dataset, rank, comm, clock, device, h, shared)
+    node.shard_sizes = tuple(len(index) for index in shards.indices)
     if shared is None:
         scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
     else:
@@ -330,6 +336,8 @@ def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
     xb, yb = cell.sampler.next()
     if dataset.augment is not None:
         xb = dataset.augment(xb, cell.aug_gen)
+    if cell.algo.wants_batch:  # kept until `after_backward` has used it (`train_step` drops it)
+        cell.node.batch = Batch(cell.sampler.positions(), xb, yb)
     grads = cell.node.grads
     if grads.untyped_storage().nbytes() == 0 < grads.numel():  # given back after the last optimizer step
         grads.untyped_storage().resize_(grads.numel() * grads.element_size())
@@ -349,6 +357,7 @@ def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock
             for group in node.optimizer.param_groups:
                 group["lr"] = cell.lr_at(step)
     algo.after_backward(step)
+    node.batch = None
     with comm.exclusive(), clock.compute():
         if algo.takes_step(step):
             node.optimizer.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from baselines.adpsgd import ADPSGD
+from baselines.adsaga import ADSAGA
 from baselines.allreduce import AllReduceSGD
 from baselines.choco import Choco
 from baselines.d2 import D2
@@ -35,4 +36,11 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "gradient_tracking": GradientTracking,
     "lead": LEAD,
     "qg_dsgdm": QGDSGDm,
+    "adsaga": ADSAGA,
 }
+
+
+def runs_on(name: str, model: str) -> bool:
+    """Whether algorithm `name` runs on `--model` `model` (`--algo all` takes those that do)."""
+    models = ALGORITHMS[name].models
+    return not models or model in models

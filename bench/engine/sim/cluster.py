@@ -16,6 +16,7 @@ nothing after. Consequences:
   `--calibrate host` the measured round trip already holds that wait, `bench.engine.sim.hostcal`);
 - a directed message (`send`) arrives by the link model (queued behind earlier transfers on both links, then the
   latency); `recv` returns the oldest message of that sender once it has arrived, blocking until it is sent;
+  `recv_any` the message of the listed senders that arrives first (ties: the lowest rank);
 - a synchronous collective completes when its last participant arrives: everyone leaves at
   max(arrivals, link availability) + the collective's modelled time (`bench.engine.sim.costmodel`);
 - asynchronous allreduces (AllReduce SGD's gradient buckets, started from autograd hooks during the backward
@@ -150,7 +151,7 @@ class Cluster:
         self._xwait: dict[int, tuple[int, tuple[int, ...], float]] = {}
         self._xresult: dict[int, dict[int, torch.Tensor]] = {}
         self._mailbox: dict[tuple[int, int], deque[tuple[float, torch.Tensor]]] = {}  # (src, dst) -> in flight
-        self._receiving: dict[int, int] = {}  # a node blocked in recv -> the sender it waits for
+        self._receiving: dict[int, tuple[int, ...]] = {}  # a node blocked in recv -> the senders it waits for
         self.switches = 0
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
@@ -386,7 +387,7 @@ class Cluster:
         nbytes = self.sizes.bytes(msg.numel() * msg.element_size())
         arrival = self.p2p(rank, peer, MAIL_HEADER_BYTES + nbytes, self.clock[rank])
         self._mailbox.setdefault((rank, peer), deque()).append((arrival, msg))
-        if self._receiving.get(peer) == rank:  # the receiver waits for this very sender: it may go on now
+        if rank in self._receiving.get(peer, ()):  # the receiver waits for this very sender: it may go on now
             del self._receiving[peer]
             self.wake(peer, self.clock[rank])
         self.pause(rank, arrival - self.cost.latency)
@@ -395,12 +396,32 @@ class Cluster:
         """The oldest message from `peer` to `rank` (FIFO per pair), once it has arrived."""
         queue = self._mailbox.get((peer, rank))
         if not queue:
-            self._receiving[rank] = peer
+            self._receiving[rank] = (peer,)
             self.block(rank, f"recv from rank {peer}")
             queue = self._mailbox[(peer, rank)]
         arrival, msg = queue.popleft()
         self.pause(rank, max(self.clock[rank], arrival))
         return msg
+
+    def recv_any(self, rank: int, peers: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        """The message that arrives first from any of `peers` (ties: the lowest rank), once it has arrived. A queued
+        message that arrives later than now may still be overtaken by one that a peer has yet to send: the node
+        waits until the earliest arrival (every earlier event has run then) and looks again."""
+        while True:
+            first = None
+            for peer in sorted(peers):
+                queue = self._mailbox.get((peer, rank))
+                if queue and (first is None or queue[0][0] < first[0]):
+                    first = (queue[0][0], peer)
+            if first is None:
+                self._receiving[rank] = tuple(peers)
+                self.block(rank, f"recv from any of ranks {sorted(peers)[:4]}")
+                continue
+            if first[0] <= self.clock[rank]:
+                _, msg = self._mailbox[(first[1], rank)].popleft()
+                self.pause(rank, self.clock[rank])
+                return first[1], msg
+            self.pause(rank, first[0])
 
     def average(self, rank: int, peer: int, msg: torch.Tensor) -> torch.Tensor:
         partner = self.comms[peer]
@@ -466,6 +487,9 @@ class SimComm(Comm):
 
     def _recv(self, peer: int) -> torch.Tensor:
         return self._cluster.recv(self.rank, peer)
+
+    def _recv_any(self, peers: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        return self._cluster.recv_any(self.rank, peers)
 
     def _publish(self, copy: Copy) -> None:
         # Lazy publish, as on real processes: the copy is encoded (and that charged) when first read.
