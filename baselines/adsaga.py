@@ -38,9 +38,11 @@ class ADSAGA(Algorithm):
 
     def start(self) -> None:
         node = self.node
-        self.weight, self.bias = node.model.parameters()  # logistic regression: one linear layer (C x d, C)
+        params = list(node.model.parameters())  # logistic regression: one linear layer, (C x d) and (C)
+        classes = params[-1].numel() if len(params) == 2 else 0  # 0: a cost-only stand-in, which has no data
+        self.weight, self.bias = params if classes else (None, None)
         shard = node.shard_sizes[node.rank] if node.shard_sizes else 0
-        self.table = torch.zeros(shard, self.weight.shape[0], device=node.params.device)
+        self.table = torch.zeros(shard, classes, device=node.params.device)
         self.n = max(1, sum(node.shard_sizes))
         self.mean = torch.zeros_like(node.params) if node.rank == SERVER else None
         self.workers = tuple(r for r in range(node.size) if r != SERVER)
@@ -60,7 +62,7 @@ class ADSAGA(Algorithm):
         """(sum over the batch of grad f_j - a_j, in the parameters' layout; batch size) at this node's x, and the
         table updated. No batch (a cost-only simulation): zeros, the same bytes."""
         node, batch = self.node, self.node.batch
-        if batch is None:
+        if batch is None or self.weight is None:
             return torch.zeros_like(node.params), 1
         with torch.no_grad():
             a = batch.x.reshape(len(batch.y), -1).to(node.params.dtype)

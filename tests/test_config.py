@@ -23,7 +23,9 @@ def test_precedence_defaults_file_options_set(tmp_path):
 def test_algorithms_all_and_dedup():
     from bench.training.registry import ALGORITHMS
 
-    assert resolve({"algorithms": ["all"]}).algorithms == tuple(ALGORITHMS)
+    # every algorithm that runs on the model: ADSAGA only on logistic regression
+    assert resolve({"algorithms": ["all"]}).algorithms == tuple(a for a in ALGORITHMS if a != "adsaga")
+    assert resolve({"algorithms": ["all"], "model": "logreg"}).algorithms == tuple(ALGORITHMS)
     assert set(RunConfig().algorithms) < set(ALGORITHMS)  # the default: SwarmSGD and the classic baselines
     assert resolve({"algorithms": ["swarm", "swarm", "dpsgd"]}).algorithms == ("swarm", "dpsgd")
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from bench.core.codec import Codec, CodecConfig
 from bench.engine.sim.costonly import STAND_IN, ChargedSizes
-from bench.training.registry import ALGORITHMS
+from bench.training.registry import ALGORITHMS, runs_on
 from cli import cli
 
-ALGOS = tuple(ALGORITHMS)  # every algorithm: the five defaults and the five related ones
+ALGOS = tuple(a for a in ALGORITHMS if runs_on(a, "mlp"))  # every algorithm that runs on the MLP
 # The shipped MNIST subset: 3,600 training samples after the validation split, so one epoch at 8 nodes of batch 32
 # is 14 steps per node.
 NODES, STEPS = 8, 14
