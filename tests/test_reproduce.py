@@ -76,15 +76,27 @@ def test_woodworth_suite_layout():
 
 def test_related_work_suite_runs_every_algorithm():
     """Every registered algorithm, under one identical launch, each tuned on one lr grid: a new algorithm must join."""
-    from bench.training.registry import ALGORITHMS
+    from bench.training.registry import ALGORITHMS, runs_on
 
     suite = load_suite("related-work")
-    (part,) = suite.parts
-    assert sorted(part.grid["algorithm"]) == sorted(ALGORITHMS)
-    assert part.grid["nodes"] == [4, 8, 16, 32]
-    assert suite.tune is not None and suite.tune.grid == {"lr": [0.01, 0.05, 0.2]}
+    part, convex = suite.parts
+    assert sorted(part.grid["algorithm"]) == sorted(a for a in ALGORITHMS if runs_on(a, "mlp"))
+    # the algorithms that run only on logistic regression (ADSAGA), in a convex part of their own
+    assert convex.settings["model"] == "logreg" and sorted(part.grid["algorithm"] + convex.grid["algorithm"]) == sorted(
+        ALGORITHMS
+    )
+    assert part.grid["nodes"] == convex.grid["nodes"] == [4, 8, 16, 32]
+    assert suite.tune is not None and suite.tune.grid == {"lr": [0.01, 0.05, 0.2]} and suite.tune.by == "model"
     cells = expand(normalize(suite_spec(suite, "sim", (), (), ())))
-    assert len(cells) == 4 and all(c.algorithms == part.grid["algorithm"] for c in cells)
+    assert len(cells) == 8
+    assert [c.algorithms for c in cells] == [part.grid["algorithm"]] * 4 + [convex.grid["algorithm"]] * 4
+    from bench.experiments.reproduce import plan_suite_tunings
+
+    tunings = plan_suite_tunings(suite, normalize(suite_spec(suite, "sim", (), (), ())))
+    assert [(value, tuning.algorithms) for value, _, tuning in tunings] == [
+        ("mlp", part.grid["algorithm"]),
+        ("logreg", ["adsaga"]),
+    ]
 
 
 def test_unknown_suite_exits_2():
@@ -137,14 +149,20 @@ def test_ci_smoke(tmp_path):
     result = invoke("reproduce", "ci-smoke", "--out", str(out))
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["suite"] == "ci-smoke" and meta["status"] == "ok" and len(meta["cells"]) == 3
+    assert meta["suite"] == "ci-smoke" and meta["status"] == "ok" and len(meta["cells"]) == 6  # MLP, logreg
     tables = out / "report" / "tables"
     md = (tables / "paper_throughput.md").read_text()
     assert "| algorithm | 2 nodes | 4 nodes | 8 nodes |" in md
-    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    from bench.training.registry import ALGORITHMS
 
-    assert rows[1:] == list(ALGORITHMS)  # rows = methods, suite order: every algorithm, in the registry's order
+    def rows(md: str) -> list[str]:
+        return [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+
+    from bench.training.registry import ALGORITHMS, runs_on
+
+    # rows = methods, suite order: every algorithm that runs on the MLP, in the registry's order; the others
+    # (ADSAGA: logistic regression only) in the convex table
+    assert rows(md)[1:] == [a for a in ALGORITHMS if runs_on(a, "mlp")]
+    assert rows((tables / "paper_convex.md").read_text())[1:] == [a for a in ALGORITHMS if not runs_on(a, "mlp")]
     tex = (tables / "paper_bytes_per_sample.tex").read_text()
     assert "\\toprule" in tex and "2 nodes & 4 nodes & 8 nodes" in tex
     assert (out / "report" / "plots" / "throughput_scaling.png").stat().st_size > 10_000
