@@ -264,13 +264,15 @@ TIMED = ("seconds", "step_seconds", "staleness")  # metrics that measure the clo
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["allreduce", "sgp", "osgp", "choco", "decentlam", "d2", "gradient_tracking", "lead", "qg_dsgdm"]
+    "algorithm",
+    ["allreduce", "sgp", "osgp", "choco", "decentlam", "d2", "gradient_tracking", "lead", "qg_dsgdm", "adsaga"],
 )
 def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     """What `--checkpoint-every` saves is everything a node carries from one epoch to the next (model, momentum,
     algorithm state, sampler, random streams, counters, snapshots): started from every node's epoch-1 state, a cell
     trains exactly as the uninterrupted one did. Run on simulated nodes (run_cell as the real engine calls it), with
-    synchronous algorithms, whose arithmetic does not depend on timing."""
+    synchronous algorithms, whose arithmetic does not depend on timing, and ADSAGA, whose order of arrivals is the
+    simulator's (every node leaves a checkpoint's fence at one instant, in the resumed cell too)."""
     import copy
 
     import torch
@@ -279,8 +281,10 @@ def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     from bench.engine.sim.costmodel import CostModel
     from bench.run.checks import resolve
     from bench.training.loop import Checkpoints, make_shards, run_cell, run_data
+    from bench.training.registry import runs_on
 
-    cfg = resolve({"dataset": "digits", "model": "mlp", "batch_size": 32, "nodes": 3, "epochs": 3, "bits": 8})
+    model = "mlp" if runs_on(algorithm, "mlp") else "logreg"
+    cfg = resolve({"dataset": "digits", "model": model, "batch_size": 32, "nodes": 3, "epochs": 3, "bits": 8})
     dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
     cost = CostModel(
