@@ -137,6 +137,39 @@ def test_one_node_is_minibatch_saga():
     assert {"grad", "model"}.isdisjoint(stats)  # nothing sent
 
 
+def test_a_table_filled_at_x_makes_the_step_exact_gradient_descent():
+    """The paper's sanity check: with every a_j = grad f_j(x), whatever the batch (duplicates included), the
+    correction is 0 and the step is x - lr grad f(x); the table and its mean stay. So a minimizer x* (grad f(x*) = 0)
+    with its gradients in the table is a fixed point."""
+    import random
+
+    from bench.core.models import build_model
+    from bench.core.protocol import Batch, Node, flatten_model
+
+    dataset = load_dataset("digits", 0)
+    n, lr = 100, 0.3
+    a, y = dataset.x_train[:n], dataset.y_train[:n]
+    model = build_model("logreg", dataset.input_shape, dataset.num_classes, 0)
+    params, grads = flatten_model(model)
+    params.copy_(torch.randn(params.numel(), generator=torch.Generator().manual_seed(1)) * 0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    node = Node(0, 1, None, None, random.Random(0), model, params, grads, opt, shard_sizes=(n,))
+    algo = ALGORITHMS["adsaga"](node, ALGORITHMS["adsaga"].Config())
+    algo.start()
+    x0 = params.clone()
+    logits = model(a)
+    with torch.no_grad():
+        algo.table.copy_(torch.softmax(logits, 1) - F.one_hot(y, dataset.num_classes))
+    F.cross_entropy(logits, y).backward()  # the mean over the n samples: grad f(x0)
+    algo.mean.copy_(grads)
+    full, table = grads.clone(), algo.table.clone()
+    index = torch.tensor([3, 7, 7, 50, 99, 0, 3, 12])
+    node.batch = Batch(index, a[index], y[index])
+    algo.after_backward(0)
+    assert torch.allclose(params, x0 - lr * full, atol=1e-6)
+    assert torch.allclose(algo.table, table, atol=1e-6) and torch.allclose(algo.mean, full, atol=1e-7)
+
+
 def _closed_form(rank: int, world: int, steps: int, numel: int) -> dict[str, dict[str, int]]:
     """Per update: one gradient (4 numel bytes) up and one model down, each with a mailbox header; a worker reports
     once per step, the server serves world - 1 reports per step."""
