@@ -283,3 +283,19 @@ def test_cost_only_charges_what_training_sends(tmp_path):
     a, b = (pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("real", "cheap"))
     for col in ("bytes_grad", "bytes_model", "bytes_control", "bytes_sent_total"):
         assert a[col] == b[col], col
+
+
+def test_a_sweep_of_all_algorithms_runs_adsaga_on_logistic_regression_only():
+    from bench.experiments.sweep import Grid, SweepSpec, expand, normalize
+
+    spec = SweepSpec(fixed={"epochs": 1, "algorithms": ["all"]}, grids=[Grid(axes={"model": ["mlp", "logreg"]})])
+    mlp, logreg = expand(normalize(spec))
+    assert "adsaga" not in mlp.algorithms and logreg.algorithms == list(ALGORITHMS)
+
+
+def test_tuning_all_algorithms_tunes_adsaga_on_logistic_regression_only():
+    from bench.experiments.tune import plan
+
+    grid = {"lr": [0.05, 0.2]}
+    assert "adsaga" not in plan({"algorithms": ["all"], "engine": "sim"}, grid).algorithms
+    assert "adsaga" in plan({"algorithms": ["all"], "engine": "sim", "model": "logreg"}, grid).algorithms

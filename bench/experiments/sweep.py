@@ -257,10 +257,9 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """The cartesian product of every grid; grid points with the same settings share one cell."""
     defaults = RunConfig().to_dict()
     keys = grid_keys(spec)
-    given = spec.fixed.get("algorithms", ["all"])
-    default_algos = _algorithms(given, "algorithms")
-    # "all" is every algorithm that runs on the cell's model (`--algo all` of a run).
-    everything = "all" in (given if isinstance(given, list | tuple) else str(given).split(","))
+    default_algos = _algorithms(spec.fixed.get("algorithms", ["all"]), "algorithms")
+    # "all" (normalized to every name) is every algorithm that runs on the cell's model, as `--algo all` of a run.
+    everything = set(default_algos) == set(ALGORITHMS)
     fixed = {k: v for k, v in spec.fixed.items() if k != "algorithms"}
     cells: dict[str, Cell] = {}
     for g in spec.grids:

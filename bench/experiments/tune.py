@@ -123,6 +123,7 @@ def plan(fixed: dict[str, Any], grid: dict[str, list[Any]], source: str = "--gri
                     f"drop {algo}.{key} (--set, --config or the grid) or the axis"
                 )
     cells = expand(spec)
+    algorithms = [a for a in algorithms if any(a in cell.algorithms for cell in cells)]  # all: those of the model
     configs = check_cells(cells)
     for cell, cfg in zip(cells, configs, strict=True):
         if cfg is None:
