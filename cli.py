@@ -319,7 +319,7 @@ def _axis_option(name: str, help_text: str):
 
 @cli.command("sweep")
 @click.argument("spec_file", required=False, metavar="[SPEC.toml]")
-@_axis_option("--algo", "Algorithms of every cell (run inside each cell's one launch), or 'all'.")
+@_axis_option("--algo", "Algorithms of every cell (run inside each cell's one launch), or 'all' (those for its model).")
 @_axis_option("--nodes", "Node counts.")
 @_axis_option("--bits", "Bits per coordinate.")
 @_axis_option("--topology", "Topologies.")

@@ -50,7 +50,7 @@ class RunConfig:
 
     algorithms: tuple[str, ...] = opt(
         ("allreduce", "local_sgd", "dpsgd", "adpsgd", "swarm"),
-        "Algorithm (repeatable) or 'all' (every one in `swarmbench list`).  "
+        "Algorithm (repeatable) or 'all' (every one in `swarmbench list` that runs on --model).  "
         "[default: allreduce, local_sgd, dpsgd, adpsgd, swarm]",
         flag="--algo",
     )  # run in this order
