@@ -413,6 +413,8 @@ IDENTITIES = {
     "qg_dsgdm": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
     # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
     "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
+    # PowerSGD at full rank is AllReduce SGD: no matrix is worth compressing, torch's hook allreduces every gradient.
+    "powersgd": ("allreduce", {"momentum": 0.9, "algo_options": {"powersgd": {"rank": 4096}}}),
 }
 
 

@@ -170,6 +170,12 @@ def check(cfg) -> None:
         )
     if cfg.eval_samples is not None:
         raise UserError("--compute cost-only evaluates nothing: drop --eval-samples")
+    tensors = [name for name in cfg.algorithms if ALGORITHMS[name].needs_tensors]
+    if tensors:
+        raise UserError(
+            f"{', '.join(tensors)} work(s) on the model's own tensors, which the cost-only stand-in does not have: "
+            "leave it out of --algo or run --compute real"
+        )
 
 
 COST_ONLY_FACT = (
