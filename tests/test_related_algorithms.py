@@ -411,8 +411,16 @@ IDENTITIES = {
     "lead": ("d2", {"momentum": 0.9, "algo_options": {"lead": {"gamma": 1.0, "alpha": 0.3}}}),
     # QG-DSGDm with beta = 0 is D-PSGD, adapt-then-combine (the quasi-global buffer goes unused).
     "qg_dsgdm": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
-    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
-    "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
+    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear (K set by
+    # its own key, over the run's H).
+    "minibatch_sgd": (
+        "local_sgd",
+        {
+            "momentum": 0.9,
+            "local_steps": 4,
+            "algo_options": {"minibatch_sgd": {"accumulate": 1}, "local_sgd": {"local_steps": 1}},
+        },
+    ),
     # PowerSGD at full rank is AllReduce SGD: no matrix is worth compressing, torch's hook allreduces every gradient.
     "powersgd": ("allreduce", {"momentum": 0.9, "algo_options": {"powersgd": {"rank": 4096}}}),
 }
@@ -441,7 +449,7 @@ def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the
     shards = make_shards(cfg, data)
     steps = shards.steps_per_epoch
     tau = next(t for t in (5, 4, 3, 2) if steps % t == 0)  # the last step pulls: the models end on the anchor
-    cfg = dataclasses.replace(cfg, local_steps=tau)
+    cfg = dataclasses.replace(cfg, local_steps=1, algo_options={"overlap_local_sgd": {"alpha": 1.0, "tau": tau}})
     cluster = _cluster(n)
     rows: list[dict] = []
     nodes = {}
