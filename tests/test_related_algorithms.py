@@ -218,17 +218,25 @@ def test_one_peer_exponential_graph():
     assert all(g.in_peer(g.out_peer(i, k), k) == i for i in range(6) for k in range(6))
 
 
-@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
-def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
-    """The gossip step preserves the node average for any compressor, and consensus improves; the copies x-hat_i
-    that neighbours would rebuild from the messages equal the sender's (messages are decoded alike everywhere).
-    Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
+@pytest.mark.parametrize("compression", ["uniform", "lattice", "sign", "topk", "qsgd"])
+def test_choco_keeps_the_mean_and_identical_copies_under_compression(compression):
+    """The gossip step preserves the node average for any compressor (the cell's codec, or the algorithm's own:
+    `choco.compressor`), and consensus improves; the copies x-hat_i that neighbours would rebuild from the messages
+    equal the sender's (messages are decoded alike everywhere). Bytes: one encoded message per neighbour per step,
+    the compressor's closed-form size."""
     n, d, steps = 4, 300, 30
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(d, generator=gen) * 0.05 for _ in range(n)]
-    codec = Codec(CodecConfig(bits=8, quantizer=quantizer, eps=0.25 / 127, bucket=64))
     cluster = _cluster(n)
-    models, algos = _drive(cluster, "choco", start, steps, codec=codec, gamma=0.5)
+    if compression in ("uniform", "lattice"):
+        codec = Codec(CodecConfig(bits=8, quantizer=compression, eps=0.25 / 127, bucket=64))
+        models, algos = _drive(cluster, "choco", start, steps, codec=codec, gamma=0.5)
+        wire = codec.wire_bytes(d)
+    else:
+        options = {"compressor": compression, "topk_ratio": 0.2, "qsgd_levels": 127}
+        models, algos = _drive(cluster, "choco", start, steps, gamma=0.5, **options)
+        wire = algos[0].compressor.wire_bytes(d)
+        assert wire == {"sign": 4 + 300 // 8 + 1, "topk": 8 * 60, "qsgd": 4 + 300}[compression]
     mean0 = torch.stack(start).mean(0)
     assert torch.allclose(torch.stack(models).mean(0), mean0, atol=1e-5)
     spread0 = (torch.stack(start) - mean0).norm()
@@ -238,7 +246,7 @@ def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
         expected = sum(w[j] * algos[j].copy for j in w)
         assert torch.allclose(algo.mix, expected, atol=1e-5)
         s = cluster.comms[r].stats.snapshot()["model"]
-        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(d)
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * wire
 
 
 # ---- D², gradient tracking, LEAD, QG-DSGDm on heterogeneous quadratics --------------------------------------------
@@ -330,15 +338,20 @@ def test_gradient_tracking_with_momentum_keeps_the_average_on_the_optimizers_pat
     assert (models - torch.stack(_quadratic()[0]).mean(0)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
+@pytest.mark.parametrize("quantizer", ["uniform", "lattice", "qsgd"])
 def test_lead_under_compression_keeps_sgd_on_the_average_and_reaches_the_exact_optimum(quantizer):
     """4-bit compression: the duals sum to 0 (to float32 rounding), so the node average follows SGD on the average
     gradient (here mean(x) - mean(c) shrinks by exactly 1 - lr per step); the running sums h_i - sum_j W_ij h_j equal
     those rebuilt from every node's own memory; with the unbiased quantizer the models reach the exact optimum
     anyway. Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
     steps = 250
-    codec = Codec(CodecConfig(bits=4, quantizer=quantizer, eps=8.0 / 7, bucket=8))
-    models, algos, cluster = _run_quadratic("lead", steps, codec=codec, alpha=0.5, gamma=1.0)
+    if quantizer == "qsgd":  # the algorithm's own compressor (`lead.compressor`): QSGD, 7 levels, 4-bit codes
+        codec, wire = None, 4 + 3
+        models, algos, cluster = _run_quadratic("lead", steps, alpha=0.5, gamma=1.0, compressor="qsgd")
+    else:
+        codec = Codec(CodecConfig(bits=4, quantizer=quantizer, eps=8.0 / 7, bucket=8))
+        wire = codec.wire_bytes(D_Q)
+        models, algos, cluster = _run_quadratic("lead", steps, codec=codec, alpha=0.5, gamma=1.0)
     centers, starts = _quadratic()
     optimum = torch.stack(centers).mean(0)
     duals = torch.stack([a.dual for a in algos])
@@ -349,9 +362,9 @@ def test_lead_under_compression_keeps_sgd_on_the_average_and_reaches_the_exact_o
         w = cluster.comms[r].topology.mixing_weights(r)
         assert torch.allclose(algo.gap, algo.memory - sum(w[j] * algos[j].memory for j in w), atol=1e-5)
         s = cluster.comms[r].stats.snapshot()["model"]
-        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(D_Q)
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * wire
     assert sum(comm.decode_failures for comm in cluster.comms) == 0
-    if quantizer == "uniform":  # unbiased; the lattice's fixed spacing rounds differences below eps / 2 to 0
+    if quantizer != "lattice":  # unbiased; the lattice's fixed spacing rounds differences below eps / 2 to 0
         assert (models - optimum).abs().max() < 1e-4
 
 

@@ -58,6 +58,7 @@ from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig
 
 if TYPE_CHECKING:
+    from bench.core.compress import Compressor
     from bench.core.topology import Topology
 
 RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselves
@@ -280,16 +281,32 @@ class Comm:
             self.decode_failures += int(failed.sum())
             return values
 
-    def gossip_encoded(self, t: torch.Tensor, kind: str) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def gossip_encoded(
+        self, t: torch.Tensor, kind: str, compressor: Compressor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Compressed gossip for algorithms that keep copies of what was delivered (Choco-SGD's x-hat, LEAD's h):
-        encode `t` once (`encode`), send it to every neighbour (`neighbor_exchange_encoded`) and decode every
-        message alike (`decode_shared`). Returns this node's message as all its receivers decode it, and each
-        neighbour's message decoded, on `t`'s device."""
-        msg = self.encode(t, kind)
-        theirs = self.neighbor_exchange_encoded(msg, kind)
+        encode `t` once (`encode`, or the algorithm's own `compressor`, `bench.core.compress`, with this node's
+        random stream), send it to every neighbour (`neighbor_exchange_encoded`) and decode every message alike
+        (`decode_shared`, or the compressor's). Returns this node's message as all its receivers decode it, and each
+        neighbour's message decoded, on `t`'s device. A compressor's work is charged as "encode NAME" and "decode
+        NAME"."""
         n = t.numel()
-        q = self.decode_shared(msg, n, kind).to(t.device)
-        return q, {peer: self.decode_shared(m, n, kind).to(t.device) for peer, m in theirs.items()}
+        if compressor is None:
+            msg = self.encode(t, kind)
+            theirs = self.neighbor_exchange_encoded(msg, kind)
+            q = self.decode_shared(msg, n, kind).to(t.device)
+            return q, {peer: self.decode_shared(m, n, kind).to(t.device) for peer, m in theirs.items()}
+
+        def decode(m: torch.Tensor) -> torch.Tensor:
+            with self._timed(kind):
+                self._work(f"decode {compressor.name}", n)
+                return compressor.decode(m, n).to(t.device)
+
+        with self._timed(kind):
+            self._work(f"encode {compressor.name}", n)
+            msg = compressor.encode(t.detach().to("cpu", torch.float32), self._codec_stream())
+        theirs = self.neighbor_exchange_encoded(msg, kind)
+        return decode(msg), {peer: decode(m) for peer, m in theirs.items()}
 
     def send(self, peer: int, msg: torch.Tensor, kind: str) -> None:
         """Directed, exactly once: put `msg` (a flat uint8 or float32 tensor) in `peer`'s mailbox and return

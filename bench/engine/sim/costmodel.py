@@ -247,11 +247,18 @@ _VM_CORE_WORK = _work(
     encode uniform 16  205.96  0.563
     decode uniform 16  42.47   0.184
     lowrank            18.07   0.335
+    encode sign        39.79   0.971
+    decode sign        35.06   0.384
+    encode topk        0.00    11.949
+    decode topk        22.58   0.149
+    encode qsgd        113.43  7.718
+    decode qsgd        76.85   1.823
     """
 )
 # `lowrank` (PowerSGD's rank-1 work per coordinate: two matrix-vector products, a normalization, the rank-1
-# reconstruction) was measured the same way on 2026-12-04 at load average 1.3-1.7; three runs gave 0.46, 0.335 and
-# 0.333 ns per coordinate (the median kept).
+# reconstruction) and the algorithm-owned compressors (`bench.core.compress`: sign, top-1 %, QSGD with 7 levels)
+# were measured the same way on 2026-12-04 at load average 1.3-3.1; of three runs each, the median per-coordinate
+# figure is kept (lowrank: 0.46, 0.335, 0.333; the compressors' runs agreed within 10 %, QSGD's decode within 35 %).
 
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
@@ -666,6 +673,7 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
     import torch
 
     from bench.core.codec import QUANTIZERS, Codec, CodecConfig, suggest_eps
+    from bench.core.compress import CompressorOptions
 
     def timed(fn) -> float:
         best = math.inf
@@ -696,6 +704,10 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
             "reduce": lambda live=live, t=theirs: live.add_(t),
             "lowrank": lambda m=matrix, q=vector: _lowrank_round(m, q),
         }
+        for c in (CompressorOptions(compressor=name).build() for name in ("sign", "topk", "qsgd")):
+            msg = c.encode(x, gen)
+            ops[f"encode {c.name}"] = lambda c=c, x=x, g=gen: c.encode(x, g)
+            ops[f"decode {c.name}"] = lambda c=c, m=msg, n=n: c.decode(m, n)
         for q in QUANTIZERS:
             for bits in WORK_BITS:
                 eps = suggest_eps(bits, 0.05) if q == "lattice" else 1e-3
