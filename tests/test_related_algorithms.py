@@ -526,6 +526,7 @@ REAL_CASES = (
     ("gradient_tracking", 0.9, {"form": "atc"}),
     ("gradient_tracking", 0.0, {"form": "cta"}),
     ("lead", 0.9, {}),
+    ("lead", 0.9, {"compressor": "qsgd"}),  # its own compressor: QSGD drawn on the sender, 4-bit codes
     ("qg_dsgdm", 0.9, {}),
 )
 REAL_STEPS = 8
@@ -543,7 +544,8 @@ def _real_quadratics(rank, world, comm):
     for name, momentum, options in REAL_CASES:
         clock = WallClock(torch.device("cpu"))
         node, algo = _hand_node(name, rank, world, comm, clock, starts[rank], lr=LR_Q, momentum=momentum, **options)
-        _hooks(node, algo, REAL_STEPS, _lead_codec() if name == "lead" else None, center=centers[rank])
+        codec = _lead_codec() if name == "lead" and not options else None
+        _hooks(node, algo, REAL_STEPS, codec, center=centers[rank])
         out.append((node.params.clone(), comm.stats.snapshot()["model"]))
     return out
 
@@ -553,17 +555,19 @@ def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_for
     Metropolis-Hastings W has the eigenvalue -1/3 that makes D² mix with (I + W) / 2; the SGP test above runs 3
     processes): every model equals the simulator's, LEAD's compressed messages included (the dither is drawn on
     the sender alike), and each node sends and receives per step one message per neighbour of the closed-form size:
-    d float32 values (2 d for gradient tracking; the codec's packed size for LEAD)."""
+    d float32 values (2 d for gradient tracking; the codec's or its own compressor's packed size for LEAD)."""
     world = 4
     real = run_world(_real_quadratics, world, tmp_path)
     per_step = {"d2": 4 * D_Q, "gradient_tracking": 8 * D_Q, "lead": _lead_codec().wire_bytes(D_Q), "qg_dsgdm": 4 * D_Q}
+    per_step["lead qsgd"] = 4 + 3  # the norm, then 5 codes of 4 bits
     for k, (name, momentum, options) in enumerate(REAL_CASES):
-        codec = _lead_codec() if name == "lead" else None
+        codec = _lead_codec() if name == "lead" and not options else None
         simulated, _, _ = _run_quadratic(name, REAL_STEPS, codec=codec, momentum=momentum, n=world, **options)
+        key = f"{name} {options['compressor']}" if "compressor" in options else name
         for rank in range(world):
             params, stats = real[rank][k]
             assert torch.allclose(params, simulated[rank], atol=1e-6), (name, rank)
-            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[name]
+            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[key]
             assert stats["msgs_sent"] == stats["msgs_recv"] == REAL_STEPS * 2
 
 
