@@ -7,15 +7,17 @@ from typing import Any
 
 import torch
 
+from bench.core.compress import CompressorOptions
 from bench.core.protocol import Algorithm
 
 
 @dataclass(frozen=True)
-class LEADConfig:
+class LEADConfig(CompressorOptions):
     alpha: float = 0.5  # memory step: h <- h + alpha q (theory: about 1 / (1 + compression variance))
     gamma: float = 1.0  # dual step: d <- d + gamma / (2 lr) (y-hat - W y-hat); 1 recovers NIDS / D²
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if not 0 < self.gamma <= 1:
@@ -31,7 +33,8 @@ class LEAD(Algorithm):
     lr d_i; q_i = C(y_i - h_i) is sent to the neighbours; with y-hat_i = h_i + q_i,
     d_i <- d_i + gamma / (2 lr) (y-hat_i - (W y-hat)_i), where h_i - (W h)_i is kept as one running sum
     (neighbours' memories are not stored); h_i <- h_i + alpha q_i, the sum likewise; and x_i <- x_i + u_i - lr d_i.
-    The compressor is the cell's codec (`--bits`, `--quantizer`; 32 bits = none), used exactly as Choco-SGD uses it
+    The compressor is the cell's codec (`--bits`, `--quantizer`; 32 bits = none) or `--set lead.compressor=...`
+    (`bench.core.compress`; the paper's are unbiased: `qsgd`), used exactly as Choco-SGD uses it
     (`Comm.gossip_encoded`), so every copy of h_i stays identical. The sum of the d_i stays 0, so the node average
     moves by the average update, and the models reach the exact optimum despite (unbiased) compression. Correcting
     the optimizer's update rather than the gradient (as `d2` does) lets momentum apply to the gradient alone, an
@@ -54,6 +57,7 @@ class LEAD(Algorithm):
         self.dual = torch.zeros_like(node.params)  # d_i
         self.memory = torch.zeros_like(node.params)  # h_i, as every neighbour holds it
         self.gap = torch.zeros_like(node.params)  # h_i - sum_j W_ij h_j
+        self.compressor = self.config.build()
 
     def state_dict(self) -> dict[str, Any]:
         return {"dual": self.dual.clone(), "memory": self.memory.clone(), "gap": self.gap.clone()}
@@ -70,7 +74,7 @@ class LEAD(Algorithm):
             return
         cfg = self.config
         x.sub_(d, alpha=lr)  # y_i
-        q, theirs = node.comm.gossip_encoded(x - self.memory, "model")  # q_i = C(y_i - h_i)
+        q, theirs = node.comm.gossip_encoded(x - self.memory, "model", self.compressor)  # q_i = C(y_i - h_i)
         # (I - W) q as sum_j W_ij (q_i - q_j): the pair (i, j) adds opposite terms, so sum_i d_i stays 0 in float32.
         spread = torch.zeros_like(q)
         for peer, qj in theirs.items():

@@ -12,11 +12,14 @@ from bench.core.protocol import Algorithm
 
 @dataclass(frozen=True)
 class MinibatchSGDConfig:
-    local_steps: int = 4  # K: gradients each node computes at the same point per round (one optimizer step)
+    local_steps: int = 4  # the run's H (--local-steps): K unless `accumulate` is set (local SGD's equal budget)
+    accumulate: int = 0  # K: gradients each node computes at the same point per round (one step); 0 = local_steps
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {self.local_steps}")
+        if self.accumulate < 0:
+            raise ValueError(f"accumulate must be at least 1 (or 0 for --local-steps), got {self.accumulate}")
 
 
 class MinibatchSGD(Algorithm):
@@ -45,8 +48,11 @@ class MinibatchSGD(Algorithm):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sum.copy_(state["sum"])
 
+    def local_steps(self) -> int:
+        return self.config.accumulate or self.config.local_steps
+
     def after_backward(self, step: int) -> None:
-        node, k = self.node, self.config.local_steps
+        node, k = self.node, self.local_steps()
         self.sum.add_(node.grads)
         if self.takes_step(step):
             node.grads.copy_(self.sum).div_(k)
@@ -55,4 +61,4 @@ class MinibatchSGD(Algorithm):
             self.count("allreduces")
 
     def takes_step(self, step: int) -> bool:
-        return (step + 1) % self.config.local_steps == 0
+        return (step + 1) % self.local_steps() == 0

@@ -13,12 +13,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OverlapLocalSGDConfig:
-    local_steps: int = 4  # tau: local steps between two pulls (the paper's ICASSP runs: 2)
+    local_steps: int = 4  # the run's H (--local-steps): tau unless `tau` is set
+    tau: int = 0  # local steps between two pulls (the paper's ICASSP runs: 2); 0 = local_steps
     alpha: float = 0.6  # pull towards the anchor: x <- (1 - alpha) x + alpha z (the paper's ICASSP runs: 0.6)
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {self.local_steps}")
+        if self.tau < 0:
+            raise ValueError(f"tau must be at least 1 (or 0 for --local-steps), got {self.tau}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
@@ -44,8 +47,11 @@ class OverlapLocalSGD(Algorithm):
         self.sending = self.anchor.clone()
         self.pending: Pending | None = None
 
+    def local_steps(self) -> int:
+        return self.config.tau or self.config.local_steps
+
     def after_step(self, step: int) -> None:
-        if (step + 1) % self.config.local_steps:
+        if (step + 1) % self.local_steps():
             return
         self._land()
         x, alpha = self.node.params, self.config.alpha

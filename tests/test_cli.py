@@ -41,6 +41,8 @@ BAD_INPUTS = [
     (["--algo", "lead", "--set", "lead.gamma=1.5"], "gamma must be in (0, 1]"),
     (["--algo", "lead", "--set", "lead.alpha=0"], "alpha must be in (0, 1]"),
     (["--algo", "qg_dsgdm", "--set", "qg_dsgdm.mu=2"], "mu must be in [0, 1]"),
+    (["--algo", "choco", "--set", "choco.compressor=top1"], "compressor must be one of codec, none, sign, topk, qsgd"),
+    (["--algo", "powersgd", "--set", "powersgd.rank=0"], "rank must be at least 1"),
     (["--algo", "gradient_tracking", "--set", "gradient_tracking.form=both"], "form must be one of atc, cta"),
     (
         ["--device", "cuda"]

@@ -218,17 +218,25 @@ def test_one_peer_exponential_graph():
     assert all(g.in_peer(g.out_peer(i, k), k) == i for i in range(6) for k in range(6))
 
 
-@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
-def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
-    """The gossip step preserves the node average for any compressor, and consensus improves; the copies x-hat_i
-    that neighbours would rebuild from the messages equal the sender's (messages are decoded alike everywhere).
-    Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
+@pytest.mark.parametrize("compression", ["uniform", "lattice", "sign", "topk", "qsgd"])
+def test_choco_keeps_the_mean_and_identical_copies_under_compression(compression):
+    """The gossip step preserves the node average for any compressor (the cell's codec, or the algorithm's own:
+    `choco.compressor`), and consensus improves; the copies x-hat_i that neighbours would rebuild from the messages
+    equal the sender's (messages are decoded alike everywhere). Bytes: one encoded message per neighbour per step,
+    the compressor's closed-form size."""
     n, d, steps = 4, 300, 30
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(d, generator=gen) * 0.05 for _ in range(n)]
-    codec = Codec(CodecConfig(bits=8, quantizer=quantizer, eps=0.25 / 127, bucket=64))
     cluster = _cluster(n)
-    models, algos = _drive(cluster, "choco", start, steps, codec=codec, gamma=0.5)
+    if compression in ("uniform", "lattice"):
+        codec = Codec(CodecConfig(bits=8, quantizer=compression, eps=0.25 / 127, bucket=64))
+        models, algos = _drive(cluster, "choco", start, steps, codec=codec, gamma=0.5)
+        wire = codec.wire_bytes(d)
+    else:
+        options = {"compressor": compression, "topk_ratio": 0.2, "qsgd_levels": 127}
+        models, algos = _drive(cluster, "choco", start, steps, gamma=0.5, **options)
+        wire = algos[0].compressor.wire_bytes(d)
+        assert wire == {"sign": 4 + 300 // 8 + 1, "topk": 8 * 60, "qsgd": 4 + 300}[compression]
     mean0 = torch.stack(start).mean(0)
     assert torch.allclose(torch.stack(models).mean(0), mean0, atol=1e-5)
     spread0 = (torch.stack(start) - mean0).norm()
@@ -238,7 +246,7 @@ def test_choco_keeps_the_mean_and_identical_copies_under_compression(quantizer):
         expected = sum(w[j] * algos[j].copy for j in w)
         assert torch.allclose(algo.mix, expected, atol=1e-5)
         s = cluster.comms[r].stats.snapshot()["model"]
-        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(d)
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * wire
 
 
 # ---- D², gradient tracking, LEAD, QG-DSGDm on heterogeneous quadratics --------------------------------------------
@@ -330,15 +338,20 @@ def test_gradient_tracking_with_momentum_keeps_the_average_on_the_optimizers_pat
     assert (models - torch.stack(_quadratic()[0]).mean(0)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("quantizer", ["uniform", "lattice"])
+@pytest.mark.parametrize("quantizer", ["uniform", "lattice", "qsgd"])
 def test_lead_under_compression_keeps_sgd_on_the_average_and_reaches_the_exact_optimum(quantizer):
     """4-bit compression: the duals sum to 0 (to float32 rounding), so the node average follows SGD on the average
     gradient (here mean(x) - mean(c) shrinks by exactly 1 - lr per step); the running sums h_i - sum_j W_ij h_j equal
     those rebuilt from every node's own memory; with the unbiased quantizer the models reach the exact optimum
     anyway. Bytes: one encoded message per neighbour per step, the codec's closed-form size."""
     steps = 250
-    codec = Codec(CodecConfig(bits=4, quantizer=quantizer, eps=8.0 / 7, bucket=8))
-    models, algos, cluster = _run_quadratic("lead", steps, codec=codec, alpha=0.5, gamma=1.0)
+    if quantizer == "qsgd":  # the algorithm's own compressor (`lead.compressor`): QSGD, 7 levels, 4-bit codes
+        codec, wire = None, 4 + 3
+        models, algos, cluster = _run_quadratic("lead", steps, alpha=0.5, gamma=1.0, compressor="qsgd")
+    else:
+        codec = Codec(CodecConfig(bits=4, quantizer=quantizer, eps=8.0 / 7, bucket=8))
+        wire = codec.wire_bytes(D_Q)
+        models, algos, cluster = _run_quadratic("lead", steps, codec=codec, alpha=0.5, gamma=1.0)
     centers, starts = _quadratic()
     optimum = torch.stack(centers).mean(0)
     duals = torch.stack([a.dual for a in algos])
@@ -349,9 +362,9 @@ def test_lead_under_compression_keeps_sgd_on_the_average_and_reaches_the_exact_o
         w = cluster.comms[r].topology.mixing_weights(r)
         assert torch.allclose(algo.gap, algo.memory - sum(w[j] * algos[j].memory for j in w), atol=1e-5)
         s = cluster.comms[r].stats.snapshot()["model"]
-        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * codec.wire_bytes(D_Q)
+        assert s["bytes_sent"] == s["bytes_recv"] == steps * 2 * wire
     assert sum(comm.decode_failures for comm in cluster.comms) == 0
-    if quantizer == "uniform":  # unbiased; the lattice's fixed spacing rounds differences below eps / 2 to 0
+    if quantizer != "lattice":  # unbiased; the lattice's fixed spacing rounds differences below eps / 2 to 0
         assert (models - optimum).abs().max() < 1e-4
 
 
@@ -411,8 +424,18 @@ IDENTITIES = {
     "lead": ("d2", {"momentum": 0.9, "algo_options": {"lead": {"gamma": 1.0, "alpha": 0.3}}}),
     # QG-DSGDm with beta = 0 is D-PSGD, adapt-then-combine (the quasi-global buffer goes unused).
     "qg_dsgdm": ("dpsgd", {"momentum": 0.0, "algo_options": {"dpsgd": {"form": "atc"}}}),
-    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear.
-    "minibatch_sgd": ("local_sgd", {"momentum": 0.9, "local_steps": 1}),
+    # Minibatch SGD with K = 1 is local SGD with H = 1, even with (local) momentum: every update is linear (K set by
+    # its own key, over the run's H).
+    "minibatch_sgd": (
+        "local_sgd",
+        {
+            "momentum": 0.9,
+            "local_steps": 4,
+            "algo_options": {"minibatch_sgd": {"accumulate": 1}, "local_sgd": {"local_steps": 1}},
+        },
+    ),
+    # PowerSGD at full rank is AllReduce SGD: no matrix is worth compressing, torch's hook allreduces every gradient.
+    "powersgd": ("allreduce", {"momentum": 0.9, "algo_options": {"powersgd": {"rank": 4096}}}),
 }
 
 
@@ -439,7 +462,7 @@ def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the
     shards = make_shards(cfg, data)
     steps = shards.steps_per_epoch
     tau = next(t for t in (5, 4, 3, 2) if steps % t == 0)  # the last step pulls: the models end on the anchor
-    cfg = dataclasses.replace(cfg, local_steps=tau)
+    cfg = dataclasses.replace(cfg, local_steps=1, algo_options={"overlap_local_sgd": {"alpha": 1.0, "tau": tau}})
     cluster = _cluster(n)
     rows: list[dict] = []
     nodes = {}
@@ -503,6 +526,7 @@ REAL_CASES = (
     ("gradient_tracking", 0.9, {"form": "atc"}),
     ("gradient_tracking", 0.0, {"form": "cta"}),
     ("lead", 0.9, {}),
+    ("lead", 0.9, {"compressor": "qsgd"}),  # its own compressor: QSGD drawn on the sender, 4-bit codes
     ("qg_dsgdm", 0.9, {}),
 )
 REAL_STEPS = 8
@@ -520,7 +544,8 @@ def _real_quadratics(rank, world, comm):
     for name, momentum, options in REAL_CASES:
         clock = WallClock(torch.device("cpu"))
         node, algo = _hand_node(name, rank, world, comm, clock, starts[rank], lr=LR_Q, momentum=momentum, **options)
-        _hooks(node, algo, REAL_STEPS, _lead_codec() if name == "lead" else None, center=centers[rank])
+        codec = _lead_codec() if name == "lead" and not options else None
+        _hooks(node, algo, REAL_STEPS, codec, center=centers[rank])
         out.append((node.params.clone(), comm.stats.snapshot()["model"]))
     return out
 
@@ -530,17 +555,19 @@ def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_for
     Metropolis-Hastings W has the eigenvalue -1/3 that makes D² mix with (I + W) / 2; the SGP test above runs 3
     processes): every model equals the simulator's, LEAD's compressed messages included (the dither is drawn on
     the sender alike), and each node sends and receives per step one message per neighbour of the closed-form size:
-    d float32 values (2 d for gradient tracking; the codec's packed size for LEAD)."""
+    d float32 values (2 d for gradient tracking; the codec's or its own compressor's packed size for LEAD)."""
     world = 4
     real = run_world(_real_quadratics, world, tmp_path)
     per_step = {"d2": 4 * D_Q, "gradient_tracking": 8 * D_Q, "lead": _lead_codec().wire_bytes(D_Q), "qg_dsgdm": 4 * D_Q}
+    per_step["lead qsgd"] = 4 + 3  # the norm, then 5 codes of 4 bits
     for k, (name, momentum, options) in enumerate(REAL_CASES):
-        codec = _lead_codec() if name == "lead" else None
+        codec = _lead_codec() if name == "lead" and not options else None
         simulated, _, _ = _run_quadratic(name, REAL_STEPS, codec=codec, momentum=momentum, n=world, **options)
+        key = f"{name} {options['compressor']}" if "compressor" in options else name
         for rank in range(world):
             params, stats = real[rank][k]
             assert torch.allclose(params, simulated[rank], atol=1e-6), (name, rank)
-            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[name]
+            assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[key]
             assert stats["msgs_sent"] == stats["msgs_recv"] == REAL_STEPS * 2
 
 

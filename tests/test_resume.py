@@ -265,7 +265,19 @@ TIMED = ("seconds", "step_seconds", "staleness")  # metrics that measure the clo
 
 @pytest.mark.parametrize(
     "algorithm",
-    ["allreduce", "sgp", "osgp", "choco", "decentlam", "d2", "gradient_tracking", "lead", "qg_dsgdm", "adsaga"],
+    [
+        "allreduce",
+        "sgp",
+        "osgp",
+        "choco",
+        "decentlam",
+        "d2",
+        "gradient_tracking",
+        "lead",
+        "qg_dsgdm",
+        "powersgd",
+        "adsaga",
+    ],
 )
 def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     """What `--checkpoint-every` saves is everything a node carries from one epoch to the next (model, momentum,

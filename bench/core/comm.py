@@ -58,6 +58,7 @@ from bench.base.errors import UserError
 from bench.core.codec import Codec, CodecConfig
 
 if TYPE_CHECKING:
+    from bench.core.compress import Compressor
     from bench.core.topology import Topology
 
 RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselves
@@ -192,6 +193,19 @@ class Comm:
     def neighbors(self) -> tuple[int, ...]:
         return self.topology.neighbors(self.rank)
 
+    def process_group(self, kind: str):
+        """This communicator as a `torch.distributed.ProcessGroup`, for library code written against one (torch's
+        DDP communication hooks: PowerSGD). Its allreduces (sums) are `allreduce_sum` under `kind`: counted and
+        timed like the algorithm's own, on real processes and in the simulator alike. Each runs when its result is
+        first asked for (its work's `wait`, its future's `wait`/`value`/`then`); no other collective is offered."""
+        return _comm_group(self, kind)
+
+    def charge(self, op: str, numel: int) -> None:
+        """The algorithm did work on `numel` coordinates that no comm call did for it (PowerSGD's low-rank
+        compression: op "lowrank", numel = coordinates x rank). Real engines measured it on their clocks; the
+        simulator charges the compute profile's cost of `op`, as it charges the comm layer's own work."""
+        self._work(op, numel)
+
     def allreduce_mean(self, t: torch.Tensor, kind: str) -> None:
         """In place: t <- mean over all nodes (never quantized)."""
         self.allreduce_sum(t, kind)
@@ -267,16 +281,32 @@ class Comm:
             self.decode_failures += int(failed.sum())
             return values
 
-    def gossip_encoded(self, t: torch.Tensor, kind: str) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def gossip_encoded(
+        self, t: torch.Tensor, kind: str, compressor: Compressor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Compressed gossip for algorithms that keep copies of what was delivered (Choco-SGD's x-hat, LEAD's h):
-        encode `t` once (`encode`), send it to every neighbour (`neighbor_exchange_encoded`) and decode every
-        message alike (`decode_shared`). Returns this node's message as all its receivers decode it, and each
-        neighbour's message decoded, on `t`'s device."""
-        msg = self.encode(t, kind)
-        theirs = self.neighbor_exchange_encoded(msg, kind)
+        encode `t` once (`encode`, or the algorithm's own `compressor`, `bench.core.compress`, with this node's
+        random stream), send it to every neighbour (`neighbor_exchange_encoded`) and decode every message alike
+        (`decode_shared`, or the compressor's). Returns this node's message as all its receivers decode it, and each
+        neighbour's message decoded, on `t`'s device. A compressor's work is charged as "encode NAME" and "decode
+        NAME"."""
         n = t.numel()
-        q = self.decode_shared(msg, n, kind).to(t.device)
-        return q, {peer: self.decode_shared(m, n, kind).to(t.device) for peer, m in theirs.items()}
+        if compressor is None:
+            msg = self.encode(t, kind)
+            theirs = self.neighbor_exchange_encoded(msg, kind)
+            q = self.decode_shared(msg, n, kind).to(t.device)
+            return q, {peer: self.decode_shared(m, n, kind).to(t.device) for peer, m in theirs.items()}
+
+        def decode(m: torch.Tensor) -> torch.Tensor:
+            with self._timed(kind):
+                self._work(f"decode {compressor.name}", n)
+                return compressor.decode(m, n).to(t.device)
+
+        with self._timed(kind):
+            self._work(f"encode {compressor.name}", n)
+            msg = compressor.encode(t.detach().to("cpu", torch.float32), self._codec_stream())
+        theirs = self.neighbor_exchange_encoded(msg, kind)
+        return decode(msg), {peer: decode(m) for peer, m in theirs.items()}
 
     def send(self, peer: int, msg: torch.Tensor, kind: str) -> None:
         """Directed, exactly once: put `msg` (a flat uint8 or float32 tensor) in `peer`'s mailbox and return
@@ -713,6 +743,75 @@ class Comm:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+class _Deferred:
+    """A collective's work and future at once, run when its result is first asked for (`wait`, `value`, or a
+    callback of `then` that asks): the hook's chain then runs in plain Python frames, where the simulator may
+    switch nodes (inside a torch `Future` callback, C++ frames would be on the stack)."""
+
+    def __init__(self, run: Callable[[], Any]) -> None:
+        self._run: Callable[[], Any] | None = run
+        self._value: Any = None
+
+    def value(self) -> Any:
+        if self._run is not None:
+            run, self._run = self._run, None
+            self._value = run()
+        return self._value
+
+    def wait(self, timeout=None) -> Any:
+        return self.value()
+
+    def get_future(self) -> _Deferred:
+        return self
+
+    def then(self, callback: Callable[[_Deferred], Any]) -> _Deferred:
+        return _Deferred(lambda: callback(self._forced()))
+
+    def _forced(self) -> _Deferred:
+        self.value()
+        return self
+
+
+def _comm_group(comm: Comm, kind: str):
+    """`Comm.process_group`: a Python `torch.distributed.ProcessGroup` (as torch's own tests subclass it) whose
+    `allreduce` is `comm.allreduce_sum`, deferred (`_Deferred`); the class is built on first use (importing
+    torch.distributed is slow)."""
+    global _COMM_GROUP
+    if _COMM_GROUP is None:
+        import torch.distributed as dist
+
+        class CommGroup(dist.ProcessGroup):
+            def __init__(self, comm: Comm, kind: str) -> None:
+                super().__init__(comm.rank, comm.size)
+                self._comm, self._kind = comm, kind
+
+            def size(self) -> int:
+                return self._comm.size
+
+            def rank(self) -> int:
+                return self._comm.rank
+
+            def getBackendName(self) -> str:
+                return "swarmbench-comm"
+
+            def allreduce(self, tensors: list[torch.Tensor], opts=None) -> _Deferred:
+                if opts is not None and opts.reduceOp != dist.ReduceOp.SUM:
+                    raise NotImplementedError(f"Comm.process_group allreduces sums only, not {opts.reduceOp}")
+
+                def run() -> list[torch.Tensor]:
+                    for t in tensors:
+                        self._comm.allreduce_sum(t, self._kind)
+                    return tensors
+
+                return _Deferred(run)
+
+        _COMM_GROUP = CommGroup
+    return _COMM_GROUP(comm, kind)
+
+
+_COMM_GROUP: Any = None
 
 
 class Work(Protocol):

@@ -58,6 +58,18 @@ class Node:
         peers = self.comm.neighbors()
         return peers[self.rng.randrange(len(peers))] if peers else None
 
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-tensor views of a flat, model-sized buffer (`params`, `grads`, or one of the algorithm's own): one
+        per parameter, in parameter order, shaped as it (matrices for PowerSGD, per-tensor norms). Writing a view
+        writes the buffer."""
+        out, offset = [], 0
+        for p in self.model.parameters():
+            out.append(flat[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+        if offset != flat.numel():
+            raise ValueError(f"a buffer of {flat.numel()} values is not model-sized ({offset} parameters)")
+        return out
+
 
 @dataclass(frozen=True)
 class NoConfig:
@@ -81,6 +93,9 @@ class Algorithm:
     # algorithm keeps or has in flight (messages, copies of its own). The simulator's memory estimate
     # (`bench.engine.sim.cluster.estimate_bytes`) is built on it; `tests/test_sim_memory.py` measures it.
     model_copies: ClassVar[float] = 4
+    # Works on the model's tensors one by one (`Node.views`), not only on the flat buffers: a cost-only
+    # simulation, whose stand-in model has none of the workload's tensors, cannot run it.
+    needs_tensors: ClassVar[bool] = False
     wants_batch: ClassVar[bool] = False  # the loop hands it each step's mini-batch (`Node.batch`)
     models: ClassVar[tuple[str, ...]] = ()  # the only `--model`s it runs on (empty: any); `--algo all` skips the others
 

@@ -15,6 +15,7 @@ from baselines.local_sgd import LocalSGD
 from baselines.minibatch_sgd import MinibatchSGD
 from baselines.osgp import OSGP
 from baselines.overlap_local_sgd import OverlapLocalSGD
+from baselines.powersgd import PowerSGD
 from baselines.qg_dsgdm import QGDSGDm
 from baselines.sgp import SGP
 from bench.core.protocol import Algorithm
@@ -36,6 +37,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "gradient_tracking": GradientTracking,
     "lead": LEAD,
     "qg_dsgdm": QGDSGDm,
+    "powersgd": PowerSGD,
     "adsaga": ADSAGA,
 }
 

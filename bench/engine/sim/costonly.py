@@ -36,6 +36,7 @@ from bench.base.console import closest
 from bench.base.errors import UserError
 from bench.core.codec import Codec
 from bench.core.comm import RAW, STAMP_BYTES, CommStats
+from bench.core.compress import Compressor, CompressorOptions
 from bench.core.protocol import Node, flatten_model
 from bench.core.topology import build_topology
 from bench.engine.sim.cluster import CellStats, Cluster, Sizes, available_bytes, cell_events
@@ -88,11 +89,12 @@ class ChargedSizes(Sizes):
     values and a push-sum weight; two raw vectors) to the same message's size for `charged` coordinates. A size
     outside the table is an error, never silently kept."""
 
-    def __init__(self, codec: Codec, stand_in: int, charged: int) -> None:
+    def __init__(self, codec: Codec, stand_in: int, charged: int, own: Compressor | None = None) -> None:
         self.stand_in, self.charged = stand_in, charged
         self.table: dict[int, int] = {}
         w, f = codec.wire_bytes, codec.bitmap_bytes
         for size in (
+            *((own.wire_bytes,) if own else ()),  # the algorithm's own compressor's message (Choco, LEAD)
             lambda n: w(n),
             lambda n: STAMP_BYTES + w(n),
             lambda n: w(n) + f(n),
@@ -103,7 +105,10 @@ class ChargedSizes(Sizes):
         ):
             small, big = size(stand_in), size(charged)
             if self.table.setdefault(small, big) != big:
-                raise ValueError(f"stand-in of {stand_in} coordinates: two message kinds of {small} bytes")
+                raise UserError(
+                    f"cost-only cannot tell two messages of the {stand_in}-coordinate stand-in apart (both {small} "
+                    "bytes): change the algorithm's compressor settings (topk_ratio) or run --compute real"
+                )
 
     def bytes(self, nbytes: int) -> int:
         try:
@@ -170,6 +175,21 @@ def check(cfg) -> None:
         )
     if cfg.eval_samples is not None:
         raise UserError("--compute cost-only evaluates nothing: drop --eval-samples")
+    for name in cfg.algorithms:  # the stand-in's messages must all differ in size (an exchange the table can charge)
+        codec = make_codec(cfg) if ALGORITHMS[name].quantizable else None
+        ChargedSizes(codec or RAW, STAND_IN, 10**6, own_compressor(cfg, name))
+    tensors = [name for name in cfg.algorithms if ALGORITHMS[name].needs_tensors]
+    if tensors:
+        raise UserError(
+            f"{', '.join(tensors)} work(s) on the model's own tensors, which the cost-only stand-in does not have: "
+            "leave it out of --algo or run --compute real"
+        )
+
+
+def own_compressor(cfg, name: str) -> Compressor | None:
+    """The compressor algorithm `name` owns in this run (Choco's, LEAD's `compressor`), if any."""
+    options = algo_config(cfg, name)
+    return options.build() if isinstance(options, CompressorOptions) else None
 
 
 COST_ONLY_FACT = (
@@ -211,7 +231,7 @@ def simulate_cost_only(
 
     def run_one(name: str, emit_round) -> None:
         codec = make_codec(cfg) if ALGORITHMS[name].quantizable else None
-        sizes = ChargedSizes(codec or RAW, STAND_IN, wl.parameters)
+        sizes = ChargedSizes(codec or RAW, STAND_IN, wl.parameters, own_compressor(cfg, name))
         start = time.perf_counter()
         with _no_cyclic_gc():
             cluster = Cluster(cfg.nodes, topology, cost, cfg.seed, sizes)
