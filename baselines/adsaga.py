@@ -30,7 +30,7 @@ class ADSAGA(Algorithm):
     """
 
     name = "adsaga"
-    summary = "ADSAGA: asynchronous SAGA, a server (rank 0) applies each worker's corrected gradient as it arrives"
+    summary = "ADSAGA: asynchronous SAGA, a server (rank 0) applies each node's corrected gradient on arrival (logreg)"
     paper = "Glasgow & Wootters, AISTATS 2022"
     model_copies = 6  # params, gradients, a-bar, the message out, the model in, the table (small)
     wants_batch = True
