@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as torch_p
 
 from baselines.allreduce import MIB, bucket_slices
 from bench.core.protocol import Algorithm
+
+LOWRANK_RANKS = (1, 2, 4, 8)  # the ranks whose "lowrank R" work the compute profiles measure
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class PowerSGD(Algorithm):
     whole. The hooks run after the backward pass, bucket by bucket (torch chains three allreduces per bucket). The
     optimizer's momentum acts on the decompressed mean gradient, as in the paper. At full rank nothing is worth
     compressing (min_compression_rate >= 1), so PowerSGD is then AllReduce SGD exactly. The simulator charges the
-    compression work as "lowrank" (coordinates x rank) and error feedback as three copies per coordinate.
+    compression work as "lowrank R" per coordinate (torch's own products and orthogonalization, measured at ranks
+    1, 2, 4, 8) and error feedback as three copies per coordinate, before the bucket's collectives.
     """
 
     name = "powersgd"
@@ -100,26 +104,32 @@ class PowerSGD(Algorithm):
         for k, (a, b) in enumerate(slices):
             members = [v for v, lo in zip(views, offsets, strict=False) if a <= lo < b]
             self.buckets.append(_Bucket(k, k == len(slices) - 1, node.grads[a:b], members))
-            self.lowrank.append(sum(self._compressed(v) for v in members))
+            self.lowrank.append([w for w in map(self._work, members) if w])
 
-    def _compressed(self, grad: torch.Tensor) -> int:
-        """Coordinates x rank of the hook's work on this tensor (0 when it is allreduced whole)."""
+    def _work(self, grad: torch.Tensor) -> tuple[str, int] | None:
+        """The simulator's charge for the hook's work on this tensor (None when it is allreduced whole): "lowrank R"
+        per coordinate, R the smallest measured rank >= its rank r (above 8: rank 8's cost times r / 8)."""
         n, m = grad.shape[0] if grad.dim() else 1, grad[0].numel() if grad.dim() else 1
         r = min(n, m, self.config.rank)
         worth, _, _ = torch_powersgd._should_compress(n, m, r, self.config.min_compression_rate)
-        return n * m * r if worth else 0
+        if not worth:
+            return None
+        measured = next((k for k in LOWRANK_RANKS if k >= r), None)
+        return (f"lowrank {measured}", n * m) if measured else (f"lowrank {LOWRANK_RANKS[-1]}", n * m * r // 8)
 
     def after_backward(self, step: int) -> None:
         comm = self.node.comm
-        for bucket, lowrank in zip(self.buckets, self.lowrank, strict=True):
-            compressing = self.state.iter >= self.state.start_powerSGD_iter
-            out = torch_powersgd.powerSGD_hook(self.state, bucket).wait()
-            if out.data_ptr() != bucket.buffer().data_ptr():
-                bucket.buffer().copy_(out)
-            if compressing:
-                comm.charge("lowrank", lowrank)
+        for bucket, work in zip(self.buckets, self.lowrank, strict=True):
+            if self.state.iter >= self.state.start_powerSGD_iter:
+                # Charged before the bucket's collectives (its products M Q and M^T P precede them in the hook).
+                for op, numel in work:
+                    comm.charge(op, numel)
                 if self.config.error_feedback:
                     comm.charge("copy", 3 * bucket.buffer().numel())
+            with _cuda_sync_only_on_cuda(bucket.buffer()):
+                out = torch_powersgd.powerSGD_hook(self.state, bucket).wait()
+            if out.data_ptr() != bucket.buffer().data_ptr():
+                bucket.buffer().copy_(out)
         self.count("allreduces")
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,6 +146,22 @@ class PowerSGD(Algorithm):
         s = self.state
         s.iter = state["iter"]
         s.rng.set_state(state["rng"])
-        s.error_dict = {k: v.clone() for k, v in state["error"].items()}
-        s.p_memory_dict = {k: v.clone() for k, v in state["p"].items()}
-        s.q_memory_dict = {k: v.clone() for k, v in state["q"].items()}
+        device = self.node.grads.device  # a checkpoint is loaded onto the CPU
+        s.error_dict = {k: v.to(device, copy=True) for k, v in state["error"].items()}
+        s.p_memory_dict = {k: v.to(device, copy=True) for k, v in state["p"].items()}
+        s.q_memory_dict = {k: v.to(device, copy=True) for k, v in state["q"].items()}
+
+
+@contextlib.contextmanager
+def _cuda_sync_only_on_cuda(buffer: torch.Tensor):
+    """torch's hook ends with `torch.cuda.synchronize(device)` whenever CUDA is available, which raises for a CPU
+    bucket (a CPU run on a GPU host): while it runs, a CPU bucket skips that call."""
+    if buffer.is_cuda or not torch.cuda.is_available():
+        yield
+        return
+    synchronize = torch.cuda.synchronize
+    torch.cuda.synchronize = lambda device=None: None
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize = synchronize

@@ -26,6 +26,9 @@ def test_algorithms_all_and_dedup():
     # every algorithm that runs on the model: ADSAGA only on logistic regression
     assert resolve({"algorithms": ["all"]}).algorithms == tuple(a for a in ALGORITHMS if a != "adsaga")
     assert resolve({"algorithms": ["all"], "model": "logreg"}).algorithms == tuple(ALGORITHMS)
+    # and with --compute cost-only, every one that runs on the stand-in (PowerSGD needs the model's own tensors)
+    cheap = resolve({"algorithms": ["all"], "engine": "sim", "compute": "cost-only", "steps": 3}).algorithms
+    assert cheap == tuple(a for a in ALGORITHMS if a not in ("adsaga", "powersgd"))
     assert set(RunConfig().algorithms) < set(ALGORITHMS)  # the default: SwarmSGD and the classic baselines
     assert resolve({"algorithms": ["swarm", "swarm", "dpsgd"]}).algorithms == ("swarm", "dpsgd")
 

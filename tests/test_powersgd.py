@@ -29,7 +29,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(16, 12), nn.Linear(12, 10))
 
 
-def _run(rank: int, world: int, comm, clock, means: list | None = None) -> torch.Tensor:
+def _run(rank: int, world: int, comm, clock, means: list | None = None, **options) -> torch.Tensor:
     """PowerSGD's hooks for STEPS steps on node `rank`; each node's gradient is that of its own quadratic
     (params - center_rank), so the nodes' gradients differ and are full rank."""
     model = _model()
@@ -38,13 +38,14 @@ def _run(rank: int, world: int, comm, clock, means: list | None = None) -> torch
     node = Node(
         rank, world, comm, clock, random.Random(rank), model, params, grads, torch.optim.SGD(model.parameters(), lr=0.1)
     )
-    algo = ALGORITHMS["powersgd"](node, ALGORITHMS["powersgd"].Config(rank=RANK, start_iter=START))
+    algo = ALGORITHMS["powersgd"](node, ALGORITHMS["powersgd"].Config(rank=RANK, start_iter=START, **options))
     comm.start_cell(None, 0)
     algo.start()
     for step in range(STEPS):
         grads.copy_(params - center)
-        error = algo.state.error_dict.get(0)  # one bucket: the whole buffer
-        before = node.views(grads + error if error is not None else grads.clone())  # what the hook compresses
+        if means is not None:  # one bucket: its error is the whole buffer's
+            error = algo.state.error_dict.get(0)
+            before = node.views(grads + error if error is not None else grads.clone())  # what the hook compresses
         algo.after_backward(step)
         if means is not None:
             means.append((before, [g.clone() for g in node.views(grads)]))
@@ -89,6 +90,28 @@ def test_powersgd_sends_rank_r_factors_of_the_mean_and_the_closed_form_bytes():
         ] * (STEPS - START)
         assert grad["bytes_sent"] == grad["bytes_recv"] == sum(per_step)
         assert grad["msgs_sent"] == START + 3 * (STEPS - START)
+
+
+TINY = {"first_bucket_mb": 1e-5, "bucket_cap_mb": 1e-5}  # buckets of a few bytes: one parameter each
+
+
+def test_powersgd_with_a_bucket_per_parameter_runs_torchs_hook_per_bucket():
+    """DDP's buckets as AllReduce SGD cuts them, here one per parameter (buckets of a few bytes): the hook runs
+    once per bucket (its step counter moves once per step, on the last bucket), and the bytes are per bucket: one
+    allreduce of it before START, then three (its whole tensors, its P, its Q: some of them empty)."""
+    world = 3
+    cluster = _cluster(world)
+    cluster.run(lambda rank: _run(rank, world, cluster.comms[rank], cluster.clocks[rank], **TINY))
+    numels, factors = (10, 120, 12, 192), {120: (10 * RANK, 12 * RANK), 192: (12 * RANK, 16 * RANK)}  # launch order
+    early = sum(ring_allreduce_bytes(4 * n, world) for n in numels)
+    late = sum(
+        sum(ring_allreduce_bytes(4 * k, world) for k in ((0, *factors[n]) if n in factors else (n, 0, 0)))
+        for n in numels
+    )
+    for comm in cluster.comms:
+        grad = comm.stats.snapshot()["grad"]
+        assert grad["bytes_sent"] == START * early + (STEPS - START) * late
+        assert grad["msgs_sent"] == len(numels) * (START + 3 * (STEPS - START))
 
 
 def _real(rank, world, comm):

@@ -197,7 +197,8 @@ class Comm:
         """This communicator as a `torch.distributed.ProcessGroup`, for library code written against one (torch's
         DDP communication hooks: PowerSGD). Its allreduces (sums) are `allreduce_sum` under `kind`: counted and
         timed like the algorithm's own, on real processes and in the simulator alike. Each runs when its result is
-        first asked for (its work's `wait`, its future's `wait`/`value`/`then`); no other collective is offered."""
+        first asked for (its work's or future's `wait` or `value`, or a `then` callback that asks); no other
+        collective is offered."""
         return _comm_group(self, kind)
 
     def charge(self, op: str, numel: int) -> None:
@@ -753,11 +754,17 @@ class _Deferred:
     def __init__(self, run: Callable[[], Any]) -> None:
         self._run: Callable[[], Any] | None = run
         self._value: Any = None
+        self._error: BaseException | None = None
 
     def value(self) -> Any:
         if self._run is not None:
             run, self._run = self._run, None
-            self._value = run()
+            try:
+                self._value = run()
+            except BaseException as exc:  # as a torch Future: every later wait raises it again
+                self._error = exc
+        if self._error is not None:
+            raise self._error
         return self._value
 
     def wait(self, timeout=None) -> Any:
@@ -776,8 +783,7 @@ class _Deferred:
 
 def _comm_group(comm: Comm, kind: str):
     """`Comm.process_group`: a Python `torch.distributed.ProcessGroup` (as torch's own tests subclass it) whose
-    `allreduce` is `comm.allreduce_sum`, deferred (`_Deferred`); the class is built on first use (importing
-    torch.distributed is slow)."""
+    `allreduce` is `comm.allreduce_sum`, deferred (`_Deferred`); the class is built on first use."""
     global _COMM_GROUP
     if _COMM_GROUP is None:
         import torch.distributed as dist

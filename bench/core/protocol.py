@@ -2,7 +2,9 @@
 
 An algorithm is written once against `Node` (its rank, its communicator, its clock, its own model and
 optimizer) and a few hooks that the shared training loop (`bench.training.loop`) calls around each SGD step.
-It never imports torch.distributed, MPI, Horovod or `time`: engines provide `Node.comm` and `Node.clock`.
+It never imports MPI, Horovod or `time`, nor calls torch.distributed itself: engines provide `Node.comm` and
+`Node.clock` (library code written against a process group, such as torch's PowerSGD hook, gets
+`Comm.process_group`).
 """
 
 from __future__ import annotations

@@ -271,7 +271,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 algos = [point.pop("algorithm")]
             settings = {**fixed, **g.fixed, **point}
             if everything and "algorithm" not in g.axes:
-                algos = [a for a in algos if runs_on(a, settings.get("model", defaults["model"]))]
+                model, compute = (settings.get(k, defaults[k]) for k in ("model", "compute"))
+                algos = [a for a in algos if runs_on(a, model, compute)]
             params = {k: settings.get(k, defaults.get(k)) for k in keys}
             ident = cell_id(params)
             if ident in cells:

@@ -560,10 +560,10 @@ def resolve(cli_values: dict[str, Any], config_file: str | None = None, sets: ty
     cfg = apply_overrides(cfg, parse_set(sets), "--set")
     algos: list[str] = []
     for name in cfg["algorithms"]:
-        if name == "all":  # every algorithm that runs on the model
+        if name == "all":  # every algorithm that runs on the model (and with --compute cost-only, on its stand-in)
             from bench.training.registry import ALGORITHMS, runs_on
 
-            algos.extend(a for a in ALGORITHMS if a not in algos and runs_on(a, cfg["model"]))
+            algos.extend(a for a in ALGORITHMS if a not in algos and runs_on(a, cfg["model"], cfg["compute"]))
         elif name not in algos:
             _check_algorithm(name)
             algos.append(name)

@@ -42,7 +42,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 
 
-def runs_on(name: str, model: str) -> bool:
-    """Whether algorithm `name` runs on `--model` `model` (`--algo all` takes those that do)."""
-    models = ALGORITHMS[name].models
-    return not models or model in models
+def runs_on(name: str, model: str, compute: str = "real") -> bool:
+    """Whether algorithm `name` runs on `--model` `model` with `--compute` `compute` (`--algo all` takes those that
+    do): a cost-only simulation's stand-in has none of the model's tensors (`Algorithm.needs_tensors`)."""
+    algo = ALGORITHMS[name]
+    return (not algo.models or model in algo.models) and not (compute == "cost-only" and algo.needs_tensors)

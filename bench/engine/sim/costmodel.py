@@ -116,10 +116,11 @@ def _steps(rows: str) -> dict[tuple[str, str], StepCost]:
 
 
 def work_op(op: str, quantizer: str | None, bits: int) -> str:
-    """The `WORK` key of a codec operation: raw float32 (bits 32) is a copy each way."""
+    """The `WORK` key of a codec operation: raw float32 (bits 32, or an algorithm's own `none` compressor) is a
+    copy each way."""
     if op in ("encode", "decode") and bits != 32 and quantizer:
         return f"{op} {quantizer} {bits}"
-    return "copy" if op in ("encode", "decode") else op
+    return "copy" if op in ("encode", "decode", "encode none", "decode none") else op
 
 
 def _work(rows: str) -> tuple[tuple[str, float, float], ...]:
@@ -246,7 +247,10 @@ _VM_CORE_WORK = _work(
     decode uniform 8   42.57   0.179
     encode uniform 16  205.96  0.563
     decode uniform 16  42.47   0.184
-    lowrank            18.07   0.335
+    lowrank 1          39.08   0.333
+    lowrank 2          46.00   4.868
+    lowrank 4          36.13   5.229
+    lowrank 8          24.63   5.077
     encode sign        39.79   0.971
     decode sign        35.06   0.384
     encode topk        0.00    11.949
@@ -255,10 +259,13 @@ _VM_CORE_WORK = _work(
     decode qsgd        76.85   1.823
     """
 )
-# `lowrank` (PowerSGD's rank-1 work per coordinate: two matrix-vector products, a normalization, the rank-1
-# reconstruction) and the algorithm-owned compressors (`bench.core.compress`: sign, top-1 %, QSGD with 7 levels)
-# were measured the same way on 2026-12-04 at load average 1.3-3.1; of three runs each, the median per-coordinate
-# figure is kept (lowrank: 0.46, 0.335, 0.333; the compressors' runs agreed within 10 %, QSGD's decode within 35 %).
+# `lowrank R` (PowerSGD's work per coordinate of a matrix at rank R, torch's own calls: P = M Q, P orthogonalized,
+# Q = M^T P, the reconstruction P Q^T) and the algorithm-owned compressors (`bench.core.compress`: sign, top-1 %, QSGD
+# with 7 levels) were measured the same way on 2026-12-04 at load average 1.3-3.1; of three runs each, the run with
+# the median per-coordinate figure is kept (lowrank 1: 0.59, 0.333, 0.310; ranks 2-8: one run at 12 under the
+# heaviest load, the two others within 7 % of each other; the compressors' runs agreed within 10 %, QSGD's decode
+# within 35 %). The published GPU profiles reuse these host-CPU figures, PowerSGD's included, although its products
+# run on the GPU there: an overcharge for PowerSGD on those profiles (`sim-profile --device cuda` measures them).
 
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
@@ -697,13 +704,15 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
         x = torch.randn(n, generator=gen) * 0.05
         ref = x + (torch.rand(n, generator=gen) * 2 - 1) * 0.02  # a neighbour's model, well inside the radius
         live, theirs, mine = x.to(device), ref.clone(), x.clone()
-        matrix, vector = x[: n - n % 256].view(-1, 256), torch.randn(256, 1, generator=gen)  # PowerSGD's shapes
+        matrix = live[: n - n % 256].view(1, -1, 256)  # PowerSGD's view of a parameter: rows x 256 columns
         ops = {
             "copy": lambda live=live: live.detach().to("cpu", copy=True),
             "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5)),
             "reduce": lambda live=live, t=theirs: live.add_(t),
-            "lowrank": lambda m=matrix, q=vector: _lowrank_round(m, q),
         }
+        for rank in (1, 2, 4, 8):  # PowerSGD's ranks (`baselines.powersgd.LOWRANK_RANKS`), on the model's device
+            start = torch.randn(1, 256, rank, generator=gen).to(device)
+            ops[f"lowrank {rank}"] = lambda m=matrix, q=start: _lowrank_round(m, q.clone())
         for c in (CompressorOptions(compressor=name).build() for name in ("sign", "topk", "qsgd")):
             msg = c.encode(x, gen)
             ops[f"encode {c.name}"] = lambda c=c, x=x, g=gen: c.encode(x, g)
@@ -725,11 +734,16 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
 
 
 def _lowrank_round(m: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """PowerSGD's work on one matrix at rank 1 (charged per coordinate x rank, "lowrank"): P = M Q, P
-    orthonormalized, Q = M^T P, and the decompressed P Q^T written back over M's size."""
-    p = m @ q
-    p.div_(p.norm())
-    return p @ (m.t() @ p).t()
+    """PowerSGD's work on one matrix, with torch's own calls as its hook makes them (`powerSGD_hook`): P = M Q,
+    P orthogonalized, Q = M^T P, and the rank-r reconstruction P Q^T over M's size (charged per coordinate,
+    "lowrank R")."""
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
+
+    p = torch.bmm(m, q)
+    _orthogonalize(p)
+    q = torch.bmm(m.transpose(1, 2), p)
+    return torch.bmm(p, q.transpose(1, 2))
 
 
 class SectionTimer:

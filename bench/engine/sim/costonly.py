@@ -93,12 +93,10 @@ class ChargedSizes(Sizes):
         self.stand_in, self.charged = stand_in, charged
         self.table: dict[int, int] = {}
         w, f = codec.wire_bytes, codec.bitmap_bytes
+        # An algorithm that owns its compressor (Choco's, LEAD's) sends its messages instead of the codec's.
+        codec_sizes = (w, lambda n: STAMP_BYTES + w(n), lambda n: w(n) + f(n), lambda n: STAMP_BYTES + f(n) + w(n))
         for size in (
-            *((own.wire_bytes,) if own else ()),  # the algorithm's own compressor's message (Choco, LEAD)
-            lambda n: w(n),
-            lambda n: STAMP_BYTES + w(n),
-            lambda n: w(n) + f(n),
-            lambda n: STAMP_BYTES + f(n) + w(n),
+            *((own.wire_bytes,) if own else codec_sizes),
             lambda n: 4 * n,
             lambda n: 4 * (n + 1),  # raw float32 values and one weight (push-sum's message, SGP)
             lambda n: 8 * n,  # two raw float32 vectors in one message (gradient tracking's model and tracker)
@@ -107,7 +105,7 @@ class ChargedSizes(Sizes):
             if self.table.setdefault(small, big) != big:
                 raise UserError(
                     f"cost-only cannot tell two messages of the {stand_in}-coordinate stand-in apart (both {small} "
-                    "bytes): change the algorithm's compressor settings (topk_ratio) or run --compute real"
+                    "bytes): change the compression settings (--bits, the algorithm's topk_ratio) or run --compute real"
                 )
 
     def bytes(self, nbytes: int) -> int:
