@@ -187,16 +187,23 @@ class Comm:
         # deposits received and not yet folded in (engines that deliver them here: p2p, the simulator).
         self._held: dict[int, list] = {}
         self._deposits: list[tuple[int, torch.Tensor]] = []
+        self._everyone = tuple(range(size))
 
     # ---- the interface algorithms use -------------------------------------------------------------
     def neighbors(self) -> tuple[int, ...]:
         return self.topology.neighbors(self.rank)
 
+    def alive(self) -> tuple[int, ...]:
+        """The ranks still running, in order: every rank, unless nodes failed (`--on-failure continue`), when the
+        engine has dropped them (from collectives as from `neighbors()`)."""
+        return self._everyone
+
     def allreduce_mean(self, t: torch.Tensor, kind: str) -> None:
-        """In place: t <- mean over all nodes (never quantized)."""
+        """In place: t <- mean over all (live) nodes (never quantized)."""
         self.allreduce_sum(t, kind)
-        if self.size > 1:
-            t.div_(self.size)
+        live = len(self.alive())
+        if live > 1:
+            t.div_(live)
 
     def allreduce_sum(self, t: torch.Tensor, kind: str) -> None:
         """In place: t <- sum over all nodes (counters, evaluation results)."""

@@ -70,6 +70,10 @@ class Algorithm:
     # algorithm keeps or has in flight (messages, copies of its own). The simulator's memory estimate
     # (`bench.engine.sim.cluster.estimate_bytes`) is built on it; `tests/test_sim_memory.py` measures it.
     model_copies: ClassVar[float] = 4
+    # Whether it can go on when a node fails (`--on-failure continue`): its nodes need no particular peer, so the
+    # engines drop the failed node from `comm.neighbors()` and the survivors finish. A synchronous algorithm (a
+    # collective, or an exchange with fixed neighbours, every step) cannot: its cell ends as failed.
+    survives_failures: ClassVar[bool] = False
 
     def __init__(self, node: Node, config: Any) -> None:
         self.node = node

@@ -30,6 +30,8 @@ def check(cfg: RunConfig) -> None:
     if cfg.engine == "sim":
         check_sim(cfg)
         check_cost_only(cfg)
+    elif cfg.fail:
+        raise UserError("--fail runs in the simulator for now: add --engine sim")
     if cfg.allreduce_impl == "horovod":
         check_horovod(cfg)
 
