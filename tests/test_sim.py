@@ -659,6 +659,8 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--slow", "1@5"], "is not RANK@STEP:FACTOR"),
     (["--engine", "sim", "--slow", "9@5:2"], "rank 9 is not a node"),
     (["--engine", "sim", "--on-failure", "ignore"], "--on-failure"),
+    (["--engine", "sim", "--fail-nodes", "4"], "does not leave a survivor of a 4-node run"),
+    (["--fail-nodes", "1"], "--engine sim"),
     (["--fail-p", "0.01"], "--engine sim"),  # real processes: only --fail
     (["--slow", "1@5:2"], "--engine sim"),
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--fail", "1@2"], "drop --compute cost-only"),

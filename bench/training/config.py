@@ -243,6 +243,11 @@ class RunConfig:
     fail_p: float = opt(
         0.0, "sim: probability that a node fails at each of its steps (seeded, the same for every algorithm).", sim=True
     )  # sim: per node per step failure probability, drawn from (seed, rank) alone
+    fail_nodes: int = opt(
+        0,
+        "sim: this many nodes, drawn by the seed, fail, each at a step drawn uniformly over the run.",
+        sim=True,
+    )  # sim: K random nodes fail at random steps (the resilience suite's 1 node, 5 %, 25 %)
     slow: tuple[str, ...] = opt(
         (),
         "sim: RANK@STEP:FACTOR: from its step STEP on, node RANK computes FACTOR times slower (repeatable).",
@@ -346,7 +351,7 @@ class RunConfig:
         return cls(**data)
 
 
-FAILURE_KEYS = ("fail", "on_failure", "fail_p", "slow")  # failure injection (`failure_schedule`)
+FAILURE_KEYS = ("fail", "on_failure", "fail_p", "fail_nodes", "slow")  # failure injection (`failure_schedule`)
 RUN_FIELDS = {name: hint for name, hint in typing.get_type_hints(RunConfig).items() if name != "algo_options"}
 # The optimizer's hyperparameters: set for every algorithm (`--lr`, `lr = ...`) and per algorithm (`--set swarm.lr=0.1`,
 # an `[allreduce]` table); `hyper(run, algorithm)` resolves them.
@@ -743,15 +748,23 @@ def check_failures(cfg: RunConfig) -> None:
                 raise UserError(
                     f"--slow {spec}: factor {factor[0]} must be a positive number: e.g. 4 for 4 times slower"
                 )
+    for n in counts:
+        if not 0 <= cfg.fail_nodes < n:
+            raise UserError(
+                f"--fail-nodes {cfg.fail_nodes} does not leave a survivor of a {n}-node run: use 0 to {n - 1} nodes"
+            )
     if not 0 <= cfg.fail_p < 1:
         raise UserError(f"--fail-p must be a probability in [0, 1), got {cfg.fail_p}: use e.g. --fail-p 0.001")
-    if cfg.compute == "cost-only" and (cfg.fail or cfg.fail_p or cfg.slow):
-        raise UserError("failure injection (--fail, --fail-p, --slow) needs --compute real: drop --compute cost-only")
+    if cfg.compute == "cost-only" and (cfg.fail or cfg.fail_p or cfg.fail_nodes or cfg.slow):
+        raise UserError(
+            "failure injection (--fail, --fail-p, --fail-nodes, --slow) needs --compute real: drop --compute cost-only"
+        )
 
 
 def injects_failures(cfg: RunConfig) -> bool:
-    """Whether nodes of this run may fail (`--fail`, `--fail-p`): its summary then says how many were alive."""
-    return bool(cfg.fail) or cfg.fail_p > 0
+    """Whether nodes of this run may fail (`--fail`, `--fail-p`, `--fail-nodes`): its summary then says how many were
+    alive."""
+    return bool(cfg.fail) or cfg.fail_p > 0 or cfg.fail_nodes > 0
 
 
 @dataclass(frozen=True)
@@ -771,9 +784,11 @@ class FailureSchedule:
         return factor
 
 
-def failure_schedule(cfg: RunConfig) -> FailureSchedule:
-    """The run's failures: every `--fail RANK@STEP`, and with `--fail-p P` each node's first failing step drawn from
-    a geometric law (a node fails at each step with probability P) on a stream of its own, seeded by (seed, rank)."""
+def failure_schedule(cfg: RunConfig, total_steps: int = 0) -> FailureSchedule:
+    """The run's failures: every `--fail RANK@STEP`; with `--fail-p P` each node's first failing step drawn from a
+    geometric law (a node fails at each step with probability P) on a stream of its own, seeded by (seed, rank); with
+    `--fail-nodes K`, K distinct nodes drawn by the seed, each failing at a step drawn uniformly from the run's
+    `total_steps` (steps per node). A node with several failures fails at the earliest."""
     import random
 
     fail_at: dict[int, int] = {}
@@ -784,6 +799,11 @@ def failure_schedule(cfg: RunConfig) -> FailureSchedule:
         for rank in range(cfg.nodes):
             u = random.Random(f"swarmbench-fail:{cfg.seed}:{rank}").random()  # str seeds hash with sha512
             step = int(math.log1p(-u) / math.log1p(-cfg.fail_p))  # P(step >= k) = (1 - P)^k
+            fail_at[rank] = min(step, fail_at.get(rank, step))
+    if cfg.fail_nodes > 0:
+        draw = random.Random(f"swarmbench-fail-nodes:{cfg.seed}")
+        for rank in draw.sample(range(cfg.nodes), cfg.fail_nodes):
+            step = draw.randrange(max(1, total_steps))
             fail_at[rank] = min(step, fail_at.get(rank, step))
     slow: dict[int, list[tuple[int, float]]] = {}
     for spec in cfg.slow:

@@ -848,7 +848,7 @@ def simulate_algorithms(
     stats = []
     return_freed_memory()
 
-    schedule = failure_schedule(cfg)
+    schedule = failure_schedule(cfg, cfg.epochs * shards.steps_per_epoch)
     survivors = ", ".join(name for name, cls in ALGORITHMS.items() if cls.survives_failures)
 
     def crash() -> None:
