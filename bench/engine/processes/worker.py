@@ -80,6 +80,20 @@ def send_event(event: dict[str, Any]) -> None:
 # it ends the job: long enough for the launcher to see the rank that really died first and name it.
 PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
 PEER_LOSS_GRACE_S = 3.0
+KILLED_EXIT = 43  # the exit status of a rank that fails on purpose (`--fail`, `make stress`'s killed worlds)
+
+
+def lost_a_peer(error: str) -> bool:
+    """Whether an error (a rank's last line or traceback) only says that a peer went away."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return bool(lines) and any(h in lines[-1] for h in PEER_LOSS_HINTS)
+
+
+def exit_killed() -> None:
+    """End this process now, as a crash would: no cleanup, no goodbye to the peers, status KILLED_EXIT."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(KILLED_EXIT)
 
 
 def abort_job(code: int) -> None:
