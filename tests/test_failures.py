@@ -134,3 +134,23 @@ def test_slow_node_slows_the_cluster_and_fail_p_is_deterministic(tmp_path, algo)
         assert r.exit_code == 0, r.output
     assert (p1 / "summary.csv").read_bytes() == (p2 / "summary.csv").read_bytes()
     assert _summary(p1).loc[algo, "nodes_alive"] < 4
+
+
+@pytest.mark.timeout(180)
+def test_real_processes_fail_stops_the_launch_and_keeps_the_records(tmp_path):
+    """`--fail RANK@STEP` on real processes: the rank exits hard (KILLED_EXIT) at that step, the launch ends as it
+    does for a crash (the others stopped, the records kept), and the reason names the rank and the step."""
+    out = tmp_path / "out"
+    r = _invoke(
+        "--nodes", 3, "--dataset", "digits", "--epochs", 1, "--algo", "swarm", "--algo", "allreduce",
+        "--fail", "1@4", "--no-tensorboard", "--out", out,
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "failed"
+    assert meta["algorithms"]["swarm"] == {"status": "failed", "reason": "rank 1: failed at step 4 (--fail)"}
+    assert meta["algorithms"]["allreduce"]["status"] == "skipped"
+    records = pd.read_json(out / "records.jsonl", lines=True)
+    failed = records[records["metric"] == "node_failed"]
+    assert failed[["rank", "step"]].values.tolist() == [[1, 4]]
+    assert _summary(out).loc["swarm", "nodes_alive"] == 2

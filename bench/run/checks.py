@@ -30,8 +30,11 @@ def check(cfg: RunConfig) -> None:
     if cfg.engine == "sim":
         check_sim(cfg)
         check_cost_only(cfg)
-    elif cfg.fail:
-        raise UserError("--fail runs in the simulator for now: add --engine sim")
+    elif cfg.fail and cfg.on_failure == "continue":
+        raise UserError(
+            "--on-failure continue runs in the simulator only (real processes stop at a failure): add --engine sim "
+            "or use --on-failure stop"
+        )
     if cfg.allreduce_impl == "horovod":
         check_horovod(cfg)
 

@@ -38,8 +38,8 @@ from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
 from bench.records.checkpoints import cell_folder, load_node_state, save_node_state
 from bench.records.write import StagingWriter
-from bench.training.config import RunConfig
-from bench.training.loop import Checkpoints, make_shards, run_cell, run_data, run_rounds
+from bench.training.config import RunConfig, failure_schedule
+from bench.training.loop import Checkpoints, Failure, make_shards, run_cell, run_data, run_rounds
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -398,8 +398,18 @@ def train_all(
 
     import torch.distributed as dist
 
+    fail_at = failure_schedule(cfg, cfg.epochs * shards.steps_per_epoch).fail_at.get(rank)
+
+    def crash() -> None:
+        """`--fail`: this rank's records so far are kept, the launch hears why, and the process ends as a crash."""
+        writer.log.sync()
+        send_event({"type": "error", "rank": rank, "error": f"failed at step {fail_at} (--fail)"})
+        exit_killed()
+
+    failure = Failure(fail_at, crash) if fail_at is not None else None
+
     def run_one(name: str, out: Callable[[dict[str, Any]], None]) -> None:
-        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name))
+        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name), failure=failure)
         dist.barrier()
 
     def node_checkpoints(name: str) -> Checkpoints | None:
