@@ -4,6 +4,12 @@ the simulator: the schedule, who goes on, what the results say. Bad input is in 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +24,7 @@ from bench.training.config import FAILURE_KEYS, RunConfig, failure_schedule
 from bench.training.registry import ALGORITHMS
 from cli import cli
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--engine", "sim", "--nodes", "4", "--dataset", "digits", "--epochs", "1"]
 
 
@@ -154,3 +161,53 @@ def test_real_processes_fail_stops_the_launch_and_keeps_the_records(tmp_path):
     failed = records[records["metric"] == "node_failed"]
     assert failed[["rank", "step"]].values.tolist() == [[1, 4]]
     assert _summary(out).loc["swarm", "nodes_alive"] == 2
+
+
+def _worker_pid(parent: int, rank: int) -> int | None:
+    """The pid of rank `rank`'s worker process among `parent`'s children (the local launcher's)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"bench.engine.processes.worker" in argv and argv[-2:] == [str(rank).encode(), b""]:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker's pid in /proc")
+def test_real_processes_survivors_finish_after_a_rank_is_sigkilled(tmp_path):
+    """SwarmSGD (blocking) on 4 real processes under --on-failure continue: rank 2 is SIGKILLed after its first
+    epoch; the three survivors finish, evaluate among themselves and the run ends ok."""
+    out = tmp_path / "out"
+    argv = [sys.executable, str(ROOT / "cli.py"), "run", "--nodes", "4", "--dataset", "digits", "--epochs", "6"]
+    argv += ["--batch-size", "8", "--algo", "swarm", "--swarm-mode", "blocking", "--on-failure", "continue"]
+    argv += ["--no-tensorboard", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        staging = out / ".staging" / "rank2.jsonl"
+        deadline = time.monotonic() + 180
+        while b'"train_loss"' not in (staging.read_bytes() if staging.is_file() else b""):
+            assert proc.poll() is None and time.monotonic() < deadline, "rank 2 never finished an epoch"
+            time.sleep(0.05)
+        pid = _worker_pid(proc.pid, 2)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["algorithms"]["swarm"]["status"] == "ok"
+    records = pd.read_json(out / "records.jsonl", lines=True)
+    steps = records[records["metric"] == "steps"].set_index("rank")["value"]
+    assert sorted(steps.index) == [0, 1, 3] and steps.nunique() == 1  # the survivors trained to the end
+    assert records.loc[records["metric"] == "node_failed", "rank"].unique().tolist() == [2]
+    summary = _summary(out)
+    assert summary.loc["swarm", "nodes_alive"] == 3 and summary.loc["swarm", "test_acc"] > 0.3

@@ -662,7 +662,11 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--fail-nodes", "4"], "does not leave a survivor of a 4-node run"),
     (["--fail-nodes", "1"], "--engine sim"),
     (["--fail-p", "0.01"], "--engine sim"),  # real processes: only --fail, and only with --on-failure stop
-    (["--fail", "1@3", "--on-failure", "continue"], "--on-failure continue runs in the simulator only"),
+    # --on-failure continue on real processes: SwarmSGD (blocking) and AD-PSGD on the local launcher's p2p transport
+    (["--on-failure", "continue"], "not allreduce, local_sgd, dpsgd"),
+    (["--on-failure", "continue", "--algo", "swarm"], "--swarm-mode blocking"),
+    (["--on-failure", "continue", "--algo", "adpsgd", "--transport", "rma"], "--transport p2p"),
+    (["--on-failure", "continue", "--algo", "adpsgd", "--launcher", "mpirun"], "--launcher local"),
     (["--fail", "4@3"], "rank 4 is not a node of a 4-node run"),
     (["--slow", "1@5:2"], "--engine sim"),
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--fail", "1@2"], "drop --compute cost-only"),

@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.core.comm import lost_a_peer
 from bench.core.protocol import Node, flatten_model
 from bench.engine.processes.localworld import WorldFailed, run_world
-from bench.engine.processes.worker import KILLED_EXIT, exit_killed, lost_a_peer
+from bench.engine.processes.worker import KILLED_EXIT, exit_killed
 from bench.training.config import RunConfig, algo_config
 from bench.training.registry import ALGORITHMS
 

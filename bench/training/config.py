@@ -762,9 +762,9 @@ def check_failures(cfg: RunConfig) -> None:
 
 
 def injects_failures(cfg: RunConfig) -> bool:
-    """Whether nodes of this run may fail (`--fail`, `--fail-p`, `--fail-nodes`): its summary then says how many were
-    alive."""
-    return bool(cfg.fail) or cfg.fail_p > 0 or cfg.fail_nodes > 0
+    """Whether nodes of this run may fail (`--fail`, `--fail-p`, `--fail-nodes`, or `--on-failure continue`, when a
+    real process may be killed from outside): its summary then says how many were alive."""
+    return bool(cfg.fail) or cfg.fail_p > 0 or cfg.fail_nodes > 0 or cfg.on_failure == "continue"
 
 
 @dataclass(frozen=True)

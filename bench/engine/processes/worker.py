@@ -31,7 +31,7 @@ import torch
 
 from bench.base.errors import ResultsUnwritable, UserError, last_line
 from bench.base.host import usable_cores
-from bench.core.comm import make_comm, resolve_transport
+from bench.core.comm import PEER_LOSS_HINTS, make_comm, resolve_transport
 from bench.core.devices import resolve_backend, resolve_device, synchronized_clock
 from bench.core.protocol import Clock
 from bench.core.topology import build_topology
@@ -76,17 +76,10 @@ def send_event(event: dict[str, Any]) -> None:
         os.write(1, (EVENT_MARKER + line + "\n").encode())
 
 
-# Errors that only say a peer went away (the root cause is that peer), and how long a rank that saw one waits before
-# it ends the job: long enough for the launcher to see the rank that really died first and name it.
-PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
+# How long a rank that saw an error that only says a peer went away (`PEER_LOSS_HINTS`: the root cause is that peer)
+# waits before it ends the job: long enough for the launcher to see the rank that really died first and name it.
 PEER_LOSS_GRACE_S = 3.0
 KILLED_EXIT = 43  # the exit status of a rank that fails on purpose (`--fail`, `make stress`'s killed worlds)
-
-
-def lost_a_peer(error: str) -> bool:
-    """Whether an error (a rank's last line or traceback) only says that a peer went away."""
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    return bool(lines) and any(h in lines[-1] for h in PEER_LOSS_HINTS)
 
 
 def exit_killed() -> None:
@@ -355,13 +348,15 @@ def train_all(
     transport: str,
     done: frozenset[tuple[str, int]] = frozenset(),
     partial: dict[str, Any] | None = None,
-) -> None:
+    dead_dir: str | None = None,
+) -> bool:
     """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`),
     but the cells in `done` (finished by the run this one resumes); records to the staging file, rank 0's progress
     to `send`. Every cell ends with a barrier, so every rank's records of a cell are written when rank 0 reports
     it done (what a checkpoint relies on), and so is every staging file when this returns on rank 0. With
     --checkpoint-every, nodes save their state inside a cell; `partial` ({algorithm, round, epoch}) is the cell
-    and epoch a resumed run starts from."""
+    and epoch a resumed run starts from. `dead_dir` (`--on-failure continue`): where the launch marks the ranks
+    that died; the survivors then go on without them. Returns whether every rank was alive at the end."""
     import torch
 
     rank, world = session.rank, session.world
@@ -378,6 +373,7 @@ def train_all(
         cfg.allreduce_impl,
         on_responder_error=abort_from_thread,
         now=clock.now,  # comm timers synchronize the device too, or an enqueued allreduce would look free
+        dead_dir=dead_dir,
     )
     dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
@@ -393,7 +389,7 @@ def train_all(
             number = event["round"]
         elif event["type"] == "checkpoint":
             writer.log.sync()  # this rank's rows up to the checkpoint are on disk (the fence came after)
-        if rank == 0:
+        if rank == comm.alive()[0]:  # rank 0, or after a failure the first survivor
             send(event)
 
     import torch.distributed as dist
@@ -401,16 +397,26 @@ def train_all(
     fail_at = failure_schedule(cfg, cfg.epochs * shards.steps_per_epoch).fail_at.get(rank)
 
     def crash() -> None:
-        """`--fail`: this rank's records so far are kept, the launch hears why, and the process ends as a crash."""
+        """`--fail`: this rank's records so far are kept, the launch hears why (with --on-failure stop: it ends
+        there; with continue it sees the exit status), and the process ends as a crash."""
         writer.log.sync()
-        send_event({"type": "error", "rank": rank, "error": f"failed at step {fail_at} (--fail)"})
+        if dead_dir is None:
+            send_event({"type": "error", "rank": rank, "error": f"failed at step {fail_at} (--fail)"})
         exit_killed()
 
     failure = Failure(fail_at, crash) if fail_at is not None else None
 
     def run_one(name: str, out: Callable[[dict[str, Any]], None]) -> None:
         run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name), failure=failure)
-        dist.barrier()
+        if dead_dir is None:
+            dist.barrier()
+            return
+        comm.fence()  # among the survivors
+        alive = comm.alive()
+        if rank == alive[0]:  # a rank killed from outside left no record of it: the first survivor writes one
+            for dead in sorted(set(range(world)) - set(alive)):
+                row = {"type": "record", "algorithm": name, "rank": dead, "epoch": None, "step": None}
+                writer.write({**row, "metric": "node_failed", "value": -1.0, "round": number})
 
     def node_checkpoints(name: str) -> Checkpoints | None:
         if not cfg.checkpoint_every:
@@ -432,7 +438,11 @@ def train_all(
         comm.close()
     finally:
         writer.close()
-    dist.barrier()
+    if dead_dir is None:
+        dist.barrier()
+        return True
+    comm.fence()
+    return len(comm.alive()) == world
 
 
 def threads_per_rank(local_ranks: int | None) -> int:
@@ -451,9 +461,14 @@ def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) ->
         send_event({"type": "launch", "transport": transport, **session.launch_facts()})
     out_dir, threads = Path(spec["out_dir"]), int(spec.get("threads", 1))
     done = frozenset((str(a), int(r)) for a, r in spec.get("done", ()))
-    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done, spec.get("partial"))
-    # Only after success: on failure the process ends without waiting on peers that may be gone.
-    session.close()
+    dead_dir = spec.get("dead_dir")
+    everyone = train_all(
+        cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done, spec.get("partial"), dead_dir
+    )
+    # Only after success, and with every rank alive: otherwise the process ends without waiting on peers that may
+    # be gone (destroying the process group would).
+    if everyone:
+        session.close()
 
 
 class WallClock:
