@@ -103,11 +103,11 @@ def test_resilience_suite_layout():
 def test_scaled_down_resilience_suite(tmp_path):
     out = tmp_path / "resilience"
     args = ["--nodes", "12", "--set", "epochs=1", "--set", "dataset=digits", "--set", "batch_size=16"]
-    result = invoke("reproduce", "resilience", *args, "--set", "algorithms=swarm,allreduce", "--out", str(out))
+    result = invoke("reproduce", "resilience", *args, "--out", str(out))
     assert result.exit_code == 0, result.output
     alive = (out / "report" / "tables" / "paper_alive.md").read_text()
     assert "| algorithm | failed=0 | failed=1 | failed=2 | failed=10 |" in alive
-    assert "| swarm | - | 11 | 10 | 2 |" in alive and "| allreduce | - | - | - | - |" in alive
+    assert "| swarm | 12 | 11 | 10 | 2 |" in alive and "| allreduce | 12 | - | - | - |" in alive
 
 
 def test_unknown_suite_exits_2():

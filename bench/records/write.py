@@ -320,8 +320,8 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
 
 
 def summary_columns(cfg) -> list[str]:
-    """SUMMARY_COLUMNS, with `nodes_alive` after `nodes` when nodes of the run may fail (`--fail`, `--fail-p`): a
-    run without failure injection writes the summary it wrote before."""
+    """SUMMARY_COLUMNS, with `nodes_alive` after `nodes` when nodes of the run may fail (`injects_failures`): a run
+    without failure injection writes the summary it wrote before."""
     if not injects_failures(cfg):
         return SUMMARY_COLUMNS
     at = SUMMARY_COLUMNS.index("nodes") + 1

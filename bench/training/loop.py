@@ -524,7 +524,8 @@ def run_cell(
         emit(event)
 
     record = Recorder(count_rows, algorithm, rank)
-    if rank == 0 and dataset.task == CLASSIFICATION and not resumed:  # "no better than guessing" (divergence check)
+    lead = comm.alive()[0]  # rank 0, unless it failed in an earlier cell (real processes, --on-failure continue)
+    if rank == lead and dataset.task == CLASSIFICATION and not resumed:  # "no better than guessing" (divergence check)
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     step, off_clock, elapsed, first = 0, 0.0, 0.0, 1
