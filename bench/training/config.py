@@ -184,7 +184,8 @@ class RunConfig:
     on_failure: str = opt(
         "stop",
         "When a node fails: stop ends the run (the algorithm failed); continue lets the asynchronous gossip "
-        "algorithms (swarm, adpsgd) go on among the survivors, while the others report status failed.",
+        "algorithms (swarm, adpsgd) go on among the survivors, while the others report status failed (real "
+        "processes: local launcher, swarm with --swarm-mode blocking).",
         choices=("stop", "continue"),
     )  # stop | continue (only algorithms whose class says `survives_failures` go on)
     tensorboard: bool = opt(
