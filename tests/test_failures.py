@@ -55,9 +55,10 @@ def test_schedule_is_seeded_per_node_and_the_same_for_every_algorithm():
 
 
 def test_a_run_without_failure_injection_stores_the_same_configuration():
-    assert not set(FAILURE_KEYS) & set(RunConfig().to_dict())
+    assert not set(FAILURE_KEYS) & set(RunConfig().stored())
+    assert RunConfig.from_dict(RunConfig().stored()) == RunConfig()
     cfg = RunConfig(fail=("1@5",), on_failure="continue")
-    stored = cfg.to_dict()
+    stored = cfg.stored()
     assert stored["fail"] == ["1@5"] and stored["on_failure"] == "continue"
     assert RunConfig.from_dict(stored) == cfg  # a resumed run keeps its failure schedule
 
@@ -211,3 +212,28 @@ def test_real_processes_survivors_finish_after_a_rank_is_sigkilled(tmp_path):
     assert records.loc[records["metric"] == "node_failed", "rank"].unique().tolist() == [2]
     summary = _summary(out)
     assert summary.loc["swarm", "nodes_alive"] == 3 and summary.loc["swarm", "test_acc"] > 0.3
+
+
+def test_a_resumed_run_keeps_its_failure_schedule(tmp_path, monkeypatch):
+    """Interrupted in its second algorithm, resumed: the stored --fail and --on-failure apply again, and the results
+    are those of the run never stopped."""
+    import bench.engine.sim.cluster as sim_cluster
+    from bench.base.signals import Interrupted
+
+    args = [*SMALL, "--algo", "swarm", "--algo", "adpsgd", "--fail", "1@5", "--on-failure", "continue"]
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert _invoke(*args, "--no-tensorboard", "--out", whole).exit_code == 0
+    real_run_cell = sim_cluster.run_cell
+
+    def run_cell(cfg, name, *rest, **kw):
+        if name == "adpsgd":
+            raise Interrupted(signal.SIGINT)
+        return real_run_cell(cfg, name, *rest, **kw)
+
+    monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
+    assert _invoke(*args, "--no-tensorboard", "--out", out).exit_code == 130
+    monkeypatch.setattr(sim_cluster, "run_cell", real_run_cell)
+    r = CliRunner().invoke(cli, ["run", "--resume", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "summary.csv").read_bytes() == (whole / "summary.csv").read_bytes()
+    assert _summary(out).loc["adpsgd", "nodes_alive"] == 3

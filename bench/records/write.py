@@ -181,7 +181,7 @@ def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, 
         "backend": backend,
         "transport": transport,
         "topology": _topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
-        "config": cfg.to_dict(),
+        "config": cfg.stored(),
         # Each algorithm's optimizer hyperparameters as resolved (run values, then its own), and its peak lr.
         "hyperparameters": {
             name: {**dataclasses.asdict(hyper(cfg, name)), "peak_lr": hyper(cfg, name).peak_lr(cfg.nodes)}

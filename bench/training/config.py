@@ -328,15 +328,19 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for key in FAILURE_KEYS:  # a run without failure injection stores the configuration it stored before them
-            if out[key] == getattr(RunConfig, key):
-                del out[key]
-        for key in ("fail", "slow"):
-            if key in out:
-                out[key] = list(out[key])
+        out["fail"], out["slow"] = list(self.fail), list(self.slow)
         out["algorithms"] = list(self.algorithms)
         out["node_series"] = list(self.node_series)
         out["algo_options"] = {name: dict(opts) for name, opts in self.algo_options}
+        return out
+
+    def stored(self) -> dict[str, Any]:
+        """`to_dict` as meta.json stores it: without the failure injection keys left at their defaults, so that a run
+        without failure injection stores the configuration it stored before they existed (`from_dict` fills them)."""
+        out = self.to_dict()
+        for key in FAILURE_KEYS:
+            if getattr(self, key) == getattr(RunConfig, key):
+                del out[key]
         return out
 
     @classmethod
