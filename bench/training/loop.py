@@ -578,7 +578,7 @@ def run_cell(
             loop["snapshots"] = [dataclasses.asdict(snap) for snap in snapshots]
             checkpoints.save(epoch, node_state(cell, comm, loop))
             comm.fence()  # every node's state of this epoch is saved
-            if rank == 0:
+            if rank == comm.alive()[0]:  # rank 0, or the first survivor (real processes, --on-failure continue)
                 emit({"type": "checkpoint", "algorithm": algorithm, "epoch": epoch})
             off_clock += clock.now() - t_save  # saving (and waiting for the others to) is not training time
     if not math.isfinite(float(loss_sum)):
