@@ -105,7 +105,7 @@ def test_continue_asynchronous_gossip_goes_on_synchronous_collectives_report_fai
     assert s.loc["swarm", "test_acc"] > 0.5  # the survivors' averaged model, after the failure
     assert s.loc["allreduce", "status"] == s.loc["dpsgd", "status"] == "failed"
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["status"] == "ok"
+    assert meta["status"] == "ok" and meta["sim"]["failures"] == {"1": 5}
     reason = meta["algorithms"]["allreduce"]["reason"]
     assert "rank 1 failed at step 5" in reason and "cannot go on" in reason
     records = pd.read_json(out / "records.jsonl", lines=True)

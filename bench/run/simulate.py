@@ -53,6 +53,7 @@ from bench.run.outcome import (
     write_results,
 )
 from bench.run.resume import CellCheckpoint, Resume, keep_records
+from bench.training.config import failure_schedule, injects_failures
 from bench.training.loop import evaluated_epochs, run_data
 
 
@@ -199,6 +200,10 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         done = resume.done
     meta["cost_model"] = cost.to_dict()
     meta["sim"] = {**facts, "steps_per_epoch": cfg.steps if shards is None else shards.steps_per_epoch}
+    if shards is not None and injects_failures(cfg):  # the schedule every algorithm gets: rank -> step it fails at
+        total = cfg.epochs * shards.steps_per_epoch
+        fail_at = failure_schedule(cfg, total).fail_at
+        meta["sim"]["failures"] = {str(r): s for r, s in sorted(fail_at.items()) if s < total}
     try:
         atomic_write_json(out_dir / "meta.json", meta)
     except OSError as exc:
