@@ -19,6 +19,7 @@ class ADPSGD(Algorithm):
     paper = "Lian et al., ICML 2018"
     model_copies = 5.5  # peak memory per node in the simulator, in models (measured, default MLP)
     quantizable = True
+    survives_failures = True  # a node picks its partner among the live neighbours each time
 
     def start(self) -> None:
         self.node.comm.expose(self.node.params)

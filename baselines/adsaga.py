@@ -32,7 +32,7 @@ class ADSAGA(Algorithm):
     name = "adsaga"
     summary = "ADSAGA: asynchronous SAGA, a server (rank 0) applies each node's corrected gradient on arrival (logreg)"
     paper = "Glasgow & Wootters, AISTATS 2022"
-    model_copies = 9.2  # peak memory per node in the simulator, in models (measured: logreg, 4 epochs, 64 and 512 nodes)
+    model_copies = 9.2  # peak memory per node in the simulator, in models (measured: logreg, 4 epochs, 64-512 nodes)
     wants_batch = True
     models = ("logreg",)
 

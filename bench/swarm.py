@@ -49,6 +49,7 @@ class SwarmSGD(Algorithm):
     paper = "Nadiradze et al., NeurIPS 2021"
     Config = SwarmConfig
     quantizable = True
+    survives_failures = True  # a node picks its partner among the live neighbours each time
 
     def start(self) -> None:
         self.steps_done = 0

@@ -28,12 +28,12 @@ def test_list_shows_the_shipped_suites():
     result = invoke("reproduce", "--list")
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.splitlines()]
-    assert names == ["ci-smoke", "related-work", "swarmsgd-neurips21", "woodworth-icml20"]
+    assert names == ["ci-smoke", "related-work", "resilience", "swarmsgd-neurips21", "woodworth-icml20"]
     assert "[sim]" in result.output
 
 
 def test_suites_ship_as_package_data():
-    assert set(shipped()) == {"ci-smoke", "related-work", "swarmsgd-neurips21", "woodworth-icml20"}
+    assert set(shipped()) == {"ci-smoke", "related-work", "resilience", "swarmsgd-neurips21", "woodworth-icml20"}
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     setuptools = pyproject["tool"]["setuptools"]
     assert "bench.experiments.suites" in setuptools["packages"]
@@ -99,11 +99,34 @@ def test_related_work_suite_runs_every_algorithm():
     ]
 
 
+def test_resilience_suite_layout():
+    """Per algorithm, none, one, 5 % and 25 % of 40 nodes fail, the gossip algorithms going on among survivors."""
+    suite = load_suite("resilience")
+    (part,) = suite.parts
+    assert part.grid["fail_nodes"] == [0, 1, 2, 10] and suite.settings["nodes"] == 40
+    assert suite.settings["on_failure"] == "continue"
+    cells = expand(normalize(suite_spec(suite, "sim", (), (), ())))
+    assert len(cells) == 4
+    assert all(c.algorithms == ["swarm", "adpsgd", "allreduce", "local_sgd", "dpsgd"] for c in cells)
+    assert {t.metric for t in suite.tables} == {"nodes_alive", "samples_per_s", "test_acc"}
+
+
+@SIM
+def test_scaled_down_resilience_suite(tmp_path):
+    out = tmp_path / "resilience"
+    args = ["--nodes", "12", "--set", "epochs=1", "--set", "dataset=digits", "--set", "batch_size=16"]
+    result = invoke("reproduce", "resilience", *args, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    alive = (out / "report" / "tables" / "paper_alive.md").read_text()
+    assert "| algorithm | failed=0 | failed=1 | failed=2 | failed=10 |" in alive
+    assert "| swarm | 12 | 11 | 10 | 2 |" in alive and "| allreduce | 12 | - | - | - |" in alive
+
+
 def test_unknown_suite_exits_2():
     result = invoke("reproduce", "ci-smok")
     assert result.exit_code == 2
     assert result.output == (
-        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, related-work, "
+        "error: unknown suite 'ci-smok' (did you mean 'ci-smoke'?): choose from ci-smoke, related-work, resilience, "
         "swarmsgd-neurips21, woodworth-icml20 (swarmbench reproduce --list) or pass a suite .toml file\n"
     )
     assert invoke("reproduce").exit_code == 2

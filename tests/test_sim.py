@@ -647,6 +647,29 @@ BAD_SIM_INPUTS = [
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--nodes", "300000"], "1 to 131072"),
     (["--engine", "sim", "--nodes", "8192"], "--compute cost-only runs up to"),
     (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--target-acc", "0.9"], "drop --target-acc"),
+    # Failure injection (tests/test_failures.py).
+    (["--engine", "sim", "--fail", "4@10"], "rank 4 is not a node of a 4-node run"),
+    (["--engine", "sim", "--nodes", "8,4", "--fail", "6@10"], "rank 6 is not a node of a 4-node run"),
+    (["--engine", "sim", "--fail", "1@-1"], "step -1 is negative"),
+    (["--engine", "sim", "--fail", "1"], "is not RANK@STEP"),
+    (["--engine", "sim", "--fail", "a@b"], "is not RANK@STEP"),
+    (["--engine", "sim", "--fail-p", "1"], "--fail-p must be a probability in [0, 1)"),
+    (["--engine", "sim", "--fail-p", "-0.1"], "--fail-p must be a probability in [0, 1)"),
+    (["--engine", "sim", "--slow", "1@5:0"], "must be a positive number"),
+    (["--engine", "sim", "--slow", "1@5"], "is not RANK@STEP:FACTOR"),
+    (["--engine", "sim", "--slow", "9@5:2"], "rank 9 is not a node"),
+    (["--engine", "sim", "--on-failure", "ignore"], "--on-failure"),
+    (["--engine", "sim", "--fail-nodes", "4"], "does not leave a survivor of a 4-node run"),
+    (["--fail-nodes", "1"], "--engine sim"),
+    (["--fail-p", "0.01"], "--engine sim"),  # real processes: only --fail, and only with --on-failure stop
+    # --on-failure continue on real processes: SwarmSGD (blocking) and AD-PSGD on the local launcher's p2p transport
+    (["--on-failure", "continue"], "not allreduce, local_sgd, dpsgd"),
+    (["--on-failure", "continue", "--algo", "swarm"], "--swarm-mode blocking"),
+    (["--on-failure", "continue", "--algo", "adpsgd", "--transport", "rma"], "--transport p2p"),
+    (["--on-failure", "continue", "--algo", "adpsgd", "--launcher", "mpirun"], "--launcher local"),
+    (["--fail", "4@3"], "rank 4 is not a node of a 4-node run"),
+    (["--slow", "1@5:2"], "--engine sim"),
+    (["--engine", "sim", "--compute", "cost-only", "--steps", "5", "--fail", "1@2"], "drop --compute cost-only"),
 ]
 
 

@@ -23,7 +23,7 @@ from bench.base.files import atomic_write_bytes, atomic_write_text
 from bench.base.formatting import fmt_key, fmt_value
 from bench.records.tables import FORMATS, is_language_model, latex, markdown
 
-KEY_HEADERS = {"local_steps": "H"}
+KEY_HEADERS = {"local_steps": "H", "fail_nodes": "failed"}
 CI_NOTE = (
     "Cells with several seeds read mean ± h, h = half-width of the 95 % confidence interval "
     "(Student's t-distribution, n - 1 degrees of freedom, n seeds)."

@@ -50,6 +50,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -68,6 +69,23 @@ STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
 MAIL_HEADER_BYTES = 16  # a directed message's header: 2 x int64 (element count, dtype code)
 MAIL_DTYPES = (torch.uint8, torch.float32)  # what `send` carries: encoded bytes, or raw float32 values
 KINDS = ("grad", "model", "control", "publish", "eval")  # eval traffic is reported apart from training traffic
+# Errors that only say a peer went away (gloo's, when the peer's process has ended).
+PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
+DEAD_POLL_S = 0.002  # how often a survivors' fence looks for arrivals and deaths (`--on-failure continue`)
+
+
+class PeerLost(RuntimeError):
+    """The peer of a pairwise exchange has died (`--on-failure continue`): the exchange did not happen."""
+
+    def __init__(self, peer: int) -> None:
+        super().__init__(f"rank {peer} is gone")
+        self.peer = peer
+
+
+def lost_a_peer(error: str) -> bool:
+    """Whether an error (a message, or a traceback whose last line is the error) only says that a peer went away."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return bool(lines) and any(h in lines[-1] for h in PEER_LOSS_HINTS)
 
 
 def ring_allreduce_bytes(nbytes: int, n: int) -> int:
@@ -188,6 +206,7 @@ class Comm:
         # deposits received and not yet folded in (engines that deliver them here: p2p, the simulator).
         self._held: dict[int, list] = {}
         self._deposits: list[tuple[int, torch.Tensor]] = []
+        self._everyone = tuple(range(size))
 
     # ---- the interface algorithms use -------------------------------------------------------------
     def neighbors(self) -> tuple[int, ...]:
@@ -203,15 +222,21 @@ class Comm:
 
     def charge(self, op: str, numel: int) -> None:
         """The algorithm did work on `numel` coordinates that no comm call did for it (PowerSGD's low-rank
-        compression: op "lowrank", numel = coordinates x rank). Real engines measured it on their clocks; the
+        compression: op "lowrank R" on a matrix's coordinates). Real engines measured it on their clocks; the
         simulator charges the compute profile's cost of `op`, as it charges the comm layer's own work."""
         self._work(op, numel)
 
+    def alive(self) -> tuple[int, ...]:
+        """The ranks still running, in order: every rank, unless nodes failed (`--on-failure continue`), when the
+        engine has dropped them (from collectives as from `neighbors()`)."""
+        return self._everyone
+
     def allreduce_mean(self, t: torch.Tensor, kind: str) -> None:
-        """In place: t <- mean over all nodes (never quantized)."""
+        """In place: t <- mean over all (live) nodes (never quantized)."""
         self.allreduce_sum(t, kind)
-        if self.size > 1:
-            t.div_(self.size)
+        live = len(self.alive())
+        if live > 1:
+            t.div_(live)
 
     def allreduce_sum(self, t: torch.Tensor, kind: str) -> None:
         """In place: t <- sum over all nodes (counters, evaluation results)."""
@@ -407,7 +432,10 @@ class Comm:
         """
         with self._timed(kind):
             numel, msg, mine = self._own_message("average_with")
-            reply = self._average_with(peer, msg, msg.numel() + self.codec.bitmap_bytes(numel))
+            try:
+                reply = self._average_with(peer, msg, msg.numel() + self.codec.bitmap_bytes(numel))
+            except PeerLost:  # the peer died (`--on-failure continue`): no average, it is not chosen again
+                return
             skip = self.codec.unpack_failures(reply[msg.numel() :], numel)
             move = self._follow(reply[: msg.numel()], mine, skip)
             with self._model_lock:
@@ -901,10 +929,18 @@ class TorchComm(Comm):
         responder: bool = True,
         on_responder_error: ResponderErrorHandler = exit_on_responder_error,
         now: Callable[[], float] = time.perf_counter,
+        dead_dir: str | None = None,
     ) -> None:
         super().__init__(rank, size, topology, now)
         import torch.distributed as dist
 
+        # `--on-failure continue`: the launch marks a rank that died in `dead_dir` (a file named by its rank). A
+        # pairwise exchange with a dead peer is skipped and the peer dropped from `neighbors()`; fences meet through
+        # files there among the ranks alive, and collectives run among them (`_survivors_allreduce`).
+        self._dead_dir = Path(dead_dir) if dead_dir else None
+        self._dead: set[int] = set()
+        self._alive = self._everyone
+        self._fences = 0
         self._dist = dist
         self._on_responder_error = on_responder_error
         self._hvd = None  # horovod.torch when --allreduce-impl horovod
@@ -932,6 +968,81 @@ class TorchComm(Comm):
         self._sending: list[tuple[object, torch.Tensor]] = []  # sends in flight: (work, tensor it must keep alive)
         if size > 1:
             self._mail_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        self._survivors_group = None  # the survivors' collectives: point-to-point on a group of their own
+        if size > 1 and self._dead_dir is not None:
+            self._survivors_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+
+    # ---- failures (`--on-failure continue`) ---------------------------------------------------------
+    def neighbors(self) -> tuple[int, ...]:
+        peers = super().neighbors()
+        if self._dead_dir is None:
+            return peers
+        self._dead |= self._marked_dead()
+        return tuple(p for p in peers if p not in self._dead)
+
+    def alive(self) -> tuple[int, ...]:
+        """The ranks that met at the last fence: every survivor agrees on them."""
+        return self._alive
+
+    def _marked_dead(self) -> set[int]:
+        if self._dead_dir is None or not self._dead_dir.is_dir():
+            return set()
+        return {int(p.name) for p in self._dead_dir.iterdir() if p.name.isdigit()}
+
+    def _lost(self, peer: int, exc: BaseException) -> None:
+        """A pairwise exchange with `peer` failed: when it died (`--on-failure continue`) it is dropped, else the
+        error stands."""
+        if self._dead_dir is None or not lost_a_peer(str(exc)):
+            raise exc
+        self._dead.add(peer)
+        raise PeerLost(peer) from exc
+
+    def _survivors_fence(self) -> None:
+        """Every rank alive meets here: each marks its arrival with a file, and waits until every other rank has
+        arrived or the launch has marked it dead. The ranks that arrived are then `alive()` for all of them."""
+        assert self._dead_dir is not None
+        folder = self._dead_dir.parent / f"fence-{self._fences}"
+        self._fences += 1
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(self.rank)).touch()
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            arrived = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+            dead = self._marked_dead()
+            if all(r in arrived or r in dead for r in range(self.size)):
+                break
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(self.size)) - arrived - dead)
+                wait = f"{self._timeout_s:g} s waiting for {missing}"
+                raise RuntimeError(f"rank {self.rank}: fence timed out after {wait}")
+            time.sleep(DEAD_POLL_S)
+        self._alive = tuple(sorted(arrived))
+        self._dead |= set(range(self.size)) - arrived
+
+    def _survivors_allreduce(self, t: torch.Tensor) -> None:
+        """Sum over the ranks alive, point to point: the first gathers every other one's tensor, adds them in rank
+        order and sends the sum back."""
+        dist, group, alive = self._dist, self._survivors_group, self._alive
+        if self.rank != alive[0]:
+            dist.send(t, dst=alive[0], group=group)
+            dist.recv(t, src=alive[0], group=group)
+            return
+        parts = [t.clone()]
+        for r in alive[1:]:
+            part = torch.empty_like(t)
+            dist.recv(part, src=r, group=group)
+            parts.append(part)
+        total = parts[0]
+        for part in parts[1:]:
+            total.add_(part)
+        t.copy_(total)
+        for r in alive[1:]:
+            dist.send(t, dst=r, group=group)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether ranks have died (`--on-failure continue`): collectives then run among the survivors."""
+        return len(self._alive) < self.size
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         super().start_cell(codec, seed)
@@ -964,6 +1075,9 @@ class TorchComm(Comm):
             # skip the coordinator's negotiation: a fresh name per call cost about twice the time here.
             self._hvd.allreduce_(t, op=self._hvd.Sum, name=_hvd_name(t))
             return
+        if self.degraded:
+            self._survivors_allreduce(t)
+            return
         self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group_for(t))
 
     def _allreduce_sum_async(self, t: torch.Tensor) -> Work:
@@ -988,6 +1102,9 @@ class TorchComm(Comm):
         return out
 
     def _barrier(self) -> None:
+        if self._dead_dir is not None:
+            self._survivors_fence()
+            return
         self._dist.barrier()
 
     # ---- the mailbox ----------------------------------------------------------------------------------
@@ -1066,10 +1183,13 @@ class TorchComm(Comm):
             time.sleep(0.001)
 
     def _average_with(self, peer: int, msg: torch.Tensor, reply_bytes: int) -> torch.Tensor:
-        self._request(_AVERAGE, peer, msg.numel())
-        self._dist.send(msg, dst=peer, group=self._req)
-        reply = torch.empty(reply_bytes, dtype=torch.uint8)
-        self._dist.recv(reply, src=peer, group=self._rep)
+        try:
+            self._request(_AVERAGE, peer, msg.numel())
+            self._dist.send(msg, dst=peer, group=self._req)
+            reply = torch.empty(reply_bytes, dtype=torch.uint8)
+            self._dist.recv(reply, src=peer, group=self._rep)
+        except RuntimeError as exc:
+            self._lost(peer, exc)
         return reply
 
     # ---- one-sided, responder side ---------------------------------------------------------------
@@ -1078,42 +1198,57 @@ class TorchComm(Comm):
         header = torch.empty(4, dtype=torch.int64)
         try:
             while True:
-                src = dist.recv(header, src=None, group=self._req)
+                try:
+                    src = dist.recv(header, src=None, group=self._req)
+                except RuntimeError as exc:
+                    if self._dead_dir is None or not lost_a_peer(str(exc)):
+                        raise
+                    continue  # a requester died before its request was whole (`--on-failure continue`)
                 op, requester, nbytes, flag = header.tolist()
                 if op == _STOP:
                     return
-                if op == _READ:
-                    with self._pub_lock:
-                        copy = self._published
-                    if copy is None:
-                        raise RuntimeError(f"rank {requester} read from rank {self.rank}, which published nothing")
-                    # Count first: the reader may read our counters once it has the reply.
-                    blob = self.serve_read(copy, keep=bool(flag))
-                    if blob.numel() != nbytes:
-                        raise RuntimeError(
-                            f"rank {requester} read {nbytes} bytes from rank {self.rank}, "
-                            f"which published {blob.numel()}"
-                        )
-                    dist.send(blob, dst=src, group=self._rep)
-                elif op == _AVERAGE:
-                    incoming = torch.empty(nbytes, dtype=torch.uint8)
-                    dist.recv(incoming, src=src, group=self._req)
-                    dist.send(self.serve_average(incoming), dst=src, group=self._rep)
-                elif op == _DEPOSIT:
-                    incoming = torch.empty(nbytes, dtype=torch.uint8)
-                    dist.recv(incoming, src=src, group=self._req)
-                    self._received_deposit(incoming)
-                else:
-                    raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
+                try:
+                    self._serve_one(op, src, requester, nbytes, flag)
+                except RuntimeError as exc:
+                    if self._dead_dir is None or not lost_a_peer(str(exc)):
+                        raise
+                    self._dead.add(src)  # it died while we served it: nothing to answer
         except BaseException as exc:  # the handler ends the process, so no peer waits forever for a reply
             self._on_responder_error(exc, self.rank)
+
+    def _serve_one(self, op: int, src: int, requester: int, nbytes: int, flag: int) -> None:
+        """One request of a peer (the responder thread)."""
+        dist = self._dist
+        if op == _READ:
+            with self._pub_lock:
+                copy = self._published
+            if copy is None:
+                raise RuntimeError(f"rank {requester} read from rank {self.rank}, which published nothing")
+            # Count first: the reader may read our counters once it has the reply.
+            blob = self.serve_read(copy, keep=bool(flag))
+            if blob.numel() != nbytes:
+                raise RuntimeError(
+                    f"rank {requester} read {nbytes} bytes from rank {self.rank}, which published {blob.numel()}"
+                )
+            dist.send(blob, dst=src, group=self._rep)
+        elif op == _AVERAGE:
+            incoming = torch.empty(nbytes, dtype=torch.uint8)
+            dist.recv(incoming, src=src, group=self._req)
+            dist.send(self.serve_average(incoming), dst=src, group=self._rep)
+        elif op == _DEPOSIT:
+            incoming = torch.empty(nbytes, dtype=torch.uint8)
+            dist.recv(incoming, src=src, group=self._req)
+            self._received_deposit(incoming)
+        else:
+            raise RuntimeError(f"unknown request opcode {op} from rank {requester}")
 
     def close(self) -> None:
         """After a barrier (no request is in flight any more) stop our successor's responder, join ours."""
         if self._responder is None:
             return
         self._barrier()
-        self._request(_STOP, (self.rank + 1) % self.size, 0)
+        alive = self._alive  # after a failure, the next rank alive (every survivor agrees on them since the fence)
+        self._request(_STOP, alive[(alive.index(self.rank) + 1) % len(alive)], 0)
         self._responder.join()
         self._responder = None
 
@@ -1504,13 +1639,17 @@ def make_comm(
     allreduce_impl: str = "torch",
     on_responder_error: ResponderErrorHandler = exit_on_responder_error,
     now: Callable[[], float] = time.perf_counter,
+    dead_dir: str | None = None,
 ) -> TorchComm:
     """The communicator of a real worker for a resolved transport ("p2p" or "rma") and allreduce engine; `now` is
-    the clock its timers read (a synchronizing one on CUDA)."""
+    the clock its timers read (a synchronizing one on CUDA); `dead_dir`: where the launch marks dead ranks
+    (`--on-failure continue`, p2p only)."""
     if transport == "rma":
         comm: TorchComm = RmaComm(rank, size, topology, timeout_s, now=now)
     else:
-        comm = TorchComm(rank, size, topology, timeout_s, on_responder_error=on_responder_error, now=now)
+        comm = TorchComm(
+            rank, size, topology, timeout_s, on_responder_error=on_responder_error, now=now, dead_dir=dead_dir
+        )
     if allreduce_impl == "horovod":
         comm.use_horovod_allreduce()
     return comm

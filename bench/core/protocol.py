@@ -100,6 +100,10 @@ class Algorithm:
     needs_tensors: ClassVar[bool] = False
     wants_batch: ClassVar[bool] = False  # the loop hands it each step's mini-batch (`Node.batch`)
     models: ClassVar[tuple[str, ...]] = ()  # the only `--model`s it runs on (empty: any); `--algo all` skips the others
+    # Whether it can go on when a node fails (`--on-failure continue`): its nodes need no particular peer, so the
+    # engines drop the failed node from `comm.neighbors()` and the survivors finish. A synchronous algorithm (a
+    # collective, or an exchange with fixed neighbours, every step) cannot: its cell ends as failed.
+    survives_failures: ClassVar[bool] = False
 
     def __init__(self, node: Node, config: Any) -> None:
         self.node = node

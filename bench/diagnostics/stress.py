@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.core.comm import lost_a_peer
 from bench.core.protocol import Node, flatten_model
 from bench.engine.processes.localworld import WorldFailed, run_world
+from bench.engine.processes.worker import KILLED_EXIT, exit_killed
 from bench.training.config import RunConfig, algo_config
 from bench.training.registry import ALGORITHMS
 
@@ -36,7 +39,6 @@ SCENARIOS = ("adpsgd", "swarm-blocking", "swarm-pushpull", "swarm-killed", "adps
 # initiator deposits its move into the partner's inbox, computed against the version it read, so averages that
 # overlap overshoot for a while: tests/test_transports.py): their worlds get 3x the steps to agree.
 STEP_FACTOR = {"swarm-pushpull": 3, "rma": 3}
-KILLED_EXIT = 43  # the exit status of the rank a killed world loses
 
 
 def _drive(rank: int, world: int, comm, algorithm: str, steps: int, seed: int, kill: tuple[int, int] | None = None):
@@ -59,7 +61,7 @@ def _drive(rank: int, world: int, comm, algorithm: str, steps: int, seed: int, k
     comm.fence()
     for step in range(steps):
         if kill is not None and kill == (rank, step):
-            os._exit(KILLED_EXIT)  # as a crash: no cleanup, no goodbye to the peers
+            exit_killed()  # as a crash: no cleanup, no goodbye to the peers
         with comm.exclusive():
             opt.step()  # lr 0: the model only moves by averaging
         algo.after_backward(step)
@@ -85,6 +87,26 @@ class _NoClock:
 
     def compute(self):
         return contextlib.nullcontext()
+
+
+def killed_verdict(exc: WorldFailed, kill: tuple[int, int]) -> str | None:
+    """None when a world that was to lose rank `kill[0]` ended because of it: that rank exited with KILLED_EXIT,
+    and every other rank that reported an error had only lost a peer (the comm layer's failure path: a closed
+    connection or a timeout), so an unrelated exception of a survivor does not pass; else what went wrong."""
+    first = str(exc).splitlines()[0]
+    if "timed out" in first and "waiting for ranks" in first:
+        return f"the world hung until the timeout ({first})"
+    code = exc.exits.get(kill[0])
+    if code != KILLED_EXIT:
+        return f"the killed rank ended with status {code}, not {KILLED_EXIT} ({first})"
+    for rank, error in sorted(exc.errors.items()):
+        if rank != kill[0] and not lost_a_peer(error):
+            last = error.strip().splitlines()[-1] if error.strip() else "no message"
+            return f"rank {rank} failed otherwise: {last}"
+    return None
+
+
+_MPIRUN_FIRST_EXIT = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(-?\d+)")
 
 
 def mpi_available() -> bool:
@@ -119,8 +141,11 @@ def _run_under_mpirun(folder: Path, world: int, scenario: str, steps: int, seed:
     if proc.returncode != 0 or not all(f.exists() for f in results):
         dead = [r for r in range(world) if not results[r].exists()]
         tail = out.strip().splitlines()[-1:] if out.strip() else [""]
+        # mpirun names the first rank that exited non-zero, and its status; the others it stopped itself.
+        first = _MPIRUN_FIRST_EXIT.search(" ".join(out.split()))
+        exits = {int(first.group(1)): int(first.group(2))} if first else {}
         raise WorldFailed(f"distributed run failed: mpirun exit {proc.returncode}; ranks ended without a result "
-                          f"({', '.join(f'rank {r}' for r in dead)}): {tail[0]}")  # fmt: skip
+                          f"({', '.join(f'rank {r}' for r in dead)}): {tail[0]}", exits)  # fmt: skip
     return [json.loads(f.read_text()) for f in results]
 
 
@@ -183,9 +208,13 @@ def run(runs: int, seed: int, steps: int = 60, timeout: float = 120.0, transport
             except WorldFailed as exc:
                 first = str(exc).splitlines()[0]
                 took = time.monotonic() - started
-                if kill is not None and "timed out" not in first:
+                why = killed_verdict(exc, kill) if kill is not None else first
+                if why is None:
                     counts["ok"] += 1  # the crash ended the whole world (no survivor hangs) before the timeout
                     print(f"{what}: ok, rank {kill[0]} killed at step {kill[1]}: ended in {took:.1f} s: {first}")
+                elif kill is not None:
+                    counts["failed_or_deadlocked"] += 1
+                    print(f"{what}: FAILED rank {kill[0]} was killed at step {kill[1]}, but {why}", flush=True)
                 else:
                     counts["failed_or_deadlocked"] += 1
                     print(f"{what}: FAILED {first}", flush=True)

@@ -17,6 +17,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
     "throughput": [
         ("algorithm", "algorithm", "s"),
         ("nodes", "nodes", "d"),
+        ("nodes_alive", "alive", "d"),  # shown only when nodes of the run may fail (--fail, --fail-p)
         ("status", "status", "s"),
         ("samples", "samples", "d"),
         ("train_seconds", "train s", ".2f"),
@@ -33,6 +34,7 @@ TABLES: dict[str, list[tuple[str, str, str]]] = {
     "accuracy": [
         ("algorithm", "algorithm", "s"),
         ("nodes", "nodes", "d"),
+        ("nodes_alive", "alive", "d"),
         ("status", "status", "s"),
         ("target", "target", "s"),  # the target columns: shown only when a run had --target-acc/--target-ppl
         ("time_to_target_s", "s to target", ".3f"),
@@ -135,6 +137,8 @@ def table_frames(summary) -> dict[str, Any]:
     skip = () if repeated(s) else ROUND_COLUMNS
     if "target" not in s.columns or s["target"].isna().all():  # no time to target asked for
         skip = (*skip, *TARGET_COLUMNS)
+    if "nodes_alive" not in s.columns:  # no failure injection
+        skip = (*skip, "nodes_alive")
     if repeated(s):  # the median of the per-round ratios: paired by round, a slow phase of the machine cancels
         s["speedup_vs_allreduce"] = s["samples_per_s_ratio_median"].where(s["rounds"] > 1, s["speedup_vs_allreduce"])
     return {name: s[[c for c, _, _ in cols if c not in skip]] for name, cols in table_columns(summary).items()}

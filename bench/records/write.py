@@ -27,7 +27,7 @@ from bench.base.files import LineLog, atomic_write_frame, atomic_write_json, ato
 from bench.records.rounds import INTERVAL_METHOD, combine, throughput_columns
 from bench.records.tables import REFERENCE_ALGORITHM, write_tables
 from bench.records.tensorboard import write_events
-from bench.training.config import hyper
+from bench.training.config import hyper, injects_failures
 
 SCHEMA_VERSION = 1
 STAGING = ".staging"
@@ -181,7 +181,7 @@ def build_meta(cfg, *, run_id: str, argv: list[str], engine: str, backend: str, 
         "backend": backend,
         "transport": transport,
         "topology": _topology(cfg.topology, cfg.nodes, degree=cfg.degree, seed=cfg.seed).describe(),
-        "config": cfg.to_dict(),
+        "config": cfg.stored(),
         # Each algorithm's optimizer hyperparameters as resolved (run values, then its own), and its peak lr.
         "hyperparameters": {
             name: {**dataclasses.asdict(hyper(cfg, name)), "peak_lr": hyper(cfg, name).peak_lr(cfg.nodes)}
@@ -287,10 +287,11 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
     by_round = derive_rounds(records, cfg) if by_round is None else by_round
     target, goal = run_target(cfg, records)
     sps = {a: {k: d["samples_per_s"] for k, d in per.items() if d.get("samples_per_s")} for a, per in by_round.items()}
+    columns = summary_columns(cfg)
     rows = []
     for algo in cfg.algorithms:
         status = statuses.get(algo, "skipped")
-        row: dict[str, Any] = {c: None for c in SUMMARY_COLUMNS}
+        row: dict[str, Any] = {c: None for c in columns}
         row.update(
             algorithm=algo,
             nodes=cfg.nodes,
@@ -315,7 +316,16 @@ def summarize(records, cfg, statuses: dict[str, str], by_round: dict[str, dict[i
                 row["status"] = "diverged"
         row["quantizer"] = cfg.quantizer if (row["bits"] or 32) < 32 else "none"
         rows.append(row)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summary_columns(cfg) -> list[str]:
+    """SUMMARY_COLUMNS, with `nodes_alive` after `nodes` when nodes of the run may fail (`injects_failures`): a run
+    without failure injection writes the summary it wrote before."""
+    if not injects_failures(cfg):
+        return SUMMARY_COLUMNS
+    at = SUMMARY_COLUMNS.index("nodes") + 1
+    return [*SUMMARY_COLUMNS[:at], "nodes_alive", *SUMMARY_COLUMNS[at:]]
 
 
 ROUND_COLUMNS = ["algorithm", "round", "position", "samples_per_s", "train_seconds", "test_acc", "comm_fraction"]
@@ -347,6 +357,8 @@ def _derive(r, nodes: int) -> dict[str, Any]:
         return m[m["epoch"] == last] if last is not None else m
 
     out: dict[str, Any] = {}
+    # Nodes that failed (`--fail`, `--fail-p`) left a `node_failed` row; the rest trained to the end.
+    out["nodes_alive"] = nodes - int(r.loc[r["metric"] == "node_failed", "rank"].nunique())
     ts = final("train_seconds")
     samples = final("samples")
     steps = final("steps")

@@ -19,6 +19,7 @@ from bench.engine.sim.cluster import check_config as check_sim
 from bench.engine.sim.costonly import check as check_cost_only
 from bench.training import config
 from bench.training.config import RunConfig
+from bench.training.registry import ALGORITHMS
 
 
 def check(cfg: RunConfig) -> None:
@@ -30,8 +31,34 @@ def check(cfg: RunConfig) -> None:
     if cfg.engine == "sim":
         check_sim(cfg)
         check_cost_only(cfg)
+    elif cfg.on_failure == "continue":
+        check_continue(cfg)
     if cfg.allreduce_impl == "horovod":
         check_horovod(cfg)
+
+
+def check_continue(cfg: RunConfig) -> None:
+    """--on-failure continue on real processes: the local launcher (it sees a rank die and tells the survivors), the
+    p2p transport's pairwise average (which notices a dead peer), and only algorithms that survive a failed node."""
+    if cfg.launcher != "local" or detect() is not None:
+        raise UserError(
+            "--on-failure continue on real processes needs --launcher local (it tells the survivors which rank "
+            "died): use --launcher local, --engine sim, or --on-failure stop"
+        )
+    if cfg.transport == "rma":
+        raise UserError("--on-failure continue on real processes needs --transport p2p: use --transport p2p or auto")
+    survivors = [name for name, cls in ALGORITHMS.items() if cls.survives_failures]
+    others = [name for name in cfg.algorithms if name not in survivors]
+    if others:
+        raise UserError(
+            f"--on-failure continue on real processes runs only algorithms that survive a failed node "
+            f"({', '.join(survivors)}), not {', '.join(others)}: drop them, or use --engine sim"
+        )
+    if "swarm" in cfg.algorithms and cfg.options_for("swarm").get("swarm_mode", cfg.swarm_mode) != "blocking":
+        raise UserError(
+            "--on-failure continue on real processes runs SwarmSGD's blocking pairwise average (it notices a dead "
+            "partner): add --swarm-mode blocking"
+        )
 
 
 def check_horovod(cfg: RunConfig) -> None:

@@ -74,17 +74,22 @@ def statuses_for(
     done: list[str],
     failure: tuple[str, str] | None,
     interrupted: str | None = None,
+    lost: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Per algorithm ok/failed/interrupted/skipped and the reason, from the progress seen (one cell_start and one
     cell_done per algorithm and round), the failure (who, error) and the signal that interrupted the run (e.g.
-    "SIGINT"), if any. An algorithm is ok once all its --repeat rounds are done."""
+    "SIGINT"), if any. An algorithm is ok once all its --repeat rounds are done. `lost`: the algorithms a cell of
+    which failed while the run went on (a node failed under --on-failure continue), with why: failed."""
     statuses, reasons = {}, {}
     who, error = failure if failure else ("", "")
     for name in cfg.algorithms:
         finished = done.count(name)
         running = started.count(name) > finished  # it was in a round when the run ended
         rounds = f" ({finished} of {cfg.repeat} rounds done)" if cfg.repeat > 1 else ""
-        if finished >= cfg.repeat:
+        if lost and name in lost:
+            statuses[name] = "failed"
+            reasons[name] = lost[name]
+        elif finished >= cfg.repeat:
             statuses[name] = "ok"
         elif running and interrupted:
             statuses[name] = "interrupted"

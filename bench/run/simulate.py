@@ -23,6 +23,7 @@ from bench.core.topology import build_topology
 from bench.engine.processes.env import detect
 from bench.engine.sim.calibrate import resolve as resolve_cost
 from bench.engine.sim.cluster import (
+    NodeLost,
     OneTorchThread,
     check_memory,
     estimate_bytes,
@@ -52,6 +53,7 @@ from bench.run.outcome import (
     write_results,
 )
 from bench.run.resume import CellCheckpoint, Resume, keep_records
+from bench.training.config import failure_schedule, injects_failures
 from bench.training.loop import evaluated_epochs, run_data
 
 
@@ -198,6 +200,10 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         done = resume.done
     meta["cost_model"] = cost.to_dict()
     meta["sim"] = {**facts, "steps_per_epoch": cfg.steps if shards is None else shards.steps_per_epoch}
+    if shards is not None and injects_failures(cfg):  # the schedule every algorithm gets: rank -> step it fails at
+        total = cfg.epochs * shards.steps_per_epoch
+        fail_at = failure_schedule(cfg, total).fail_at
+        meta["sim"]["failures"] = {str(r): s for r, s in sorted(fail_at.items()) if s < total}
     try:
         atomic_write_json(out_dir / "meta.json", meta)
     except OSError as exc:
@@ -206,6 +212,7 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     checkpoint = CellCheckpoint(out_dir, done)
     started: list[str] = []
     finished: list[str] = []
+    lost: dict[str, str] = {}  # algorithm -> why a cell of it failed while the run went on (--on-failure continue)
 
     def emit(event: dict[str, Any]) -> None:
         if event["type"] == "record":
@@ -215,12 +222,14 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
 
     def on_event(event: dict[str, Any]) -> None:
         (started if event["type"] == "cell_start" else finished).append(event["algorithm"])
+        if event.get("failed"):
+            lost.setdefault(event["algorithm"], event["failed"])
         if event["type"] == "cell_done" and not event.get("resumed"):
             writer.log.sync()  # the cell's records are on disk before the checkpoint says it is done
             checkpoint.cell_done(event["algorithm"], event["round"])
         ui.event(event)
 
-    failure, interrupted, lost = None, None, None
+    failure, interrupted, unwritable_exc = None, None, None
     try:
         with OneTorchThread():
             if shards is None:
@@ -230,7 +239,9 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
         used = {size: name for s in stats for size, name in s.allreduce_used.items()}
         meta["cost_model"]["allreduce_by_bytes"] = {str(size): used[size] for size in sorted(used)}
     except ResultsUnwritable as exc:  # the disk, not the algorithm: no traceback, the run ends
-        failure, lost = ("results folder", str(exc)), exc
+        failure, unwritable_exc = ("results folder", str(exc)), exc
+    except NodeLost as exc:  # an injected failure under --on-failure stop: the run ends, no traceback
+        failure = ("failure injection", str(exc))
     except Exception as exc:  # a node raised: that algorithm failed, the later ones are skipped
         traceback.print_exc(file=sys.stderr)
         failure = ("simulator", last_line(exc))
@@ -239,13 +250,13 @@ def _run_one(cfg, out_dir: Path, argv, dataset, policy: str, cost: CostModel, fa
     finally:
         writer.close()
     signal_name = interrupted.name if interrupted is not None else None
-    statuses, reasons = statuses_for(cfg, started, finished, failure, signal_name)
+    statuses, reasons = statuses_for(cfg, started, finished, failure, signal_name, lost)
     status = run_status(failure is not None, signal_name)
     with deferred():  # a Ctrl-C now lets the results be finished first (a second one still exits at once)
         summary = write_results(out_dir, cfg, meta, statuses, reasons, status)
         checkpoint.finish(status)
-    if lost is not None:
-        raise lost
+    if unwritable_exc is not None:
+        raise unwritable_exc
     if failure:
         from rich.markup import escape
 

@@ -176,6 +176,18 @@ class RunConfig:
         "epochs, so that --resume continues a stopped algorithm from there; 0: resume at algorithm ends only (the "
         "simulator always does: exact).",
     )  # real processes: save every node's state every E epochs inside an algorithm's run (0: off)
+    fail: tuple[str, ...] = opt(
+        (),
+        "RANK@STEP: node RANK fails when it reaches its step STEP (after STEP steps, counted from 0 over all epochs): "
+        "a real process exits hard, as a crash would; a simulated node stops (repeatable).",
+    )  # failure injection: "RANK@STEP" entries (every algorithm of the run gets the same schedule)
+    on_failure: str = opt(
+        "stop",
+        "When a node fails: stop ends the run (the algorithm failed); continue lets the asynchronous gossip "
+        "algorithms (swarm, adpsgd) go on among the survivors, while the others report status failed (real "
+        "processes: local launcher, swarm with --swarm-mode blocking).",
+        choices=("stop", "continue"),
+    )  # stop | continue (only algorithms whose class says `survives_failures` go on)
     tensorboard: bool = opt(
         True, "Write TensorBoard event files (DIR/tensorboard) beside records.jsonl."
     )  # TensorBoard event files beside records.jsonl (torch's SummaryWriter)
@@ -229,6 +241,19 @@ class RunConfig:
         0.0, "sim: probability a step straggles.", sim=True
     )  # sim: probability that a step is straggler_k times slower
     straggler_k: float = opt(5.0, "sim: slowdown of a straggling step.", sim=True)  # sim: slowdown of a straggling step
+    fail_p: float = opt(
+        0.0, "sim: probability that a node fails at each of its steps (seeded, the same for every algorithm).", sim=True
+    )  # sim: per node per step failure probability, drawn from (seed, rank) alone
+    fail_nodes: int = opt(
+        0,
+        "sim: this many nodes, drawn by the seed, fail, each at a step drawn uniformly over the run.",
+        sim=True,
+    )  # sim: K random nodes fail at random steps (the resilience suite's 1 node, 5 %, 25 %)
+    slow: tuple[str, ...] = opt(
+        (),
+        "sim: RANK@STEP:FACTOR: from its step STEP on, node RANK computes FACTOR times slower (repeatable).",
+        sim=True,
+    )  # sim: "RANK@STEP:FACTOR" slowdowns of one node's compute sections from a step on
     network: str = opt(
         "10gbe", "sim: link profile; see `swarmbench list`.", sim=True
     )  # sim: named link profile (bandwidth, latency)
@@ -303,9 +328,19 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["fail"], out["slow"] = list(self.fail), list(self.slow)
         out["algorithms"] = list(self.algorithms)
         out["node_series"] = list(self.node_series)
         out["algo_options"] = {name: dict(opts) for name, opts in self.algo_options}
+        return out
+
+    def stored(self) -> dict[str, Any]:
+        """`to_dict` as meta.json stores it: without the failure injection keys left at their defaults, so that a run
+        without failure injection stores the configuration it stored before they existed (`from_dict` fills them)."""
+        out = self.to_dict()
+        for key in FAILURE_KEYS:
+            if getattr(self, key) == getattr(RunConfig, key):
+                del out[key]
         return out
 
     @classmethod
@@ -313,12 +348,15 @@ class RunConfig:
         data = dict(data)
         data["algorithms"] = tuple(data.get("algorithms", cls.algorithms))
         data["node_series"] = tuple(data.get("node_series", ()))
+        for key in ("fail", "slow"):
+            data[key] = tuple(data.get(key, ()))
         data["algo_options"] = tuple(
             (name, tuple(sorted(opts.items()))) for name, opts in sorted(data.get("algo_options", {}).items())
         )
         return cls(**data)
 
 
+FAILURE_KEYS = ("fail", "on_failure", "fail_p", "fail_nodes", "slow")  # failure injection (`failure_schedule`)
 RUN_FIELDS = {name: hint for name, hint in typing.get_type_hints(RunConfig).items() if name != "algo_options"}
 # The optimizer's hyperparameters: set for every algorithm (`--lr`, `lr = ...`) and per algorithm (`--set swarm.lr=0.1`,
 # an `[allreduce]` table); `hyper(run, algorithm)` resolves them.
@@ -648,6 +686,7 @@ def validate(cfg: RunConfig) -> None:
     for n in cfg.node_series or (cfg.nodes,):
         check_topology(cfg.topology, n, degree=cfg.degree, seed=cfg.seed)
     check_engine(cfg)
+    check_failures(cfg)
     if cfg.master_port is not None and not 0 < cfg.master_port < 65536:
         raise UserError(f"--master-port must be a port number in 1..65535, got {cfg.master_port}")
     from bench.core.codec import BITS, QUANTIZERS
@@ -678,6 +717,117 @@ def validate(cfg: RunConfig) -> None:
             algo_config(cfg, name)
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid options for {name}: {exc} (fix --set {name}.KEY or the [{name}] table)") from None
+
+
+def parse_fail(spec: str) -> tuple[int, int]:
+    """'RANK@STEP' -> (rank, step); a UserError naming the fix otherwise."""
+    rank, sep, step = str(spec).partition("@")
+    try:
+        if not sep:
+            raise ValueError(spec)
+        return int(rank), int(step)
+    except ValueError:
+        raise UserError(
+            f"--fail '{spec}' is not RANK@STEP: write e.g. --fail 3@100 (node 3 fails at its step 100)"
+        ) from None
+
+
+def parse_slow(spec: str) -> tuple[int, int, float]:
+    """'RANK@STEP:FACTOR' -> (rank, step, factor); a UserError naming the fix otherwise."""
+    head, sep, factor = str(spec).partition(":")
+    rank, at, step = head.partition("@")
+    try:
+        if not (sep and at):
+            raise ValueError(spec)
+        return int(rank), int(step), float(factor)
+    except ValueError:
+        raise UserError(
+            f"--slow '{spec}' is not RANK@STEP:FACTOR: write e.g. --slow 2@50:4 (node 2 computes 4 times slower from "
+            "its step 50 on)"
+        ) from None
+
+
+def check_failures(cfg: RunConfig) -> None:
+    """The failure injection options (`--fail`, `--fail-p`, `--slow`, `--on-failure`), each problem one line."""
+    if cfg.on_failure not in ("stop", "continue"):
+        raise UserError(f"--on-failure must be stop or continue, got '{cfg.on_failure}'")
+    counts = cfg.node_series or (cfg.nodes,)
+    for option, specs, parse in (("--fail", cfg.fail, parse_fail), ("--slow", cfg.slow, parse_slow)):
+        for spec in specs:
+            rank, step, *factor = parse(spec)
+            for n in counts:
+                if not 0 <= rank < n:
+                    raise UserError(
+                        f"{option} {spec}: rank {rank} is not a node of a {n}-node run: use a rank in 0..{n - 1}"
+                    )
+            if step < 0:
+                raise UserError(f"{option} {spec}: step {step} is negative: use a step of 0 or more")
+            if factor and not (math.isfinite(factor[0]) and factor[0] > 0):
+                raise UserError(
+                    f"--slow {spec}: factor {factor[0]} must be a positive number: e.g. 4 for 4 times slower"
+                )
+    for n in counts:
+        if not 0 <= cfg.fail_nodes < n:
+            raise UserError(
+                f"--fail-nodes {cfg.fail_nodes} does not leave a survivor of a {n}-node run: use 0 to {n - 1} nodes"
+            )
+    if not 0 <= cfg.fail_p < 1:
+        raise UserError(f"--fail-p must be a probability in [0, 1), got {cfg.fail_p}: use e.g. --fail-p 0.001")
+    if cfg.compute == "cost-only" and (cfg.fail or cfg.fail_p or cfg.fail_nodes or cfg.slow):
+        raise UserError(
+            "failure injection (--fail, --fail-p, --fail-nodes, --slow) needs --compute real: drop --compute cost-only"
+        )
+
+
+def injects_failures(cfg: RunConfig) -> bool:
+    """Whether nodes of this run may fail (`--fail`, `--fail-p`, `--fail-nodes`, or `--on-failure continue`, when a
+    real process may be killed from outside): its summary then says how many were alive."""
+    return bool(cfg.fail) or cfg.fail_p > 0 or cfg.fail_nodes > 0 or cfg.on_failure == "continue"
+
+
+@dataclass(frozen=True)
+class FailureSchedule:
+    """Which node fails at which of its steps, and which computes slower from when: a function of the configuration
+    alone, so every algorithm of a run (and a resumed run) gets the same one."""
+
+    fail_at: dict[int, int]  # rank -> the step it fails at (it has taken that many steps)
+    slow: dict[int, tuple[tuple[int, float], ...]]  # rank -> (from step, factor), by step
+
+    def slowdown(self, rank: int, step: int) -> float:
+        """How many times slower node `rank` computes its step `step` (the latest --slow of it that has begun)."""
+        factor = 1.0
+        for start, f in self.slow.get(rank, ()):
+            if start <= step:
+                factor = f
+        return factor
+
+
+def failure_schedule(cfg: RunConfig, total_steps: int = 0) -> FailureSchedule:
+    """The run's failures: every `--fail RANK@STEP`; with `--fail-p P` each node's first failing step drawn from a
+    geometric law (a node fails at each step with probability P) on a stream of its own, seeded by (seed, rank); with
+    `--fail-nodes K`, K distinct nodes drawn by the seed, each failing at a step drawn uniformly from the run's
+    `total_steps` (steps per node). A node with several failures fails at the earliest."""
+    import random
+
+    fail_at: dict[int, int] = {}
+    for spec in cfg.fail:
+        rank, step = parse_fail(spec)
+        fail_at[rank] = min(step, fail_at.get(rank, step))
+    if cfg.fail_p > 0:
+        for rank in range(cfg.nodes):
+            u = random.Random(f"swarmbench-fail:{cfg.seed}:{rank}").random()  # str seeds hash with sha512
+            step = int(math.log1p(-u) / math.log1p(-cfg.fail_p))  # P(step >= k) = (1 - P)^k
+            fail_at[rank] = min(step, fail_at.get(rank, step))
+    if cfg.fail_nodes > 0:
+        draw = random.Random(f"swarmbench-fail-nodes:{cfg.seed}")
+        for rank in draw.sample(range(cfg.nodes), cfg.fail_nodes):
+            step = draw.randrange(max(1, total_steps))
+            fail_at[rank] = min(step, fail_at.get(rank, step))
+    slow: dict[int, list[tuple[int, float]]] = {}
+    for spec in cfg.slow:
+        rank, step, factor = parse_slow(spec)
+        slow.setdefault(rank, []).append((step, factor))
+    return FailureSchedule(fail_at, {rank: tuple(sorted(v, key=lambda e: e[0])) for rank, v in slow.items()})
 
 
 def check_task(dataset: str, model_task: str, cfg: RunConfig) -> None:

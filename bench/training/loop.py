@@ -202,9 +202,12 @@ def evaluate(
     Accuracies for a classification set; perplexities (exp of the mean token cross-entropy) for token windows.
 
     Collective over the snapshots of one epoch (every node calls it for the same epochs, in order), run after
-    training: it never synchronizes or delays training. Traffic is counted as kind "eval".
+    training: it never synchronizes or delays training. Traffic is counted as kind "eval". After a node failed
+    (`--on-failure continue`) it is over the surviving nodes: their averaged model, their slices of the test set.
     """
-    n, r = comm.size, comm.rank
+    alive = comm.alive()  # after a failure (`--on-failure continue`): the survivors, numbered among themselves
+    n = len(alive)
+    r = comm.rank if n == comm.size else alive.index(comm.rank)
     device = x.device
     mine = snap.params.to(device)
     _load(scratch, mine, snap.buffers.to(device))
@@ -380,7 +383,7 @@ def evaluate_snapshot(cell: Cell, record: Recorder, clock: Clock, snap: Snapshot
         if key in ev:
             record(key, ev[key], epoch, step)
     record("eval_seconds", clock.now() - t_eval, epoch, step)
-    if record.rank == 0:
+    if record.rank == cell.node.comm.alive()[0]:  # rank 0, or the first survivor when it failed
         for key in ("test_acc", "test_ppl", "test_loss", "val_acc", "val_ppl", "val_loss", "consensus_distance"):
             if key in ev:
                 record(key, ev[key], epoch, step, scope="global")
@@ -408,6 +411,28 @@ def record_totals(cell: Cell, record: Recorder, comm: Comm, step_times: list[flo
     record("local_steps", float(cell.algo.local_steps()), None, step)
     record("bits", float(cell.codec.cfg.bits if cell.codec else 32), None, step)
     record("decode_failures", float(comm.decode_failures), None, step)
+
+
+class NodeFailed(Exception):
+    """A simulated node's injected failure (`Failure.crash`): its engine stops the node there."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """This node's injected failure (`--fail`, `--fail-p`): when it reaches step `step` it records what it did (its
+    steps and samples, and `node_failed`) and calls `crash`, which does not return: a real process exits hard, a
+    simulated node raises `NodeFailed`."""
+
+    step: int
+    crash: Callable[[], None]
+
+
+def record_failure(record: Recorder, epoch: int, step: int, batch: int) -> None:
+    """What a failing node leaves behind: the step it failed at, and the steps and samples it trained (counted in
+    throughput; its model is lost, so the accuracy is the survivors')."""
+    record("node_failed", float(step), epoch, step)
+    record("steps", float(step), None, step)
+    record("samples", float(step * batch), None, step)
 
 
 @dataclass
@@ -490,11 +515,13 @@ def run_cell(
     emit: Emit,
     checkpoints: Checkpoints | None = None,
     shared: SharedModule | None = None,
+    failure: Failure | None = None,
 ) -> Node:
     """Train one node with one algorithm for cfg.epochs; emit tidy record rows (and progress) as it goes.
 
     `emit` receives dicts: {"type": "record", ...row}, {"type": "progress", ...} or (rank 0, with `checkpoints`)
-    {"type": "checkpoint", "algorithm", "epoch"}. `shared`: see `setup_cell`.
+    {"type": "checkpoint", "algorithm", "epoch"}. `shared`: see `setup_cell`. `failure`: this node's injected
+    failure, if it has one.
     """
     cell = setup_cell(cfg, algorithm, dataset, shards, rank, comm, clock, device, shared)
     resumed = checkpoints.resumed if checkpoints is not None else None
@@ -506,7 +533,8 @@ def run_cell(
         emit(event)
 
     record = Recorder(count_rows, algorithm, rank)
-    if rank == 0 and dataset.task == CLASSIFICATION and not resumed:  # "no better than guessing" (divergence check)
+    lead = comm.alive()[0]  # rank 0, unless it failed in an earlier cell (real processes, --on-failure continue)
+    if rank == lead and dataset.task == CLASSIFICATION and not resumed:  # "no better than guessing" (divergence check)
         record("chance_acc", 1.0 / dataset.num_classes, None, 0, scope="global")
     cell.algo.start()  # publishes/exposes the model: must happen on every node before any peer may read it
     step, off_clock, elapsed, first = 0, 0.0, 0.0, 1
@@ -528,6 +556,9 @@ def run_cell(
     for epoch in range(first, cfg.epochs + 1):
         loss_sum = torch.zeros((), device=device)
         for _ in range(shards.steps_per_epoch):
+            if failure is not None and step == failure.step:
+                record_failure(record, epoch, step, cfg.batch_size)
+                failure.crash()
             t_step = clock.now()
             loss = train_step(cell, dataset, step, comm, clock)
             loss_sum += loss.detach()
@@ -556,7 +587,7 @@ def run_cell(
             loop["snapshots"] = [dataclasses.asdict(snap) for snap in snapshots]
             checkpoints.save(epoch, node_state(cell, comm, loop))
             comm.fence()  # every node's state of this epoch is saved
-            if rank == 0:
+            if rank == comm.alive()[0]:  # rank 0, or the first survivor (real processes, --on-failure continue)
                 emit({"type": "checkpoint", "algorithm": algorithm, "epoch": epoch})
             off_clock += clock.now() - t_save  # saving (and waiting for the others to) is not training time
     if not math.isfinite(float(loss_sum)):
@@ -575,11 +606,16 @@ def run_cell(
 
 
 def run_rounds(
-    cfg: RunConfig, emit: Emit, run_one: Callable[[str, Emit], Any], done: frozenset[tuple[str, int]] = frozenset()
+    cfg: RunConfig,
+    emit: Emit,
+    run_one: Callable[[str, Emit], str | None],
+    done: frozenset[tuple[str, int]] = frozenset(),
 ) -> None:
     """Every (round, algorithm) of the invocation, in `cfg.round_orders()`: `run_one(name, emit)` runs one cell
     whose record rows carry its round (1..K), between a cell_start and a cell_done event. Both engines run their
-    cells through here, so a round is the same thing on real processes and in the simulator.
+    cells through here, so a round is the same thing on real processes and in the simulator. `run_one` returns
+    None, or why the cell failed without ending the run (a node failed under `--on-failure continue` and the
+    algorithm cannot go on without it): the cell_done event then says so (`"failed": reason`).
 
     The cells in `done` (algorithm, round) finished in an earlier, interrupted run whose records are kept (`swarmbench
     run --resume`): they are not run again, and their cell_start and cell_done events say `"resumed": true`. A cell
@@ -597,5 +633,5 @@ def run_rounds(
                 emit({"type": "cell_done", **cell, "resumed": True})
                 continue
             emit({"type": "cell_start", **cell})
-            run_one(name, emit_round)
-            emit({"type": "cell_done", **cell})
+            lost = run_one(name, emit_round)
+            emit({"type": "cell_done", **cell, **({"failed": lost} if lost else {})})

@@ -35,7 +35,17 @@ def _child(fn, rank: int, world: int, store: str, topology: tuple, threads: int,
             "gloo", store=dist.FileStore(store, world), rank=rank, world_size=world, timeout=timedelta(seconds=60)
         )
         name, degree, seed = topology
-        comm = TorchComm(rank, world, build_topology(name, world, degree=degree, seed=seed), timeout_s=60)
+        topo = build_topology(name, world, degree=degree, seed=seed)
+
+        def report_and_exit(exc: BaseException, rank: int) -> None:
+            """A failed responder thread: its traceback to the parent (as the training thread's would go), then
+            the process ends, so that no peer waits on it."""
+            queue.put((rank, "error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+            queue.close()
+            queue.join_thread()
+            os._exit(1)
+
+        comm = TorchComm(rank, world, topo, timeout_s=60, on_responder_error=report_and_exit)
         result = fn(rank, world, comm, *args)
         comm.close()
         dist.destroy_process_group()
@@ -47,7 +57,14 @@ def _child(fn, rank: int, world: int, store: str, topology: tuple, threads: int,
 
 
 class WorldFailed(AssertionError):
-    """A rank raised, or the world did not finish before the timeout (a deadlock fails, never hangs)."""
+    """A rank raised, or the world did not finish before the timeout (a deadlock fails, never hangs). `exits`: every
+    rank's exit status once the world was stopped (negative: the signal that ended it, the parent's SIGKILL for the
+    ranks still running); `errors`: the tracebacks ranks reported, by rank."""
+
+    def __init__(self, message: str, exits: dict[int, int | None] | None = None, errors: dict[int, str] | None = None):
+        super().__init__(message)
+        self.exits = exits or {}
+        self.errors = errors or {}
 
 
 def run_world(
@@ -73,6 +90,7 @@ def run_world(
         p.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
+    reported: dict[int, str] = {}
     deadline = time.monotonic() + timeout
     try:
         while len(results) < world and not errors:
@@ -91,6 +109,7 @@ def run_world(
                 results[rank] = pickle.loads(value)
             else:
                 errors.append(f"rank {rank}:\n{value}")
+                reported[rank] = value
     finally:
         for p in procs:
             p.join(timeout=5 if not errors else 0.1)
@@ -98,5 +117,6 @@ def run_world(
                 p.kill()
                 p.join()
     if errors:
-        raise WorldFailed("distributed run failed: " + "\n".join(errors))
+        exits = {r: p.exitcode for r, p in enumerate(procs)}
+        raise WorldFailed("distributed run failed: " + "\n".join(errors), exits, reported)
     return [results[r] for r in range(world)]

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from bench.base.signals import Interrupted, stop_signals
 from bench.engine.processes.launchers import Launcher, build_argv, require_binary, worker_command
-from bench.engine.processes.worker import EVENT_MARKER, PEER_LOSS_HINTS, threads_per_rank
+from bench.engine.processes.worker import EVENT_MARKER, KILLED_EXIT, PEER_LOSS_HINTS, threads_per_rank
 
 KILL_GRACE_S = 3.0  # SIGTERM -> SIGKILL; keeps "others stopped within 10 s" with room to spare
 ERROR_GRACE_S = 2.0  # a rank reported an error: its launcher has this long to end the job itself
@@ -54,6 +54,7 @@ class Outcome:
     last_lines: dict[int, str] = field(default_factory=dict)
     launch: dict[str, Any] = field(default_factory=dict)  # rank 0's launch facts (rendezvous, hosts, env)
     interrupted: str | None = None  # the signal that stopped the launch ("SIGINT", "SIGTERM"), if one did
+    lost: list[int] = field(default_factory=list)  # ranks that died and the others went on without (continue)
 
     @property
     def failed(self) -> bool:
@@ -207,6 +208,8 @@ def _spec(
     }
     if store is not None:
         spec["store"] = store
+        if cfg.on_failure == "continue":  # the ranks that die are marked here, the survivors go on (local launcher)
+            spec["dead_dir"] = str(Path(scratch) / "dead")
     return spec
 
 
@@ -247,7 +250,8 @@ def launch_local(
         except BaseException:
             _stop(children)
             raise
-        return _supervise(children, ui, "local")
+        dead_dir = Path(tmp) / "dead" if cfg.on_failure == "continue" else None
+        return _supervise(children, ui, "local", dead_dir)
 
 
 def launch_with(
@@ -285,7 +289,7 @@ def _popen(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _supervise(children: list[Child], ui: LaunchUI, name: str) -> Outcome:
+def _supervise(children: list[Child], ui: LaunchUI, name: str, dead_dir: Path | None = None) -> Outcome:
     outcome = Outcome()
     items: queue.Queue = queue.Queue()
     pumps = [threading.Thread(target=_pump, args=(c, items), daemon=True) for c in children]
@@ -297,7 +301,7 @@ def _supervise(children: list[Child], ui: LaunchUI, name: str) -> Outcome:
     try:
         with stop_signals(force=lambda: _kill_now(children)):
             try:
-                _watch(children, pumps, items, ui, outcome, name)
+                _watch(children, pumps, items, ui, outcome, name, dead_dir)
             except KeyboardInterrupt as exc:
                 outcome.interrupted = exc.name if isinstance(exc, Interrupted) else "SIGINT"
                 _stop(children)
@@ -358,8 +362,16 @@ def _launcher_line(ui: LaunchUI, name: str, line: str) -> None:
 
 
 def _watch(
-    children: list[Child], pumps: list[threading.Thread], items: queue.Queue, ui: LaunchUI, outcome: Outcome, name: str
+    children: list[Child],
+    pumps: list[threading.Thread],
+    items: queue.Queue,
+    ui: LaunchUI,
+    outcome: Outcome,
+    name: str,
+    dead_dir: Path | None = None,
 ) -> None:
+    """Watch the children to the end. `dead_dir` (`--on-failure continue`): a rank that ends as a crash (the exit
+    status of `--fail`, or a signal) is marked dead there and the others go on without it."""
     log = LauncherLog()
     stopped = False
     error_deadline: float | None = None
@@ -374,6 +386,8 @@ def _watch(
         codes = [c.proc.poll() for c in children]
         if not stopped:
             bad = [(c, code) for c, code in zip(children, codes, strict=True) if code not in (None, 0)]
+            if dead_dir is not None:
+                bad = [(c, code) for c, code in bad if not _mark_dead(c, code, dead_dir, outcome)]
             if bad:
                 # Only deaths seen before we stop the others are causes; the rest are our own signals.
                 for c, _ in bad:
@@ -395,9 +409,21 @@ def _watch(
             _drain(items, ui, outcome, name, log)
             if not stopped:
                 for c in children:
-                    if c.proc.returncode != 0:
+                    if c.proc.returncode != 0 and c.rank not in outcome.lost:
                         _record_exit(c, c.proc.returncode, outcome, name)
             return
+
+
+def _mark_dead(child: Child, code: int, dead_dir: Path, outcome: Outcome) -> bool:
+    """Under --on-failure continue: a rank that ended as a crash (KILLED_EXIT or a signal) is marked dead for the
+    survivors (and counted lost, not failed); True when it was."""
+    if child.rank is None or not (code == KILLED_EXIT or code < 0):
+        return False
+    if child.rank not in outcome.lost:
+        dead_dir.mkdir(parents=True, exist_ok=True)
+        (dead_dir / str(child.rank)).touch()
+        outcome.lost.append(child.rank)
+    return True
 
 
 def _record_exit(child: Child, code: int, outcome: Outcome, name: str) -> None:

@@ -31,15 +31,15 @@ import torch
 
 from bench.base.errors import ResultsUnwritable, UserError, last_line
 from bench.base.host import usable_cores
-from bench.core.comm import make_comm, resolve_transport
+from bench.core.comm import PEER_LOSS_HINTS, make_comm, resolve_transport
 from bench.core.devices import resolve_backend, resolve_device, synchronized_clock
 from bench.core.protocol import Clock
 from bench.core.topology import build_topology
 from bench.engine.processes.env import LaunchEnv, detect, explicit_master, under_mpi
 from bench.records.checkpoints import cell_folder, load_node_state, save_node_state
 from bench.records.write import StagingWriter
-from bench.training.config import RunConfig
-from bench.training.loop import Checkpoints, make_shards, run_cell, run_data, run_rounds
+from bench.training.config import RunConfig, failure_schedule
+from bench.training.loop import Checkpoints, Failure, make_shards, run_cell, run_data, run_rounds
 
 EVENT_MARKER = "@@swarmbench-event "
 _EVENT_LINE_MAX = 3500  # below PIPE_BUF (4096): one atomic write, never interleaved with another process's
@@ -76,10 +76,17 @@ def send_event(event: dict[str, Any]) -> None:
         os.write(1, (EVENT_MARKER + line + "\n").encode())
 
 
-# Errors that only say a peer went away (the root cause is that peer), and how long a rank that saw one waits before
-# it ends the job: long enough for the launcher to see the rank that really died first and name it.
-PEER_LOSS_HINTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
+# How long a rank that saw an error that only says a peer went away (`PEER_LOSS_HINTS`: the root cause is that peer)
+# waits before it ends the job: long enough for the launcher to see the rank that really died first and name it.
 PEER_LOSS_GRACE_S = 3.0
+KILLED_EXIT = 43  # the exit status of a rank that fails on purpose (`--fail`, `make stress`'s killed worlds)
+
+
+def exit_killed() -> None:
+    """End this process now, as a crash would: no cleanup, no goodbye to the peers, status KILLED_EXIT."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(KILLED_EXIT)
 
 
 def abort_job(code: int) -> None:
@@ -341,13 +348,15 @@ def train_all(
     transport: str,
     done: frozenset[tuple[str, int]] = frozenset(),
     partial: dict[str, Any] | None = None,
-) -> None:
+    dead_dir: str | None = None,
+) -> bool:
     """Run every algorithm of the invocation on this rank, each of its --repeat rounds in turn (`run_rounds`),
     but the cells in `done` (finished by the run this one resumes); records to the staging file, rank 0's progress
     to `send`. Every cell ends with a barrier, so every rank's records of a cell are written when rank 0 reports
     it done (what a checkpoint relies on), and so is every staging file when this returns on rank 0. With
     --checkpoint-every, nodes save their state inside a cell; `partial` ({algorithm, round, epoch}) is the cell
-    and epoch a resumed run starts from."""
+    and epoch a resumed run starts from. `dead_dir` (`--on-failure continue`): where the launch marks the ranks
+    that died; the survivors then go on without them. Returns whether every rank was alive at the end."""
     import torch
 
     rank, world = session.rank, session.world
@@ -364,6 +373,7 @@ def train_all(
         cfg.allreduce_impl,
         on_responder_error=abort_from_thread,
         now=clock.now,  # comm timers synchronize the device too, or an enqueued allreduce would look free
+        dead_dir=dead_dir,
     )
     dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
@@ -379,14 +389,34 @@ def train_all(
             number = event["round"]
         elif event["type"] == "checkpoint":
             writer.log.sync()  # this rank's rows up to the checkpoint are on disk (the fence came after)
-        if rank == 0:
+        if rank == comm.alive()[0]:  # rank 0, or after a failure the first survivor
             send(event)
 
     import torch.distributed as dist
 
+    fail_at = failure_schedule(cfg, cfg.epochs * shards.steps_per_epoch).fail_at.get(rank)
+
+    def crash() -> None:
+        """`--fail`: this rank's records so far are kept, the launch hears why (with --on-failure stop: it ends
+        there; with continue it sees the exit status), and the process ends as a crash."""
+        writer.log.sync()
+        if dead_dir is None:
+            send_event({"type": "error", "rank": rank, "error": f"failed at step {fail_at} (--fail)"})
+        exit_killed()
+
+    failure = Failure(fail_at, crash) if fail_at is not None else None
+
     def run_one(name: str, out: Callable[[dict[str, Any]], None]) -> None:
-        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name))
-        dist.barrier()
+        run_cell(cfg, name, dataset, shards, rank, comm, clock, device, out, node_checkpoints(name), failure=failure)
+        if dead_dir is None:
+            dist.barrier()
+            return
+        comm.fence()  # among the survivors
+        alive = comm.alive()
+        if rank == alive[0]:  # a rank killed from outside left no record of it: the first survivor writes one
+            for dead in sorted(set(range(world)) - set(alive)):
+                row = {"type": "record", "algorithm": name, "rank": dead, "epoch": None, "step": None}
+                writer.write({**row, "metric": "node_failed", "value": -1.0, "round": number})
 
     def node_checkpoints(name: str) -> Checkpoints | None:
         if not cfg.checkpoint_every:
@@ -408,7 +438,11 @@ def train_all(
         comm.close()
     finally:
         writer.close()
-    dist.barrier()
+    if dead_dir is None:
+        dist.barrier()
+        return True
+    comm.fence()
+    return len(comm.alive()) == world
 
 
 def threads_per_rank(local_ranks: int | None) -> int:
@@ -427,9 +461,14 @@ def run_worker(spec: dict[str, Any], rank: int | None, env: LaunchEnv | None) ->
         send_event({"type": "launch", "transport": transport, **session.launch_facts()})
     out_dir, threads = Path(spec["out_dir"]), int(spec.get("threads", 1))
     done = frozenset((str(a), int(r)) for a, r in spec.get("done", ()))
-    train_all(cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done, spec.get("partial"))
-    # Only after success: on failure the process ends without waiting on peers that may be gone.
-    session.close()
+    dead_dir = spec.get("dead_dir")
+    everyone = train_all(
+        cfg, session, out_dir, spec["run_id"], threads, send_event, transport, done, spec.get("partial"), dead_dir
+    )
+    # Only after success, and with every rank alive: otherwise the process ends without waiting on peers that may
+    # be gone (destroying the process group would).
+    if everyone:
+        session.close()
 
 
 class WallClock:

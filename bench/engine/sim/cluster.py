@@ -56,7 +56,8 @@ from bench.core.models import SharedModule
 from bench.core.topology import build_topology
 from bench.engine.sim import collectives, costmodel
 from bench.engine.sim.costmodel import CostModel
-from bench.training.loop import Shards, make_shards, node_seed, run_cell, run_rounds
+from bench.training.config import failure_schedule
+from bench.training.loop import Failure, NodeFailed, Shards, make_shards, node_seed, run_cell, run_rounds
 from bench.training.registry import ALGORITHMS
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
@@ -118,18 +119,24 @@ REAL = Sizes()
 
 
 class _Collective:
-    __slots__ = ("op", "arrivals", "payloads")
+    __slots__ = ("op", "arrivals", "payloads", "seconds")
 
-    def __init__(self, op: str) -> None:
+    def __init__(self, op: str, seconds: float = 0.0) -> None:
         self.op = op
         self.arrivals: dict[int, float] = {}
         self.payloads: dict[int, Any] = {}
+        self.seconds = seconds  # the collective's modelled time (`collective`)
+
+
+class NodeLost(Exception):
+    """A node failed and the cell cannot go on (`--on-failure stop`, or an algorithm that does not survive failures):
+    the cell ends as failed, with this one-line reason."""
 
 
 class Cluster:
     """One run cell (one algorithm at one node count): clocks, links, published models and the scheduler."""
 
-    def __init__(self, nodes: int, topology, cost: CostModel, seed: int, sizes: Sizes = REAL) -> None:
+    def __init__(self, nodes: int, topology, cost: CostModel, seed: int, sizes: Sizes = REAL, schedule=None) -> None:
         from greenlet import getcurrent
 
         self.n = nodes
@@ -157,6 +164,8 @@ class Cluster:
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
         self.allreduce_used: dict[int, str] = {}  # message bytes -> the allreduce algorithm the cost model chose
         self.buckets: list[list[_Bucket]] = [[] for _ in range(nodes)]  # started asynchronous allreduces, per node
+        self.alive = tuple(range(nodes))  # the nodes that have not failed (`kill`)
+        self.dead: set[int] = set()
         speeds = self.speeds = cost.speed_factors(seed, nodes)
         self.comms = [SimComm(self, r, nodes, topology) for r in range(nodes)]
         self.clocks = [
@@ -169,6 +178,7 @@ class Cluster:
                 cost.straggler_p,
                 cost.straggler_k,
                 cost.jitter,
+                schedule.slow.get(r, ()) if schedule is not None else (),
             )
             for r in range(nodes)
         ]
@@ -232,7 +242,7 @@ class Cluster:
         return done + cost[1]
 
     # ---- operations ----
-    def _join(self, rank: int, op: str, payload: Any, t0: float) -> _Collective | None:
+    def _join(self, rank: int, op: str, payload: Any, t0: float, seconds: float = 0.0) -> _Collective | None:
         """Join the current global collective `op`. Every arrival but the last blocks until the last one wakes it
         and gets None; the last gets the completed collective (then `_release` it)."""
         c = self._coll
@@ -242,7 +252,8 @@ class Cluster:
             raise RuntimeError(f"rank {rank} entered {op} while others are in {c.op}: nodes diverged")
         c.arrivals[rank] = self.clock[rank]
         c.payloads[rank] = payload
-        if len(c.arrivals) < self.n:
+        c.seconds = seconds
+        if len(c.arrivals) < len(self.alive):
             self.overhead_s += time.perf_counter() - t0
             self.block(rank, op)
             return None
@@ -261,14 +272,34 @@ class Cluster:
     def collective(self, rank: int, op: str, payload: Any, seconds: float) -> None:
         """Join the current global collective; the last arrival completes it for everyone."""
         t0 = time.perf_counter()
-        c = self._join(rank, op, payload, t0)
+        c = self._join(rank, op, payload, t0, seconds)
         if c is None:
             return
-        end = max(max(c.arrivals.values()), max(self.out_free), max(self.in_free)) + seconds
+        self._complete(rank, c, t0)
+
+    def _complete(self, rank: int, c: _Collective, t0: float) -> None:
+        """`rank` completes collective `c`: the last to arrive, or a node whose failure made the others enough (at
+        the instant it failed)."""
+        last = max(c.arrivals.values()) if rank in c.arrivals else max(*c.arrivals.values(), self.clock[rank])
+        end = max(last, max(self.out_free), max(self.in_free)) + c.seconds
         self._release(rank, c, end, t0)
-        if op == "allreduce":
-            self._sum([c.payloads[r] for r in range(self.n)])
-        self.pause(rank, end)
+        if c.op == "allreduce":
+            self._sum([c.payloads[r] for r in sorted(c.payloads)])
+        if rank in c.arrivals:
+            self.pause(rank, end)
+
+    def kill(self, rank: int) -> None:
+        """Node `rank` failed (`--on-failure continue`, an algorithm that survives it): it leaves the live nodes, so
+        later collectives (the end-of-cell fence, evaluation) are the survivors', and a collective they are all
+        waiting in already completes now. Its neighbours stop choosing it (`SimComm.neighbors`)."""
+        self.alive = tuple(r for r in self.alive if r != rank)
+        self.dead.add(rank)
+        c = self._coll
+        if c is not None and self.alive and len(c.arrivals) == len(self.alive):
+            if c.op != "barrier" and c.op != "allreduce":
+                raise RuntimeError(f"rank {rank} failed while the others wait in {c.op}, which needs every node")
+            self._coll = None
+            self._complete(rank, c, time.perf_counter())
 
     def _sum(self, tensors: list[torch.Tensor]) -> None:
         """Every tensor <- their sum, added in rank order (deterministic, and the same for any slice of them)."""
@@ -461,10 +492,10 @@ class SimComm(Comm):
         c = self._cluster
         numel = c.sizes.coords(t.numel())
         nbytes = numel * t.element_size()
-        algorithm, seconds = c.cost.allreduce_choice(nbytes, c.n)
+        algorithm, seconds = c.cost.allreduce_choice(nbytes, len(c.alive))
         c.allreduce_used[nbytes] = algorithm
         name = algorithm.removeprefix("hierarchical(").rstrip(")")
-        adds = collectives.reduced_coordinates(name, c.n) * numel
+        adds = collectives.reduced_coordinates(name, len(c.alive)) * numel
         return seconds + (c.cost.work_seconds("reduce", round(adds)) if adds else 0.0)
 
     def _count_allreduce(self, t: torch.Tensor, kind: str) -> None:
@@ -474,6 +505,15 @@ class SimComm(Comm):
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
         self._cluster.collective(self.rank, "allreduce", t, self._allreduce_seconds(t))
+
+    def neighbors(self) -> tuple[int, ...]:
+        """The topology's neighbours that have not failed (`Cluster.kill`)."""
+        peers = super().neighbors()
+        dead = self._cluster.dead
+        return tuple(p for p in peers if p not in dead) if dead else peers
+
+    def alive(self) -> tuple[int, ...]:
+        return self._cluster.alive
 
     def _allreduce_sum_async(self, t: torch.Tensor) -> _BucketWork:
         c, seconds = self._cluster, self._allreduce_seconds(t)
@@ -543,7 +583,7 @@ class SimComm(Comm):
 
     def _barrier(self) -> None:
         c = self._cluster
-        c.collective(self.rank, "barrier", None, c.cost.barrier_seconds(c.n))
+        c.collective(self.rank, "barrier", None, c.cost.barrier_seconds(len(c.alive)))
 
     # ---- comm-layer work (copies, averaging arithmetic, codec) ----
     def start_cell(self, codec=None, seed: int = 0) -> None:
@@ -589,9 +629,12 @@ class SimClock:
     then the optimizer update); each is charged its modelled time when it exits."""
 
     def __init__(
-        self, cluster: Cluster, rank: int, fb: float, update: float, stream, p: float, k: float, jitter=()
+        self, cluster: Cluster, rank: int, fb: float, update: float, stream, p: float, k: float, jitter=(), slow=()
     ) -> None:
         self._c, self._rank = cluster, rank
+        self._slow = slow  # (from step, factor) of `--slow`, by step (`FailureSchedule.slow`)
+        self._slowdown = 1.0
+        self._steps = 0  # forward/backward sections entered: the step this node is at
         self._costs = (fb, update)
         self._stream, self._p, self._k = stream, p, k
         self._jitter = jitter
@@ -621,6 +664,11 @@ class SimClock:
             self._straggle = self._k if self._p > 0 and self._stream.random() < self._p else 1.0
             if self._jitter:
                 self._straggle *= self._jitter[int(self._stream.random() * len(self._jitter))]
+        if self._phase == 0 and self._slow:
+            for start, factor in self._slow:
+                if start == self._steps:
+                    self._slowdown = factor
+            self._steps += 1
         c, now = self._c, self._c.clock[self._rank]
         share = 1.0
         if c.cost.shared_cores:
@@ -631,6 +679,8 @@ class SimClock:
             busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
             share = c.cost.share(1 + sum(1 for _ in busy))
         self._end = now + self._costs[self._phase] * self._straggle * share
+        if self._slow:
+            self._end = now + self._costs[self._phase] * self._straggle * share * self._slowdown
         self._backward = (now, self._end) if self._phase == 0 else None
         self._phase ^= 1
         c.busy_until[self._rank] = self._end
@@ -822,17 +872,47 @@ def simulate_algorithms(
     stats = []
     return_freed_memory()
 
-    def run_one(name: str, emit_round) -> None:
-        cluster = Cluster(cfg.nodes, topology, cost, cfg.seed)
+    schedule = failure_schedule(cfg, cfg.epochs * shards.steps_per_epoch)
+    survivors = ", ".join(name for name, cls in ALGORITHMS.items() if cls.survives_failures)
+
+    def crash() -> None:
+        raise NodeFailed
+
+    def run_one(name: str, emit_round) -> str | None:
+        cluster = Cluster(cfg.nodes, topology, cost, cfg.seed, schedule=schedule)
         start = time.perf_counter()
         shared = SharedModule(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed)  # one for all nodes
+        goes_on = cfg.on_failure == "continue" and ALGORITHMS[name].survives_failures
 
         def body(rank: int) -> None:
             comm, clock = cluster.comms[rank], cluster.clocks[rank]
-            run_cell(cfg, name, dataset, shards, rank, comm, clock, device, emit_round, shared=shared)
+            at = schedule.fail_at.get(rank)
+            failure = Failure(at, crash) if at is not None else None
+            try:
+                run_cell(
+                    cfg, name, dataset, shards, rank, comm, clock, device, emit_round, shared=shared, failure=failure
+                )
+            except NodeFailed:
+                lost = f"rank {rank} failed at step {at}"
+                if cfg.on_failure == "stop":
+                    raise NodeLost(f"{lost} (--on-failure stop)") from None
+                if not goes_on:
+                    raise NodeLost(
+                        f"{lost} and {name} cannot go on without it (with --on-failure continue only {survivors} do)"
+                    ) from None
+                if len(cluster.alive) == 1:
+                    raise NodeLost(f"{lost}, the last node alive") from None
+                cluster.kill(rank)
 
-        cluster.run(body)
+        lost = None
+        try:
+            cluster.run(body)
+        except NodeLost as exc:
+            if cfg.on_failure == "stop":
+                raise
+            lost = str(exc)  # this algorithm failed; the run goes on with the next one
         stats.append(CellStats.of(cluster, name, start, cfg.nodes * cfg.epochs * shards.steps_per_epoch))
+        return lost
 
     run_rounds(cfg, cell_events(emit, on_event), run_one, done)
     return stats
