@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.core.codec import Codec, CodecConfig
-from bench.core.comm import MAIL_HEADER_BYTES
+from bench.core.comm import MAIL_HEADER_BYTES, ring_allreduce_bytes
 from bench.core.data import load_dataset
 from bench.core.protocol import Node, flatten_model
 from bench.core.topology import OnePeerExponential, build_topology
@@ -108,7 +108,8 @@ def _hooks(node: Node, algo, steps: int, codec=None, center: torch.Tensor | None
         if center is not None:
             node.grads.copy_(node.params - center)
         algo.after_backward(step)
-        node.optimizer.step()
+        if algo.takes_step(step):
+            node.optimizer.step()
         algo.after_step(step)
     algo.finish()
     node.comm.fence()
@@ -454,8 +455,6 @@ def test_identity_with_a_simpler_algorithm(name):
 def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the_background():
     """alpha = 1: every pull lands on the anchor, which never leaves the common starting model (a wiring check:
     the anchor is the mean of the models pulled one round earlier). One allreduce of the model per tau steps."""
-    from bench.core.comm import ring_allreduce_bytes
-
     n = 2
     cfg = _cfg(n, batch_size=32, algo_options={"overlap_local_sgd": {"alpha": 1.0}})
     data = load_dataset(cfg.dataset, cfg.seed)
@@ -528,6 +527,10 @@ REAL_CASES = (
     ("lead", 0.9, {}),
     ("lead", 0.9, {"compressor": "qsgd"}),  # its own compressor: QSGD drawn on the sender, 4-bit codes
     ("qg_dsgdm", 0.9, {}),
+    ("choco", 0.9, {"gamma": 0.5}),
+    ("decentlam", 0.9, {}),
+    ("minibatch_sgd", 0.9, {}),  # K = 4: an allreduce of gradients every 4 steps
+    ("overlap_local_sgd", 0.9, {}),  # tau = 4: a background allreduce of the model every 4 steps
 )
 REAL_STEPS = 8
 
@@ -546,27 +549,38 @@ def _real_quadratics(rank, world, comm):
         node, algo = _hand_node(name, rank, world, comm, clock, starts[rank], lr=LR_Q, momentum=momentum, **options)
         codec = _lead_codec() if name == "lead" and not options else None
         _hooks(node, algo, REAL_STEPS, codec, center=centers[rank])
-        out.append((node.params.clone(), comm.stats.snapshot()["model"]))
+        out.append((node.params.clone(), comm.stats.snapshot()))
     return out
 
 
 def test_new_algorithms_on_real_processes_match_the_simulator_and_the_closed_form_bytes(tmp_path):
-    """D², gradient tracking, LEAD and QG-DSGDm on 4 gloo processes (a ring, where not every pair talks, and whose
-    Metropolis-Hastings W has the eigenvalue -1/3 that makes D² mix with (I + W) / 2; the SGP test above runs 3
-    processes): every model equals the simulator's, LEAD's compressed messages included (the dither is drawn on
-    the sender alike), and each node sends and receives per step one message per neighbour of the closed-form size:
-    d float32 values (2 d for gradient tracking; the codec's or its own compressor's packed size for LEAD)."""
+    """D², gradient tracking, LEAD, QG-DSGDm, Choco-SGD, DecentLaM, minibatch SGD and Overlap-Local-SGD on 4 gloo
+    processes (a ring, where not every pair talks, and whose Metropolis-Hastings W has the eigenvalue -1/3 that
+    makes D² mix with (I + W) / 2; the SGP test above runs 3 processes): every model equals the simulator's, LEAD's
+    compressed messages included (the dither is drawn on the sender alike), and each node sends and receives the
+    closed form: per step one message per neighbour of d float32 values (2 d for gradient tracking; the codec's or
+    its own compressor's packed size for LEAD), or one ring allreduce of d values per 4 steps (minibatch SGD's
+    gradients, Overlap-Local-SGD's model)."""
     world = 4
     real = run_world(_real_quadratics, world, tmp_path)
     per_step = {"d2": 4 * D_Q, "gradient_tracking": 8 * D_Q, "lead": _lead_codec().wire_bytes(D_Q), "qg_dsgdm": 4 * D_Q}
     per_step["lead qsgd"] = 4 + 3  # the norm, then 5 codes of 4 bits
+    per_step.update({"choco": 4 * D_Q, "decentlam": 4 * D_Q})
+    rounds = REAL_STEPS // 4
+    allreduced = {"minibatch_sgd": "grad", "overlap_local_sgd": "model"}
     for k, (name, momentum, options) in enumerate(REAL_CASES):
         codec = _lead_codec() if name == "lead" and not options else None
         simulated, _, _ = _run_quadratic(name, REAL_STEPS, codec=codec, momentum=momentum, n=world, **options)
         key = f"{name} {options['compressor']}" if "compressor" in options else name
         for rank in range(world):
-            params, stats = real[rank][k]
+            params, snapshot = real[rank][k]
             assert torch.allclose(params, simulated[rank], atol=1e-6), (name, rank)
+            if name in allreduced:
+                stats = snapshot[allreduced[name]]
+                assert stats["bytes_sent"] == stats["bytes_recv"] == rounds * ring_allreduce_bytes(4 * D_Q, world)
+                assert stats["msgs_sent"] == stats["msgs_recv"] == rounds
+                continue
+            stats = snapshot["model"]
             assert stats["bytes_sent"] == stats["bytes_recv"] == REAL_STEPS * 2 * per_step[key]
             assert stats["msgs_sent"] == stats["msgs_recv"] == REAL_STEPS * 2
 

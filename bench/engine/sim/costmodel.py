@@ -704,14 +704,15 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
         x = torch.randn(n, generator=gen) * 0.05
         ref = x + (torch.rand(n, generator=gen) * 2 - 1) * 0.02  # a neighbour's model, well inside the radius
         live, theirs, mine = x.to(device), ref.clone(), x.clone()
-        matrix = live[: n - n % 256].view(1, -1, 256)  # PowerSGD's view of a parameter: rows x 256 columns
+        cols = min(256, n // 16)  # PowerSGD's view of a parameter: rows x 256 columns (at least 16 x 64)
+        matrix = live[: n - n % cols].view(1, -1, cols)
         ops = {
             "copy": lambda live=live: live.detach().to("cpu", copy=True),
             "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5)),
             "reduce": lambda live=live, t=theirs: live.add_(t),
         }
         for rank in (1, 2, 4, 8):  # PowerSGD's ranks (`baselines.powersgd.LOWRANK_RANKS`), on the model's device
-            start = torch.randn(1, 256, rank, generator=gen).to(device)
+            start = torch.randn(1, cols, rank, generator=gen).to(device)
             ops[f"lowrank {rank}"] = lambda m=matrix, q=start: _lowrank_round(m, q.clone())
         for c in (CompressorOptions(compressor=name).build() for name in ("sign", "topk", "qsgd")):
             msg = c.encode(x, gen)
