@@ -17,30 +17,17 @@ from click.testing import CliRunner
 
 from bench.core.comm import MAIL_HEADER_BYTES
 from bench.core.data import load_dataset
-from bench.core.topology import build_topology
 from bench.engine.processes.localworld import run_world
 from bench.engine.sim import cluster as sim
-from bench.engine.sim.costmodel import CostModel
 from bench.training.config import RunConfig, resolve
 from bench.training.loop import Sampler, make_shards, node_seed, run_cell
 from bench.training.registry import ALGORITHMS
 from cli import cli
-
-LATENCY_US, GBPS = 20.0, 10.0
+from tests.simcost import sim_cluster
 
 
 def _cluster(n: int, spread: float = 0.3) -> sim.Cluster:
-    cost = CostModel(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=GBPS,
-        latency_us=LATENCY_US,
-        allreduce="ring",
-        speed_sigma=spread,  # unequal nodes: reports reach the server in an order of their own
-    )
-    return sim.Cluster(n, build_topology("ring", n), cost, seed=0)
+    return sim_cluster(n, speed_sigma=spread)  # unequal nodes: reports reach the server in an order of their own
 
 
 def _cfg(nodes: int, **kw) -> RunConfig:

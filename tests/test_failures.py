@@ -17,12 +17,11 @@ import torch
 from click.testing import CliRunner
 
 from bench.core.topology import build_topology
-from bench.engine.sim import cluster as sim
-from bench.engine.sim.costmodel import CostModel
 from bench.records.write import SUMMARY_COLUMNS
 from bench.training.config import FAILURE_KEYS, RunConfig, failure_schedule
 from bench.training.registry import ALGORITHMS
 from cli import cli
+from tests.simcost import sim_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--engine", "sim", "--nodes", "4", "--dataset", "digits", "--epochs", "1"]
@@ -65,16 +64,7 @@ def test_a_run_without_failure_injection_stores_the_same_configuration():
 
 def test_a_failed_node_leaves_the_collectives_it_was_awaited_in():
     """Three nodes wait in the end-of-cell barrier; the fourth fails: the barrier completes at once."""
-    cost = CostModel(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=10.0,
-        latency_us=20.0,
-        allreduce="ring",
-    )
-    cluster = sim.Cluster(4, build_topology("ring", 4), cost, seed=0)
+    cluster = sim_cluster(4)
     done = []
 
     def body(rank: int) -> None:

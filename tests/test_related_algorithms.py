@@ -18,26 +18,15 @@ from bench.core.protocol import Node, flatten_model
 from bench.core.topology import OnePeerExponential, build_topology
 from bench.engine.processes.localworld import run_world
 from bench.engine.sim import cluster as sim
-from bench.engine.sim.costmodel import CostModel
 from bench.training.config import RunConfig, algo_config
 from bench.training.loop import make_shards, run_cell
 from bench.training.registry import ALGORITHMS
 from cli import cli
-
-LATENCY_US, GBPS = 20.0, 10.0
+from tests.simcost import GBPS, LATENCY_US, sim_cluster
 
 
 def _cluster(n: int, topology: str = "ring") -> sim.Cluster:
-    cost = CostModel(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=GBPS,
-        latency_us=LATENCY_US,
-        allreduce="ring",
-    )
-    return sim.Cluster(n, build_topology(topology, n), cost, seed=0)
+    return sim_cluster(n, topology)
 
 
 def _totals(comms, kind: str) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import bench.engine.sim.cluster as sim_cluster
 from bench.base.signals import Interrupted
 from bench.run.resume import CHECKPOINT
 from cli import cli
+from tests.simcost import sim_cluster as shared_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
@@ -289,8 +290,6 @@ def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
 
     import torch
 
-    from bench.core.topology import build_topology
-    from bench.engine.sim.costmodel import CostModel
     from bench.run.checks import resolve
     from bench.training.loop import Checkpoints, make_shards, run_cell, run_data
     from bench.training.registry import runs_on
@@ -299,18 +298,9 @@ def test_a_node_checkpoint_holds_the_whole_trajectory(algorithm):
     cfg = resolve({"dataset": "digits", "model": model, "batch_size": 32, "nodes": 3, "epochs": 3, "bits": 8})
     dataset = run_data(cfg)
     shards = make_shards(cfg, dataset)
-    cost = CostModel(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=10.0,
-        latency_us=20.0,
-        allreduce="ring",
-    )
 
     def cell(resumed=None):
-        cluster = sim_cluster.Cluster(3, build_topology("ring", 3), cost, seed=0)
+        cluster = shared_cluster(3)
         rows, saved = [], {}
 
         def body(rank: int) -> None:

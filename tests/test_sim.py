@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from bench.core.topology import build_topology
 from bench.engine.sim import calibrate, collectives, costmodel
 from bench.engine.sim import cluster as sim
-from bench.engine.sim.costmodel import CostModel
 from bench.records.write import SCALING_COLUMNS, SUMMARY_COLUMNS
 from bench.training.config import RunConfig
 from cli import cli
+from tests.simcost import step_time_cost
 
 HERE = str(Path(__file__).resolve().parent)
 BYTE_COLUMNS = ["samples", "steps_per_node", "bytes_sent_total", "bytes_grad", "bytes_model", "bytes_control"]
@@ -30,17 +30,7 @@ def _invoke(*args):
     return CliRunner().invoke(cli, ["run", *map(str, args)])
 
 
-def _cost(**kw) -> CostModel:
-    base = dict(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=10.0,
-        latency_us=20.0,
-        allreduce="ring",
-    )
-    return CostModel(**{**base, **kw})
+_cost = step_time_cost
 
 
 def _cluster(n: int, topology: str = "complete", **kw) -> sim.Cluster:

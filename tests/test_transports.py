@@ -17,7 +17,7 @@ from bench.base.errors import UserError
 from bench.core.comm import HEADER_BYTES, MAIL_HEADER_BYTES, resolve_transport
 from bench.core.topology import build_topology
 from bench.engine.sim.cluster import Cluster
-from bench.engine.sim.costmodel import CostModel
+from tests.simcost import step_time_cost
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun")
@@ -171,15 +171,7 @@ def _check_many_averages(rows: list[dict], transport: str, rounds: int = 30) -> 
 
 def test_averages_near_the_radius_conserve_the_sum_exactly_in_the_simulator():
     """The simulated cluster runs the same scenarios as p2p and rma under mpirun (test below)."""
-    cost = CostModel(
-        compute="step-time",
-        fb_seconds=1e-3,
-        update_seconds=1e-4,
-        network="test",
-        bandwidth_gbps=10.0,
-        latency_us=20,
-        allreduce="ring",
-    )
+    cost = step_time_cost()
     rows: dict[str, list[dict]] = {"one": [{}] * 3, "many": [{}] * 3}
 
     def body(rank: int) -> None:
