@@ -441,6 +441,17 @@ def test_identity_with_a_simpler_algorithm(name):
         assert not torch.equal(got[other][0], got[other][1])  # decentralized: the models differ
 
 
+def test_overlap_local_sgd_without_pull_is_independent_local_training():
+    """alpha = 0: the pull moves nothing, so every node is plain SGD on its own quadratic, x_T = c + (1 - lr)^T
+    (x_0 - c), while the anchor is still averaged in the background (one allreduce of the model per tau steps)."""
+    steps = 12
+    models, _, cluster = _run_quadratic("overlap_local_sgd", steps, alpha=0.0, local_steps=4)
+    centers, starts = (torch.stack(v) for v in _quadratic())
+    assert torch.allclose(models, centers + (1 - LR_Q) ** steps * (starts - centers), atol=1e-5)
+    for comm in cluster.comms:
+        assert comm.stats.snapshot()["model"]["msgs_sent"] == steps // 4
+
+
 def test_overlap_local_sgd_with_full_pull_stays_at_the_start_and_averages_in_the_background():
     """alpha = 1: every pull lands on the anchor, which never leaves the common starting model (a wiring check:
     the anchor is the mean of the models pulled one round earlier). One allreduce of the model per tau steps."""
