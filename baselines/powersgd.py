@@ -100,11 +100,11 @@ class PowerSGD(Algorithm):
         offsets = [0]
         for v in views:
             offsets.append(offsets[-1] + v.numel())
-        self.buckets, self.lowrank = [], []
+        self.buckets, self.work = [], []
         for k, (a, b) in enumerate(slices):
             members = [v for v, lo in zip(views, offsets, strict=False) if a <= lo < b]
             self.buckets.append(_Bucket(k, k == len(slices) - 1, node.grads[a:b], members))
-            self.lowrank.append([w for w in map(self._work, members) if w])
+            self.work.append([w for w in map(self._work, members) if w])  # per bucket: (op, coordinates)
 
     def _work(self, grad: torch.Tensor) -> tuple[str, int] | None:
         """The simulator's charge for the hook's work on this tensor (None when it is allreduced whole): "lowrank R"
@@ -119,7 +119,7 @@ class PowerSGD(Algorithm):
 
     def after_backward(self, step: int) -> None:
         comm = self.node.comm
-        for bucket, work in zip(self.buckets, self.lowrank, strict=True):
+        for bucket, work in zip(self.buckets, self.work, strict=True):
             if self.state.iter >= self.state.start_powerSGD_iter:
                 # Charged before the bucket's collectives (its products M Q and M^T P precede them in the hook).
                 for op, numel in work:

@@ -21,7 +21,7 @@ from bench.records.write import SUMMARY_COLUMNS
 from bench.training.config import FAILURE_KEYS, RunConfig, failure_schedule
 from bench.training.registry import ALGORITHMS
 from cli import cli
-from tests.simcost import sim_cluster
+from tests.simcost import interrupt_at, sim_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--engine", "sim", "--nodes", "4", "--dataset", "digits", "--epochs", "1"]
@@ -207,22 +207,12 @@ def test_real_processes_survivors_finish_after_a_rank_is_sigkilled(tmp_path):
 def test_a_resumed_run_keeps_its_failure_schedule(tmp_path, monkeypatch):
     """Interrupted in its second algorithm, resumed: the stored --fail and --on-failure apply again, and the results
     are those of the run never stopped."""
-    import bench.engine.sim.cluster as sim_cluster
-    from bench.base.signals import Interrupted
-
     args = [*SMALL, "--algo", "swarm", "--algo", "adpsgd", "--fail", "1@5", "--on-failure", "continue"]
     whole, out = tmp_path / "whole", tmp_path / "out"
     assert _invoke(*args, "--no-tensorboard", "--out", whole).exit_code == 0
-    real_run_cell = sim_cluster.run_cell
-
-    def run_cell(cfg, name, *rest, **kw):
-        if name == "adpsgd":
-            raise Interrupted(signal.SIGINT)
-        return real_run_cell(cfg, name, *rest, **kw)
-
-    monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
+    restore = interrupt_at(monkeypatch, "adpsgd")
     assert _invoke(*args, "--no-tensorboard", "--out", out).exit_code == 130
-    monkeypatch.setattr(sim_cluster, "run_cell", real_run_cell)
+    restore()
     r = CliRunner().invoke(cli, ["run", "--resume", str(out)])
     assert r.exit_code == 0, r.output
     assert (out / "summary.csv").read_bytes() == (whole / "summary.csv").read_bytes()

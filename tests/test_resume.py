@@ -19,6 +19,7 @@ import bench.engine.sim.cluster as sim_cluster
 from bench.base.signals import Interrupted
 from bench.run.resume import CHECKPOINT
 from cli import cli
+from tests.simcost import interrupt_at
 from tests.simcost import sim_cluster as shared_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,20 +196,13 @@ def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, unin
     out = tmp_path / "sweep"
     args = ["sweep", "--algo", "sgp,swarm,choco", "--nodes", "3", "--set", "engine=sim", "--set", "dataset=digits"]
     args += ["--set", "model=mlp", "--set", "batch_size=32", "--set", "epochs=2", "--set", "tensorboard=false"]
-    real_run_cell = sim_cluster.run_cell
-
-    def run_cell(cfg, name, *args, **kw):
-        if name == "swarm":
-            raise Interrupted(signal.SIGINT)
-        return real_run_cell(cfg, name, *args, **kw)
-
-    monkeypatch.setattr(sim_cluster, "run_cell", run_cell)
+    restore = interrupt_at(monkeypatch, "swarm")
     r = _invoke(*args, "--out", out)
     assert r.exit_code == 130, r.output
     cell = out / "cells" / "nodes=3"
     assert json.loads((cell / CHECKPOINT).read_text())["cells_done"] == [["sgp", 1]]
 
-    monkeypatch.setattr(sim_cluster, "run_cell", real_run_cell)
+    restore()
     r = _invoke(*args, "--out", out, "--resume")
     assert r.exit_code == 0, r.output
     meta = json.loads((cell / "meta.json").read_text())

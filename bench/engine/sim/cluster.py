@@ -678,9 +678,7 @@ class SimClock:
             # partner's model lock, does not count: it sleeps.
             busy = (r for r in range(c.n) if r != self._rank and max(c.busy_until[r], c.cpu_until[r]) > now)
             share = c.cost.share(1 + sum(1 for _ in busy))
-        self._end = now + self._costs[self._phase] * self._straggle * share
-        if self._slow:
-            self._end = now + self._costs[self._phase] * self._straggle * share * self._slowdown
+        self._end = now + self._costs[self._phase] * self._straggle * share * self._slowdown  # 1.0 unless --slow
         self._backward = (now, self._end) if self._phase == 0 else None
         self._phase ^= 1
         c.busy_until[self._rank] = self._end
