@@ -42,6 +42,8 @@ class BenchContext:
     repeats: int = 25
     warmup: int = 3
     cost_only_steps: int = 100  # steps per node of the cost-only benchmark (`--cost-only-steps`)
+    cases: tuple[str, ...] = ("small", "work")  # sim-profile's parts (`--cases`)
+    amp: bool = False  # sim-profile's steps in mixed precision (`--precision amp`, CUDA)
 
 
 @dataclass(frozen=True)
@@ -342,25 +344,46 @@ PROFILE_CASES = [
 ]
 
 
+# The paper's workloads (`--cases paper`), with their datasets' classes: ImageNet's 1,000, CIFAR-10's 10, and the
+# WMT14 en-de vocabulary of 33,712 tokens over 128-token windows (`bench.engine.sim.costonly.SHAPES`).
+PAPER_PROFILE_CASES = [
+    ("torchvision:resnet18", (3, 224, 224), 1000),
+    ("torchvision:resnet50", (3, 224, 224), 1000),
+    ("resnet18", (3, 32, 32), 10),
+    ("resnet50", (3, 32, 32), 10),
+    ("transformer-base", (128,), 33_712),
+    ("transformer-big", (128,), 33_712),
+]
+PROFILE_PARTS = ("small", "paper", "work")
+
+
 def bench_sim_profile(ctx: BenchContext) -> list[Row]:
     """A compute profile for the simulator, measured here: per (model, input shape) the forward/backward time at
     batches 8, 32 and 128 and the optimizer update's time, in milliseconds; then the comm layer's work (copy,
     averaging arithmetic, encode/decode per quantizer and width) as fixed microseconds + nanoseconds per coordinate.
+    `--cases` picks the parts: `small` (this project's models), `paper` (the SwarmSGD paper's ResNets and
+    Transformers), `work`; `--precision amp` measures the steps in mixed precision (CUDA).
 
-    One torch thread on the CPU (a node = one core). Each point is the smallest of 3 medians of ``--repeats``
-    steps, so other tenants of a shared machine inflate it less. The rows are what `COMPUTE_PROFILES` takes.
+    One torch thread on the CPU (a node = one core); on CUDA cuDNN picks its fastest kernels per shape
+    (`cudnn.benchmark`, as NVIDIA's recipes set it). Each point is the smallest of 3 medians of ``--repeats`` steps,
+    so other tenants of a shared machine inflate it less. The rows are what `COMPUTE_PROFILES` takes.
     """
-    threads = torch.get_num_threads()
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if ctx.device.type == "cpu":
         torch.set_num_threads(1)
+    else:
+        torch.backends.cudnn.benchmark = True
+    cases = [(m, s, 10) for m, s in PROFILE_CASES] if "small" in ctx.cases else []
+    cases += PAPER_PROFILE_CASES if "paper" in ctx.cases else []
     rows: list[Row] = []
     try:
-        for model, shape in PROFILE_CASES:
+        for model, shape, classes in cases:
             batches = (8, 32, 128)
             fbs, ups = [], []
             for b in batches:
                 runs = [
-                    measure_step(model, shape, 10, b, repeats=ctx.repeats, device=str(ctx.device)) for _ in range(3)
+                    measure_step(model, shape, classes, b, repeats=ctx.repeats, device=str(ctx.device), amp=ctx.amp)
+                    for _ in range(3)
                 ]
                 fbs.append(min(r[0] for r in runs))
                 ups.append(min(r[1] for r in runs))
@@ -375,10 +398,14 @@ def bench_sim_profile(ctx: BenchContext) -> list[Row]:
                     "update ms": 1e3 * min(ups),
                 }
             )
-        for op, fixed, per in measure_work(repeats=ctx.repeats, device=str(ctx.device)):
-            rows.append({"bench": "sim-profile work", "op": op, "fixed us": fixed * 1e6, "ns/coord": per * 1e9})
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if "work" in ctx.cases:
+            for op, fixed, per in measure_work(repeats=ctx.repeats, device=str(ctx.device)):
+                rows.append({"bench": "sim-profile work", "op": op, "fixed us": fixed * 1e6, "ns/coord": per * 1e9})
     finally:
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
     return rows
 
 
@@ -759,6 +786,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cost-only-steps", type=int, default=COST_ONLY_STEPS, help="steps per node of sim-cost-only (default: 100)"
     )
+    p.add_argument(
+        "--cases",
+        default="small,work",
+        help=f"sim-profile: comma-separated parts of {', '.join(PROFILE_PARTS)} (default: small,work)",
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "amp"), help="sim-profile: steps in fp32 or mixed precision"
+    )
     return p.parse_args(argv)
 
 
@@ -783,7 +818,19 @@ def _context(args: argparse.Namespace) -> BenchContext:
         raise UserError(f"--repeats {args.repeats} must be >= 1")
     if args.cost_only_steps < 1:
         raise UserError(f"--cost-only-steps {args.cost_only_steps} must be >= 1")
-    return BenchContext(device=device, repeats=args.repeats, cost_only_steps=args.cost_only_steps)
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    unknown = [c for c in cases if c not in PROFILE_PARTS]
+    if unknown or not cases:
+        raise UserError(f"--cases {args.cases!r}: choose among {', '.join(PROFILE_PARTS)}, comma-separated")
+    if args.precision == "amp" and device.type != "cuda":
+        raise UserError("--precision amp is measured on CUDA only; use --device cuda or --precision fp32")
+    return BenchContext(
+        device=device,
+        repeats=args.repeats,
+        cost_only_steps=args.cost_only_steps,
+        cases=cases,
+        amp=args.precision == "amp",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

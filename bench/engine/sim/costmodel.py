@@ -220,6 +220,69 @@ _H200 = _steps(
     resnet20 1x28x28  5.14   4.96   6.31   0.314
     resnet20 3x32x32  5.11   5.31   7.26   0.319
     """
+) | _steps(
+    # The SwarmSGD paper's workloads: `tools/gpu_profile.sh` (`sim-profile --device cuda --cases paper --repeats 10`,
+    # cuDNN autotuning on; PyTorch's fp32 defaults: TF32 convolutions, fp32 matmuls) on the lent H200, torch
+    # 2.11.0+cu130, cuDNN 9.19, 2026-12-04; per point the smaller of two runs' figures (each the smallest of 3 medians
+    # of 10 steps). The two runs agreed within 1 % at batch 128 on the ImageNet and WMT shapes; below batch 128
+    # these eager models are launch bound and the two runs differ by up to 30 %.
+    """
+    torchvision:resnet18 3x224x224  7.22  9.91  25.5  0.401
+    torchvision:resnet50 3x224x224  15.3  22.2  62.1  0.942
+    resnet18             3x32x32    6.89  8.08  9.66  0.45
+    resnet50             3x32x32    13.0  20.5  22.8  0.81
+    transformer-base     128        34.8  47.8  163   1.49
+    transformer-big      128        39.6  125   475   2.84
+    """
+)
+# The same workloads in mixed precision (`--precision amp`: fp16 autocast, dynamic loss scaling, channels-last image
+# batches, fp32 weights), measured the same way in the same two runs. Launch bound up to batch 32 or more.
+_H200_AMP = _steps(
+    """
+    torchvision:resnet18 3x224x224  8.96  9.59  9.71  0.785
+    torchvision:resnet50 3x224x224  15.6  15.4  24.5  1.35
+    resnet18             3x32x32    7.71  7.39  8.14  0.744
+    resnet50             3x32x32    16.8  19.8  17.3  1.49
+    transformer-base     128        30.7  31.2  40.3  1.96
+    transformer-big      128        31.8  35.3  73.6  3.58
+    """
+)
+# The comm layer's work as an H200 node runs it (`tools/gpu_profile.sh`: `sim-profile --device cuda --cases work
+# --repeats 10`, 2026-12-04, one run): the copy is device to host, the averaging arithmetic on the host with the
+# move added on the GPU, the codecs and compressors on the host CPU (torch's default 16 threads of that 16-core
+# host; the fused codec kernels are single-threaded), PowerSGD's products on the GPU.
+_H200_WORK = _work(
+    """
+    copy               18.0    0.409
+    average            43.3    0.655
+    reduce             25.7    0.411
+    lowrank 1          78.2    0.0543
+    lowrank 2          150     0.103
+    lowrank 4          176     0.139
+    lowrank 8          175     0.0585
+    encode sign        39.3    0.372
+    decode sign        27.4    0.269
+    encode topk        0.00    15.3
+    decode topk        19.3    0.163
+    encode qsgd        146     6.93
+    decode qsgd        119     0.261
+    encode lattice 2   24.1    0.842
+    decode lattice 2   46.6    0.849
+    encode lattice 4   15.9    0.9
+    decode lattice 4   60.2    0.807
+    encode lattice 8   36.8    0.796
+    decode lattice 8   42.7    0.734
+    encode lattice 16  16.0    0.916
+    decode lattice 16  52.6    0.736
+    encode uniform 2   218     0.92
+    decode uniform 2   35.2    0.497
+    encode uniform 4   221     0.887
+    decode uniform 4   47.8    0.479
+    encode uniform 8   262     0.854
+    decode uniform 8   51.7    0.462
+    encode uniform 16  248     0.873
+    decode uniform 16  49.0    0.464
+    """
 )
 
 # `python -m bench.diagnostics.benchmarks sim-profile --repeats 20` (its "work" rows): op, fixed microseconds,
@@ -264,8 +327,9 @@ _VM_CORE_WORK = _work(
 # with 7 levels) were measured the same way on 2026-12-04 at load average 1.3-3.1; of three runs each, the run with
 # the median per-coordinate figure is kept (lowrank 1: 0.59, 0.333, 0.310; ranks 2-8: one run at 12 under the
 # heaviest load, the two others within 7 % of each other; the compressors' runs agreed within 10 %, QSGD's decode
-# within 35 %). The published GPU profiles reuse these host-CPU figures, PowerSGD's included, although its products
-# run on the GPU there: an overcharge for PowerSGD on those profiles (`sim-profile --device cuda` measures them).
+# within 35 %). The published GPU profiles (p100, v100, a100) reuse these host-CPU figures, PowerSGD's included,
+# although its products run on the GPU there: an overcharge for PowerSGD on those profiles (the h200 profiles'
+# `lowrank` rows, measured on the GPU, are 30-50x cheaper per coordinate).
 
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
@@ -277,22 +341,30 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     ),
     "h200": ComputeProfile(
         name="h200",
-        description="one NVIDIA H200 per node, PyTorch eager (CUDA 13), fp32",
+        description="one NVIDIA H200 per node, PyTorch eager (CUDA 13), fp32 (TF32 convolutions, PyTorch's default)",
         source=(
             "measured with `python -m bench.diagnostics.benchmarks sim-profile --device cuda` on an H200, "
             "torch 2.11.0+cu130"
         ),
         steps=_H200,
-        # The comm layer copies a model to the host and runs the codec there (`bench.core.comm.Comm`), so its work
-        # is host-CPU work; the H200 host's CPU was not profiled: the dev VM core's figures stand in for it.
-        work=_VM_CORE_WORK,
+        work=_H200_WORK,
+    ),
+    "h200-amp": ComputeProfile(
+        name="h200-amp",
+        description="one NVIDIA H200 per node, PyTorch eager (CUDA 13), mixed precision (fp16 autocast, loss scaling)",
+        source=(
+            "measured with `python -m bench.diagnostics.benchmarks sim-profile --device cuda --precision amp` on an "
+            "H200, torch 2.11.0+cu130"
+        ),
+        steps=_H200_AMP,
+        work=_H200_WORK,
     ),
     "p100": ComputeProfile(
         name="p100",
         description="one NVIDIA Tesla P100 per node (Piz Daint's GPU), fp32; published ResNet-50 throughput",
         source="TensorFlow benchmarks (tf_cnn_benchmarks, DGX-1, 1 GPU, synthetic data, batch 64): 219 images/s",
         steps=_P100_FP32,
-        work=_VM_CORE_WORK,  # the comm layer's host-CPU work: the dev VM core's figures stand in (as for h200)
+        work=_VM_CORE_WORK,  # the comm layer's host-CPU work: none measured there, the dev VM core's figures stand in
     ),
     "v100": ComputeProfile(
         name="v100",
@@ -619,10 +691,15 @@ def measure_step(
     warmup: int = 5,
     repeats: int = 20,
     device: str = "cpu",
+    amp: bool = False,
 ) -> tuple[float, float]:
     """Median seconds of (forward/backward, optimizer update) of real SGD steps, as the training loop runs them.
 
     Runs on the caller's torch thread setting; random inputs of the right shape (cost does not depend on values).
+    `amp` (CUDA only): mixed precision as NVIDIA's training recipes run it — the forward pass under fp16 autocast,
+    dynamic loss scaling (`torch.amp.GradScaler`: the scaled backward in the first section, unscaling, the inf check
+    and the step in the update), image batches in channels-last memory format; the weights stay fp32 views of the
+    flat buffer, as the training loop keeps them.
     """
     import time
 
@@ -633,9 +710,12 @@ def measure_step(
     from bench.core.protocol import flatten_model
 
     dev = torch.device(device)
+    if amp and dev.type != "cuda":
+        raise ValueError("mixed precision is measured on CUDA only")
     model = build_model(model_name, input_shape, num_classes, seed).to(dev)
     flatten_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(seed)
     if model_spec(model_name).task == LANGUAGE_MODEL:  # token windows in, a next token per position out
         x = torch.randint(0, num_classes, (batch, *input_shape), generator=gen).to(dev)
@@ -643,6 +723,8 @@ def measure_step(
     else:
         x = torch.randn((batch, *input_shape), generator=gen).to(dev)
         y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
+        if amp and x.dim() == 4:  # channels-last inputs; the weights stay views of the flat buffer, as in training
+            x = x.contiguous(memory_format=torch.channels_last)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -653,11 +735,13 @@ def measure_step(
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
-        loss = loss_of(model(x), y)
-        loss.backward()
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            loss = loss_of(model(x), y)
+        scaler.scale(loss).backward()
         sync()
         t1 = time.perf_counter()
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sync()
         t2 = time.perf_counter()
         if i >= warmup:
@@ -708,8 +792,9 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
         matrix = live[: n - n % cols].view(1, -1, cols)
         ops = {
             "copy": lambda live=live: live.detach().to("cpu", copy=True),
-            "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5)),
-            "reduce": lambda live=live, t=theirs: live.add_(t),
+            # the move is computed on the host and added to the live model on its device, as `Comm` does
+            "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5).to(live.device)),
+            "reduce": lambda live=live, t=theirs: live.add_(t.to(live.device)),
         }
         for rank in (1, 2, 4, 8):  # PowerSGD's ranks (`baselines.powersgd.LOWRANK_RANKS`), on the model's device
             start = torch.randn(1, cols, rank, generator=gen).to(device)

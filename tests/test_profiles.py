@@ -1,0 +1,56 @@
+"""The compute profiles measured on a GPU (`tools/gpu_profile.sh`) and the measuring tool's own checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.core.models import build_model
+from bench.diagnostics import benchmarks
+from bench.engine.sim.costmodel import COMPUTE_PROFILES, measure_step, shape_key
+from bench.engine.sim.costonly import SHAPES
+
+
+@pytest.mark.parametrize("profile", ["h200", "h200-amp"])
+def test_h200_profiles_hold_every_paper_workload_a_cost_only_run_looks_up(profile):
+    """Every (model, dataset) `sim-profile --cases paper` measures is an entry of the measured profiles, under the
+    key a cost-only run of that dataset looks up, measured with that dataset's classes (vocabulary), and the model
+    builds at that shape."""
+    by_shape = {(shape, classes) for shape, classes, _ in SHAPES.values()}
+    steps = COMPUTE_PROFILES[profile].steps
+    for model, shape, classes in benchmarks.PAPER_PROFILE_CASES:
+        assert (shape, classes) in by_shape
+        assert (model, shape_key(shape)) in steps
+        fb8, _ = steps[(model, shape_key(shape))].seconds(8)
+        fb128, update = steps[(model, shape_key(shape))].seconds(128)
+        assert 0 < fb8 and 0 < fb128 < 1 and 0 < update < fb128
+    assert COMPUTE_PROFILES[profile].work, "the H200 profiles charge the comm layer's work as measured there"
+
+
+def test_mixed_precision_profile_is_faster_at_large_batches():
+    """Tensor cores in fp16: at batch 128 every ImageNet and WMT workload steps faster under AMP than in fp32."""
+    fp32, amp = COMPUTE_PROFILES["h200"].steps, COMPUTE_PROFILES["h200-amp"].steps
+    for model, shape, _ in benchmarks.PAPER_PROFILE_CASES:
+        if shape == (3, 32, 32):
+            continue  # CIFAR shapes are launch bound at 128 on an H200: no clear order
+        key = (model, shape_key(shape))
+        assert sum(amp[key].seconds(128)) < sum(fp32[key].seconds(128))
+
+
+def test_paper_cases_build_with_their_classes():
+    for model, shape, classes in benchmarks.PAPER_PROFILE_CASES:
+        if model == "transformer-big":
+            continue  # 211 M parameters: built by the cost-only tests already
+        m = build_model(model, shape, classes, 0)
+        assert sum(p.numel() for p in m.parameters()) > 10**7
+
+
+def test_mixed_precision_is_measured_on_cuda_only(capsys):
+    with pytest.raises(ValueError, match="CUDA"):
+        measure_step("mlp", (32,), 10, 8, repeats=1, warmup=0, amp=True)
+    assert benchmarks.main(["sim-profile", "--precision", "amp"]) == 2
+    assert benchmarks.main(["sim-profile", "--cases", "small,bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --precision amp is measured on CUDA only; use --device cuda or --precision fp32",
+        "error: --cases 'small,bogus': choose among small, paper, work, comma-separated",
+    ]
