@@ -454,6 +454,13 @@ def compare_cmd(
     "TOML file of settings over the suite's shared ones (run keys, [ALGO] tables, e.g. a tune's tuned.toml)."
 )
 @click.option("--target-acc", type=float, default=None, show_envvar=True, help="Test accuracy for time-to-target.")
+@click.option(
+    "--part",
+    "parts",
+    multiple=True,
+    show_envvar=True,
+    help="Run only this part (repeat or comma-separate; see --list).",
+)
 def reproduce_cmd(
     suite_name: str | None,
     list_only: bool,
@@ -465,6 +472,7 @@ def reproduce_cmd(
     sets: tuple[str, ...],
     config_file: str | None,
     target_acc: float | None,
+    parts: tuple[str, ...],
 ) -> int:
     """Run a shipped suite (see --list) and write its paper-style tables (Markdown, LaTeX) and plots."""
     from bench.experiments.reproduce import list_suites, reproduce
@@ -474,7 +482,7 @@ def reproduce_cmd(
             click.echo(line)
         return 0
     code, report_dir, notes = reproduce(
-        suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv, config_file=config_file
+        suite_name, out, resume, engine, nodes, seeds, sets, target_acc, sys.argv, config_file=config_file, parts=parts
     )
     _echo_report(report_dir, notes)
     return code

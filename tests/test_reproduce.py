@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.base.tomlfile import tomllib
-from bench.experiments.reproduce import load_suite, shipped, sim_available, suite_spec
+from bench.experiments.reproduce import load_suite, select_parts, shipped, sim_available, suite_spec
 from bench.experiments.sweep import expand, normalize
 from cli import cli
 
@@ -42,10 +42,18 @@ def test_suites_ship_as_package_data():
 
 def test_neurips_suite_layout():
     suite = load_suite("swarmsgd-neurips21")
-    assert [p.name for p in suite.parts] == ["scaling", "quantization", "local_steps"]
-    cells = expand(normalize(suite_spec(suite, "sim", (), (), ())))
+    laptop = ["scaling", "quantization", "local_steps"]
+    paper = ["resnet50", "resnet50_10gbe", "resnet50_large", "transformer", "transformer_h200"]
+    assert [p.name for p in suite.parts] == [*laptop, *paper, "converge"]
+    cells = expand(normalize(suite_spec(select_parts(suite, tuple(laptop)), "sim", (), (), ())))
     # 4 node counts + 3 more bit widths + 3 more H values, x 3 seeds: shared cells run once
     assert len(cells) == (4 + 3 + 3) * 3
+    # the paper's scale: cost-only on the simulator whatever --engine says, the paper's workloads, 8 -> 4,096 nodes
+    spec = normalize(suite_spec(suite, "processes", (), (), ()))
+    for grid in (g for g in spec.grids if g.name in paper):
+        assert grid.fixed["engine"] == "sim" and grid.fixed["compute"] == "cost-only"
+        assert grid.fixed["model"] in ("torchvision:resnet50", "transformer-big")
+    assert max(n for g in spec.grids for n in g.axes.get("nodes", [])) == 4096
     shared = next(c for c in cells if c.params == {"nodes": 8, "seed": 0, "bits": 32, "local_steps": 4})
     assert shared.algorithms == ["swarm", "allreduce", "local_sgd", "dpsgd", "adpsgd"]
     assert {t.columns for t in suite.tables} == {"nodes", "bits", "local_steps"}
@@ -199,7 +207,7 @@ def test_ci_smoke(tmp_path):
 def test_scaled_down_neurips_suite(tmp_path):
     out = tmp_path / "neurips"
     args = ["--nodes", "4", "--seed", "0", "--set", "epochs=1", "--set", "dataset=digits", "--out", str(out)]
-    result = invoke("reproduce", "swarmsgd-neurips21", *args)
+    result = invoke("reproduce", "swarmsgd-neurips21", "--part", "scaling,quantization,local_steps", *args)
     assert result.exit_code == 0, result.output
     report = (out / "report" / "report.md").read_text()
     assert "| algorithm | bits=32 | bits=16 | bits=8 | bits=4 |" in report
@@ -207,3 +215,24 @@ def test_scaled_down_neurips_suite(tmp_path):
     assert "Synchronization cost as a share of batch compute" in report and "%" in report
     assert "(H=4, nodes=4)" in report  # the settings the part actually ran at, after --nodes
     assert "Each method tuned on lr ∈ {0.01, 0.05, 0.2}" in report and (out / "tune" / "tuned.toml").is_file()
+
+
+@SIM
+def test_neurips_paper_scale_part_runs_cost_only_without_tuning(tmp_path):
+    """`--part` runs only the parts named (and their tables); a cost-only part trains nothing, so nothing is tuned,
+    and its tables say what the paper claims beside the simulated sync cost."""
+    out = tmp_path / "paper"
+    result = invoke("reproduce", "swarmsgd-neurips21", "--part", "resnet50", "--nodes", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = (out / "report" / "report.md").read_text()
+    assert "ResNet-50 / ImageNet / P100 / IB EDR: sync cost as a share of batch compute" in report
+    assert "hours per ImageNet epoch" in report and "Transformer" not in report and "bits=4" not in report
+    assert not (out / "tune").exists()
+    summary = (out / "summary.csv").read_text()
+    assert "torchvision:resnet50" in summary and "imagenet" in summary
+
+
+def test_unknown_part_is_refused_in_one_line():
+    result = invoke("reproduce", "swarmsgd-neurips21", "--part", "scaling,nope")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: suite 'swarmsgd-neurips21' has no part nope;")

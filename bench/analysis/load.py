@@ -26,7 +26,7 @@ SETTINGS = ["dataset", "model", "epochs", "batch_size", "lr", "partition"]
 TEXT_COLUMNS = {"algorithm", "topology", "status", "quantizer", "dataset", "model", "partition", "cell", "engine"}
 TEXT_COLUMNS |= {"deterministic"}
 # Derived per row, then aggregated like any measurement.
-DERIVED = ["bytes_per_sample", "speedup_vs_allreduce", "sync_share"]
+DERIVED = ["bytes_per_sample", "speedup_vs_allreduce", "sync_share", "seconds_per_sample"]
 
 
 @dataclass
@@ -218,7 +218,8 @@ def _finish(frame, grid_keys: list[str]):
 
 
 def add_derived(frame):
-    """bytes per sample, samples/s relative to allreduce in the same cell, sync time over compute time."""
+    """bytes per sample, samples/s relative to allreduce in the same cell, sync time over compute time, seconds per
+    training sample."""
     import numpy as np
     import pandas as pd
 
@@ -230,6 +231,9 @@ def add_derived(frame):
     frac = num("comm_fraction")
     # comm_fraction is blocked-communication time over training time; over compute time it is c / (1 - c).
     f["sync_share"] = (frac / (1 - frac)).where(frac < 1, np.nan)
+    # the time to a fixed number of samples at the run's throughput (a suite table scales it to its own count)
+    rate = num("samples_per_s")
+    f["seconds_per_sample"] = 1 / rate.where(rate > 0)
     return f
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,12 +269,14 @@ def reproduce(
     target_acc: float | None,
     argv: list[str],
     config_file: str | None = None,
+    parts: tuple[str, ...] = (),
 ) -> tuple[int, Path, list[str]]:
     """`swarmbench reproduce SUITE`: run the suite as a sweep into `out` (default results/<suite>), then its report;
-    (exit status: 0 every cell ok, else 1; the report folder; notes about the report)."""
+    (exit status: 0 every cell ok, else 1; the report folder; notes about the report). `parts`: only these parts
+    (and their tables)."""
     if not suite_name:
         raise UserError("name a suite: swarmbench reproduce SUITE (swarmbench reproduce --list shows them)")
-    suite = load_suite(suite_name)
+    suite = select_parts(load_suite(suite_name), parts)
     engine = engine or suite.engine
     if engine == "sim" and not sim_available():
         raise UserError(
@@ -285,7 +287,8 @@ def reproduce(
     out = out or str(Path("results") / suite.name)
     suite_json = suite.to_json()
     tune_code = 0
-    if suite.tune is not None:  # tune every method first, then run the parts at the chosen values
+    if suite.tune is not None and any(trains(grid, spec) for grid in spec.grids):
+        # tune every method first, then run the parts at the chosen values (cost-only parts train nothing)
         tunings = plan_suite_tunings(suite, spec)  # a bad [tune] table is refused before anything runs
         if not resume:
             prepare_out(out, resume, spec, own=())  # so is an existing results folder
@@ -295,6 +298,25 @@ def reproduce(
     code, out_dir = execute_sweep(spec, out_dir, stored, argv=argv, extra_meta=extra)
     report_dir, notes = build_report(out_dir, target_acc=target_acc if target_acc is not None else suite.target_acc)
     return max(code, tune_code), report_dir, notes
+
+
+def select_parts(suite: Suite, names: tuple[str, ...]) -> Suite:
+    """The suite with only the parts named (and the tables of those parts); every part when none is named."""
+    wanted = split_values(names) if names else []
+    if not wanted:
+        return suite
+    known = [p.name for p in suite.parts]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UserError(f"suite '{suite.name}' has no part {', '.join(unknown)}; its parts: {', '.join(known)}")
+    keep = [p for p in suite.parts if p.name in wanted]
+    kept = {p.name for p in keep}
+    return replace(suite, parts=keep, tables=[t for t in suite.tables if t.part in kept])
+
+
+def trains(grid: Any, spec: SweepSpec) -> bool:
+    """A part's runs train models (not `compute = "cost-only"`, which moves a stand-in and has no accuracy)."""
+    return grid.fixed.get("compute", spec.fixed.get("compute", "real")) != "cost-only"
 
 
 def plan_suite_tunings(suite: Suite, spec: SweepSpec) -> list[tuple[Any, list[Any], Tuning]]:
