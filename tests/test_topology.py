@@ -213,6 +213,35 @@ def test_spectral_gap_ring(n: int) -> None:
     assert build_topology("ring", n).spectral_gap() == pytest.approx(2 - 2 * math.cos(2 * math.pi / n))
 
 
+@pytest.mark.parametrize(
+    "name, n, degree",
+    [
+        ("ring", 300, None),
+        ("torus", 300, None),
+        ("hypercube", 256, None),
+        ("exponential", 300, None),
+        ("random-regular", 300, 4),
+        ("complete", 40, None),
+    ],
+)
+def test_sparse_spectral_gap_equals_the_dense_one(name: str, n: int, degree: int | None) -> None:
+    """Above DENSE_GAP_NODES the gap comes from the sparse Laplacian (shift-invert for graphs of short edges in ring
+    order, the deflated Lanczos iteration for expanders): the same number as the dense spectrum's."""
+    from bench.core.topology import _sparse_gap
+
+    t = build_topology(name, n, degree=degree, seed=1)
+    dense = float(np.sort(np.linalg.eigvalsh(t.laplacian()))[1])
+    assert _sparse_gap(t) == pytest.approx(dense, rel=1e-7)
+
+
+def test_spectral_gap_of_65536_nodes_without_a_dense_matrix() -> None:
+    """A 65,536-node ring's gap (2 - 2 cos(2 pi / n), ~9e-9: the hardest to resolve) and a hypercube's (2), where the
+    dense Laplacian alone would take 34 GB."""
+    n = 65_536
+    assert build_topology("ring", n).spectral_gap() == pytest.approx(2 - 2 * math.cos(2 * math.pi / n), rel=1e-6)
+    assert build_topology("hypercube", n).spectral_gap() == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
 def test_spectral_gap_hypercube(n: int) -> None:
     assert build_topology("hypercube", n).spectral_gap() == pytest.approx(2.0)
