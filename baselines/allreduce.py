@@ -27,23 +27,29 @@ class AllReduceConfig:
             raise ValueError(f"first_bucket_mb must be positive, got {self.first_bucket_mb}")
 
 
+def bucket_ranges(sizes: list[int], element_size: int, first_bytes: int, cap_bytes: int) -> list[tuple[int, int]]:
+    """DDP's bucket assignment over parameters of `sizes` (numel, in parameter order): parameters in reverse order
+    (the order backward produces their gradients), each bucket closed as soon as it holds at least its limit
+    (`first_bytes` for the first bucket, `cap_bytes` after), a parameter never split. Returns each bucket's
+    parameter indices as a range (first, end), in launch order (so firsts decrease)."""
+    buckets: list[tuple[int, int]] = []
+    end, held, limit = len(sizes), 0, first_bytes
+    for i in range(len(sizes) - 1, -1, -1):
+        held += sizes[i] * element_size
+        if held >= limit or i == 0:
+            buckets.append((i, end))
+            end, held, limit = i, 0, cap_bytes
+    return buckets
+
+
 def bucket_slices(sizes: list[int], element_size: int, first_bytes: int, cap_bytes: int) -> list[tuple[int, int]]:
-    """DDP's bucket assignment over a flat buffer whose parameters have `sizes` (numel, in parameter order):
-    parameters in reverse order (the order backward produces their gradients), each bucket closed as soon as it
-    holds at least its limit (`first_bytes` for the first bucket, `cap_bytes` after), a parameter never split.
-    Returns each bucket's (start, end) in the flat buffer, in launch order (so starts decrease)."""
+    """`bucket_ranges` as each bucket's (start, end) in the flat buffer of those parameters, in launch order
+    (so starts decrease); a bucket of empty parameters only is left out."""
     bounds = [0]
     for n in sizes:
         bounds.append(bounds[-1] + n)
-    buckets: list[tuple[int, int]] = []
-    end = bounds[-1]
-    limit = first_bytes
-    for i in range(len(sizes) - 1, -1, -1):
-        if (end - bounds[i]) * element_size >= limit or i == 0:
-            if end > bounds[i]:
-                buckets.append((bounds[i], end))
-            end, limit = bounds[i], cap_bytes
-    return buckets
+    slices = [(bounds[i], bounds[j]) for i, j in bucket_ranges(sizes, element_size, first_bytes, cap_bytes)]
+    return [(a, b) for a, b in slices if b > a]
 
 
 class AllReduceSGD(Algorithm):
@@ -77,23 +83,26 @@ class AllReduceSGD(Algorithm):
     def start(self) -> None:
         if not self.config.overlap:
             return
-        grads = self.node.grads
-        params = list(self.node.model.parameters())
-        slices = bucket_slices(
-            [p.numel() for p in params],
-            grads.element_size(),
-            int(self.config.first_bucket_mb * MIB),
-            int(self.config.bucket_cap_mb * MIB),
-        )
+        node = self.node
+        params = list(node.model.parameters())
         offsets = [0]
         for p in params:
             offsets.append(offsets[-1] + p.numel())
-        self._buckets = [grads[a:b] for a, b in slices]
-        for k, (a, b) in enumerate(slices):
-            members = [p for p, lo in zip(params, offsets, strict=False) if a <= lo < b]
+        # Buckets by the parameters' sizes as the engine charges them (a cost-only stand-in's are the workload's),
+        # cut from this node's own buffer at the same parameters.
+        ranges = bucket_ranges(
+            node.numels(),
+            node.grads.element_size(),
+            int(self.config.first_bucket_mb * MIB),
+            int(self.config.bucket_cap_mb * MIB),
+        )
+        ranges = [(i, j) for i, j in ranges if offsets[j] > offsets[i]]
+        self._buckets = [node.grads[offsets[i] : offsets[j]] for i, j in ranges]
+        for k, (i, j) in enumerate(ranges):
+            members = params[i:j]
             self._sizes.append(len(members))
             for p in members:
-                p.register_post_accumulate_grad_hook(lambda _p, k=k: self._ready(k))
+                node.on_gradient(p, lambda _p, k=k: self._ready(k))
         self._missing = list(self._sizes)
 
     def _ready(self, k: int) -> None:

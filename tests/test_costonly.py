@@ -156,3 +156,83 @@ def test_paper_transformers_train_as_causal_language_models():
     assert torch.allclose(again[:, :5], out[:, :5], atol=1e-5) and not torch.allclose(again[:, 5:], out[:, 5:])
     loss_of(out[:, :-1], x[:, 1:]).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---- AllReduce SGD's gradient buckets ----------------------------------------------------------------------------
+
+SMALL_BUCKETS = ["--set", "allreduce.first_bucket_mb=0.002", "--set", "allreduce.bucket_cap_mb=0.02"]
+
+
+def _counter(out, metric):
+    rows = pd.read_json(out / "records.jsonl", lines=True)
+    return rows[rows["metric"] == metric]["value"].sum()
+
+
+def test_cost_only_charges_allreduce_buckets_as_a_real_simulation(tmp_path):
+    """AllReduce SGD with the MLP's gradient in 3 buckets ([last layer], [middle layer], [first layer]), started
+    during the backward pass: cost-only charges the same buckets at the same instants as the real simulation, so
+    the step times, bytes and comm fraction agree."""
+    args = [*COMMON, "--algo", "allreduce", *SMALL_BUCKETS]
+    cheap_out, real_out = tmp_path / "cheap", tmp_path / "real"
+    r = _invoke(*args, "--compute", "cost-only", "--steps", STEPS, "--out", cheap_out)
+    assert r.exit_code == 0, r.output
+    r = _invoke(*args, "--epochs", 1, "--out", real_out)
+    assert r.exit_code == 0, r.output
+    real = pd.read_csv(real_out / "summary.csv").iloc[0]
+    cheap = pd.read_csv(cheap_out / "summary.csv").iloc[0]
+    assert real["steps_per_node"] == STEPS
+    for col in EQUAL:
+        assert cheap[col] == real[col], col
+    for col in CLOSE:
+        if pd.isna(real[col]):
+            assert pd.isna(cheap[col]), col
+        else:
+            assert cheap[col] == pytest.approx(real[col], rel=1e-9), col
+    assert _counter(cheap_out, "algo_buckets") == _counter(real_out, "algo_buckets") == 3 * NODES * STEPS
+    real_used = json.loads((real_out / "meta.json").read_text())["cost_model"]["allreduce_by_bytes"]
+    cheap_used = json.loads((cheap_out / "meta.json").read_text())["cost_model"]["allreduce_by_bytes"]
+    assert {4 * 1290, 4 * 16512, 4 * 100480} <= {int(b) for b in cheap_used}  # each bucket at its workload size
+    assert cheap_used.items() <= real_used.items()
+
+
+def test_cost_only_allreduce_overlaps_a_large_models_backward_pass(tmp_path):
+    """ResNet-50 on ImageNet (V100 profile): AllReduce SGD's gradient goes in DDP's buckets (1 MiB, then 25 MiB, cut
+    from the real model's parameter sizes), which overlap the backward pass, so a step is shorter than with one
+    allreduce after the backward pass; every bucket is charged its bytes."""
+    from baselines.allreduce import MIB, bucket_slices
+    from bench.core.comm import ring_allreduce_bytes
+    from bench.core.models import build_model
+
+    nodes, steps = 8, 3
+    args = ["--engine", "sim", "--compute", "cost-only", "--steps", steps, "--nodes", nodes, "--algo", "allreduce"]
+    args += ["--model", "torchvision:resnet50", "--dataset", "imagenet", "--profile", "v100"]
+    r = _invoke(*args, "--out", tmp_path / "overlap")
+    assert r.exit_code == 0, r.output
+    r = _invoke(*args, "--set", "allreduce.overlap=false", "--out", tmp_path / "flat")
+    assert r.exit_code == 0, r.output
+    overlap = pd.read_csv(tmp_path / "overlap" / "summary.csv").iloc[0]
+    flat = pd.read_csv(tmp_path / "flat" / "summary.csv").iloc[0]
+    assert overlap["step_seconds_median"] < flat["step_seconds_median"]
+    assert overlap["comm_fraction"] < flat["comm_fraction"]
+    sizes = [p.numel() for p in build_model("torchvision:resnet50", (3, 224, 224), 1000, 0).parameters()]
+    slices = bucket_slices(sizes, 4, MIB, 25 * MIB)
+    assert len(slices) > 2
+    assert _counter(tmp_path / "overlap", "algo_buckets") == len(slices) * nodes * steps
+    per_step = sum(ring_allreduce_bytes(4 * (b - a), nodes) for a, b in slices)
+    assert overlap["bytes_grad"] == nodes * steps * per_step
+    assert flat["bytes_grad"] == nodes * steps * ring_allreduce_bytes(4 * sum(sizes), nodes)
+
+
+def test_charged_sizes_place_a_slice_where_it_lies_in_the_workload():
+    """A slice of the stand-in's buffer is charged as the workload's parameters it holds, and is ready after the
+    share of the backward pass that computes them; anything else keeps the proportional charge."""
+    import torch
+
+    stand_in, workload = (3, 3, 2), (1000, 10, 90)
+    sizes = ChargedSizes(Codec(CodecConfig()), 8, 1100, layout=(stand_in, workload))
+    grads = torch.zeros(8)
+    assert sizes.span(grads) == (1100, 1.0)
+    assert sizes.span(grads[6:8]) == (90, 90 / 1100)
+    assert sizes.span(grads[3:8]) == (100, 100 / 1100)
+    assert sizes.span(grads[0:3]) == (1000, 1.0)
+    assert sizes.span(torch.zeros(9))[0] == 1101  # the model and a push-sum weight

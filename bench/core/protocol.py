@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -55,10 +56,29 @@ class Node:
     optimizer: torch.optim.Optimizer
     shard_sizes: tuple[int, ...] = ()  # samples in each node's shard, by rank (empty where there is no data)
     batch: Batch | None = None  # from the forward/backward to `after_backward`, when the algorithm `wants_batch`
+    # Each parameter's number of coordinates as the engine charges it, in parameter order (empty: the model's own).
+    # A cost-only simulation's stand-in model has the workload's parameter list with a few coordinates in each, and
+    # charges each as the workload's: what an algorithm sizes by bytes (AllReduce SGD's buckets) reads `numels()`.
+    charged_numels: tuple[int, ...] = ()
+    # The gradient hooks registered through `on_gradient`, in registration order: (parameter, hook).
+    gradient_hooks: list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]] = field(default_factory=list)
 
     def random_neighbor(self) -> int | None:
         peers = self.comm.neighbors()
         return peers[self.rng.randrange(len(peers))] if peers else None
+
+    def numels(self) -> list[int]:
+        """Each parameter's number of coordinates as the engine charges it, in parameter order."""
+        return list(self.charged_numels) or [p.numel() for p in self.model.parameters()]
+
+    def on_gradient(self, p: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
+        """Call `hook(p)` each time the backward pass has accumulated parameter `p`'s gradient into `p.grad` (a
+        post-accumulate-grad hook), in the middle of the forward/backward compute section. An engine that runs no
+        backward pass (a cost-only simulation, whose stand-in parameters require no gradient) calls the hooks
+        recorded in `gradient_hooks` as one would."""
+        if p.requires_grad:  # a parameter autograd computes no gradient for: recorded only
+            p.register_post_accumulate_grad_hook(hook)
+        self.gradient_hooks.append((p, hook))
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-tensor views of a flat, model-sized buffer (`params`, `grads`, or one of the algorithm's own): one

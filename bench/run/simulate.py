@@ -42,6 +42,9 @@ from bench.engine.sim.costonly import (
     simulate_cost_only,
     workload,
 )
+from bench.engine.sim.costonly import (
+    check_workload as check_cost_only_workload,
+)
 from bench.records.tables import print_scaling, print_tables, write_scaling
 from bench.records.write import StagingWriter, build_meta, now_iso, scaling_frame, series_target
 from bench.run.outcome import (
@@ -64,7 +67,8 @@ def prepare(cfg):
     series = cfg.node_series or (cfg.nodes,)
     if cfg.compute == "cost-only":
         wl = workload(cfg)
-        check_cost_only_memory(max(series))
+        check_cost_only_workload(cfg, wl)
+        check_cost_only_memory(max(series), wl)
         shape = cost_only_dataset(wl)
         shape.workload = wl
         return shape, "none", {n: resolve_cost(cfg, shape, n) for n in series}, wl.parameters
@@ -106,7 +110,7 @@ def _simulate_into(cfg, out_dir: Path, argv: list[str], interactive: bool | None
     facts = {
         "shards": policy,
         "memory_estimate_bytes": (
-            cost_only_bytes(largest)
+            cost_only_bytes(largest, dataset.workload)
             if cost_only
             else estimate_bytes(n_params, largest, evaluated_epochs(cfg.epochs, cfg.eval_every), cfg.algorithms)
         ),

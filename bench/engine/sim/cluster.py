@@ -61,7 +61,7 @@ from bench.training.loop import Failure, NodeFailed, Shards, make_shards, node_s
 from bench.training.registry import ALGORITHMS
 
 MAX_NODES = 4096  # the largest world the simulator accepts (memory and time grow linearly with it)
-MAX_COST_ONLY_NODES = 1 << 17  # --compute cost-only: a node holds a few kB, the limit is the scheduler's time
+MAX_COST_ONLY_NODES = 1 << 17  # --compute cost-only: a node holds tens of kB, the limit is the scheduler's time
 SHARD_POLICIES = ("auto", "split", "sample")
 # Memory: each node holds its algorithm's `model_copies` model-sized buffers (4 for SwarmSGD: parameters,
 # gradients, momentum, the published copy) and one snapshot per evaluated epoch beyond the first (after its last
@@ -111,8 +111,13 @@ class Sizes:
         return nbytes
 
     def coords(self, numel: int) -> int:
-        """Coordinates an allreduce or a piece of comm-layer work on `numel` coordinates is charged."""
+        """Coordinates a piece of comm-layer work on `numel` coordinates is charged."""
         return numel
+
+    def span(self, t: torch.Tensor) -> tuple[int, float]:
+        """An allreduced tensor as charged: (its coordinates, the share of the backward pass after which they are
+        all computed, `backward_share`), read off where it lies in its buffer (a gradient bucket is a slice)."""
+        return t.numel(), backward_share(t)
 
 
 REAL = Sizes()
@@ -486,11 +491,11 @@ class SimComm(Comm):
         self._pending = 0.0
         self._arriving: list[tuple[float, torch.Tensor]] = []
 
-    def _allreduce_seconds(self, t: torch.Tensor) -> float:
-        """An allreduce of `t`: the algorithm the cost model picks for its size (recorded for meta.json), its
-        modelled time, and the reduction's additions (comm-layer work "reduce") as each node of it performs them."""
+    def _allreduce_seconds(self, t: torch.Tensor, numel: int) -> float:
+        """An allreduce of `t`, charged as `numel` coordinates: the algorithm the cost model picks for its size
+        (recorded for meta.json), its modelled time, and the reduction's additions (comm-layer work "reduce") as each
+        node of it performs them."""
         c = self._cluster
-        numel = c.sizes.coords(t.numel())
         nbytes = numel * t.element_size()
         algorithm, seconds = c.cost.allreduce_choice(nbytes, len(c.alive))
         c.allreduce_used[nbytes] = algorithm
@@ -499,12 +504,13 @@ class SimComm(Comm):
         return seconds + (c.cost.work_seconds("reduce", round(adds)) if adds else 0.0)
 
     def _count_allreduce(self, t: torch.Tensor, kind: str) -> None:
-        numel = self._cluster.sizes.coords(t.numel())
+        numel, _ = self._cluster.sizes.span(t)
         vol = ring_allreduce_bytes(numel * t.element_size(), self.size)
         CommStats.add(self.stats, kind, sent=vol, recv=vol, msgs_sent=int(self.size > 1), msgs_recv=int(self.size > 1))
 
     def _allreduce_sum(self, t: torch.Tensor) -> None:
-        self._cluster.collective(self.rank, "allreduce", t, self._allreduce_seconds(t))
+        numel, _ = self._cluster.sizes.span(t)
+        self._cluster.collective(self.rank, "allreduce", t, self._allreduce_seconds(t, numel))
 
     def neighbors(self) -> tuple[int, ...]:
         """The topology's neighbours that have not failed (`Cluster.kill`)."""
@@ -516,8 +522,9 @@ class SimComm(Comm):
         return self._cluster.alive
 
     def _allreduce_sum_async(self, t: torch.Tensor) -> _BucketWork:
-        c, seconds = self._cluster, self._allreduce_seconds(t)
-        return c.start_bucket(self.rank, t, c.clocks[self.rank].ready_at(backward_share(t)), seconds)
+        c = self._cluster
+        numel, share = c.sizes.span(t)
+        return c.start_bucket(self.rank, t, c.clocks[self.rank].ready_at(share), self._allreduce_seconds(t, numel))
 
     def _neighbor_exchange(self, msg: torch.Tensor, peers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return self._cluster.exchange(self.rank, msg, peers)
