@@ -248,40 +248,43 @@ _H200_AMP = _steps(
     """
 )
 # The comm layer's work as an H200 node runs it (`tools/gpu_profile.sh`: `sim-profile --device cuda --cases work
-# --repeats 10`, 2026-12-04, one run): the copy is device to host, the averaging arithmetic on the host with the
-# move added on the GPU, the codecs and compressors on the host CPU (torch's default 16 threads of that 16-core
-# host; the fused codec kernels are single-threaded), PowerSGD's products on the GPU.
+# --repeats 10`, 2026-12-04, two runs on two lent machines; per op the smaller of the two, fixed and per-coordinate
+# part each; the runs differed by up to 50 % per coordinate on the host-side ops): the copy is device to host, the
+# averaging arithmetic on the host with the move added on the GPU, the codecs and compressors on the host CPU
+# (torch's default 16 threads of that 16-core host; the fused codec kernels are single-threaded), PowerSGD's products
+# on the GPU, an allreduce's additions on the GPU (second run only: the first added a host tensor, a transfer that
+# NCCL does not make; on the GPU they are launch bound, ~19 us whatever the size up to 1M coordinates).
 _H200_WORK = _work(
     """
-    copy               18.0    0.409
-    average            43.3    0.655
-    reduce             25.7    0.411
-    lowrank 1          78.2    0.0543
-    lowrank 2          150     0.103
-    lowrank 4          176     0.139
-    lowrank 8          175     0.0585
-    encode sign        39.3    0.372
-    decode sign        27.4    0.269
-    encode topk        0.00    15.3
-    decode topk        19.3    0.163
-    encode qsgd        146     6.93
-    decode qsgd        119     0.261
-    encode lattice 2   24.1    0.842
-    decode lattice 2   46.6    0.849
-    encode lattice 4   15.9    0.9
-    decode lattice 4   60.2    0.807
-    encode lattice 8   36.8    0.796
-    decode lattice 8   42.7    0.734
-    encode lattice 16  16.0    0.916
-    decode lattice 16  52.6    0.736
-    encode uniform 2   218     0.92
-    decode uniform 2   35.2    0.497
-    encode uniform 4   221     0.887
-    decode uniform 4   47.8    0.479
-    encode uniform 8   262     0.854
-    decode uniform 8   51.7    0.462
-    encode uniform 16  248     0.873
-    decode uniform 16  49.0    0.464
+    copy               18      0.283
+    average            43.3    0.409
+    reduce             18.5    0
+    lowrank 1          77.5    0.00455
+    lowrank 2          146     0.0332
+    lowrank 4          165     0.0138
+    lowrank 8          161     0.0202
+    encode sign        39.3    0.232
+    decode sign        27.4    0.161
+    encode topk        0       11.1
+    decode topk        19.3    0.0971
+    encode qsgd        146     3.87
+    decode qsgd        118     0.261
+    encode lattice 2   24.1    0.532
+    decode lattice 2   30      0.54
+    encode lattice 4   15.9    0.539
+    decode lattice 4   32.9    0.499
+    encode lattice 8   20      0.539
+    decode lattice 8   34      0.492
+    encode lattice 16  16      0.576
+    decode lattice 16  42.3    0.501
+    encode uniform 2   162     0.661
+    decode uniform 2   35.2    0.375
+    encode uniform 4   123     0.727
+    decode uniform 4   25.4    0.333
+    encode uniform 8   158     0.698
+    decode uniform 8   35.8    0.306
+    encode uniform 16  160     0.658
+    decode uniform 16  34.5    0.326
     """
 )
 
@@ -788,13 +791,15 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
         x = torch.randn(n, generator=gen) * 0.05
         ref = x + (torch.rand(n, generator=gen) * 2 - 1) * 0.02  # a neighbour's model, well inside the radius
         live, theirs, mine = x.to(device), ref.clone(), x.clone()
+        on_device = ref.to(device)
         cols = min(256, n // 16)  # PowerSGD's view of a parameter: rows x 256 columns (at least 16 x 64)
         matrix = live[: n - n % cols].view(1, -1, cols)
         ops = {
             "copy": lambda live=live: live.detach().to("cpu", copy=True),
             # the move is computed on the host and added to the live model on its device, as `Comm` does
             "average": lambda live=live, t=theirs, m=mine: live.add_(t.clone().sub_(m).mul_(0.5).to(live.device)),
-            "reduce": lambda live=live, t=theirs: live.add_(t.to(live.device)),
+            # an allreduce's additions happen where the tensors are (NCCL on the GPU, gloo on the host)
+            "reduce": lambda live=live, t=on_device: live.add_(t),
         }
         for rank in (1, 2, 4, 8):  # PowerSGD's ranks (`baselines.powersgd.LOWRANK_RANKS`), on the model's device
             start = torch.randn(1, cols, rank, generator=gen).to(device)
