@@ -54,3 +54,14 @@ def test_mixed_precision_is_measured_on_cuda_only(capsys):
         "error: --precision amp is measured on CUDA only; use --device cuda or --precision fp32",
         "error: --cases 'small,bogus': choose among small, paper, work, comma-separated",
     ]
+
+
+@pytest.mark.parametrize("profile, hbm_gb_s", [("p100", 732), ("v100", 900), ("v100-amp", 900), ("a100", 2039)])
+def test_gpu_profiles_add_an_allreduces_sums_on_the_gpu(profile, hbm_gb_s):
+    """NCCL reduces on the GPU: the published GPU profiles charge an allreduce's additions at the GPU's memory
+    bandwidth (12 bytes per coordinate), not at the host core's rate their other comm-layer work stands in with."""
+    rows = {op: (fixed, per) for op, fixed, per in COMPUTE_PROFILES[profile].work}
+    host = {op: (fixed, per) for op, fixed, per in COMPUTE_PROFILES["vm-core"].work}
+    assert rows["reduce"][1] == pytest.approx(12 / (hbm_gb_s * 1e9))
+    assert rows["reduce"][1] < host["reduce"][1] / 5
+    assert {op: v for op, v in rows.items() if op != "reduce"} == {op: v for op, v in host.items() if op != "reduce"}

@@ -334,6 +334,21 @@ _VM_CORE_WORK = _work(
 # although its products run on the GPU there: an overcharge for PowerSGD on those profiles (the h200 profiles'
 # `lowrank` rows, measured on the GPU, are 30-50x cheaper per coordinate).
 
+
+def _gpu_reduce(work: tuple[tuple[str, float, float], ...], hbm_gb_s: float) -> tuple[tuple[str, float, float], ...]:
+    """`work` with an allreduce's additions on the GPU, as NCCL makes them, instead of the host's: 12 bytes of device
+    memory traffic per coordinate (two float32 operands read, one written) at the GPU's nominal memory bandwidth, plus
+    the H200's measured launch-bound fixed cost (`_H200_WORK`)."""
+    fixed = next(f for op, f, _ in _H200_WORK if op == "reduce")
+    return tuple(("reduce", fixed, 12 / (hbm_gb_s * 1e9)) if op == "reduce" else (op, f, p) for op, f, p in work)
+
+
+# Nominal memory bandwidth (NVIDIA data sheets): Tesla P100 SXM2 732 GB/s, V100 SXM2 900 GB/s, A100 80 GB SXM
+# 2,039 GB/s. Only an allreduce's additions use it; the rest of the comm layer's work runs on the host.
+_P100_WORK = _gpu_reduce(_VM_CORE_WORK, 732)
+_V100_WORK = _gpu_reduce(_VM_CORE_WORK, 900)
+_A100_WORK = _gpu_reduce(_VM_CORE_WORK, 2039)
+
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
         name="vm-core",
@@ -367,35 +382,35 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
         description="one NVIDIA Tesla P100 per node (Piz Daint's GPU), fp32; published ResNet-50 throughput",
         source="TensorFlow benchmarks (tf_cnn_benchmarks, DGX-1, 1 GPU, synthetic data, batch 64): 219 images/s",
         steps=_P100_FP32,
-        work=_VM_CORE_WORK,  # the comm layer's host-CPU work: none measured there, the dev VM core's figures stand in
+        work=_P100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
     ),
     "v100": ComputeProfile(
         name="v100",
         description="one NVIDIA V100 16 GB per node, fp32; published ResNet-50 and Transformer-big throughputs",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, FP32: 367 images/s, 7,635 tokens/s",
         steps=_V100_FP32,
-        work=_VM_CORE_WORK,
+        work=_V100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
     ),
     "v100-amp": ComputeProfile(
         name="v100-amp",
         description="one NVIDIA V100 16 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, AMP: 1,200 images/s, 23,821 tokens/s",
         steps=_V100_AMP,
-        work=_VM_CORE_WORK,
+        work=_V100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
     ),
     "a100": ComputeProfile(
         name="a100",
         description="one NVIDIA A100 80 GB per node, TF32 (PyTorch's fp32 default on Ampere convolutions)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, TF32: 938 images/s",
         steps=_A100_TF32,
-        work=_VM_CORE_WORK,
+        work=_A100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
     ),
     "a100-amp": ComputeProfile(
         name="a100-amp",
         description="one NVIDIA A100 80 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
         steps=_A100_AMP,
-        work=_VM_CORE_WORK,
+        work=_A100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
     ),
 }
 
