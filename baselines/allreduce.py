@@ -90,13 +90,14 @@ class AllReduceSGD(Algorithm):
             offsets.append(offsets[-1] + p.numel())
         # Buckets by the parameters' sizes as the engine charges them (a cost-only stand-in's are the workload's),
         # cut from this node's own buffer at the same parameters.
+        numels = node.numels()
         ranges = bucket_ranges(
-            node.numels(),
+            numels,
             node.grads.element_size(),
             int(self.config.first_bucket_mb * MIB),
             int(self.config.bucket_cap_mb * MIB),
         )
-        ranges = [(i, j) for i, j in ranges if offsets[j] > offsets[i]]
+        ranges = [(i, j) for i, j in ranges if sum(numels[i:j]) > 0]  # DDP launches no empty bucket
         self._buckets = [node.grads[offsets[i] : offsets[j]] for i, j in ranges]
         for k, (i, j) in enumerate(ranges):
             members = params[i:j]

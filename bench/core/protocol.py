@@ -62,6 +62,8 @@ class Node:
     charged_numels: tuple[int, ...] = ()
     # The gradient hooks registered through `on_gradient`, in registration order: (parameter, hook).
     gradient_hooks: list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]] = field(default_factory=list)
+    # False where the engine runs no backward pass and calls the recorded gradient hooks itself (cost-only).
+    backward: bool = True
 
     def random_neighbor(self) -> int | None:
         peers = self.comm.neighbors()
@@ -74,9 +76,9 @@ class Node:
     def on_gradient(self, p: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
         """Call `hook(p)` each time the backward pass has accumulated parameter `p`'s gradient into `p.grad` (a
         post-accumulate-grad hook), in the middle of the forward/backward compute section. An engine that runs no
-        backward pass (a cost-only simulation, whose stand-in parameters require no gradient) calls the hooks
-        recorded in `gradient_hooks` as one would."""
-        if p.requires_grad:  # a parameter autograd computes no gradient for: recorded only
+        backward pass (`backward` False: a cost-only simulation, whose stand-in parameters require no gradient)
+        calls the hooks recorded in `gradient_hooks` as one would."""
+        if self.backward:  # torch refuses a parameter that requires no gradient, as it should
             p.register_post_accumulate_grad_hook(hook)
         self.gradient_hooks.append((p, hook))
 

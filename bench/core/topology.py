@@ -130,7 +130,7 @@ class Topology:
             "degree_min": d_min,
             "degree_max": d_max,
             "edges": len(self.edges()),
-            "spectral_gap": self.spectral_gap(),
+            "spectral_gap": None if math.isnan(gap := self.spectral_gap()) else gap,
         }
 
     def _check_rank(self, rank: int) -> int:
@@ -174,7 +174,10 @@ def _sparse_gap(t: Topology) -> float:
     try:
         gap = order[0]()
     except ArpackNoConvergence:
-        gap = order[1]()
+        try:
+            gap = order[1]()
+        except ArpackNoConvergence:
+            return math.nan  # unknown: meta.json says null; nothing depends on it
     return max(gap, 0.0)
 
 

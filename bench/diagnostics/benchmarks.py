@@ -390,6 +390,7 @@ def bench_sim_profile(ctx: BenchContext) -> list[Row]:
             rows.append(
                 {
                     "bench": "sim-profile",
+                    "precision": "amp" if ctx.amp else "fp32",
                     "model": model,
                     "input": shape_key(shape),
                     "fb ms b8": fbs[0] * 1e3,

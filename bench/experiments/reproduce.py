@@ -302,9 +302,11 @@ def reproduce(
 
 def select_parts(suite: Suite, names: tuple[str, ...]) -> Suite:
     """The suite with only the parts named (and the tables of those parts); every part when none is named."""
-    wanted = split_values(names) if names else []
-    if not wanted:
+    if not names:
         return suite
+    wanted = split_values(names)
+    if not wanted:
+        raise UserError(f"--part names no part; suite '{suite.name}' has {', '.join(p.name for p in suite.parts)}")
     known = [p.name for p in suite.parts]
     unknown = [n for n in wanted if n not in known]
     if unknown:
@@ -327,7 +329,7 @@ def plan_suite_tunings(suite: Suite, spec: SweepSpec) -> list[tuple[Any, list[An
     budget = suite.tune
     assert budget is not None
     groups: dict[Any, list[Any]] = {}
-    for grid in spec.grids:
+    for grid in (g for g in spec.grids if trains(g, spec)):  # a cost-only part has no accuracy to tune for
         groups.setdefault(grid.fixed.get(budget.by, spec.fixed.get(budget.by)) if budget.by else None, []).append(grid)
     out = []
     for value, grids in groups.items():

@@ -335,19 +335,35 @@ _VM_CORE_WORK = _work(
 # `lowrank` rows, measured on the GPU, are 30-50x cheaper per coordinate).
 
 
-def _gpu_reduce(work: tuple[tuple[str, float, float], ...], hbm_gb_s: float) -> tuple[tuple[str, float, float], ...]:
-    """`work` with an allreduce's additions on the GPU, as NCCL makes them, instead of the host's: 12 bytes of device
-    memory traffic per coordinate (two float32 operands read, one written) at the GPU's nominal memory bandwidth, plus
-    the H200's measured launch-bound fixed cost (`_H200_WORK`)."""
+def _gpu_node(
+    work: tuple[tuple[str, float, float], ...], hbm_gb_s: float, pcie_gb_s: float | None = None
+) -> tuple[tuple[str, float, float], ...]:
+    """`work` of host-side figures as a GPU node incurs it. An allreduce's additions on the GPU, as NCCL makes them:
+    12 bytes of device memory traffic per coordinate (two float32 operands read, one written) at the GPU's nominal
+    memory bandwidth, plus the H200's measured launch-bound fixed cost. With `pcie_gb_s` (host figures measured
+    without a GPU): a copy of the model to the host at no more than the host link's nominal rate, and the averaging
+    arithmetic's result moved back to the GPU over it (4 bytes per coordinate each way)."""
     fixed = next(f for op, f, _ in _H200_WORK if op == "reduce")
-    return tuple(("reduce", fixed, 12 / (hbm_gb_s * 1e9)) if op == "reduce" else (op, f, p) for op, f, p in work)
+    link = 4 / (pcie_gb_s * 1e9) if pcie_gb_s else 0.0
+    out = []
+    for op, f, per in work:
+        if op == "reduce":
+            f, per = fixed, 12 / (hbm_gb_s * 1e9)
+        elif op == "copy" and link:
+            per = max(per, link)
+        elif op == "average" and link:
+            per += link
+        out.append((op, f, per))
+    return tuple(out)
 
 
-# Nominal memory bandwidth (NVIDIA data sheets): Tesla P100 SXM2 732 GB/s, V100 SXM2 900 GB/s, A100 80 GB SXM
-# 2,039 GB/s. Only an allreduce's additions use it; the rest of the comm layer's work runs on the host.
-_P100_WORK = _gpu_reduce(_VM_CORE_WORK, 732)
-_V100_WORK = _gpu_reduce(_VM_CORE_WORK, 900)
-_A100_WORK = _gpu_reduce(_VM_CORE_WORK, 2039)
+# Nominal memory bandwidth (NVIDIA data sheets): Tesla P100 732 GB/s, V100 SXM2 900 GB/s, A100 80 GB SXM 2,039 GB/s,
+# H200 4,800 GB/s; host links (PCI-SIG): PCIe 3.0 x16 16 GB/s per direction (Piz Daint's P100 nodes, DGX-1's V100s),
+# PCIe 4.0 x16 32 GB/s (DGX A100). The H200's own copies and averages were measured through its host link.
+_P100_WORK = _gpu_node(_VM_CORE_WORK, 732, 16)
+_V100_WORK = _gpu_node(_VM_CORE_WORK, 900, 16)
+_A100_WORK = _gpu_node(_VM_CORE_WORK, 2039, 32)
+_H200_NODE_WORK = _gpu_node(_H200_WORK, 4800)
 
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "vm-core": ComputeProfile(
@@ -365,7 +381,7 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
             "torch 2.11.0+cu130"
         ),
         steps=_H200,
-        work=_H200_WORK,
+        work=_H200_NODE_WORK,
     ),
     "h200-amp": ComputeProfile(
         name="h200-amp",
@@ -375,42 +391,42 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
             "H200, torch 2.11.0+cu130"
         ),
         steps=_H200_AMP,
-        work=_H200_WORK,
+        work=_H200_NODE_WORK,
     ),
     "p100": ComputeProfile(
         name="p100",
         description="one NVIDIA Tesla P100 per node (Piz Daint's GPU), fp32; published ResNet-50 throughput",
         source="TensorFlow benchmarks (tf_cnn_benchmarks, DGX-1, 1 GPU, synthetic data, batch 64): 219 images/s",
         steps=_P100_FP32,
-        work=_P100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
+        work=_P100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
     ),
     "v100": ComputeProfile(
         name="v100",
         description="one NVIDIA V100 16 GB per node, fp32; published ResNet-50 and Transformer-big throughputs",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, FP32: 367 images/s, 7,635 tokens/s",
         steps=_V100_FP32,
-        work=_V100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
+        work=_V100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
     ),
     "v100-amp": ComputeProfile(
         name="v100-amp",
         description="one NVIDIA V100 16 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, AMP: 1,200 images/s, 23,821 tokens/s",
         steps=_V100_AMP,
-        work=_V100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
+        work=_V100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
     ),
     "a100": ComputeProfile(
         name="a100",
         description="one NVIDIA A100 80 GB per node, TF32 (PyTorch's fp32 default on Ampere convolutions)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, TF32: 938 images/s",
         steps=_A100_TF32,
-        work=_A100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
+        work=_A100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
     ),
     "a100-amp": ComputeProfile(
         name="a100-amp",
         description="one NVIDIA A100 80 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
         steps=_A100_AMP,
-        work=_A100_WORK,  # the host's work as the dev VM core's (none measured there); additions on the GPU
+        work=_A100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
     ),
 }
 
@@ -784,16 +800,18 @@ def measure_work(*, repeats: int = 20, device: str = "cpu", sizes: tuple[int, ..
     from bench.core.codec import QUANTIZERS, Codec, CodecConfig, suggest_eps
     from bench.core.compress import CompressorOptions
 
+    on_cuda = torch.device(device).type == "cuda"
+
     def timed(fn) -> float:
         best = math.inf
         for _ in range(3):
             times = []
             for i in range(repeats + 2):
-                if device == "cuda":
+                if on_cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 fn()
-                if device == "cuda":
+                if on_cuda:
                     torch.cuda.synchronize()
                 if i >= 2:
                     times.append(time.perf_counter() - t0)

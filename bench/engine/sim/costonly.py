@@ -356,7 +356,7 @@ def run_cost_cell(
     model = StandIn(params, numels)
     opt = torch.optim.SGD(model.parameters(), lr=h.lr_at(0.0, 1, cfg.nodes), momentum=h.momentum)
     rng = random.Random(node_seed(cfg.seed, rank, 1))
-    node = Node(rank, cfg.nodes, comm, clock, rng, model, params, grads, opt, charged_numels=wl.numels)
+    node = Node(rank, cfg.nodes, comm, clock, rng, model, params, grads, opt, charged_numels=wl.numels, backward=False)
     algo = algo_cls(node, algo_cfg)
     record = Recorder(emit, algorithm, rank)
     algo.start()
