@@ -3,6 +3,7 @@ allreduced while the backward pass goes on (as PyTorch's DistributedDataParallel
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,16 @@ def bucket_slices(sizes: list[int], element_size: int, first_bytes: int, cap_byt
     return [(a, b) for a, b in slices if b > a]
 
 
+def ddp_buckets(node: Node, first_bucket_mb: float, bucket_cap_mb: float) -> list[tuple[range, torch.Tensor]]:
+    """`node`'s gradient buckets as DDP cuts them (`bucket_ranges`), by the parameters' sizes as the engine charges
+    them (a cost-only stand-in's are the workload's), in launch order, none empty: per bucket the indices of its
+    parameters and its slice of `node.grads`."""
+    numels = node.numels()
+    offsets = list(itertools.accumulate((p.numel() for p in node.model.parameters()), initial=0))
+    ranges = bucket_ranges(numels, node.grads.element_size(), int(first_bucket_mb * MIB), int(bucket_cap_mb * MIB))
+    return [(range(i, j), node.grads[offsets[i] : offsets[j]]) for i, j in ranges if sum(numels[i:j]) > 0]
+
+
 class AllReduceSGD(Algorithm):
     """Mini-batch SGD with the gradient averaged over all nodes by allreduces each step.
 
@@ -85,25 +96,11 @@ class AllReduceSGD(Algorithm):
             return
         node = self.node
         params = list(node.model.parameters())
-        offsets = [0]
-        for p in params:
-            offsets.append(offsets[-1] + p.numel())
-        # Buckets by the parameters' sizes as the engine charges them (a cost-only stand-in's are the workload's),
-        # cut from this node's own buffer at the same parameters.
-        numels = node.numels()
-        ranges = bucket_ranges(
-            numels,
-            node.grads.element_size(),
-            int(self.config.first_bucket_mb * MIB),
-            int(self.config.bucket_cap_mb * MIB),
-        )
-        ranges = [(i, j) for i, j in ranges if sum(numels[i:j]) > 0]  # DDP launches no empty bucket
-        self._buckets = [node.grads[offsets[i] : offsets[j]] for i, j in ranges]
-        for k, (i, j) in enumerate(ranges):
-            members = params[i:j]
+        for k, (members, grads) in enumerate(ddp_buckets(node, self.config.first_bucket_mb, self.config.bucket_cap_mb)):
+            self._buckets.append(grads)
             self._sizes.append(len(members))
-            for p in members:
-                node.on_gradient(p, lambda _p, k=k: self._ready(k))
+            for i in members:
+                node.on_gradient(params[i], lambda _p, k=k: self._ready(k))
         self._missing = list(self._sizes)
 
     def _ready(self, k: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as torch_powersgd
 
-from baselines.allreduce import MIB, bucket_slices
+from baselines.allreduce import ddp_buckets
 from bench.core.protocol import Algorithm
 
 LOWRANK_RANKS = (1, 2, 4, 8)  # the ranks whose "lowrank R" work the compute profiles measure
@@ -91,19 +91,11 @@ class PowerSGD(Algorithm):
             random_seed=0,  # the same projections on every node
         )
         views = node.views(node.grads)
-        slices = bucket_slices(
-            [v.numel() for v in views],
-            node.grads.element_size(),
-            int(cfg.first_bucket_mb * MIB),
-            int(cfg.bucket_cap_mb * MIB),
-        )
-        offsets = [0]
-        for v in views:
-            offsets.append(offsets[-1] + v.numel())
+        buckets = ddp_buckets(node, cfg.first_bucket_mb, cfg.bucket_cap_mb)
         self.buckets, self.work = [], []
-        for k, (a, b) in enumerate(slices):
-            members = [v for v, lo in zip(views, offsets, strict=False) if a <= lo < b]
-            self.buckets.append(_Bucket(k, k == len(slices) - 1, node.grads[a:b], members))
+        for k, (indices, grads) in enumerate(buckets):
+            members = [views[i] for i in indices]
+            self.buckets.append(_Bucket(k, k == len(buckets) - 1, grads, members))
             self.work.append([w for w in map(self._work, members) if w])  # per bucket: (op, coordinates)
 
     def _work(self, grad: torch.Tensor) -> tuple[str, int] | None:

@@ -287,9 +287,10 @@ def reproduce(
     out = out or str(Path("results") / suite.name)
     suite_json = suite.to_json()
     tune_code = 0
-    if suite.tune is not None and any(trains(grid, spec) for grid in spec.grids):
-        # tune every method first, then run the parts at the chosen values (cost-only parts train nothing)
-        tunings = plan_suite_tunings(suite, spec)  # a bad [tune] table is refused before anything runs
+    # tune every method first, then run the parts at the chosen values; a bad [tune] table is refused before anything
+    # runs; nothing to tune when no part trains (cost-only parts)
+    tunings = plan_suite_tunings(suite, spec) if suite.tune is not None else []
+    if tunings:
         if not resume:
             prepare_out(out, resume, spec, own=())  # so is an existing results folder
         tune_code, suite_json["tune"] = tune_suite(suite.tune, spec, tunings, out, resume, argv)

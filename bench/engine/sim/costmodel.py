@@ -398,35 +398,35 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
         description="one NVIDIA Tesla P100 per node (Piz Daint's GPU), fp32; published ResNet-50 throughput",
         source="TensorFlow benchmarks (tf_cnn_benchmarks, DGX-1, 1 GPU, synthetic data, batch 64): 219 images/s",
         steps=_P100_FP32,
-        work=_P100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
+        work=_P100_WORK,
     ),
     "v100": ComputeProfile(
         name="v100",
         description="one NVIDIA V100 16 GB per node, fp32; published ResNet-50 and Transformer-big throughputs",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, FP32: 367 images/s, 7,635 tokens/s",
         steps=_V100_FP32,
-        work=_V100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
+        work=_V100_WORK,
     ),
     "v100-amp": ComputeProfile(
         name="v100-amp",
         description="one NVIDIA V100 16 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples READMEs, DGX-1 (V100 16G), 1 GPU, AMP: 1,200 images/s, 23,821 tokens/s",
         steps=_V100_AMP,
-        work=_V100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
+        work=_V100_WORK,
     ),
     "a100": ComputeProfile(
         name="a100",
         description="one NVIDIA A100 80 GB per node, TF32 (PyTorch's fp32 default on Ampere convolutions)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, TF32: 938 images/s",
         steps=_A100_TF32,
-        work=_A100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
+        work=_A100_WORK,
     ),
     "a100-amp": ComputeProfile(
         name="a100-amp",
         description="one NVIDIA A100 80 GB per node, mixed precision (AMP)",
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
         steps=_A100_AMP,
-        work=_A100_WORK,  # host work: the dev VM core's (none measured there), through PCIe
+        work=_A100_WORK,
     ),
 }
 
