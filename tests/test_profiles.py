@@ -1,13 +1,17 @@
-"""The compute profiles measured on a GPU (`tools/gpu_profile.sh`) and the measuring tool's own checks."""
+"""The GPU compute profiles (measured with `tools/gpu_profile.sh`, or published), the network profiles with a
+published source, and the measuring tool's own checks."""
 
 from __future__ import annotations
 
 import pytest
 
+from bench.base.errors import UserError
 from bench.core.models import build_model
 from bench.diagnostics import benchmarks
-from bench.engine.sim.costmodel import COMPUTE_PROFILES, measure_step, shape_key
+from bench.engine.sim import costmodel
+from bench.engine.sim.costmodel import COMPUTE_PROFILES, NETWORK_PROFILES, measure_step, shape_key
 from bench.engine.sim.costonly import SHAPES
+from bench.training.config import RunConfig
 
 
 @pytest.mark.parametrize("profile", ["h200", "h200-amp"])
@@ -58,7 +62,15 @@ def test_mixed_precision_is_measured_on_cuda_only(capsys):
 
 @pytest.mark.parametrize(
     "profile, hbm_gb_s, pcie_gb_s",
-    [("p100", 732, 16), ("v100", 900, 16), ("v100-amp", 900, 16), ("a100", 2039, 32), ("h200", 4800, None)],
+    [
+        ("p100", 732, 16),
+        ("v100", 900, 16),
+        ("v100-amp", 900, 16),
+        ("a100", 2039, 32),
+        ("h100", 3350, 64),
+        ("h100-amp", 3350, 64),
+        ("h200", 4800, None),
+    ],
 )
 def test_gpu_profiles_charge_a_gpu_nodes_work(profile, hbm_gb_s, pcie_gb_s):
     """NCCL reduces on the GPU: a GPU profile charges an allreduce's additions at the GPU's memory bandwidth (12 bytes
@@ -76,3 +88,29 @@ def test_gpu_profiles_charge_a_gpu_nodes_work(profile, hbm_gb_s, pcie_gb_s):
     assert rows["average"][1] == pytest.approx(host["average"][1] + link)
     same = {op for op in host if op not in ("reduce", "copy", "average")}
     assert {op: rows[op] for op in same} == {op: host[op] for op in same}
+
+
+@pytest.mark.parametrize(("profile", "batch", "images_per_s"), [("h100", 640, 1753), ("h100-amp", 1280, 2616)])
+def test_h100_profiles_are_the_published_throughput(profile, batch, images_per_s):
+    """Lambda's benchmark table (H100 80GB SXM5, one GPU, DeepLearningExamples ResNet-50 v1.5): a step of the
+    published batch takes batch / throughput, all of it forward/backward; ResNet-50 on ImageNet is the one workload,
+    as for the A100 profiles, and a run of another is refused in one line."""
+    steps = COMPUTE_PROFILES[profile].steps
+    assert set(steps) == {("torchvision:resnet50", "3x224x224")}
+    r50 = steps[("torchvision:resnet50", "3x224x224")]
+    assert r50.seconds(batch) == pytest.approx((batch / images_per_s, 0.0))
+    assert r50.seconds(64) == pytest.approx((64 / images_per_s, 0.0))
+    assert f"{images_per_s:,} images/s" in COMPUTE_PROFILES[profile].source
+
+
+def test_aries_is_the_published_osu_figures_and_resolves():
+    """CSCS's osu_bw reference for Piz Daint's GPU nodes, 9,607 MB/s (10^6 bytes), in Gb/s; osu_latency 1.30 us.
+    `--network aries` passes the option check and the message for a misspelt network lists it."""
+    aries = NETWORK_PROFILES["aries"]
+    assert aries.bandwidth_gbps == pytest.approx(9607e6 * 8 / 1e9)
+    assert aries.latency_us == 1.30
+    assert "9,607 MB/s" in aries.source and "1.30 us" in aries.source
+    costmodel.check(RunConfig(engine="sim", network="aries", compute_profile="h100"))
+    with pytest.raises(UserError, match="did you mean 'aries'") as err:
+        costmodel.check(RunConfig(engine="sim", network="aris"))
+    assert "aries" in str(err.value).split("choose from ")[1]

@@ -154,7 +154,11 @@ def _published(rows: str) -> dict[tuple[str, str], StepCost]:
 # DeepLearningExamples PyTorch/Translation/Transformer/README.md ("NVIDIA DGX-1 (8x V100 16G)", 1 GPU, 2,560 tokens
 # per GPU): tokens/s over 128-token windows = windows/s (a batch of 2,560 tokens = 20 windows). P100: TensorFlow's
 # published benchmarks (tensorflow.org/performance/benchmarks, 2017: tf_cnn_benchmarks, DGX-1, one P100, synthetic
-# ImageNet data, batch 64), ResNet-50 v1. Every figure is the source's own; none was adjusted.
+# ImageNet data, batch 64), ResNet-50 v1. H100: Lambda's PyTorch GPU benchmarks (github.com/lambdal/deeplearning-
+# benchmark, pytorch/pytorch-train-throughput-fp32.csv and -fp16.csv, row "H100 80GB SXM5", column resnet50), which
+# run the same DeepLearningExamples ResNet-50 v1.5 code on one GPU with synthetic data, NCHW, FP32 (TF32 convolutions)
+# at batch 640 and AMP (static loss scale 256) at batch 1,280, per their logs (pytorch/results/H100_80GB_SXM5_v1,
+# 2023-02-14). Every figure is the source's own; none was adjusted.
 _V100_FP32 = _published(
     """
     torchvision:resnet50 3x224x224 112 367
@@ -175,6 +179,16 @@ _A100_TF32 = _published(
 _A100_AMP = _published(
     """
     torchvision:resnet50 3x224x224 256 2470
+    """
+)
+_H100_TF32 = _published(
+    """
+    torchvision:resnet50 3x224x224 640 1753
+    """
+)
+_H100_AMP = _published(
+    """
+    torchvision:resnet50 3x224x224 1280 2616
     """
 )
 _P100_FP32 = _published(
@@ -330,7 +344,7 @@ _VM_CORE_WORK = _work(
 # with 7 levels) were measured the same way on 2026-12-04 at load average 1.3-3.1; of three runs each, the run with
 # the median per-coordinate figure is kept (lowrank 1: 0.59, 0.333, 0.310; ranks 2-8: one run at 12 under the
 # heaviest load, the two others within 7 % of each other; the compressors' runs agreed within 10 %, QSGD's decode
-# within 35 %). The published GPU profiles (p100, v100, a100) reuse these host-CPU figures, PowerSGD's included,
+# within 35 %). The published GPU profiles (p100, v100, a100, h100) reuse these host-CPU figures, PowerSGD's included,
 # although its products run on the GPU there: an overcharge for PowerSGD on those profiles (the h200 profiles'
 # `lowrank` rows, measured on the GPU, are 30-50x cheaper per coordinate).
 
@@ -358,11 +372,13 @@ def _gpu_node(
 
 
 # Nominal memory bandwidth (NVIDIA data sheets): Tesla P100 732 GB/s, V100 SXM2 900 GB/s, A100 80 GB SXM 2,039 GB/s,
-# H200 4,800 GB/s; host links (PCI-SIG): PCIe 3.0 x16 16 GB/s per direction (Piz Daint's P100 nodes, DGX-1's V100s),
-# PCIe 4.0 x16 32 GB/s (DGX A100). The H200's own copies and averages were measured through its host link.
+# H100 SXM 3,350 GB/s, H200 4,800 GB/s; host links (PCI-SIG): PCIe 3.0 x16 16 GB/s per direction (Piz Daint's P100
+# nodes, DGX-1's V100s), PCIe 4.0 x16 32 GB/s (DGX A100), PCIe 5.0 x16 64 GB/s (H100 SXM). The H200's own copies and
+# averages were measured through its host link.
 _P100_WORK = _gpu_node(_VM_CORE_WORK, 732, 16)
 _V100_WORK = _gpu_node(_VM_CORE_WORK, 900, 16)
 _A100_WORK = _gpu_node(_VM_CORE_WORK, 2039, 32)
+_H100_WORK = _gpu_node(_VM_CORE_WORK, 3350, 64)
 _H200_NODE_WORK = _gpu_node(_H200_WORK, 4800)
 
 COMPUTE_PROFILES: dict[str, ComputeProfile] = {
@@ -427,6 +443,20 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
         source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
         steps=_A100_AMP,
         work=_A100_WORK,
+    ),
+    "h100": ComputeProfile(
+        name="h100",
+        description="one NVIDIA H100 80 GB SXM per node, TF32 (PyTorch's fp32 default on Hopper convolutions)",
+        source="Lambda's PyTorch benchmarks (DeepLearningExamples ResNet50 v1.5), H100 80GB SXM5, FP32: 1,753 images/s",
+        steps=_H100_TF32,
+        work=_H100_WORK,
+    ),
+    "h100-amp": ComputeProfile(
+        name="h100-amp",
+        description="one NVIDIA H100 80 GB SXM per node, mixed precision (AMP)",
+        source="Lambda's PyTorch benchmarks (DeepLearningExamples ResNet50 v1.5), H100 80GB SXM5, AMP: 2,616 images/s",
+        steps=_H100_AMP,
+        work=_H100_WORK,
     ),
 }
 
@@ -507,6 +537,14 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
         200.0,
         1.5,
         "nominal HDR 4x data rate; MPI small-message latency of ~1-2 us",
+    ),
+    "aries": NetworkProfile(
+        "aries",
+        "Cray Aries (Cray XC), Piz Daint's interconnect, MPI between two nodes",
+        76.856,
+        1.30,
+        "CSCS's ReFrame checks for Piz Daint's GPU nodes (cscs-checks/microbenchmarks/osu/osu_tests.py), host to "
+        "host on one switch: osu_bw 9,607 MB/s at 4 MiB (x 8 bits), osu_latency 1.30 us at 8 bytes",
     ),
 }
 
