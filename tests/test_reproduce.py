@@ -225,7 +225,7 @@ def test_neurips_paper_scale_part_runs_cost_only_without_tuning(tmp_path):
     result = invoke("reproduce", "swarmsgd-neurips21", "--part", "resnet50", "--nodes", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = (out / "report" / "report.md").read_text()
-    assert "ResNet-50 / ImageNet / P100 / IB EDR: sync cost as a share of batch compute" in report
+    assert "ResNet-50 / ImageNet / P100 / Aries: sync cost as a share of batch compute" in report
     assert "hours per ImageNet epoch" in report and "Transformer" not in report and "bits=4" not in report
     assert not (out / "tune").exists()
     summary = (out / "summary.csv").read_text()

@@ -54,6 +54,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 from bench.base.errors import UserError
@@ -67,6 +68,21 @@ RAW = Codec(CodecConfig(bits=32))  # no quantization: the float32 bytes themselv
 
 HEADER_BYTES = 32  # request header: 4 x int64 (op, requester, message bytes, reserved)
 STAMP_BYTES = 8  # int64 stamp (steps taken) in front of every published model
+
+
+def stamp_bytes(stamp: int) -> torch.Tensor:
+    """A copy's stamp as the STAMP_BYTES in front of its message: an int64 in the machine's byte order."""
+    return torch.frombuffer(bytearray(stamp.to_bytes(STAMP_BYTES, sys.byteorder, signed=True)), dtype=torch.uint8)
+
+
+def stamp_of(blob: torch.Tensor) -> int:
+    """The stamp in front of a message (`stamp_bytes`'s inverse), read without a copy where the bytes are on the
+    host (every node reads thousands of them per second in the simulator)."""
+    if blob.device.type == "cpu":
+        return int(blob.numpy()[:STAMP_BYTES].view(np.int64)[0])
+    return stamp_of(blob)
+
+
 MAIL_HEADER_BYTES = 16  # a directed message's header: 2 x int64 (element count, dtype code)
 MAIL_DTYPES = (torch.uint8, torch.float32)  # what `send` carries: encoded bytes, or raw float32 values
 KINDS = ("grad", "model", "control", "publish", "eval")  # eval traffic is reported apart from training traffic
@@ -120,6 +136,44 @@ def everyone(size: int) -> tuple[int, ...]:
     """The ranks 0..size-1: one tuple per world size, shared (N nodes each holding their own would be O(N^2) memory:
     2.4 GB at 8,192 simulated nodes)."""
     return tuple(range(size))
+
+
+class _Timed:
+    """`with comm._timed(kind):` adds the time the block took (on the comm's clock) to `kind`'s seconds, also when
+    it raises. A class, not a generator: every message passes through one."""
+
+    __slots__ = ("_comm", "_kind", "_start")
+
+    def __init__(self, comm: Comm, kind: str) -> None:
+        self._comm, self._kind = comm, kind
+
+    def __enter__(self) -> None:
+        self._start = self._comm._now()
+
+    def __exit__(self, *exc) -> bool:
+        self._comm.stats.add_time(self._kind, self._comm._now() - self._start)
+        return False
+
+
+class _Exclusive:
+    """`Comm.exclusive`: the model lock held, the deposits folded in on entry (a class: two per training step)."""
+
+    __slots__ = ("_comm",)
+
+    def __init__(self, comm: Comm) -> None:
+        self._comm = comm
+
+    def __enter__(self) -> None:
+        lock = self._comm._model_lock
+        lock.__enter__()
+        try:
+            self._comm.fold_deposits()
+        except BaseException:
+            lock.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(self, *exc) -> bool:
+        return bool(self._comm._model_lock.__exit__(*exc))
 
 
 class CommStats:
@@ -386,16 +440,17 @@ class Comm:
             # The copy as of the end of its work (the simulator charges the work first), so a node never holds
             # two copies while it waits: nothing changes a publishing node's model during its own copy.
             self._work("copy", t.numel())
-            raw = t.detach().to("cpu", dtype=torch.float32, copy=True)
+            t = t.detach()
+            raw = t.clone() if t.is_cpu and t.dtype == torch.float32 else t.to("cpu", dtype=torch.float32, copy=True)
             self._publish(Copy(raw, stamp, seed))
 
     def blob_of(self, copy: Copy, values: bool = False) -> torch.Tensor:
         """The message a reader of `copy` receives (stamp + encoded model), encoded on first use and kept; with
         `values`, also what it decodes to (`copy.values`: a pull-push deposit is decoded against them)."""
         if copy.blob is None:
-            stamp_bytes = torch.tensor([copy.stamp], dtype=torch.int64).view(torch.uint8)
-            gen = torch.Generator().manual_seed(copy.seed)
-            copy.blob = torch.cat([stamp_bytes, self._encode(copy.raw, generator=gen)])
+            # The copy's own stream for the codec's randomness (none is drawn without quantization).
+            gen = torch.Generator().manual_seed(copy.seed) if self.codec.cfg.bits < 32 else None
+            copy.blob = torch.cat([stamp_bytes(copy.stamp), self._encode(copy.raw, generator=gen)])
         if values and copy.values is None:
             if copy.raw is None:
                 raise RuntimeError(f"rank {self.rank}: copy {copy.stamp} was read plainly before a pull-push read")
@@ -417,7 +472,7 @@ class Comm:
             blob = self._read(peer, STAMP_BYTES + self.codec.wire_bytes(reference.numel()))
             self.stats.add("control", sent=self.request_bytes, msgs_sent=1)
             self.stats.add(kind, recv=blob.numel(), msgs_recv=1)
-            stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
+            stamp = stamp_of(blob)
             return self._decode(blob[STAMP_BYTES:], reference), stamp
 
     def expose(self, live: torch.Tensor) -> None:
@@ -491,7 +546,7 @@ class Comm:
             with self._model_lock:
                 self._live.add_(moved[0].to(self._live.device))
             self._work("average", numel)
-            stamp = int(blob[:STAMP_BYTES].clone().view(torch.int64)[0])
+            stamp = stamp_of(blob)
         return stamp
 
     def fold_deposits(self) -> None:
@@ -519,7 +574,7 @@ class Comm:
 
     def _received_deposit(self, dep: torch.Tensor) -> None:
         """An engine delivered a peer's pull-push deposit (stamp, bitmap, message): queue it for `fold_deposits`."""
-        stamp = int(dep[:STAMP_BYTES].clone().view(torch.int64)[0])
+        stamp = stamp_of(dep)
         with self._deposit_lock():
             self._deposits.append((stamp, dep))
 
@@ -578,13 +633,10 @@ class Comm:
         if self.size > 1:
             self._barrier()
 
-    @contextlib.contextmanager
-    def exclusive(self):
+    def exclusive(self) -> _Exclusive:
         """Held by the training loop while it computes on or updates the model (passive averages wait). On entry
         the pull-push deposits peers left since the last time are folded into the exposed model."""
-        with self._model_lock:
-            self.fold_deposits()
-            yield
+        return _Exclusive(self)
 
     def start_cell(self, codec: Codec | None = None, seed: int = 0) -> None:
         """Fresh counters, the cell's codec, no exposed/published model (between algorithms)."""
@@ -635,7 +687,7 @@ class Comm:
         t = t.detach()
         self._work("encode", t.numel())
         if self.codec is RAW:
-            return t.to("cpu", copy=True).view(torch.uint8)
+            return (t.clone() if t.is_cpu else t.to("cpu")).view(torch.uint8)
         return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._codec_stream())
 
     def _codec_stream(self) -> torch.Generator:
@@ -653,7 +705,8 @@ class Comm:
         self._work("decode", reference.numel())
         ref = reference.detach().to("cpu", torch.float32) if self.codec.can_fail else None  # only lattice needs it
         values, failed = self.codec.decode_buckets(msg, reference.numel(), ref)
-        self.decode_failures += int(failed.sum())
+        if self.codec.can_fail:
+            self.decode_failures += int(failed.sum())
         return values, failed
 
     # ---- the pairwise average, both sides ---------------------------------------------------------
@@ -757,13 +810,8 @@ class Comm:
     def _barrier(self) -> None:
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def _timed(self, kind: str):
-        start = self._now()
-        try:
-            yield
-        finally:
-            self.stats.add_time(kind, self._now() - start)
+    def _timed(self, kind: str) -> _Timed:
+        return _Timed(self, kind)
 
     @contextlib.contextmanager
     def _serving(self):

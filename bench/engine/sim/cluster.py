@@ -168,6 +168,7 @@ class Cluster:
         self.overhead_s = 0.0  # wall time in scheduling and bookkeeping (benchmark only)
         self.payload_s = 0.0  # wall time moving simulated payloads (allreduce sums)
         self.allreduce_used: dict[int, str] = {}  # message bytes -> the allreduce algorithm the cost model chose
+        self._work: dict[tuple, float] = {}  # `work_seconds` already asked
         self.buckets: list[list[_Bucket]] = [[] for _ in range(nodes)]  # started asynchronous allreduces, per node
         self.alive = tuple(range(nodes))  # the nodes that have not failed (`kill`)
         self.dead: set[int] = set()
@@ -187,6 +188,17 @@ class Cluster:
             )
             for r in range(nodes)
         ]
+
+    def work_seconds(self, op: str, codec_key: tuple[str | None, int], numel: int) -> float:
+        """Seconds at speed 1 of the comm layer's `op` under a codec's (quantizer, bits) on a tensor of `numel`
+        elements, as charged (`sizes`); kept per argument: every node asks the same few each step."""
+        key = (op, codec_key, numel)
+        seconds = self._work.get(key)
+        if seconds is None:
+            seconds = self._work[key] = self.cost.work_seconds(
+                costmodel.work_op(op, *codec_key), self.sizes.coords(numel)
+            )
+        return seconds
 
     # ---- scheduler ----
     def run(self, body) -> None:
@@ -601,9 +613,7 @@ class SimComm(Comm):
 
     def _work(self, op: str, numel: int) -> None:
         c = self._cluster
-        seconds = (
-            c.cost.work_seconds(costmodel.work_op(op, *self._codec_key), c.sizes.coords(numel)) * c.speeds[self.rank]
-        )
+        seconds = c.work_seconds(op, self._codec_key, numel) * c.speeds[self.rank]
         if seconds <= 0:
             return
         if self._service:  # working for a peer, at the peer's instant: the cluster charges it (`take_service`)
