@@ -201,7 +201,7 @@ def bench_sim(ctx: BenchContext) -> list[Row]:
 
 
 _MEMORY_SCRIPT = """
-import json, sys
+import ctypes, json, sys
 from pathlib import Path
 from bench.run.checks import resolve
 from bench.engine.sim import cluster as sim
@@ -214,6 +214,9 @@ cfg = resolve({"engine": "sim", "nodes": int(sys.argv[1]), "model": sys.argv[2],
                "dataset": sys.argv[4]})
 dataset, policy, costs, n_params = prepare(cfg)
 shards = sim.make_sim_shards(cfg, dataset, policy)
+# Free heap left by loading the data goes back to the system first: nodes that happen to reuse it would otherwise
+# grow the resident memory less, by however much of it a run's allocation pattern finds (tens of MB either way).
+ctypes.CDLL(None).malloc_trim(0)
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
 before = kib("VmRSS:")
 with sim.OneTorchThread():
@@ -229,8 +232,10 @@ def measure_sim_memory(
     nodes: int, model: str = "mlp", dataset: str = "mnist", algorithm: str = "swarm", epochs: int = 1
 ) -> dict:
     """One simulation of `nodes` nodes (`epochs`, evaluated once at the end) in a fresh Linux process: its resident
-    memory before the nodes were built and its peak (reset through /proc/self/clear_refs after loading the data),
-    what `bench.engine.sim.cluster.estimate_bytes` predicts, and the model's parameter count."""
+    memory before the nodes were built (after glibc gave back the heap that loading the data left free, so that
+    what one more node costs does not depend on how much of it a run happens to reuse) and its peak (reset through
+    /proc/self/clear_refs after loading the data), what `bench.engine.sim.cluster.estimate_bytes` predicts, and
+    the model's parameter count."""
     import json
     import subprocess
 

@@ -10,6 +10,7 @@ step (their traffic is kind "eval"), so the trajectory is the same whatever `eva
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import statistics
@@ -38,6 +39,12 @@ class Shards:
 
     indices: list[torch.Tensor]  # per node, into the training set
     steps_per_epoch: int  # the same for every node (synchronous algorithms need equal step counts)
+
+    @functools.cached_property
+    def sizes(self) -> tuple[int, ...]:
+        """Samples in each node's shard, by rank: one tuple that all nodes share (a simulator's N nodes each
+        holding their own would be O(N^2) memory)."""
+        return tuple(len(index) for index in self.indices)
 
 
 def make_shards(cfg: RunConfig, dataset: Dataset) -> Shards:
@@ -308,7 +315,7 @@ def setup_cell(
     comm.start_cell(codec, cfg.seed)
     h = hyper(cfg, algorithm)
     node = make_node(cfg, dataset, rank, comm, clock, device, h, shared)
-    node.shard_sizes = tuple(len(index) for index in shards.indices)
+    node.shard_sizes = shards.sizes
     if shared is None:
         scratch = build_model(cfg.model, dataset.input_shape, dataset.num_classes, cfg.seed).to(device)
     else:
@@ -334,8 +341,9 @@ def setup_cell(
 
 
 def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
-    """The next mini-batch's loss and gradients. A function of its own so that the batch is freed before the
-    compute section ends (a simulator holding thousands of paused nodes would otherwise keep one batch each)."""
+    """The next mini-batch's loss (detached) and gradients. A function of its own so that the batch and the
+    autograd graph are freed before the compute section ends (a simulator holding thousands of paused nodes would
+    otherwise keep one batch and one graph each: a graph's nodes outlive its backward pass while its loss does)."""
     xb, yb = cell.sampler.next()
     if dataset.augment is not None:
         xb = dataset.augment(xb, cell.aug_gen)
@@ -347,11 +355,11 @@ def _forward_backward(cell: Cell, dataset: Dataset) -> torch.Tensor:
     cell.node.optimizer.zero_grad(set_to_none=False)
     loss = loss_of(cell.node.model(xb), yb)
     loss.backward()
-    return loss
+    return loss.detach()
 
 
 def train_step(cell: Cell, dataset: Dataset, step: int, comm: Comm, clock: Clock) -> torch.Tensor:
-    """One SGD step with the algorithm's hooks around it; returns the (undetached) loss."""
+    """One SGD step with the algorithm's hooks around it; returns the loss (detached: its graph is freed)."""
     node, algo = cell.node, cell.algo
     # The model lock first: folding in what peers deposited (pull-push, RMA averages) precedes the compute section.
     with comm.exclusive(), clock.compute():
@@ -561,7 +569,7 @@ def run_cell(
                 failure.crash()
             t_step = clock.now()
             loss = train_step(cell, dataset, step, comm, clock)
-            loss_sum += loss.detach()
+            loss_sum += loss
             step += 1
             step_times.append(clock.now() - t_step)
             if rank == 0 and (step % 10 == 0 or step == total_steps):

@@ -68,12 +68,13 @@ SHARD_POLICIES = ("auto", "split", "sample")
 # step a node frees its gradients and momentum, which makes room for one), plus NODE_OVERHEAD_BYTES of its own
 # objects (state of its random streams, greenlet stack, tensor headers) and the evaluation's gather of one float64
 # per node; the nodes share one module, one evaluation model and the data. RUNTIME_BYTES is what a simulation adds
-# to the process once (torch's lazily loaded parts, the first optimizer step's imports). Measured by
-# `tests/test_sim_memory.py` and `python -m bench.diagnostics.benchmarks sim-memory`.
-NODE_OVERHEAD_BYTES = 128_000
-RUNTIME_BYTES = 80_000_000
+# to the process once (torch's lazily loaded parts, the first optimizer step's imports, and the heap that loading
+# the data left free, which the nodes fill again). Measured by `tests/test_sim_memory.py` and
+# `python -m bench.diagnostics.benchmarks sim-memory`.
+NODE_OVERHEAD_BYTES = 64_000
+RUNTIME_BYTES = 140_000_000
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-MMAP_THRESHOLD_BYTES = 64 * 1024  # blocks from this size up get mappings of their own (`return_freed_memory`)
+MMAP_THRESHOLD_BYTES = 16 * 1024  # blocks from this size up get mappings of their own (`return_freed_memory`)
 
 
 # ---- the cluster: clocks, links, scheduler ----------------------------------------------------------------------
@@ -780,11 +781,14 @@ def estimate_bytes(n_params: int, nodes: int, snapshots: int = 1, algorithms=())
 
 
 def return_freed_memory() -> None:
-    """Have glibc's malloc serve every block of 64 KiB or more from a mapping of its own, given back to the system
+    """Have glibc's malloc serve every block of 16 KiB or more from a mapping of its own, given back to the system
     when freed. By default glibc raises that threshold to the size of the first such block freed, after which
     model-sized blocks come from the heap, which the copies that nodes publish and drop every step fragment (at
-    256 nodes the resident memory stayed at about 1.7 times what was in use). Other C libraries have no mallopt
-    (nothing to do there)."""
+    256 nodes the resident memory stayed at about 1.7 times what was in use). 16 KiB, not more: a step's
+    activations and their gradients (16 KiB each for the MLP at batch 32) are freed when its backward pass ends,
+    and from the heap they left holes between what paused nodes keep (about 40 kB per node when every node takes
+    several steps, measured with a 64 KiB threshold), at the price of mapping them anew each step (about 15 % more
+    CPU time for the MLP). Other C libraries have no mallopt (nothing to do there)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
