@@ -236,3 +236,12 @@ def test_charged_sizes_place_a_slice_where_it_lies_in_the_workload():
     assert sizes.span(grads[3:8]) == (100, 100 / 1100)
     assert sizes.span(grads[0:3]) == (1000, 1.0)
     assert sizes.span(torch.zeros(9))[0] == 1101  # the model and a push-sum weight
+
+
+def test_scheduler_floor_is_a_measured_cost_per_switch():
+    """`make bench`'s scheduler floor times the simulator's switch pattern alone: every node's rounds run (the
+    loop ends), at a positive cost per round trip that one greenlet switch pair cannot beat by orders of magnitude."""
+    from bench.diagnostics.benchmarks import scheduler_seconds
+
+    seconds = scheduler_seconds(64, rounds=50)
+    assert 1e-8 < seconds < 1e-3

@@ -303,15 +303,47 @@ def emit(event):
 with sim.OneTorchThread():
     stats = simulate_cost_only(cfg, workload.workload, costs[cfg.nodes], emit)
 print(json.dumps({"wall": time.perf_counter() - start, "sim_wall": stats[0].wall_s, "peak": kib("VmHWM:"),
-                  "params": n_params, "train": max(train)}))
+                  "params": n_params, "train": max(train), "switches": stats[0].switches}))
 """
+_SCHEDULER_SCRIPT = """
+import heapq, sys, time
+from greenlet import getcurrent, greenlet
+nodes, rounds = int(sys.argv[1]), int(sys.argv[2])
+hub, clock = getcurrent(), [0.0] * nodes
+def body(rank):
+    for i in range(rounds):
+        t = clock[rank] = clock[rank] + 1.0 + (rank * 7_919 + i) % 101 * 1e-3
+        heapq.heappush(heap, (t, rank))
+        hub.switch()
+nodes_ = [greenlet(lambda r=r: body(r), parent=hub) for r in range(nodes)]
+heap = [(0.0, r) for r in range(nodes)]
+start = time.perf_counter()
+while heap:
+    nodes_[heapq.heappop(heap)[1]].switch()
+print((time.perf_counter() - start) / (nodes * rounds + nodes))
+"""
+
+
+def scheduler_seconds(nodes: int, rounds: int = 10) -> float:
+    """Seconds per scheduling round trip of the simulator's design, alone, at `nodes` nodes: a node's greenlet
+    pushes its next instant on the heap and switches to the hub, which pops the earliest node and switches to it
+    (what `Cluster.pause` and `Cluster.run` do, without the bookkeeping). In a fresh process: the floor under any
+    simulation's cost per switch at that size (memory locality, not Python, makes it grow with the node count)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCHEDULER_SCRIPT, str(nodes), str(rounds)], capture_output=True, text=True, check=True
+    )
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
     """65,536 cost-only nodes x 100 SwarmSGD steps each (`--cost-only-steps`; `--compute cost-only`, the default
     workload: the MLP on MNIST, vm-core, 10 GbE), in a fresh process: its wall time (resolving the cost model,
     building the nodes, simulating) and its peak resident memory (VmHWM, the whole Python process with torch loaded).
-    ``node-steps/s`` divides by the simulation's wall time, node building included."""
+    ``node-steps/s`` divides by the simulation's wall time, node building included. ``scheduler floor s`` is what
+    the run's greenlet switches cost alone (`scheduler_seconds` at the same node count, times the switches): the
+    part of the wall time no per-step saving in the comm layer or the algorithms can remove."""
     import json
     import subprocess
 
@@ -330,6 +362,8 @@ def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
             "node-steps/s": node_steps / m["sim_wall"],
             "process GiB": m["peak"] / 2**30,
             "simulated s": m["train"],
+            "switches": m["switches"],
+            "scheduler floor s": m["switches"] * scheduler_seconds(COST_ONLY_NODES),
         }
     ]
 
