@@ -78,9 +78,10 @@ def stamp_bytes(stamp: int) -> torch.Tensor:
 def stamp_of(blob: torch.Tensor) -> int:
     """The stamp in front of a message (`stamp_bytes`'s inverse), read without a copy where the bytes are on the
     host (every node reads thousands of them per second in the simulator)."""
-    if blob.device.type == "cpu":
-        return int(blob.numpy()[:STAMP_BYTES].view(np.int64)[0])
-    return stamp_of(blob)
+    head = blob[:STAMP_BYTES]
+    if not (head.is_cpu and head.is_contiguous()):
+        head = head.contiguous().cpu()
+    return int(head.numpy().view(np.int64)[0])
 
 
 MAIL_HEADER_BYTES = 16  # a directed message's header: 2 x int64 (element count, dtype code)
@@ -633,7 +634,7 @@ class Comm:
         if self.size > 1:
             self._barrier()
 
-    def exclusive(self) -> _Exclusive:
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Held by the training loop while it computes on or updates the model (passive averages wait). On entry
         the pull-push deposits peers left since the last time are folded into the exposed model."""
         return _Exclusive(self)
@@ -686,7 +687,7 @@ class Comm:
     def _encode(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         t = t.detach()
         self._work("encode", t.numel())
-        if self.codec is RAW:
+        if self.codec.cfg.bits == 32:  # the float32 bytes themselves (no generator: `blob_of`)
             return (t.clone() if t.is_cpu else t.to("cpu")).view(torch.uint8)
         return self.codec.encode(t.to("cpu", dtype=torch.float32), generator=generator or self._codec_stream())
 
@@ -1474,7 +1475,7 @@ class RmaComm(TorchComm):
 
     def _republish(self) -> None:
         with self._serving():  # the window copy exists only for peers' averages
-            stamp = torch.zeros(1, dtype=torch.int64).view(torch.uint8)
+            stamp = stamp_bytes(0)
             # Quantized: a copy, the reference that decodes the message when a deposit names it.
             snap = self._live.detach().to("cpu", copy=True) if self._slots else self._live
             self._write_own(torch.cat([stamp, self._encode(snap)]), snap)

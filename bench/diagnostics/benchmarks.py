@@ -216,7 +216,7 @@ dataset, policy, costs, n_params = prepare(cfg)
 shards = sim.make_sim_shards(cfg, dataset, policy)
 # Free heap left by loading the data goes back to the system first: nodes that happen to reuse it would otherwise
 # grow the resident memory less, by however much of it a run's allocation pattern finds (tens of MB either way).
-ctypes.CDLL(None).malloc_trim(0)
+getattr(ctypes.CDLL(None), "malloc_trim", lambda pad: 0)(0)  # glibc only
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM): loading the data peaked higher than it stays
 before = kib("VmRSS:")
 with sim.OneTorchThread():

@@ -73,7 +73,8 @@ SHARD_POLICIES = ("auto", "split", "sample")
 # `python -m bench.diagnostics.benchmarks sim-memory`.
 NODE_OVERHEAD_BYTES = 64_000
 RUNTIME_BYTES = 140_000_000
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
+M_MMAP_MAX = -4
 MMAP_THRESHOLD_BYTES = 16 * 1024  # blocks from this size up get mappings of their own (`return_freed_memory`)
 
 
@@ -788,12 +789,21 @@ def return_freed_memory() -> None:
     activations and their gradients (16 KiB each for the MLP at batch 32) are freed when its backward pass ends,
     and from the heap they left holes between what paused nodes keep (about 40 kB per node when every node takes
     several steps, measured with a 64 KiB threshold), at the price of mapping them anew each step (about 15 % more
-    CPU time for the MLP). Other C libraries have no mallopt (nothing to do there)."""
+    CPU time for the MLP). Thousands of nodes with many such tensors each (a ResNet's per-parameter momentum) would
+    need more mappings than Linux allows a process (vm.max_map_count, 65,530 by default), which other users of
+    mmap (thread stacks, libraries loaded late, the codec's JIT) would then fail to get: glibc maps at most half of
+    that many blocks (M_MMAP_MAX) and serves the rest from the heap. Other C libraries have no mallopt (nothing to
+    do there)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        limit = 65_530  # Linux's default
+    mallopt(M_MMAP_MAX, limit // 2)
 
 
 def available_bytes() -> int | None:
