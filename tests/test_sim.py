@@ -207,6 +207,47 @@ def test_one_sided_read_sees_exactly_what_was_published_by_the_readers_instant()
         assert done > t  # a read takes time (latency and bytes on the links)
 
 
+def test_scheduler_runs_every_event_in_time_then_rank_order_and_finds_deadlocks_and_errors():
+    """Nodes switch to one another directly; whatever runs, runs in global (virtual time, rank) order. A node whose
+    peers all wait forever is a deadlock the run names; a node's exception ends the run."""
+    n = 9
+    cluster = _cluster(n)
+    events: list[tuple[float, int]] = []
+
+    def body(rank: int) -> None:
+        t = 0.0
+        for i in range(40):
+            events.append((cluster.clock[rank], rank))
+            t += 1.0 + (rank * 7_919 + i) % 13 * 0.1
+            cluster.pause(rank, t)
+        events.append((cluster.clock[rank], rank))
+
+    cluster.run(body)
+    assert len(events) == n * 41 and events == sorted(events)
+    assert cluster.switches >= n * 30  # nodes interleave: most pauses switch
+
+    stuck = _cluster(3)
+
+    def waits_for_the_next(rank: int) -> None:
+        stuck.comms[rank].start_cell(None, 0)
+        stuck.recv(rank, (rank + 1) % 3)
+
+    with pytest.raises(RuntimeError, match="simulated deadlock: 3 nodes wait forever"):
+        stuck.run(waits_for_the_next)
+
+    failing = _cluster(4)
+
+    def fails_late(rank: int) -> None:
+        for step in range(5):
+            failing.pause(rank, step + rank * 0.1)
+        if rank == 2:
+            raise ValueError("rank 2 broke")
+        failing.pause(rank, 10.0)
+
+    with pytest.raises(ValueError, match="rank 2 broke"):
+        failing.run(fails_late)
+
+
 def test_collective_completes_at_last_arrival_plus_the_ring_formula():
     n, numel = 5, 10_000
     cluster = _cluster(n, speed_sigma=0.8)

@@ -204,7 +204,11 @@ class Cluster:
 
     # ---- scheduler ----
     def run(self, body) -> None:
-        """Run `body(rank)` for every node to completion in virtual-time order; a node's exception propagates."""
+        """Run `body(rank)` for every node to completion in virtual-time order; a node's exception propagates.
+
+        The hub (this greenlet) starts each node once, in (time, rank) order, and gets control back when a node
+        ends or when no node can run (a deadlock). In between, a node that pauses or blocks switches straight to
+        the next node (`_switch_to_next`): one switch per pause, not two through the hub."""
         from greenlet import greenlet
 
         hub = self._hub
@@ -235,12 +239,31 @@ class Cluster:
         self.clock[rank] = t
         heap = self._heap
         if heap and heap[0] < (t, rank):
-            heapq.heappush(heap, (t, rank))
-            self._hub.switch()
+            self._switch_to_next((t, rank))
 
     def block(self, rank: int, what: str) -> None:
         """Suspend `rank` until another node `wake`s it (a collective it joined completes)."""
         self._blocked[rank] = what
+        self._switch_to_next(None)
+
+    def _switch_to_next(self, me: tuple[float, int] | None) -> None:
+        """Leave the running node (back on the heap at `me`, or off it: blocked) for the earliest node on the heap,
+        switching to it directly. A node that has not started yet is started by the hub (a greenlet starts on the
+        stack of whoever first switches to it: started from the hub, nodes do not nest), so is an empty heap
+        (the hub finds the deadlock)."""
+        heap = self._heap
+        if heap:
+            g = self._greenlets[heap[0][1]]
+            if g:  # started and not dead: a node on the heap is never dead
+                self.switches += 1
+                if me is None:
+                    g = self._greenlets[heapq.heappop(heap)[1]]
+                else:
+                    heapq.heapreplace(heap, me)
+                g.switch()
+                return
+        if me is not None:
+            heapq.heappush(heap, me)
         self._hub.switch()
 
     def wake(self, rank: int, t: float) -> None:
