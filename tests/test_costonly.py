@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bench.core.codec import Codec, CodecConfig
@@ -245,3 +246,19 @@ def test_scheduler_floor_is_a_measured_cost_per_switch():
 
     seconds = scheduler_seconds(64, rounds=50)
     assert 1e-8 < seconds < 1e-3
+
+
+def test_cost_only_benchmark_runs_the_chosen_nodes_steps_and_algorithm_and_rejects_bad_input():
+    """`sim-cost-only` at a small size, in a fresh process as `make bench` runs it: one row per algorithm with the
+    node-steps asked for, their simulated time and switches; bad options are one line and exit status 2."""
+    from bench.diagnostics import benchmarks
+
+    ctx = benchmarks.BenchContext(
+        torch.device("cpu"), cost_only_nodes=16, cost_only_steps=3, cost_only_algos=("swarm",)
+    )
+    (row,) = benchmarks.bench_sim_cost_only(ctx)
+    assert (row["algorithm"], row["nodes"], row["node-steps"]) == ("swarm", 16, 48)
+    assert row["simulated s"] > 0 and row["switches"] >= 48 and row["us/node-step"] > 0
+    assert row["node-steps/s"] == pytest.approx(1e6 / row["us/node-step"])
+    assert benchmarks.main(["sim-cost-only", "--cost-only-algo", "bogus"]) == 2
+    assert benchmarks.main(["sim-cost-only", "--cost-only-nodes", "1"]) == 2

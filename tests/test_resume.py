@@ -160,37 +160,6 @@ def _interrupt_when(cmd: list[str], ready, what: str) -> str:
     return output
 
 
-def test_real_run_resumes_and_says_so(tmp_path):
-    """Real processes: SIGINT once the first algorithm is checkpointed; the resumed run keeps its records, runs
-    the other one and records the resume in meta.json."""
-    out = tmp_path / "run"
-    cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "swarm", *SMALL, "--epochs", "12"]
-    cmd += ["--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
-    checkpoint = out / CHECKPOINT
-
-    def done() -> bool:
-        return checkpoint.is_file() and bool(json.loads(checkpoint.read_text() or "{}").get("cells_done"))
-
-    output = _interrupt_when(cmd, done, "no cell finished in time")
-    assert f"to continue it: swarmbench run --resume {out}" in output
-    before = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    kept = [r for r in before if r["algorithm"] == "allreduce"]
-
-    r = subprocess.run([*CLI, "run", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "allreduce: kept from the interrupted run" in r.stdout
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["status"] == "ok" and {a["status"] for a in meta["algorithms"].values()} == {"ok"}
-    assert meta["resumed"][0]["cells_kept"] == [["allreduce", 1]]
-    assert meta["resumed"][0]["from_status"] == "interrupted"
-    assert meta["argv"][-2:] == ["--out", str(out)]  # the interrupted run's command line
-    after = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert sorted(map(json.dumps, (r for r in after if r["algorithm"] == "allreduce"))) == sorted(map(json.dumps, kept))
-    swarm = [r for r in after if r["algorithm"] == "swarm"]
-    assert {r["rank"] for r in swarm if r["metric"] == "steps"} == {0, 1}
-    assert {r["epoch"] for r in swarm if r["metric"] == "train_loss"} == set(range(1, 13))
-
-
 def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, uninterrupted):
     """`sweep --resume` keeps the finished algorithms of the cell that was stopped and runs the rest of it."""
     out = tmp_path / "sweep"
@@ -216,9 +185,11 @@ def test_sweep_resume_continues_the_interrupted_cell(tmp_path, monkeypatch, unin
     assert rows == reference
 
 
-def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
-    """--checkpoint-every 1: SIGINT once SGP (push-sum state) has a checkpoint after epoch 2; the resumed run
-    starts SGP from its last checkpoint, keeps the rows written before it and records every epoch exactly once."""
+def test_real_run_resumes_from_an_epoch_checkpoint_and_says_so(tmp_path):
+    """Real processes, --checkpoint-every 1: SIGINT once AllReduce SGD is done and SGP (push-sum state) has a
+    checkpoint after epoch 2. The interrupted run says how to continue; the resumed run keeps AllReduce SGD's
+    records, starts SGP from its last checkpoint, keeps the rows written before it, records every epoch exactly
+    once and records the resume in meta.json."""
     out = tmp_path / "run"
     cmd = [*CLI, "run", "--nodes", "2", "--algo", "allreduce", "--algo", "sgp", *SMALL, "--epochs", "12"]
     cmd += ["--checkpoint-every", "1", "--no-tensorboard", "--set", "timeout_s=60", "--out", str(out)]
@@ -230,17 +201,25 @@ def test_real_run_resumes_from_an_epoch_checkpoint(tmp_path):
         partial = json.loads(checkpoint.read_text() or "{}").get("partial") or {}
         return partial.get("algorithm") == "sgp" and partial["epoch"] >= 2
 
-    _interrupt_when(cmd, in_sgp, "no epoch checkpoint in time")
+    output = _interrupt_when(cmd, in_sgp, "no epoch checkpoint in time")
+    assert f"to continue it: swarmbench run --resume {out}" in output
     partial = json.loads(checkpoint.read_text())["partial"]
     assert partial["algorithm"] == "sgp" and partial["round"] == 1
+    before = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    kept = [r for r in before if r["algorithm"] == "allreduce"]
 
     r = subprocess.run([*CLI, "run", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "allreduce: kept from the interrupted run" in r.stdout
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["status"] == "ok" and meta["algorithms"]["sgp"]["status"] == "ok"
+    assert meta["status"] == "ok" and {a["status"] for a in meta["algorithms"].values()} == {"ok"}
+    assert meta["resumed"][0]["cells_kept"] == [["allreduce", 1]]
+    assert meta["resumed"][0]["from_status"] == "interrupted"
     assert meta["resumed"][0]["from_epoch"] == partial
+    assert meta["argv"][-2:] == ["--out", str(out)]  # the interrupted run's command line
     assert not checkpoint.exists() and not (out / ".checkpoints").exists()
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted(map(json.dumps, (r for r in rows if r["algorithm"] == "allreduce"))) == sorted(map(json.dumps, kept))
     sgp = [r for r in rows if r["algorithm"] == "sgp"]
     for rank in (0, 1):
         epochs = [r["epoch"] for r in sgp if r["metric"] == "train_loss" and r["rank"] == rank]

@@ -30,6 +30,7 @@ from bench.engine.sim.costmodel import CostModel, measure_step, measure_work, sh
 from bench.run.checks import resolve
 from bench.run.orchestrate import execute
 from bench.run.simulate import prepare
+from bench.training.registry import ALGORITHMS
 
 Row = dict[str, Any]
 
@@ -42,6 +43,8 @@ class BenchContext:
     repeats: int = 25
     warmup: int = 3
     cost_only_steps: int = 100  # steps per node of the cost-only benchmark (`--cost-only-steps`)
+    cost_only_nodes: int = 65_536  # and its nodes (`--cost-only-nodes`)
+    cost_only_algos: tuple[str, ...] = ("swarm",)  # and its algorithms, each in a fresh process (`--cost-only-algo`)
     cases: tuple[str, ...] = ("small", "work")  # sim-profile's parts (`--cases`)
     amp: bool = False  # sim-profile's steps in mixed precision (`--precision amp`, CUDA)
 
@@ -311,24 +314,29 @@ from greenlet import getcurrent, greenlet
 nodes, rounds = int(sys.argv[1]), int(sys.argv[2])
 hub, clock = getcurrent(), [0.0] * nodes
 def body(rank):
+    hub.switch()  # started by the hub
     for i in range(rounds):
         t = clock[rank] = clock[rank] + 1.0 + (rank * 7_919 + i) % 101 * 1e-3
-        heapq.heappush(heap, (t, rank))
-        hub.switch()
+        if heap[0] < (t, rank):
+            g = nodes_[heap[0][1]]
+            heapq.heapreplace(heap, (t, rank))
+            g.switch()
 nodes_ = [greenlet(lambda r=r: body(r), parent=hub) for r in range(nodes)]
 heap = [(0.0, r) for r in range(nodes)]
+for g in nodes_:
+    g.switch()
 start = time.perf_counter()
 while heap:
     nodes_[heapq.heappop(heap)[1]].switch()
-print((time.perf_counter() - start) / (nodes * rounds + nodes))
+print((time.perf_counter() - start) / (nodes * rounds))
 """
 
 
 def scheduler_seconds(nodes: int, rounds: int = 10) -> float:
-    """Seconds per scheduling round trip of the simulator's design, alone, at `nodes` nodes: a node's greenlet
-    pushes its next instant on the heap and switches to the hub, which pops the earliest node and switches to it
-    (what `Cluster.pause` and `Cluster.run` do, without the bookkeeping). In a fresh process: the floor under any
-    simulation's cost per switch at that size (memory locality, not Python, makes it grow with the node count)."""
+    """Seconds per switch of the simulator's scheduler, alone, at `nodes` nodes: a pausing node puts its next
+    instant on the heap in place of the earliest node's and switches straight to that node (what `Cluster.pause`
+    does, without the bookkeeping). In a fresh process: the floor under any simulation's cost per switch at that
+    size (memory locality, not Python, makes it grow with the node count)."""
     import subprocess
 
     proc = subprocess.run(
@@ -338,34 +346,43 @@ def scheduler_seconds(nodes: int, rounds: int = 10) -> float:
 
 
 def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
-    """65,536 cost-only nodes x 100 SwarmSGD steps each (`--cost-only-steps`; `--compute cost-only`, the default
-    workload: the MLP on MNIST, vm-core, 10 GbE), in a fresh process: its wall time (resolving the cost model,
-    building the nodes, simulating) and its peak resident memory (VmHWM, the whole Python process with torch loaded).
-    ``node-steps/s`` divides by the simulation's wall time, node building included. ``scheduler floor s`` is what
-    the run's greenlet switches cost alone (`scheduler_seconds` at the same node count, times the switches): the
-    part of the wall time no per-step saving in the comm layer or the algorithms can remove."""
+    """65,536 cost-only nodes x 100 SwarmSGD steps each (`--cost-only-nodes`, `--cost-only-steps`,
+    `--cost-only-algo`; `--compute cost-only`, the default workload: the MLP on MNIST, vm-core, 10 GbE), each
+    algorithm in a fresh process: its wall time (resolving the cost model, building the nodes, simulating) and its
+    peak resident memory (VmHWM, the whole Python process with torch loaded). ``node-steps/s`` divides by the
+    simulation's wall time, node building included, ``us/node-step`` is its inverse. ``scheduler floor s`` is
+    what the run's greenlet switches cost alone (`scheduler_seconds` at the same node count, times the switches):
+    the part of the wall time no per-step saving in the comm layer or the algorithms can remove."""
     import json
     import subprocess
 
-    steps = ctx.cost_only_steps
-    args = [str(COST_ONLY_NODES), str(steps), "swarm", "mlp", "mnist"]
-    proc = subprocess.run([sys.executable, "-c", _COST_ONLY_SCRIPT, *args], capture_output=True, text=True, check=True)
-    m = json.loads(proc.stdout.strip().splitlines()[-1])
-    node_steps = COST_ONLY_NODES * steps
-    return [
-        {
-            "bench": "sim-cost-only",
-            "algorithm": "swarm",
-            "nodes": COST_ONLY_NODES,
-            "node-steps": node_steps,
-            "wall s": m["wall"],
-            "node-steps/s": node_steps / m["sim_wall"],
-            "process GiB": m["peak"] / 2**30,
-            "simulated s": m["train"],
-            "switches": m["switches"],
-            "scheduler floor s": m["switches"] * scheduler_seconds(COST_ONLY_NODES),
-        }
-    ]
+    nodes, steps = ctx.cost_only_nodes, ctx.cost_only_steps
+    per_switch = scheduler_seconds(nodes)
+    rows = []
+    for algo in ctx.cost_only_algos:
+        args = [str(nodes), str(steps), algo, "mlp", "mnist"]
+        proc = subprocess.run([sys.executable, "-c", _COST_ONLY_SCRIPT, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"sim-cost-only with --cost-only-algo {algo} failed: {why}")
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        node_steps = nodes * steps
+        rows.append(
+            {
+                "bench": "sim-cost-only",
+                "algorithm": algo,
+                "nodes": nodes,
+                "node-steps": node_steps,
+                "wall s": m["wall"],
+                "node-steps/s": node_steps / m["sim_wall"],
+                "us/node-step": 1e6 * m["sim_wall"] / node_steps,
+                "process GiB": m["peak"] / 2**30,
+                "simulated s": m["train"],
+                "switches": m["switches"],
+                "scheduler floor s": m["switches"] * per_switch,
+            }
+        )
+    return rows
 
 
 PROFILE_CASES = [
@@ -827,6 +844,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cost-only-steps", type=int, default=COST_ONLY_STEPS, help="steps per node of sim-cost-only (default: 100)"
     )
     p.add_argument(
+        "--cost-only-nodes",
+        type=int,
+        default=COST_ONLY_NODES,
+        help=f"nodes of sim-cost-only (default: {COST_ONLY_NODES:,})",
+    )
+    p.add_argument(
+        "--cost-only-algo",
+        action="append",
+        help="algorithm of sim-cost-only, repeatable: each runs in a fresh process (default: swarm)",
+    )
+    p.add_argument(
         "--cases",
         default="small,work",
         help=f"sim-profile: comma-separated parts of {', '.join(PROFILE_PARTS)} (default: small,work)",
@@ -858,6 +886,12 @@ def _context(args: argparse.Namespace) -> BenchContext:
         raise UserError(f"--repeats {args.repeats} must be >= 1")
     if args.cost_only_steps < 1:
         raise UserError(f"--cost-only-steps {args.cost_only_steps} must be >= 1")
+    if not 2 <= args.cost_only_nodes <= sim.MAX_COST_ONLY_NODES:
+        raise UserError(f"--cost-only-nodes {args.cost_only_nodes}: use 2 to {sim.MAX_COST_ONLY_NODES:,}")
+    algos = tuple(args.cost_only_algo or ("swarm",))
+    unknown_algos = [a for a in algos if a not in ALGORITHMS]
+    if unknown_algos:
+        raise UserError(f"--cost-only-algo {', '.join(unknown_algos)}: choose from {', '.join(ALGORITHMS)}")
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     unknown = [c for c in cases if c not in PROFILE_PARTS]
     if unknown or not cases:
@@ -868,6 +902,8 @@ def _context(args: argparse.Namespace) -> BenchContext:
         device=device,
         repeats=args.repeats,
         cost_only_steps=args.cost_only_steps,
+        cost_only_nodes=args.cost_only_nodes,
+        cost_only_algos=algos,
         cases=cases,
         amp=args.precision == "amp",
     )
