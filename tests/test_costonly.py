@@ -110,6 +110,8 @@ def test_published_throughputs_become_step_times():
     assert COMPUTE_PROFILES["p100"].steps[r50].seconds(32) == pytest.approx((32 / 219, 0.0))
     big = ("transformer-big", "128")
     assert COMPUTE_PROFILES["v100-amp"].steps[big].seconds(20) == pytest.approx((2560 / 23821, 0.0), rel=1e-3)
+    assert COMPUTE_PROFILES["a100"].steps[big].seconds(80) == pytest.approx((10240 / 51057, 0.0), rel=1e-3)
+    assert COMPUTE_PROFILES["a100-amp"].steps[big].seconds(80) == pytest.approx((10240 / 82059, 0.0), rel=1e-3)
 
 
 def test_paper_models_have_the_papers_parameter_counts():

@@ -152,7 +152,9 @@ def _published(rows: str) -> dict[tuple[str, str], StepCost]:
 # container), at the batch of that recipe's configs.yml (DGX1V: FP32 112, AMP 256; DGXA100: TF32 256, AMP 256).
 # "transformer-big 128": Transformer big on WMT14 en-de, NVIDIA
 # DeepLearningExamples PyTorch/Translation/Transformer/README.md ("NVIDIA DGX-1 (8x V100 16G)", 1 GPU, 2,560 tokens
-# per GPU): tokens/s over 128-token windows = windows/s (a batch of 2,560 tokens = 20 windows). P100: TensorFlow's
+# per GPU): tokens/s over 128-token windows = windows/s (a batch of 2,560 tokens = 20 windows); on the A100, the same
+# README at commit d666f14 ("Training performance: NVIDIA DGX A100 (8x A100 40GB)", pytorch-22.06-py3 container,
+# 1 GPU, 10,240 tokens = 80 windows per GPU): TF32 51,057 and mixed precision 82,059 tokens/s. P100: TensorFlow's
 # published benchmarks (tensorflow.org/performance/benchmarks, 2017: tf_cnn_benchmarks, DGX-1, one P100, synthetic
 # ImageNet data, batch 64), ResNet-50 v1. H100: Lambda's PyTorch GPU benchmarks (github.com/lambdal/deeplearning-
 # benchmark, pytorch/pytorch-train-throughput-fp32.csv and -fp16.csv, row "H100 80GB SXM5", column resnet50), which
@@ -174,11 +176,13 @@ _V100_AMP = _published(
 _A100_TF32 = _published(
     """
     torchvision:resnet50 3x224x224 256 938
+    transformer-big      128       80  398.9
     """
 )
 _A100_AMP = _published(
     """
     torchvision:resnet50 3x224x224 256 2470
+    transformer-big      128       80  641.1
     """
 )
 _H100_TF32 = _published(
@@ -433,14 +437,20 @@ COMPUTE_PROFILES: dict[str, ComputeProfile] = {
     "a100": ComputeProfile(
         name="a100",
         description="one NVIDIA A100 80 GB per node, TF32 (PyTorch's fp32 default on Ampere convolutions)",
-        source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, TF32: 938 images/s",
+        source=(
+            "NVIDIA DeepLearningExamples READMEs, 1 GPU, TF32: ResNet50 v1.5 on DGX A100 (A100 80GB) 938 images/s, "
+            "Transformer on DGX A100 (A100 40GB) 51,057 tokens/s"
+        ),
         steps=_A100_TF32,
         work=_A100_WORK,
     ),
     "a100-amp": ComputeProfile(
         name="a100-amp",
         description="one NVIDIA A100 80 GB per node, mixed precision (AMP)",
-        source="NVIDIA DeepLearningExamples ResNet50 v1.5 README, DGX A100 (A100 80GB), 1 GPU, AMP: 2,470 images/s",
+        source=(
+            "NVIDIA DeepLearningExamples READMEs, 1 GPU, AMP: ResNet50 v1.5 on DGX A100 (A100 80GB) 2,470 images/s, "
+            "Transformer on DGX A100 (A100 40GB) 82,059 tokens/s"
+        ),
         steps=_A100_AMP,
         work=_A100_WORK,
     ),
