@@ -357,6 +357,7 @@ def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
     import subprocess
 
     nodes, steps = ctx.cost_only_nodes, ctx.cost_only_steps
+    node_steps = nodes * steps
     per_switch = scheduler_seconds(nodes)
     rows = []
     for algo in ctx.cost_only_algos:
@@ -366,7 +367,6 @@ def bench_sim_cost_only(ctx: BenchContext) -> list[Row]:
             why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise UserError(f"sim-cost-only with --cost-only-algo {algo} failed: {why}")
         m = json.loads(proc.stdout.strip().splitlines()[-1])
-        node_steps = nodes * steps
         rows.append(
             {
                 "bench": "sim-cost-only",

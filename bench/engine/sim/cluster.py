@@ -257,7 +257,7 @@ class Cluster:
             if g:  # started and not dead: a node on the heap is never dead
                 self.switches += 1
                 if me is None:
-                    g = self._greenlets[heapq.heappop(heap)[1]]
+                    heapq.heappop(heap)
                 else:
                     heapq.heapreplace(heap, me)
                 g.switch()
